@@ -1,0 +1,90 @@
+"""
+Benchmarks, printed as ratios measured side by side in one run (these machines are noisy):
+
+  (a) the analytical FLOPs counter's archs/s on vitas-1g archs;
+  (b) one forward+backward step of the super-transformer at an arch (one side) over the same step
+      of its exported plain ViT, and the bilateral (left + right) step over the plain step,
+      interleaved, median of repeats after warm-up.
+
+    python bench.py                 # CPU, fp32
+    python bench.py --device cuda   # add --repeats 50 for steadier GPU figures
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import vitas
+
+
+def counter_speed(n=20000, seed=0):
+    space = vitas.SearchSpace.preset("vitas-1g")
+    g = torch.Generator().manual_seed(seed)
+    archs = [space.sample(g) for _ in range(n)]
+    t = time.perf_counter()
+    for a in archs:
+        vitas.flops(a, space)
+    return n / (time.perf_counter() - t)
+
+
+def step_time(fn):
+    t = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def step_ratios(space, arch, batch, device, repeats, warmup=3):
+    torch.manual_seed(0)
+    net = vitas.SuperTransformer(space).to(device)
+    vit = vitas.export(net, arch, "left")
+    x = torch.randn(batch, space.in_chans, space.image_size, space.image_size, device=device)
+    y = torch.randint(0, space.num_classes, (batch,), device=device)
+
+    def plain():
+        vit.zero_grad(set_to_none=True)
+        F.cross_entropy(vit(x), y).backward()
+
+    def one_side():
+        net.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x, arch, "left"), y).backward()
+
+    def bilateral():   # each side its own forward, loss and backward; gradients summed
+        net.zero_grad(set_to_none=True)
+        for side in vitas.SIDES:
+            F.cross_entropy(net(x, arch, side), y).backward()
+
+    times = {f: [] for f in (plain, one_side, bilateral)}
+    for i in range(warmup + repeats):
+        for f in times:                        # interleaved so drift hits all three alike
+            t = step_time(f)
+            if i >= warmup:
+                times[f].append(t)
+    med = {f.__name__: statistics.median(ts) for f, ts in times.items()}
+    return med["plain"], med["one_side"] / med["plain"], med["bilateral"] / med["plain"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--tiny-batch", type=int, default=64)
+    args = ap.parse_args()
+
+    print(f"FLOPs counter: {counter_speed():,.0f} archs/s (vitas-1g, one core)")
+    tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")
+    mid = vitas.Arch(8, 48, (vitas.Block(2, 48, 128), None, vitas.Block(4, 32, 128), None, vitas.Block(2, 48, 64), None))
+    vitas_c = vitas.Arch(16, 230, (vitas.Block(3, 144, 720),) * 12 + (None,) * 4)
+    cases = [("tiny largest", tiny, tiny.max_arch(), args.tiny_batch), ("tiny mid", tiny, mid, args.tiny_batch),
+             ("vitas-1g ViTAS-C", big, vitas_c, 4)]
+    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>8s} {'plain step':>11s} {'one side':>9s} {'bilateral':>9s}")
+    for name, space, arch, batch in cases:
+        plain, one, both = step_ratios(space, arch, batch, args.device, args.repeats)
+        print(f"{name:18s} {batch:5d} {vitas.flops(arch, space) / 1e6:8.1f} {plain * 1e3:9.1f}ms {one:8.3f}x {both:8.3f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,550 @@
+"""
+ViTAS core (Su et al., "Vision Transformer Architecture Search", arXiv 2106.13700), in one file.
+
+Read top to bottom: the search space and architecture records, sampling and the learned identity
+probability, the analytical FLOPs/params counter, the plain ViT a found architecture becomes, the
+sliceable super-transformer that shares weights between all of them, and export of a slice to a
+plain ViT. Depends on torch and numpy only, so it can be copied alone into another project.
+
+    space = SearchSpace.preset("tiny")
+    arch = space.sample(torch.Generator().manual_seed(0))
+    net = SuperTransformer(space)
+    logits = net(images, arch, side="left")     # or side="right" (bilateral sharing)
+    vit = export(net, arch, side="left")        # a plain nn.Module with the inherited weights
+    print(flops(arch, space), params(arch, space))
+"""
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SIDES = ("left", "right")
+
+# -----------------------------------------------------------------------------
+# Architecture records
+
+
+@dataclass(frozen=True)
+class Block:
+    """One non-identity transformer block. attn_dim is the width of each of Q, K and V."""
+    heads: int
+    attn_dim: int
+    mlp_dim: int
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A sub-network of the super-transformer: one patch size, one embed dim (the residual
+    stream), and per block position either a Block or None (identity, the block is skipped)."""
+    patch_size: int
+    embed_dim: int
+    blocks: tuple
+
+    def __post_init__(self):
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+
+    @property
+    def depth(self):
+        """Number of non-identity blocks."""
+        return sum(b is not None for b in self.blocks)
+
+    def to_dict(self):
+        return {"patch_size": self.patch_size, "embed_dim": self.embed_dim,
+                "blocks": [None if b is None else {"heads": b.heads, "attn_dim": b.attn_dim, "mlp_dim": b.mlp_dim}
+                           for b in self.blocks]}
+
+    @classmethod
+    def from_dict(cls, d):
+        """Inverse of to_dict; malformed input raises ValueError naming the field."""
+        def integer(v, where):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"arch {where}: expected an integer, got {v!r}")
+            return v
+
+        if not isinstance(d, dict):
+            raise ValueError(f"arch: expected a JSON object with patch_size, embed_dim, blocks; got {type(d).__name__}")
+        missing = {"patch_size", "embed_dim", "blocks"} - d.keys()
+        if missing:
+            raise ValueError(f"arch: missing field(s) {sorted(missing)}; expected patch_size, embed_dim, blocks")
+        if not isinstance(d["blocks"], (list, tuple)):
+            raise ValueError(f"arch blocks: expected a list of null (identity) or block objects, got {d['blocks']!r}")
+        blocks = []
+        for i, b in enumerate(d["blocks"]):
+            if b is None:
+                blocks.append(None)
+                continue
+            if not isinstance(b, dict) or set(b) != {"heads", "attn_dim", "mlp_dim"}:
+                raise ValueError(f"arch blocks[{i}]: expected null or {{\"heads\", \"attn_dim\", \"mlp_dim\"}}, got {b!r}")
+            blocks.append(Block(**{k: integer(b[k], f"blocks[{i}].{k}") for k in ("heads", "attn_dim", "mlp_dim")}))
+        return cls(integer(d["patch_size"], "patch_size"), integer(d["embed_dim"], "embed_dim"), tuple(blocks))
+
+    def __str__(self):
+        body = " ".join("-" if b is None else f"{b.heads}/{b.attn_dim}/{b.mlp_dim}" for b in self.blocks)
+        return f"p{self.patch_size} C{self.embed_dim} [{body}]"
+
+
+# -----------------------------------------------------------------------------
+# Search space
+
+PRESETS = {
+    # METHOD.md section 2: the paper's ImageNet space for the "1G" budget (k = 1..10, integer arithmetic)
+    "vitas-1g": dict(image_size=224, in_chans=3, num_classes=1000, patch_sizes=(14, 16, 32), depth=16,
+                     embed_dims=tuple(k * 384 // 10 for k in range(1, 11)), heads=(3, 6, 12, 16),
+                     attn_dims=tuple(48 * k for k in range(1, 11)),
+                     mlp_dims=tuple(k * 1440 // 10 for k in range(1, 11))),
+    # the same shape scaled to a 2-core CPU: quick start and tests
+    "tiny": dict(image_size=32, in_chans=3, num_classes=10, patch_sizes=(4, 8), depth=6,
+                 embed_dims=(32, 48, 64), heads=(2, 4), attn_dims=(32, 48, 64), mlp_dims=(64, 128, 192)),
+}
+
+
+def _int_tuple(values, name):
+    try:
+        out = tuple(sorted(int(v) for v in values))
+    except (TypeError, ValueError):
+        raise ValueError(f"search space {name}: expected a list of integers, got {values!r}") from None
+    if not out or out[0] <= 0 or len(set(out)) != len(out):
+        raise ValueError(f"search space {name}: expected distinct positive integers, got {values!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    image_size: int
+    in_chans: int
+    num_classes: int
+    patch_sizes: tuple
+    depth: int
+    embed_dims: tuple
+    heads: tuple
+    attn_dims: tuple     # width of each of Q, K and V
+    mlp_dims: tuple
+
+    def __post_init__(self):
+        for name in ("patch_sizes", "embed_dims", "heads", "attn_dims", "mlp_dims"):
+            object.__setattr__(self, name, _int_tuple(getattr(self, name), name))
+        for name in ("image_size", "in_chans", "num_classes", "depth"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"search space {name}: expected a positive integer, got {getattr(self, name)!r}")
+        bad = [p for p in self.patch_sizes if self.image_size % p]
+        if bad:
+            raise ValueError(f"search space: image_size {self.image_size} is not divisible by patch size(s) {bad}")
+        # attention widths each head count can take (a/h must be an integer); derived, not a field
+        attn_for = {h: tuple(a for a in self.attn_dims if a % h == 0) for h in self.heads}
+        empty = [h for h, a in attn_for.items() if not a]
+        if empty:
+            raise ValueError(f"search space: no attention width in {self.attn_dims} is divisible by heads {empty}")
+        object.__setattr__(self, "_attn_for", attn_for)
+
+    @classmethod
+    def preset(cls, name):
+        if name not in PRESETS:
+            raise ValueError(f"unknown search space preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**PRESETS[name])
+
+    def to_dict(self):
+        """Plain JSON-safe dict; SearchSpace(**d) rebuilds the space."""
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    def num_patches(self, patch_size):
+        return (self.image_size // patch_size) ** 2
+
+    def validate(self, arch):
+        """Raise ValueError naming the offending field, its value and the allowed values."""
+        def check(value, allowed, where):
+            if value not in allowed:
+                raise ValueError(f"arch {where} = {value!r} is not in the search space; allowed: {list(allowed)}")
+
+        if not isinstance(arch, Arch):
+            raise ValueError(f"expected an Arch, got {type(arch).__name__}")
+        check(arch.patch_size, self.patch_sizes, "patch_size")
+        check(arch.embed_dim, self.embed_dims, "embed_dim")
+        if len(arch.blocks) != self.depth:
+            raise ValueError(f"arch has {len(arch.blocks)} block positions; this search space has exactly "
+                             f"{self.depth} (use null for an identity block)")
+        for i, b in enumerate(arch.blocks):
+            if b is None:
+                continue
+            if not isinstance(b, Block):
+                raise ValueError(f"arch blocks[{i}] = {b!r}: expected a Block or None (identity)")
+            check(b.heads, self.heads, f"blocks[{i}].heads")
+            check(b.attn_dim, self.attn_dims, f"blocks[{i}].attn_dim")
+            check(b.mlp_dim, self.mlp_dims, f"blocks[{i}].mlp_dim")
+            if b.attn_dim % b.heads:
+                raise ValueError(f"arch blocks[{i}].attn_dim = {b.attn_dim} is not divisible by heads = {b.heads}; "
+                                 f"allowed with {b.heads} heads: {list(self._attn_for[b.heads])}")
+        return arch
+
+    def max_arch(self):
+        """Most FLOPs: smallest patch, every block present at the widest choices, most heads that divide."""
+        a = max(a for h in self.heads for a in self._attn_for[h])
+        h = max(h for h in self.heads if a % h == 0)
+        return Arch(self.patch_sizes[0], self.embed_dims[-1], (Block(h, a, self.mlp_dims[-1]),) * self.depth)
+
+    def min_arch(self):
+        """Fewest FLOPs with every block present: largest patch, narrowest choices, fewest heads."""
+        a = min(a for h in self.heads for a in self._attn_for[h])
+        h = min(h for h in self.heads if a % h == 0)
+        return Arch(self.patch_sizes[-1], self.embed_dims[0], (Block(h, a, self.mlp_dims[0]),) * self.depth)
+
+    def sample(self, generator, identity_prob=None):
+        """Draw an arch: every choice uniform, each block identity with probability identity_prob
+        (None = the uniform phase, 1/2). generator: torch.Generator or numpy.random.Generator."""
+        p = 0.5 if identity_prob is None else float(identity_prob)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"identity_prob must lie in [0, 1], got {identity_prob}")
+        n = 2 + 4 * self.depth   # one uniform number per decision, drawn in one call
+        if isinstance(generator, torch.Generator):
+            u = torch.rand(n, generator=generator, dtype=torch.float64).tolist()
+        elif isinstance(generator, np.random.Generator):
+            u = generator.random(n).tolist()
+        else:
+            raise TypeError(f"generator must be a torch.Generator or numpy.random.Generator, got {type(generator).__name__}")
+
+        def pick(choices, x):
+            return choices[min(int(x * len(choices)), len(choices) - 1)]
+
+        blocks = []
+        for i in range(self.depth):
+            ident, uh, ua, um = u[2 + 4 * i: 6 + 4 * i]
+            if ident < p:
+                blocks.append(None)
+                continue
+            h = pick(self.heads, uh)
+            blocks.append(Block(h, pick(self._attn_for[h], ua), pick(self.mlp_dims, um)))
+        return Arch(pick(self.patch_sizes, u[0]), pick(self.embed_dims, u[1]), tuple(blocks))
+
+
+# -----------------------------------------------------------------------------
+# Analytical FLOPs (multiply-accumulates, METHOD.md section 5) and parameter count
+
+
+def flops(arch, space):
+    """MACs of the matrix products and the patch conv; norms, softmax, activations, biases and
+    residual adds are not counted. T = N patches + 1 class token; classifier on the class token."""
+    p, c = arch.patch_size, arch.embed_dim
+    n = (space.image_size // p) ** 2
+    t = n + 1
+    sum_a = sum_m = 0
+    for b in arch.blocks:
+        if b is not None:
+            sum_a += b.attn_dim
+            sum_m += b.mlp_dim
+    # per block: QKV t*c*3a + scores t*t*a + attn@V t*t*a + proj t*a*c + MLP 2*t*c*m
+    return n * space.in_chans * p * p * c + (4 * t * c + 2 * t * t) * sum_a + 2 * t * c * sum_m + c * space.num_classes
+
+
+def params(arch, space):
+    """Parameters of the standalone ViT of this arch (== numel of ViT(arch, space))."""
+    p, c = arch.patch_size, arch.embed_dim
+    t = (space.image_size // p) ** 2 + 1
+    total = space.in_chans * p * p * c + c + c + t * c          # patch conv (+bias), class token, pos embed
+    for b in arch.blocks:
+        if b is not None:                                        # 2 norms, qkv, proj, fc1, fc2 with biases
+            a, m = b.attn_dim, b.mlp_dim
+            total += 4 * c + 3 * a * c + 3 * a + a * c + c + m * c + m + m * c + c
+    return total + 2 * c + c * space.num_classes + space.num_classes
+
+
+# -----------------------------------------------------------------------------
+# Learned identity probability (METHOD.md section 4)
+
+
+def solve_identity_prob(space, flops_min, flops_max, generator, num_samples=1000):
+    """Identity probability p that centres sampled networks' FLOPs in [flops_min, flops_max].
+
+    Blocks are skipped independently, so E[FLOPs] = base + (1 - p) * E[block FLOPs]: one batch of
+    draws at p = 0 gives both terms and p follows in closed form (the reference steps p by 0.01).
+    Raises ValueError where the window lies outside what the space can reach."""
+    if flops_min > flops_max:
+        raise ValueError(f"FLOPs window is empty: flops_min {flops_min:,} > flops_max {flops_max:,}")
+    lo = flops(Arch(space.patch_sizes[-1], space.embed_dims[0], (None,) * space.depth), space)
+    hi = flops(space.max_arch(), space)
+    if flops_max < lo or flops_min > hi:
+        raise ValueError(f"FLOPs window [{flops_min:,}, {flops_max:,}] is unreachable: networks of this space "
+                         f"have between {lo:,} and {hi:,} MACs; widen or move the window")
+    full = [space.sample(generator, identity_prob=0.0) for _ in range(num_samples)]
+    base = np.mean([flops(Arch(a.patch_size, a.embed_dim, (None,) * space.depth), space) for a in full])
+    per_blocks = np.mean([flops(a, space) for a in full]) - base
+    keep = ((flops_min + flops_max) / 2 - base) / per_blocks
+    return float(np.clip(1.0 - keep, 0.0, 1.0))
+
+
+def sample_in_window(space, generator, identity_prob, flops_min, flops_max, max_tries=1000):
+    """Sample with the given identity probability, redrawing networks outside the FLOPs window."""
+    for _ in range(max_tries):
+        arch = space.sample(generator, identity_prob)
+        if flops_min <= flops(arch, space) <= flops_max:
+            return arch
+    raise ValueError(f"no network inside the FLOPs window [{flops_min:,}, {flops_max:,}] in {max_tries} draws "
+                     f"at identity probability {identity_prob:.3f}; widen the window")
+
+
+# -----------------------------------------------------------------------------
+# Building blocks shared by the plain ViT and the super-transformer
+
+
+def drop_path(x, rate, training):
+    """Stochastic depth: drop a residual branch per sample."""
+    if rate == 0.0 or not training:
+        return x
+    keep = 1.0 - rate
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask / keep
+
+
+def attention(q, k, v, fused=True):
+    """(B, h, T, d) -> (B, h, T, d). fused=False spells out the matmuls so that
+    torch.utils.flop_counter counts them (on CPU it reports 0 for the fused kernel)."""
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)    # (B, h, T, T); scale = head_dim^-0.5
+    return scores.softmax(dim=-1) @ v
+
+
+def use_fused_attention(model, fused):
+    """Switch every attention of a ViT or SuperTransformer between the fused and explicit path."""
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
+    return model
+
+
+def check_images(x, space):
+    if x.ndim != 4 or x.shape[1] != space.in_chans or x.shape[2] != space.image_size or x.shape[3] != space.image_size:
+        raise ValueError(f"expected images of shape (B, {space.in_chans}, {space.image_size}, {space.image_size}) "
+                         f"for this search space, got {tuple(x.shape)}; resize them in the data transforms")
+
+
+def init_weights(module):
+    """timm-style: trunc-normal(0.02) weights, zero biases, unit norms."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, Tokens):
+            nn.init.trunc_normal_(m.cls_token, std=0.02)
+            nn.init.trunc_normal_(m.pos_embed, std=0.02)
+
+
+def drop_path_rates(rate, depth):
+    """Stochastic depth rising linearly over block positions (identity positions included)."""
+    return [rate * i / max(depth - 1, 1) for i in range(depth)]
+
+
+class Tokens(nn.Module):
+    """Patch embedding, class token and position embedding of one patch size."""
+
+    def __init__(self, in_chans, embed_dim, patch_size, num_patches):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+
+    def forward(self, x, sc=slice(None)):
+        """x (B, in_chans, S, S) -> (B, N + 1, C); sc slices the embed channels."""
+        x = F.conv2d(x, self.proj.weight[sc], self.proj.bias[sc], stride=self.proj.stride)   # (B, C, S/p, S/p)
+        x = x.flatten(2).transpose(1, 2)                                                       # (B, N, C)
+        cls = self.cls_token[:, :, sc].expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1) + self.pos_embed[:, :, sc]
+
+
+# -----------------------------------------------------------------------------
+# Plain ViT: what a found architecture is retrained as
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads, attn_dim):
+        super().__init__()
+        self.heads, self.fused_attn = heads, True
+        self.qkv = nn.Linear(dim, 3 * attn_dim)
+        self.proj = nn.Linear(attn_dim, dim)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)   # 3 x (B, h, T, d)
+        x = attention(q, k, v, self.fused_attn)
+        return self.proj(x.transpose(1, 2).reshape(B, T, -1))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim, block, drop_path_rate=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, block.heads, block.attn_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, block.mlp_dim)
+        self.fc2 = nn.Linear(block.mlp_dim, dim)
+        self.drop_path = drop_path_rate
+
+    def forward(self, x):
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + drop_path(self.fc2(F.gelu(self.fc1(self.norm2(x)))), self.drop_path, self.training)
+
+
+class ViT(nn.Module):
+    """A standalone vision transformer of one arch: ordinary Conv2d/Linear/LayerNorm, no slicing.
+    Identity positions hold nn.Identity, so block indices match the arch and the super-transformer."""
+
+    def __init__(self, arch, space, drop_path=0.0):
+        super().__init__()
+        space.validate(arch)
+        self.arch, self.space = arch, space
+        c = arch.embed_dim
+        self.tokens = Tokens(space.in_chans, c, arch.patch_size, space.num_patches(arch.patch_size))
+        rates = drop_path_rates(drop_path, space.depth)
+        self.blocks = nn.Sequential(*[nn.Identity() if b is None else ViTBlock(c, b, r)
+                                      for b, r in zip(arch.blocks, rates)])
+        self.norm = nn.LayerNorm(c)
+        self.head = nn.Linear(c, space.num_classes)
+        init_weights(self)
+
+    def forward(self, x):
+        check_images(x, self.space)
+        x = self.blocks(self.tokens(x))               # (B, T, C)
+        return self.head(self.norm(x[:, 0]))          # class token -> (B, classes)
+
+
+# -----------------------------------------------------------------------------
+# Super-transformer: every arch of the space is a slice of it
+
+
+def channels(width, full, side):
+    """The slice of `full` channels that a sub-network of `width` uses: the first (left) or the
+    last (right) ones; bilateral sharing trains both so every channel is trained about equally."""
+    if width == full:
+        return slice(None)
+    return slice(0, width) if side == "left" else slice(full - width, full)
+
+
+class SuperAttention(nn.Module):
+    """Private Q and K per head-count choice (an attention map's meaning depends on how channels
+    are grouped into heads); V and the output projection are shared by all head counts."""
+
+    def __init__(self, dim, heads, attn_dim):
+        super().__init__()
+        self.fused_attn = True
+        self.q = nn.ModuleDict({f"h{h}": nn.Linear(dim, attn_dim) for h in heads})
+        self.k = nn.ModuleDict({f"h{h}": nn.Linear(dim, attn_dim) for h in heads})
+        self.v = nn.Linear(dim, attn_dim)
+        self.proj = nn.Linear(attn_dim, dim)
+
+    def sliced(self, heads, sa, sc):
+        """(weight, bias) views of Q, K, V and the output projection for one choice."""
+        q, k = self.q[f"h{heads}"], self.k[f"h{heads}"]
+        return ((q.weight[sa, sc], q.bias[sa]), (k.weight[sa, sc], k.bias[sa]), (self.v.weight[sa, sc], self.v.bias[sa]),
+                (self.proj.weight[sc, sa], self.proj.bias[sc]))
+
+    def forward(self, x, heads, sa, sc):
+        B, T, _ = x.shape
+        (wq, bq), (wk, bk), (wv, bv), (wo, bo) = self.sliced(heads, sa, sc)
+        q, k, v = (F.linear(x, w, b).view(B, T, heads, -1).transpose(1, 2) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
+        x = attention(q, k, v, self.fused_attn)        # (B, h, T, d)
+        return F.linear(x.transpose(1, 2).reshape(B, T, -1), wo, bo)
+
+
+class SuperBlock(nn.Module):
+    def __init__(self, space, drop_path_rate=0.0):
+        super().__init__()
+        c, a, m = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
+        self.full = (c, a, m)
+        self.norm1 = nn.LayerNorm(c)
+        self.attn = SuperAttention(c, space.heads, a)
+        self.norm2 = nn.LayerNorm(c)
+        self.fc1 = nn.Linear(c, m)
+        self.fc2 = nn.Linear(m, c)
+        self.drop_path = drop_path_rate
+
+    def slices(self, block, c, side):
+        """Channel slices (embed, attention, MLP) of one block choice."""
+        return (channels(c, self.full[0], side), channels(block.attn_dim, self.full[1], side),
+                channels(block.mlp_dim, self.full[2], side))
+
+    def forward(self, x, block, side):
+        c = x.shape[-1]
+        sc, sa, sm = self.slices(block, c, side)
+        h = F.layer_norm(x, (c,), self.norm1.weight[sc], self.norm1.bias[sc])
+        x = x + drop_path(self.attn(h, block.heads, sa, sc), self.drop_path, self.training)
+        h = F.layer_norm(x, (c,), self.norm2.weight[sc], self.norm2.bias[sc])
+        h = F.linear(F.gelu(F.linear(h, self.fc1.weight[sm, sc], self.fc1.bias[sm])), self.fc2.weight[sc, sm], self.fc2.bias[sc])
+        return x + drop_path(h, self.drop_path, self.training)
+
+
+class SuperTransformer(nn.Module):
+    """The over-sized ViT whose slices are all the archs of `space`.
+
+    Private per patch size: patch conv, class token and position embedding ("private class
+    token"). Per block: sliced pre-norm LayerNorms, private Q/K per head count, shared V,
+    output projection and MLP. forward(x, arch, side) runs the slice of one arch."""
+
+    def __init__(self, space, drop_path=0.0):
+        super().__init__()
+        self.space = space
+        c = space.embed_dims[-1]
+        self.tokens = nn.ModuleDict({f"p{p}": Tokens(space.in_chans, c, p, space.num_patches(p)) for p in space.patch_sizes})
+        self.blocks = nn.ModuleList(SuperBlock(space, r) for r in drop_path_rates(drop_path, space.depth))
+        self.norm = nn.LayerNorm(c)
+        self.head = nn.Linear(c, space.num_classes)
+        init_weights(self)
+
+    def forward(self, x, arch, side="left"):
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        self.space.validate(arch)
+        check_images(x, self.space)
+        c = arch.embed_dim
+        sc = channels(c, self.space.embed_dims[-1], side)
+        x = self.tokens[f"p{arch.patch_size}"](x, sc)                  # (B, T, c)
+        for blk, b in zip(self.blocks, arch.blocks):
+            if b is not None:
+                x = blk(x, b, side)
+        x = F.layer_norm(x[:, 0], (c,), self.norm.weight[sc], self.norm.bias[sc])
+        return F.linear(x, self.head.weight[:, sc], self.head.bias)    # (B, classes)
+
+
+# -----------------------------------------------------------------------------
+# Export
+
+
+@torch.no_grad()
+def export(supernet, arch, side="left", drop_path=0.0):
+    """A plain ViT of `arch` carrying the super-transformer's weights for that slice and side;
+    its output equals supernet(x, arch, side)."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    space = supernet.space
+    vit = ViT(arch, space, drop_path=drop_path).to(supernet.head.weight.device, supernet.head.weight.dtype)
+    sc = channels(arch.embed_dim, space.embed_dims[-1], side)
+    src = supernet.tokens[f"p{arch.patch_size}"]
+    vit.tokens.proj.weight.copy_(src.proj.weight[sc])
+    vit.tokens.proj.bias.copy_(src.proj.bias[sc])
+    vit.tokens.cls_token.copy_(src.cls_token[:, :, sc])
+    vit.tokens.pos_embed.copy_(src.pos_embed[:, :, sc])
+    for dst, blk, b in zip(vit.blocks, supernet.blocks, arch.blocks):
+        if b is None:
+            continue
+        _, sa, sm = blk.slices(b, arch.embed_dim, side)
+        (wq, bq), (wk, bk), (wv, bv), (wo, bo) = blk.attn.sliced(b.heads, sa, sc)
+        dst.attn.qkv.weight.copy_(torch.cat([wq, wk, wv]))
+        dst.attn.qkv.bias.copy_(torch.cat([bq, bk, bv]))
+        dst.attn.proj.weight.copy_(wo)
+        dst.attn.proj.bias.copy_(bo)
+        for name in ("norm1", "norm2"):
+            getattr(dst, name).weight.copy_(getattr(blk, name).weight[sc])
+            getattr(dst, name).bias.copy_(getattr(blk, name).bias[sc])
+        dst.fc1.weight.copy_(blk.fc1.weight[sm, sc])
+        dst.fc1.bias.copy_(blk.fc1.bias[sm])
+        dst.fc2.weight.copy_(blk.fc2.weight[sc, sm])
+        dst.fc2.bias.copy_(blk.fc2.bias[sc])
+    vit.norm.weight.copy_(supernet.norm.weight[sc])
+    vit.norm.bias.copy_(supernet.norm.bias[sc])
+    vit.head.weight.copy_(supernet.head.weight[:, sc])
+    vit.head.bias.copy_(supernet.head.bias)
+    use_fused_attention(vit, all(getattr(m, "fused_attn", True) for m in supernet.modules()))
+    return vit.train(supernet.training)
