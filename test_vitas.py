@@ -300,3 +300,118 @@ def test_plain_vit_attention_matches_torch_multihead_attention():
         mha.out_proj.weight.copy_(torch.eye(32))
         ref = F.linear(mha(q, k, v, need_weights=False)[0], attn.proj.weight, attn.proj.bias)
         assert torch.allclose(attn(x), ref, atol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# train.py: sampling, distributed training, resume, retrain, bad input
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# a few-second configuration of the synthetic default
+SMALL = ["--synthetic-size", "640", "--batch-size", "32", "--eval-limit", "128", "--log-every", "5", "--device", "cpu"]
+
+
+def torchrun(script, *argv, nproc=2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, env=env, timeout=300)
+
+
+def run_main(module, argv, capsys):
+    """A CLI run in this process; returns (exit code, stderr)."""
+    try:
+        module.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_learned_identity_probability_concentrates_flops_in_the_window():
+    lo, hi = 2_000_000, 4_000_000
+    sampler = train.ArchSampler(TINY, seed=0, uniform_epochs=1, flops_min=lo, flops_max=hi)
+    raw = [vitas.flops(TINY.sample(np.random.default_rng(i), sampler.identity_prob), TINY) for i in range(2000)]
+    assert lo <= np.mean(raw) <= hi                              # p solved so the mean lands in the window
+    learned = [vitas.flops(sampler(step, epoch=1), TINY) for step in range(500)]
+    assert np.mean([lo <= f <= hi for f in learned]) >= 0.9
+    uniform = [sampler(step, epoch=0) for step in range(500)]    # uniform phase first: p = 1/2
+    assert 0.45 < np.mean([b is None for a in uniform for b in a.blocks]) < 0.55
+    assert sampler(7, 1) == sampler(7, 1)                        # (seed, step) decides the arch
+
+
+def test_unreachable_flops_window_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unreachable"):
+        train.ArchSampler(TINY, 0, 0, flops_min=10**12, flops_max=2 * 10**12)
+    code, err = run_main(train, ["--out", str(tmp_path), "--flops-min", "1G", "--flops-max", "2G", *SMALL], capsys)
+    assert code == 2 and "unreachable" in err and "Traceback" not in err
+
+
+def test_two_process_torchrun_trains_the_same_arch_on_every_rank(tmp_path):
+    out = tmp_path / "ddp"
+    r = torchrun("train.py", "--out", str(out), "--epochs", "2", "--uniform-epochs", "1", "--flops-min", "2M",
+                 "--flops-max", "4M", "--rank-dump", *SMALL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
+    assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
+    assert len(set(ranks[0]["archs"])) > 10                       # a new sub-network (almost) every step
+    for k, v in ranks[0]["model"].items():
+        assert torch.equal(v, ranks[1]["model"][k]), k
+    ck = train.load_checkpoint(out / "checkpoint.pt")
+    for k, v in ck["model"].items():                              # saved without DDP's "module." prefix
+        assert torch.equal(v, ranks[0]["model"][k])
+    assert SearchSpace(**ck["space"]) == TINY and ck["identity_prob"] is not None
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [r["epoch"] for r in log] == [1, 2] and log[0]["identity_prob"] == 0.5
+    assert set(log[1]["val"]) == {"largest", "smallest", "middle"}
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    common = ["--epochs", "2", "--uniform-epochs", "1", "--flops-min", "2M", "--flops-max", "4M", "--save-every", "3",
+              "--drop-path", "0.1", "--mixup", "0.8", *SMALL]
+    whole = train.train(train.get_parser().parse_args(["--out", str(tmp_path / "a"), *common]))
+    assert train.train(train.get_parser().parse_args(["--out", str(tmp_path / "b"), "--stop-after", "22", *common])) is None
+    assert train.load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 22     # mid-epoch 2 (18 steps each)
+    resumed = train.train(train.get_parser().parse_args(["--out", str(tmp_path / "b"), *common]))
+    a, b = (train.load_checkpoint(tmp_path / x / "checkpoint.pt")["model"] for x in "ab")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["loss"] == whole["loss"] and resumed["val"] == whole["val"]
+
+
+def test_retrain_from_arch_json(tmp_path):
+    arch = Arch(8, 48, (Block(2, 48, 128), None, Block(4, 32, 64), None, None, Block(2, 64, 192)))
+    (tmp_path / "arch.json").write_text(json.dumps(arch.to_dict()))
+    res = train.train(train.get_parser().parse_args(["--arch", str(tmp_path / "arch.json"), "--out", str(tmp_path / "r"),
+                                                     "--epochs", "1", *SMALL]))
+    assert 0 <= res["val"]["model"]["top1"] <= 100
+    ck = train.load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert ck["mode"] == "retrain" and Arch.from_dict(ck["arch"]) == arch
+    vit = vitas.ViT(arch, SearchSpace(**ck["space"]))
+    vit.load_state_dict(ck["model"])
+
+
+@pytest.mark.parametrize("setup, argv, words", [
+    (None, ["--data", "/nonexistent/imagenet"], ["train/", "missing"]),
+    (None, ["--data", "cifar10", "--data-root", "/nonexistent"], ["cifar10", "--download"]),
+    ("{not json", ["--arch", "ARCH"], ["not valid JSON"]),
+    ('{"patch_size": 4, "embed_dim": 32}', ["--arch", "ARCH"], ["missing", "blocks"]),
+    (json.dumps(Arch(4, 40, (None,) * 6).to_dict()), ["--arch", "ARCH"], ["embed_dim = 40", "[32, 48, 64]"]),
+    ("CORRUPT", [], ["corrupt", "checkpoint"]),
+])
+def test_bad_input_gives_a_clear_error(tmp_path, capsys, setup, argv, words):
+    if setup == "CORRUPT":
+        (tmp_path / "checkpoint.pt").write_bytes(b"\x80\x02 truncated")
+    elif setup is not None:
+        (tmp_path / "arch.json").write_text(setup)
+    argv = [a.replace("ARCH", str(tmp_path / "arch.json")) for a in argv]
+    code, err = run_main(train, ["--out", str(tmp_path), "--epochs", "1", *argv, *SMALL], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err

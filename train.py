@@ -1,0 +1,659 @@
+"""
+Train the ViTAS super-transformer (default mode) or retrain one found architecture (--arch).
+
+One process, or any number under torchrun (gloo on CPU, nccl on CUDA, picked from the device):
+
+    python train.py --epochs 3 --flops-min 2M --flops-max 4M             # synthetic data, tiny space
+    torchrun --standalone --nproc_per_node=2 train.py --out runs/super --flops-min 2M --flops-max 4M
+    torchrun --nnodes=4 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
+        train.py --space vitas-1g --data /data/imagenet --flops-min 0.9G --flops-max 1.1G --amp --device cuda
+    python train.py --arch runs/search/best_arch.json --out runs/retrain  # retrain a found arch from scratch
+
+Super-transformer mode: each step trains one sub-network, drawn uniformly for --uniform-epochs,
+then with the learned identity probability that concentrates sampled networks in the FLOPs window
+(METHOD.md section 4). Every rank draws the same arch from a generator seeded by (seed, step), so
+no communication is needed. With --sharing bilateral each step trains the arch on its left and on
+its right slices, each side with its own loss, gradients summed.
+
+Re-running the same command resumes from --out/checkpoint.pt.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import numbers
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from decimal import Decimal, InvalidOperation
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+
+import vitas
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one clear line, no traceback."""
+
+
+def parse_count(text):
+    """A FLOPs or parameter count as an int: '1.0G', '900M', '350k', '1.2e9', '1200000' or a number.
+    Decimal arithmetic, so '0.1G' is exactly 100000000; a fractional result is rounded."""
+    bad = ValueError(f"cannot read {text!r} as a count; expected a non-negative number, optionally ending in "
+                     f"k, M or G (e.g. 1.0G, 900M, 350k, 1.2e9, 1200000)")
+    if isinstance(text, bool) or not isinstance(text, (str, numbers.Real)):
+        raise bad
+    s = str(text).strip()
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(s[-1:].lower())   # decimal; a count has no milli
+    try:
+        value = Decimal(s[:-1] if scale else s) * (scale or 1)
+    except InvalidOperation:
+        raise bad from None
+    if not value.is_finite() or value < 0:
+        raise bad
+    return int(value.to_integral_value())
+
+
+def count_arg(text):
+    """parse_count for argparse, which shows only an ArgumentTypeError's own message."""
+    try:
+        return parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# -----------------------------------------------------------------------------
+# Distributed set-up (env-based: torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def all_reduce(self, t):
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+
+def setup_distributed(device="auto"):
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+        # torchrun sets OMP_NUM_THREADS=1; a plain run may use every core
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local_rank, dev)
+
+
+def cleanup_distributed():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
+# Data
+
+
+def synthetic_images(n, num_classes, size, seed):
+    """Learnable images generated in code, deterministic from the seed.
+
+    A class is a structure, not a colour: an oriented grating (num_classes // 2 orientations, at 3
+    or 7 cycles per image) in a random half-size window, under random phase, contrast, colour tint
+    and strong pixel noise. A small network gets well above chance in a few CPU minutes; finer
+    patches and wider, deeper networks score higher, so the search has something to find."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    half = max(num_classes // 2, 1)
+    angle = (labels % half).float().view(-1, 1, 1) * math.pi / half
+    freq = torch.where(labels < half, 2.0, 5.0).view(-1, 1, 1) * 2 * math.pi / size
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+    img = torch.sin((xs * angle.cos() + ys * angle.sin()) * freq + phase)          # (n, S, S)
+    w = size * 3 // 5
+    x0, y0 = (torch.randint(0, size - w + 1, (n, 1, 1), generator=g) for _ in range(2))
+    img = img * ((xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + w)) * (0.6 + 0.4 * torch.rand(n, 1, 1, generator=g))
+    tint = 0.4 + 0.6 * torch.rand(n, 3, 1, 1, generator=g)
+    img = img.unsqueeze(1) * tint + 0.35 * torch.randn(n, 3, size, size, generator=g)  # (n, 3, S, S)
+    return ((img * 0.25 + 0.5).clamp(0, 1) * 255).to(torch.uint8), labels
+
+
+class TensorImages(Dataset):
+    """uint8 images (N, 3, S, S) held in memory, with a transform."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+        self.classes = sorted(set(labels.tolist()))
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def image_transforms(size, train, args, real):
+    """DeiT-like for real data (random resized crop, flip, RandAugment, random erasing); synthetic
+    data gets none (a flip would turn one grating orientation, hence class, into another)."""
+    from torchvision.transforms import v2 as T
+    norm = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if not train or not real:
+        resize = [T.Resize(int(size / 0.875), antialias=True), T.CenterCrop(size)] if real and size > 64 else [T.Resize((size, size), antialias=True)]
+        return T.Compose(resize + norm)
+    crop = [T.RandomResizedCrop(size, antialias=True)] if size > 64 else [T.Resize((size, size), antialias=True), T.RandomCrop(size, padding=size // 8)]
+    aug = [T.RandAugment(num_ops=2, magnitude=args.randaug)] if args.randaug > 0 else []
+    erase = [T.RandomErasing(p=args.reprob)] if args.reprob > 0 else []
+    return T.Compose(crop + [T.RandomHorizontalFlip()] + aug + norm + erase)
+
+
+def holdout_split(n, frac, seed):
+    """Deterministic (train indices, held-out indices): the held-out part is never trained on and
+    is what search.py scores architectures on (val/test never is)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    k = int(round(n * frac))
+    return sorted(perm[k:]), sorted(perm[:k])
+
+
+@dataclasses.dataclass
+class Datasets:
+    train: Dataset
+    holdout: Dataset
+    val: Dataset
+    num_classes: int
+
+
+def build_datasets(args, image_size):
+    """args.data: 'synthetic', 'cifar10', 'cifar100' or an ImageFolder root with train/ and val/."""
+    from torchvision import datasets
+    kind = args.data
+    if kind == "synthetic":
+        n_train, n_val = args.synthetic_size, max(args.synthetic_size // 5, 100)
+        tr = synthetic_images(n_train, args.synthetic_classes, image_size, args.seed)
+        va = synthetic_images(n_val, args.synthetic_classes, image_size, args.seed + 1)
+        make = lambda data, train: TensorImages(*data, image_transforms(image_size, train, args, real=False))
+        train_set, eval_train, val_set = make(tr, True), make(tr, False), make(va, False)
+        num_classes = args.synthetic_classes
+    elif kind in ("cifar10", "cifar100"):
+        cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+        try:
+            tf = lambda train: image_transforms(image_size, train, args, real=True)
+            train_set = cls(args.data_root, train=True, transform=tf(True), download=args.download)
+            eval_train = cls(args.data_root, train=True, transform=tf(False))
+            val_set = cls(args.data_root, train=False, transform=tf(False))
+        except RuntimeError as e:
+            raise UserError(f"{kind} not found under --data-root {args.data_root!r} ({e}); "
+                            f"add --download to fetch it there, or point --data-root at a copy") from None
+        num_classes = len(train_set.classes)
+    else:
+        for split in ("train", "val"):
+            if not os.path.isdir(os.path.join(kind, split)):
+                raise UserError(f"--data {kind!r}: expected an ImageFolder tree with {split}/ inside "
+                                f"({os.path.join(kind, split)} is missing); or use --data synthetic|cifar10|cifar100")
+        try:
+            tf = lambda train: image_transforms(image_size, train, args, real=True)
+            train_set = datasets.ImageFolder(os.path.join(kind, "train"), transform=tf(True))
+            eval_train = datasets.ImageFolder(os.path.join(kind, "train"), transform=tf(False))
+            val_set = datasets.ImageFolder(os.path.join(kind, "val"), transform=tf(False))
+        except (FileNotFoundError, OSError) as e:
+            raise UserError(f"--data {kind!r}: {e}") from None
+        num_classes = len(train_set.classes)
+    train_idx, hold_idx = holdout_split(len(train_set), args.holdout, args.seed)
+    return Datasets(Subset(train_set, train_idx), Subset(eval_train, hold_idx), val_set, num_classes)
+
+
+class ShardSampler(Sampler):
+    """Rank r takes items r, r + world, ... of the first `limit` items: no padding, so sums of
+    per-rank counts equal a single-process evaluation exactly."""
+
+    def __init__(self, n, rank, world, limit=None):
+        self.indices = list(range(rank, n if limit is None else min(n, limit), world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def eval_loader(dataset, batch_size, d, workers=0, limit=None):
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), d.rank, d.world, limit),
+                      num_workers=workers, pin_memory=d.device.type == "cuda")
+
+
+class ResumeSampler(Sampler):
+    """The epoch's DistributedSampler order, starting after the batches already trained on."""
+
+    def __init__(self, sampler, skip):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.skip:])
+
+    def __len__(self):
+        return max(len(self.sampler) - self.skip, 0)
+
+
+# -----------------------------------------------------------------------------
+# Architecture sampling for super-transformer training
+
+
+class ArchSampler:
+    """Uniform phase for the first `uniform_epochs`, then the learned identity probability.
+
+    The arch of global step s comes from a generator seeded by (seed, s): every rank draws the same
+    one with no communication, and a resumed run draws what the uninterrupted run would have."""
+
+    def __init__(self, space, seed, uniform_epochs, flops_min=None, flops_max=None, identity_prob=None, max_tries=100):
+        self.space, self.seed, self.uniform_epochs, self.max_tries = space, seed, uniform_epochs, max_tries
+        self.window = None if flops_min is None and flops_max is None else (flops_min or 0, flops_max or vitas.flops(space.max_arch(), space))
+        self.identity_prob = identity_prob
+        if self.window is not None and identity_prob is None:
+            self.identity_prob = vitas.solve_identity_prob(space, *self.window, np.random.default_rng([seed, 1]))
+
+    def calibration(self, n=1000):
+        """Fraction of networks inside the window: raw draws at the learned p, and as trained."""
+        rng = np.random.default_rng([self.seed, 2])
+        inside = lambda a: self.window[0] <= vitas.flops(a, self.space) <= self.window[1]
+        raw = np.mean([inside(self.space.sample(rng, self.identity_prob)) for _ in range(n)])
+        drawn = [self.draw(rng, learned=True) for _ in range(n)]
+        return raw, np.mean([inside(a) for a in drawn]), np.mean([vitas.flops(a, self.space) for a in drawn])
+
+    def draw(self, rng, learned):
+        if not learned or self.window is None:
+            return self.space.sample(rng)
+        for _ in range(self.max_tries):   # bounded resampling; the last draw stands if none fits
+            arch = self.space.sample(rng, self.identity_prob)
+            if self.window[0] <= vitas.flops(arch, self.space) <= self.window[1]:
+                break
+        return arch
+
+    def __call__(self, step, epoch):
+        return self.draw(np.random.default_rng([self.seed, 0, step]), learned=epoch >= self.uniform_epochs)
+
+
+def reported_archs(space):
+    """Largest, smallest and a middle arch (middle choice of every dimension, all blocks present)."""
+    mid = lambda xs: xs[len(xs) // 2]
+    h = mid(space.heads)
+    a = mid(space._attn_for[h])
+    middle = vitas.Arch(mid(space.patch_sizes), mid(space.embed_dims), (vitas.Block(h, a, mid(space.mlp_dims)),) * space.depth)
+    return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}
+
+
+# -----------------------------------------------------------------------------
+# Evaluation (reused by search.py)
+
+
+def amp_context(device, enabled):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model, loader, d, arch=None, side="left", amp=False):
+    """Top-1/top-5 (%) of `model` (a SuperTransformer at `arch`/`side`, or a plain ViT with
+    arch=None) over a loader sharded across ranks; counts are all-reduced."""
+    was_training = model.training
+    model.eval()
+    stats = torch.zeros(3, dtype=torch.float64, device=d.device)    # correct@1, correct@5, n
+    for x, y in loader:
+        x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+        with amp_context(d.device, amp):
+            logits = model(x) if arch is None else model(x, arch, side)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top5 == y[:, None]
+        stats += torch.tensor([hit[:, 0].sum().item(), hit.any(1).sum().item(), len(y)], dtype=torch.float64, device=d.device)
+    d.all_reduce(stats)
+    model.train(was_training)
+    n = max(stats[2].item(), 1)
+    return {"top1": 100 * stats[0].item() / n, "top5": 100 * stats[1].item() / n, "n": int(stats[2].item())}
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path, state):
+    """Atomic: a crash mid-write leaves the previous checkpoint intact."""
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path!r} does not exist")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:   # truncated or foreign files fail in many ways inside torch
+        raise UserError(f"checkpoint {path!r} is corrupt or not a vitas checkpoint ({type(e).__name__}: {e}); "
+                        f"delete it to start afresh or point at another file") from None
+    if not isinstance(ck, dict) or not {"model", "space", "args"} <= ck.keys():
+        raise UserError(f"checkpoint {path!r} is not a vitas checkpoint (needs model, space and args entries)")
+    return ck
+
+
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s):
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def load_arch_file(path, space):
+    """Arch JSON (as search.py writes it) -> validated Arch, with clear errors."""
+    try:
+        with open(path) as f:
+            arch = vitas.Arch.from_dict(json.load(f))
+        return space.validate(arch)
+    except FileNotFoundError:
+        raise UserError(f"--arch {path!r}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"--arch {path!r} is not valid JSON: {e}") from None
+    except ValueError as e:
+        raise UserError(f"--arch {path!r}: {e}") from None
+
+
+# -----------------------------------------------------------------------------
+# Optimisation
+
+
+def param_groups(model, weight_decay):
+    """No weight decay on norms, biases, class tokens and position embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup_steps, total_steps, min_ratio):
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return f
+
+
+def mix_transform(args, num_classes):
+    """Batch-level MixUp/CutMix (one of them per batch) from torchvision.transforms.v2."""
+    from torchvision.transforms import v2 as T
+    ops = ([T.MixUp(alpha=args.mixup, num_classes=num_classes)] if args.mixup > 0 else []) + \
+          ([T.CutMix(alpha=args.cutmix, num_classes=num_classes)] if args.cutmix > 0 else [])
+    return T.RandomChoice(ops) if ops else None
+
+
+def fmt_time(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+def build_space(args):
+    """The preset, or the space of the checkpoint that --init-from inherits weights from."""
+    if args.init_from:
+        return vitas.SearchSpace(**load_checkpoint(args.init_from)["space"])
+    return vitas.SearchSpace.preset(args.space)
+
+
+def train(args):
+    d = setup_distributed(args.device)
+    log = (lambda *a: print(*a, flush=True)) if d.main else (lambda *a: None)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    if args.amp and d.device.type == "cpu":
+        log("note: bf16 autocast on this CPU may be slower than fp32")
+
+    space = build_space(args)
+    data = build_datasets(args, space.image_size)
+    if space.num_classes != data.num_classes:   # the data's class count wins
+        log(f"data has {data.num_classes} classes, the search space {space.num_classes}: using {data.num_classes}")
+        space = dataclasses.replace(space, num_classes=data.num_classes)
+    retrain = args.arch is not None
+    arch = load_arch_file(args.arch, space) if retrain else None
+
+    if retrain:
+        if args.init_from:
+            supernet = vitas.SuperTransformer(space)
+            supernet.load_state_dict(load_checkpoint(args.init_from)["model"])
+            model = vitas.export(supernet, arch, "left", drop_path=args.drop_path)
+            log(f"retrain {arch} from the weights inherited from {args.init_from}")
+        else:
+            model = vitas.ViT(arch, space, drop_path=args.drop_path)
+            log(f"retrain {arch} from scratch")
+        log(f"  {vitas.flops(arch, space) / 1e6:.2f} MFLOPs, {vitas.params(arch, space) / 1e6:.3f} M params")
+    else:
+        model = vitas.SuperTransformer(space, drop_path=args.drop_path)
+    model.to(d.device)
+    ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+              find_unused_parameters=not retrain) if d.world > 1 else model   # a step uses one slice
+
+    sampler = None if retrain else ArchSampler(space, args.seed, args.uniform_epochs, args.flops_min, args.flops_max)
+    if sampler is not None and sampler.window is not None:
+        raw, inside, mean = sampler.calibration()
+        log(f"learned identity probability {sampler.identity_prob:.3f} for FLOPs window "
+            f"[{sampler.window[0] / 1e6:.2f}M, {sampler.window[1] / 1e6:.2f}M]: {100 * raw:.0f}% of raw draws inside, "
+            f"{100 * inside:.0f}% after resampling, mean {mean / 1e6:.2f} MFLOPs")
+        if inside < 0.5:
+            raise UserError(f"only {100 * inside:.0f}% of sampled networks reach the FLOPs window "
+                            f"[{sampler.window[0]:,}, {sampler.window[1]:,}]; widen it")
+
+    train_sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed, drop_last=True)
+    steps_per_epoch = len(train_sampler) // args.batch_size
+    if steps_per_epoch == 0:
+        raise UserError(f"--batch-size {args.batch_size} x {d.world} processes exceeds the {len(data.train)} training images")
+    total_steps = args.epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup_epochs * steps_per_epoch, total_steps, args.min_lr / args.lr))
+    mix = mix_transform(args, space.num_classes)
+    sides = ("left", "right") if args.sharing == "bilateral" else ("left",)
+    val_loader = eval_loader(data.val, args.eval_batch_size, d, args.workers, limit=args.eval_limit)
+
+    os.makedirs(args.out, exist_ok=True)
+    ck_path = os.path.join(args.out, "checkpoint.pt")
+    step, sums, record = 0, None, None
+    if os.path.exists(ck_path):
+        ck = load_checkpoint(ck_path)
+        if ck.get("arch") != (arch.to_dict() if retrain else None):
+            raise UserError(f"{ck_path} belongs to another run (arch differs); use another --out or delete it")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        schedule.load_state_dict(ck["schedule"])
+        step, sums = ck["step"], ck["epoch_sums"]
+        if sampler is not None:
+            sampler.identity_prob = ck["identity_prob"]
+        set_rng_state(ck["rng"][min(d.rank, len(ck["rng"]) - 1)])
+        log(f"resumed from {ck_path} at step {step} (epoch {step // steps_per_epoch})")
+
+    def checkpoint():
+        states = [None] * d.world
+        if d.world > 1:   # every rank's RNG (augmentation, drop path) so a resume is exact
+            dist.all_gather_object(states, rng_state())
+        else:
+            states = [rng_state()]
+        if d.main:
+            save_checkpoint(ck_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "step": step, "epoch": step // steps_per_epoch, "epoch_sums": sums, "rng": states, "args": vars(args), "space": space.to_dict(),
+                "identity_prob": None if sampler is None else sampler.identity_prob,
+                "arch": arch.to_dict() if retrain else None, "mode": "retrain" if retrain else "super"})
+
+    log(f"{'retrain' if retrain else 'super-transformer'} | {d.world} process(es) on {d.device} | batch {args.batch_size} "
+        f"per process, effective {args.batch_size * d.world} | {steps_per_epoch} steps/epoch x {args.epochs} epochs | "
+        f"train {len(data.train)}, held-out {len(data.holdout)}, val {len(data.val)} images")
+    log_file = open(os.path.join(args.out, "log.jsonl"), "a") if d.main else None
+    t_start, step0, trained = time.time(), step, []
+    try:
+        while step < total_steps:
+            epoch, skip = divmod(step, steps_per_epoch)
+            train_sampler.set_epoch(epoch)
+            loader = DataLoader(data.train, batch_size=args.batch_size, sampler=ResumeSampler(train_sampler, skip * args.batch_size),
+                                num_workers=args.workers, pin_memory=d.device.type == "cuda", drop_last=True,
+                                # its own generator: creating the iterator must not draw from the global RNG,
+                                # or a resumed epoch would see other augmentations than the uninterrupted one
+                                generator=torch.Generator().manual_seed(args.seed * 100003 + epoch * 1009 + d.rank))
+            model.train()
+            if skip == 0 or sums is None:   # a resumed epoch keeps the sums of its first part
+                sums = {"loss": 0.0, "flops": 0.0, "n": 0}
+            t_epoch, seen = time.time(), 0
+            for x, y in loader:
+                x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+                if mix is not None:
+                    x, y = mix(x, y)
+                a = arch if retrain else sampler(step, epoch)
+                if args.rank_dump:
+                    trained.append(a)
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum = torch.zeros((), device=d.device)
+                for i, side in enumerate(sides if not retrain else ("left",)):
+                    # DDP all-reduces on the last backward only: the gradients of both sides are summed first
+                    sync = ddp.no_sync() if (d.world > 1 and i < len(sides) - 1 and not retrain) else nullcontext()
+                    with sync:
+                        with amp_context(d.device, args.amp):
+                            out = ddp(x) if retrain else ddp(x, a, side)
+                            loss = F.cross_entropy(out.float(), y, label_smoothing=args.smoothing)
+                        loss.backward()
+                    loss_sum += loss.detach()
+                loss_all = d.all_reduce(loss_sum.clone()) / d.world   # one scalar: every rank takes the same decision
+                if not torch.isfinite(loss_all):
+                    raise UserError(f"non-finite loss at step {step} (arch {a}); the last good checkpoint in "
+                                    f"{ck_path} is intact — lower --lr or enable --clip-grad")
+                if args.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                seen += len(y) * d.world
+                sums["loss"] += loss_all.item() / len(sides if not retrain else ("left",))
+                sums["flops"] += vitas.flops(a, space)
+                sums["n"] += 1
+                if d.main and (step % args.log_every == 0 or step == total_steps):
+                    rate = seen / max(time.time() - t_epoch, 1e-9)
+                    eta = (time.time() - t_start) / (step - step0) * (total_steps - step)
+                    p = "" if retrain else f" p {sampler.identity_prob if epoch >= args.uniform_epochs and sampler.window else 0.5:.2f}"
+                    log(f"epoch {epoch + 1}/{args.epochs} step {step}/{total_steps} loss {sums['loss'] / sums['n']:.3f} "
+                        f"lr {schedule.get_last_lr()[0]:.2e}{p} {vitas.flops(a, space) / 1e6:.2f} MFLOPs "
+                        f"{rate:.0f} img/s ETA {fmt_time(eta)}")
+                if args.save_every and step % args.save_every == 0 and step % steps_per_epoch:
+                    checkpoint()
+                if args.stop_after and step >= args.stop_after:   # for tests: simulate an interruption
+                    checkpoint()
+                    return None
+            # end of epoch: report, log, checkpoint
+            if retrain:
+                evals = {"model": evaluate(model, val_loader, d, amp=args.amp)}
+            else:
+                evals = {name: evaluate(model, val_loader, d, a_, "left", args.amp) for name, a_ in reported_archs(space).items()}
+            record = {"epoch": epoch + 1, "step": step, "loss": sums["loss"] / max(sums["n"], 1), "lr": schedule.get_last_lr()[0],
+                      "identity_prob": None if retrain else (sampler.identity_prob if epoch >= args.uniform_epochs and sampler.window else 0.5),
+                      "mean_flops": sums["flops"] / max(sums["n"], 1), "images_per_s": seen / max(time.time() - t_epoch, 1e-9),
+                      "val": {k: {"top1": v["top1"], "top5": v["top5"]} for k, v in evals.items()}}
+            log("  val " + "  ".join(f"{k} top-1 {v['top1']:.1f}% top-5 {v['top5']:.1f}%" for k, v in evals.items()))
+            if d.main:
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+            checkpoint()
+        log(f"done: {step} steps in {fmt_time(time.time() - t_start)}; checkpoint {ck_path}")
+        if args.rank_dump:   # for tests: what this rank trained and where it ended
+            torch.save({"archs": trained, "model": model.state_dict()}, os.path.join(args.out, f"rank{d.rank}.pt"))
+        return record
+    finally:
+        if log_file:
+            log_file.close()
+
+
+def get_parser():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_argument_group("run")
+    g.add_argument("--space", default="tiny", choices=sorted(vitas.PRESETS), help="search-space preset (default tiny)")
+    g.add_argument("--out", default="runs/super", help="output folder: checkpoint.pt, log.jsonl (default runs/super)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: each epoch only)")
+    g.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
+    g.add_argument("--stop-after", type=int, default=0, help=argparse.SUPPRESS)
+    g.add_argument("--rank-dump", action="store_true", help=argparse.SUPPRESS)
+    g = ap.add_argument_group("data")
+    g.add_argument("--data", default="synthetic", help="synthetic | cifar10 | cifar100 | ImageFolder root with train/ and val/")
+    g.add_argument("--data-root", default="data", help="where cifar10/cifar100 live (default ./data)")
+    g.add_argument("--download", action="store_true", help="download cifar10/cifar100 into --data-root")
+    g.add_argument("--holdout", type=float, default=0.1, help="fraction of train kept out for the search (default 0.1)")
+    g.add_argument("--synthetic-size", type=int, default=6000, help="synthetic training images (val: a fifth)")
+    g.add_argument("--synthetic-classes", type=int, default=10)
+    g.add_argument("--workers", type=int, default=0, help="data-loader workers per process")
+    g.add_argument("--eval-batch-size", type=int, default=256)
+    g.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N val images only")
+    g = ap.add_argument_group("super-transformer sampling")
+    g.add_argument("--uniform-epochs", type=int, default=2, help="epochs of uniform sampling before the learned identity probability")
+    g.add_argument("--flops-min", type=count_arg, default=None, help="FLOPs (MACs) window the learned identity probability aims at, e.g. 0.9G")
+    g.add_argument("--flops-max", type=count_arg, default=None, help="e.g. 1.1G; without a window sampling stays uniform")
+    g.add_argument("--sharing", default="bilateral", choices=["bilateral", "left"], help="bilateral: train left and right slices each step")
+    g = ap.add_argument_group("retrain")
+    g.add_argument("--arch", default=None, help="arch JSON (search.py's best_arch.json): retrain it as a plain ViT")
+    g.add_argument("--init-from", default=None, help="super-transformer checkpoint to inherit the arch's weights from")
+    g = ap.add_argument_group("recipe")
+    g.add_argument("--batch-size", type=int, default=128, help="per process")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--min-lr", type=float, default=1e-5)
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--warmup-epochs", type=float, default=1)
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (DeiT: 0.8)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (DeiT: 1.0)")
+    g.add_argument("--randaug", type=int, default=9, help="RandAugment magnitude on real data (0: off)")
+    g.add_argument("--reprob", type=float, default=0.25, help="random-erasing probability on real data")
+    g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth (DeiT retrain: 0.1)")
+    g.add_argument("--clip-grad", type=float, default=5.0, help="gradient-norm clip (0: off)")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast (for CUDA; slower on most CPUs)")
+    return ap
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    try:
+        train(args)
+    except (UserError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    main()
