@@ -415,3 +415,317 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys, setup, argv, words):
     assert code == 2 and "Traceback" not in err, err
     for w in words:
         assert w in err, err
+
+
+# -----------------------------------------------------------------------------
+# search.py: the evolution engine (a known fitness, no network)
+
+from search import Evolution, crossover, mutate, parse_count, pareto_front  # noqa: E402
+
+# every attention width of both presets suits every head count; here a change of heads can break the pair
+ODD = SearchSpace(image_size=32, in_chans=3, num_classes=10, patch_sizes=(4, 8), depth=4, embed_dims=(32, 48),
+                  heads=(3, 4), attn_dims=(16, 24, 32), mlp_dims=(64, 128))
+
+
+def distance(arch, target, space):
+    """Genes apart, in steps along each sorted choice list; an identity mismatch costs 5."""
+    def steps(choices, x, y):
+        return abs(choices.index(x) - choices.index(y))
+
+    d = (steps(space.patch_sizes, arch.patch_size, target.patch_size)
+         + steps(space.embed_dims, arch.embed_dim, target.embed_dim))
+    for x, y in zip(arch.blocks, target.blocks):
+        if (x is None) != (y is None):
+            d += 5
+        elif x is not None:
+            d += (steps(space.heads, x.heads, y.heads) + steps(space.attn_dims, x.attn_dim, y.attn_dim)
+                  + steps(space.mlp_dims, x.mlp_dim, y.mlp_dim))
+    return d
+
+
+def run(evo, generations, target, space):
+    """Drive a search with fitness = -distance to a hidden target."""
+    for _ in range(generations):
+        archs = evo.propose()
+        evo.record(archs, [-distance(a, target, space) for a in archs])
+    return evo
+
+
+# -----------------------------------------------------------------------------
+# budgets
+
+@pytest.mark.parametrize("text, count", [
+    ("1.0G", 10**9), ("900M", 9 * 10**8), ("350k", 350_000), ("350K", 350_000), ("1.2e9", 1_200_000_000),
+    ("1200000", 1_200_000), (" 0.1g ", 10**8), ("2.5m", 2_500_000), (1_200_000, 1_200_000), (1.5e9, 1_500_000_000),
+    (np.int64(7), 7), ("0", 0),
+])
+def test_parse_count_reads_units(text, count):
+    assert parse_count(text) == count and type(parse_count(text)) is int
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1.0GB", "G", "-5M", "nan", "inf", "1,000", None, True, [1], -3])
+def test_parse_count_rejects_junk_naming_the_text_and_forms(text):
+    with pytest.raises(ValueError) as e:
+        parse_count(text)
+    assert repr(text) in str(e.value) and "900M" in str(e.value)
+
+
+# -----------------------------------------------------------------------------
+# genetic operators
+
+@pytest.mark.parametrize("space", [TINY, BIG, ODD], ids=["tiny", "vitas-1g", "odd"])
+def test_operators_give_valid_archs(space):
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng, p) for p in (0.0, 0.5, 0.9) for _ in range(30)]
+    for _ in range(600):
+        a, b = (archs[i] for i in rng.choice(len(archs), 2, replace=False))
+        space.validate(mutate(a, space, rng, rng.choice([0.1, 0.5, 1.0])))
+        child = space.validate(crossover(a, b, space, rng))
+        assert child.patch_size in (a.patch_size, b.patch_size) and child.embed_dim in (a.embed_dim, b.embed_dim)
+        assert all(c in (x, y) for c, x, y in zip(child.blocks, a.blocks, b.blocks))   # whole block positions
+
+
+def test_mutate_reaches_every_valid_heads_width_pair():
+    rng = np.random.default_rng(1)
+    arch = Arch(8, 32, (Block(3, 24, 64),) * ODD.depth)
+    pairs = {(b.heads, b.attn_dim) for _ in range(300) for b in mutate(arch, ODD, rng, 0.5).blocks if b}
+    assert pairs == {(3, 24), (4, 16), (4, 24), (4, 32)}
+
+
+def test_mutate_probability():
+    rng = np.random.default_rng(2)
+    archs = [BIG.sample(rng) for _ in range(200)]
+    assert all(mutate(a, BIG, rng, 0.0) == a for a in archs)
+    assert sum(mutate(a, BIG, rng, 1.0) != a for a in archs) >= 0.9 * len(archs)
+    # at a small probability only a few block positions change
+    changed = np.mean([sum(x != y for x, y in zip(a.blocks, mutate(a, BIG, rng, 0.05).blocks)) for a in archs])
+    assert 0.3 < changed < 3.0
+
+
+def test_crossover_mixes_both_parents():
+    rng = np.random.default_rng(3)
+    a, b = BIG.max_arch(), BIG.min_arch()
+    assert crossover(a, a, BIG, rng) == a
+    share = np.mean([np.mean([c == y for c, y in zip(crossover(a, b, BIG, rng).blocks, b.blocks)]) for _ in range(200)])
+    assert 0.45 < share < 0.55
+
+
+# -----------------------------------------------------------------------------
+# search
+
+def test_evolution_beats_random_search_with_the_same_evaluations():
+    """A hidden target inside the window; both searches share generation 0 (same seed), so every
+    difference comes from breeding versus sampling afresh."""
+    lo, hi = 1.0e9, 1.5e9
+    assert lo <= vitas.flops(VITAS_C, BIG) <= hi
+    gains = []
+    for seed in range(5):
+        evo, rand = (run(Evolution(BIG, lo, hi, population=20, parents=5, algo=algo, seed=seed), 10, VITAS_C, BIG)
+                     for algo in ("evolution", "random"))
+        assert len(evo.history) == len(rand.history) == 200
+        first = [r for r in evo.history if r["generation"] == 0]
+        assert first == [r for r in rand.history if r["generation"] == 0]
+        start = max(r["fitness"] for r in first)
+        assert evo.best["fitness"] > start and rand.best["fitness"] >= start
+        assert evo.best["fitness"] >= rand.best["fitness"]
+        gains.append(evo.best["fitness"] - rand.best["fitness"])
+    assert np.mean(gains) >= 10, gains
+
+
+@pytest.mark.parametrize("algo", ["evolution", "random"])
+def test_candidates_are_in_window_within_params_and_never_repeated(algo):
+    rng = np.random.default_rng(4)
+    sampled = [TINY.sample(rng) for _ in range(500)]
+    lo, hi = np.quantile([vitas.flops(a, TINY) for a in sampled], [0.3, 0.7]).astype(int)
+    params_max = int(np.median([vitas.params(a, TINY) for a in sampled]))
+    target = TINY.sample(rng)
+    evo = Evolution(TINY, lo, hi, params_max=params_max, population=16, parents=4, algo=algo, seed=1)
+    run(evo, 8, target, TINY)
+    archs = [Arch.from_dict(r["arch"]) for r in evo.history]
+    assert len(set(archs)) == len(archs) == 8 * 16
+    assert [r["generation"] for r in evo.history] == [g for g in range(8) for _ in range(16)]
+    for arch, r in zip(archs, evo.history):
+        assert r["flops"] == vitas.flops(arch, TINY) and r["params"] == vitas.params(arch, TINY)
+        assert lo <= r["flops"] <= hi and r["params"] <= params_max
+    with pytest.raises(ValueError, match="evaluated twice"):
+        evo.record(archs[:1], [0.0])
+
+
+def test_converged_population_still_fills_a_generation():
+    """mutate_prob=0 breeds only repeats of parents and their crosses; fresh samples make up the rest."""
+    evo = run(Evolution(TINY, 0, 10**9, population=12, parents=2, mutate_prob=0.0, seed=0), 5, TINY.max_arch(), TINY)
+    assert len({json.dumps(r["arch"]) for r in evo.history}) == 60
+
+
+def test_same_seed_same_run():
+    a, b, c = (run(Evolution(TINY, 0, 10**9, population=10, parents=3, seed=s), 4, TINY.max_arch(), TINY)
+               for s in (7, 7, 8))
+    assert a.history == b.history and a.history != c.history
+
+
+def test_best_is_the_earliest_among_ties():
+    evo = Evolution(TINY, 0, 10**9, population=4, parents=2)
+    assert evo.best is None
+    archs = evo.propose()
+    evo.record(archs, [0.5, 0.9, 0.9, 0.1])
+    assert evo.best["arch"] == archs[1].to_dict()
+
+
+@pytest.mark.parametrize("space", [TINY, BIG], ids=["tiny", "vitas-1g"])
+def test_impossible_windows_raise_at_construction(space):
+    lo = vitas.flops(Arch(space.patch_sizes[-1], space.embed_dims[0], (None,) * space.depth), space)
+    hi = vitas.flops(space.max_arch(), space)
+    for flops_min, flops_max, words in ((hi + 1, hi + 10, "unreachable"), (0, lo - 1, "unreachable"),
+                                        (hi, lo, "empty")):
+        with pytest.raises(ValueError, match=words):
+            Evolution(space, flops_min, flops_max)
+    with pytest.raises(ValueError, match="params_max"):
+        Evolution(space, lo, hi, params_max=10)
+
+
+def test_too_narrow_window_is_a_clear_error_not_a_hang():
+    x = vitas.flops(TINY.min_arch(), TINY)          # reachable, but almost never sampled exactly
+    evo = Evolution(TINY, x, x, max_tries=2000)
+    with pytest.raises(ValueError, match="too narrow"):
+        evo.propose()
+
+
+@pytest.mark.parametrize("algo", ["evolution", "random"])
+def test_kill_and_resume_equals_an_uninterrupted_run(algo):
+    settings = dict(population=12, parents=4, algo=algo, seed=3)
+    target = TINY.sample(np.random.default_rng(5), 0.3)
+    whole = run(Evolution(TINY, "2M", "6M", **settings), 7, target, TINY)
+    first = run(Evolution(TINY, "2M", "6M", **settings), 3, target, TINY)
+    state = json.loads(json.dumps(first.state_dict()))
+    resumed = Evolution(TINY, 2_000_000, 6_000_000, **settings)
+    resumed.load_state_dict(state)
+    run(resumed, 4, target, TINY)
+    assert resumed.history == whole.history and resumed.best == whole.best and resumed.generation == 7
+    assert resumed.state_dict() == whole.state_dict()
+
+
+@pytest.mark.parametrize("change", [dict(flops_max="7M"), dict(algo="random"), dict(seed=4), dict(population=10),
+                                    dict(parents=3), dict(mutate_prob=0.2), dict(identity_prob=0.1),
+                                    dict(params_max=10**6)])
+def test_resume_with_other_settings_is_refused(change):
+    settings = dict(population=12, parents=4, seed=3)
+    state = run(Evolution(TINY, "2M", "6M", **settings), 2, TINY.max_arch(), TINY).state_dict()
+    other = {**settings, **change}
+    evo = Evolution(TINY, "2M", other.pop("flops_max", "6M"), **other)
+    with pytest.raises(ValueError, match=next(iter(change))):
+        evo.load_state_dict(state)
+
+
+# -----------------------------------------------------------------------------
+# Pareto front
+
+def dominated(r, records):
+    return any(o["flops"] <= r["flops"] and o["fitness"] >= r["fitness"]
+               and (o["flops"] < r["flops"] or o["fitness"] > r["fitness"]) for o in records)
+
+
+def test_pareto_front_matches_brute_force():
+    rng = np.random.default_rng(6)
+    for n in [0, 1, 2, 5, 30, 200]:
+        for _ in range(20):
+            # few distinct values, so ties in FLOPs, in fitness and in both occur
+            records = [{"flops": int(f), "fitness": float(a), "id": i}
+                       for i, (f, a) in enumerate(zip(rng.integers(0, 12, n), rng.integers(0, 8, n) / 8))]
+            front = pareto_front(records)
+            assert sorted(r["id"] for r in front) == [r["id"] for r in records if not dominated(r, records)]
+            assert [r["flops"] for r in front] == sorted(r["flops"] for r in front)
+
+
+# -----------------------------------------------------------------------------
+# search.py end to end, on a briefly trained super-transformer
+
+import search  # noqa: E402
+
+WINDOW = ["--flops-min", "2M", "--flops-max", "4M"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A super-transformer trained ~25 s on the synthetic default; its checkpoint path."""
+    out = tmp_path_factory.mktemp("super")
+    train.train(train.get_parser().parse_args(["--out", str(out), "--epochs", "12", "--uniform-epochs", "2", *WINDOW,
+                                               "--synthetic-size", "2000", "--batch-size", "32", "--lr", "2e-3",
+                                               "--eval-limit", "64", "--log-every", "1000", "--device", "cpu"]))
+    return out / "checkpoint.pt"
+
+
+def holdout_loader(ck_path, limit=None):
+    ck = train.load_checkpoint(ck_path)
+    space = SearchSpace(**ck["space"])
+    net = vitas.SuperTransformer(space)
+    net.load_state_dict(ck["model"])
+    data = train.build_datasets(train.argparse.Namespace(**ck["args"]), space.image_size)
+    return net, space, train.eval_loader(data.holdout, 256, train.Dist(), limit=limit)
+
+
+def test_short_super_transformer_run_is_well_above_chance_on_the_holdout(trained):
+    net, space, loader = holdout_loader(trained)
+    chance = 100 / space.num_classes
+    for arch in train.reported_archs(space).values():
+        for side in vitas.SIDES:
+            res = train.evaluate(net, loader, train.Dist(), arch, side)
+            assert res["n"] == 200 and res["top1"] >= 2 * chance, (str(arch), side, res)
+    untrained = train.evaluate(vitas.SuperTransformer(space), loader, train.Dist(), space.max_arch())
+    assert untrained["top1"] < 1.5 * chance
+
+
+def search_argv(ck, out, *extra):
+    return ["--ckpt", str(ck), *WINDOW, "--population", "6", "--generations", "3", "--parents", "3",
+            "--eval-size", "99", "--out", str(out), "--device", "cpu", *extra]
+
+
+def test_search_outputs_and_best_arch_retrain(trained, tmp_path, capsys):
+    out = tmp_path / "s"
+    summary = search.search(search.get_parser().parse_args(search_argv(trained, out, "--seed", "3")))
+    cands = [json.loads(line) for line in open(out / "candidates.jsonl")]
+    assert len(cands) == 18 and sorted({c["generation"] for c in cands}) == [0, 1, 2]
+    archs = [Arch.from_dict(c["arch"]) for c in cands]
+    assert len(set(archs)) == 18
+    for c, a in zip(cands, archs):
+        assert 2_000_000 <= c["flops"] == vitas.flops(a, TINY) <= 4_000_000 and c["params"] == vitas.params(a, TINY)
+    # fitness is the mean of left and right held-out top-1, recomputed independently here
+    net, space, loader = holdout_loader(trained, limit=99)
+    for c, a in list(zip(cands, archs))[:3]:
+        expect = np.mean([train.evaluate(net, loader, train.Dist(), a, s)["top1"] for s in vitas.SIDES])
+        assert c["fitness"] == pytest.approx(expect)
+    best = max(cands, key=lambda c: c["fitness"])
+    assert json.load(open(out / "best_arch.json")) == best["arch"] == summary["best"]["arch"]
+    front = json.load(open(out / "pareto.json"))
+    assert best in front and all(not any(o["flops"] <= r["flops"] and o["fitness"] > r["fitness"] for o in cands) for r in front)
+    record = json.load(open(out / "search.json"))
+    assert record["settings"]["seed"] == 3 and record["checkpoint"].endswith("checkpoint.pt")
+    code, err = run_main(train, ["--arch", str(out / "best_arch.json"), "--out", str(tmp_path / "r"), "--epochs", "1", *SMALL], capsys)
+    assert code == 0, err
+    assert train.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["arch"] == best["arch"]
+
+
+def test_killed_and_resumed_search_equals_uninterrupted(trained, tmp_path):
+    search.search(search.get_parser().parse_args(search_argv(trained, tmp_path / "a")))
+    assert search.search(search.get_parser().parse_args(search_argv(trained, tmp_path / "b", "--stop-after", "1"))) is None
+    assert len(open(tmp_path / "b" / "candidates.jsonl").readlines()) == 6
+    search.search(search.get_parser().parse_args(search_argv(trained, tmp_path / "b")))
+    for name in ("candidates.jsonl", "best_arch.json", "pareto.json"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
+
+
+def test_distributed_search_evaluation_equals_single_process(trained, tmp_path):
+    argv = search_argv(trained, tmp_path / "ddp")
+    argv[argv.index("--generations") + 1] = "1"
+    r = torchrun("search.py", *argv)
+    assert r.returncode == 0, r.stderr[-3000:]
+    single = search.search(search.get_parser().parse_args(argv[:-4] + ["--out", str(tmp_path / "one"), "--device", "cpu"]))
+    ddp = [json.loads(line) for line in open(tmp_path / "ddp" / "candidates.jsonl")]
+    one = [json.loads(line) for line in open(tmp_path / "one" / "candidates.jsonl")]
+    assert ddp == one and single["best"] in one
+
+
+def test_search_rejects_an_impossible_window_at_once(trained, tmp_path, capsys):
+    code, err = run_main(search, ["--ckpt", str(trained), "--flops-min", "1G", "--flops-max", "2G", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "unreachable" in err and "Traceback" not in err
+    code, err = run_main(search, ["--ckpt", str(tmp_path / "none.pt"), *WINDOW, "--out", str(tmp_path)], capsys)
+    assert code == 2 and "does not exist" in err

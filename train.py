@@ -124,18 +124,18 @@ def cleanup_distributed():
 def synthetic_images(n, num_classes, size, seed):
     """Learnable images generated in code, deterministic from the seed.
 
-    A class is a structure, not a colour: an oriented grating (num_classes // 2 orientations, at 3
-    or 7 cycles per image) in a random half-size window, under random phase, contrast, colour tint
-    and strong pixel noise. A small network gets well above chance in a few CPU minutes; finer
-    patches and wider, deeper networks score higher, so the search has something to find."""
+    A class is a structure, not a colour: a grating of one of num_classes spatial frequencies
+    (1.5 to 8 cycles per image) at a random orientation, in a random window of 3/5 the image side,
+    under random phase, contrast, colour tint and strong pixel noise. Networks soon tell distant
+    frequencies apart; neighbouring ones take longer and favour finer patches and bigger networks,
+    so architectures differ in accuracy and the search has something to find."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, num_classes, (n,), generator=g)
-    half = max(num_classes // 2, 1)
-    angle = (labels % half).float().view(-1, 1, 1) * math.pi / half
-    freq = torch.where(labels < half, 2.0, 5.0).view(-1, 1, 1) * 2 * math.pi / size
+    freq = torch.linspace(1.5, 8.0, num_classes)[labels].view(-1, 1, 1) * 2 * math.pi / size
+    angle = torch.rand(n, 1, 1, generator=g) * math.pi
     ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
     phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
-    img = torch.sin((xs * angle.cos() + ys * angle.sin()) * freq + phase)          # (n, S, S)
+    img = torch.sin((xs * angle.cos() + ys * angle.sin()) * freq + phase)            # (n, S, S)
     w = size * 3 // 5
     x0, y0 = (torch.randint(0, size - w + 1, (n, 1, 1), generator=g) for _ in range(2))
     img = img * ((xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + w)) * (0.6 + 0.4 * torch.rand(n, 1, 1, generator=g))
@@ -160,7 +160,7 @@ class TensorImages(Dataset):
 
 def image_transforms(size, train, args, real):
     """DeiT-like for real data (random resized crop, flip, RandAugment, random erasing); synthetic
-    data gets none (a flip would turn one grating orientation, hence class, into another)."""
+    data gets none (it is generated with all the variation it needs)."""
     from torchvision.transforms import v2 as T
     norm = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if not train or not real:
