@@ -1,8 +1,16 @@
 """
 ViTAS evolutionary search (METHOD.md section 6) over the archs of a trained super-transformer.
 
-The engine below is pure Python + numpy: it proposes candidates inside a FLOPs window, and the
-caller evaluates them (accuracy of the inherited weights) and records the fitness.
+    python search.py --ckpt runs/super/checkpoint.pt --flops-min 2M --flops-max 4M --out runs/search
+    torchrun --standalone --nproc_per_node=2 search.py ... --compare --retrain-epochs 5
+
+The space, data and held-out split come from the checkpoint. Fitness is the held-out top-1 of the
+inherited weights (mean of left and right with bilateral sharing), evaluated sharded across ranks;
+every rank runs the same deterministic evolution, rank 0 writes candidates.jsonl, best_arch.json,
+pareto.json, search.json and state.json (re-running the same command resumes).
+
+The engine is pure Python + numpy: it proposes candidates inside a FLOPs window, and the caller
+evaluates them and records the fitness.
 
     evo = Evolution(space, parse_count("0.9G"), parse_count("1.1G"), identity_prob=p, seed=0)
     for _ in range(generations):
@@ -267,9 +275,10 @@ def write_json(path, obj, lines=False):
     os.replace(tmp, path)
 
 
-def run_search(args, space, fitness, identity_prob, algo, out, log):
-    """One resumable search into `out`: state.json after every generation, candidates.jsonl,
-    pareto.json and best_arch.json. Returns the Evolution."""
+def run_search(args, space, fitness, identity_prob, algo, out, log, write):
+    """One resumable search into `out` (files written where `write`, i.e. on rank 0): state.json
+    after every generation, candidates.jsonl, pareto.json and best_arch.json. Returns the Evolution,
+    or None where --stop-after interrupted it."""
     evo = Evolution(space, args.flops_min, args.flops_max, params_max=args.params_max, population=args.population,
                     parents=args.parents, mutate_prob=args.mutate_prob, identity_prob=identity_prob, algo=algo,
                     seed=args.seed)
@@ -286,7 +295,7 @@ def run_search(args, space, fitness, identity_prob, algo, out, log):
         archs = evo.propose()
         fits = [fitness(a) for a in archs]
         evo.record(archs, fits)
-        if log is not print_nothing:
+        if write:
             write_json(os.path.join(out, "candidates.jsonl"), evo.history, lines=True)
             write_json(state_path, evo.state_dict())
         best = evo.best
@@ -296,15 +305,10 @@ def run_search(args, space, fitness, identity_prob, algo, out, log):
             f"{len(evo.history)} evaluated, ETA {train.fmt_time(eta)}")
         if args.stop_after and evo.generation >= args.stop_after:   # for tests: simulate an interruption
             return None
-    if log is not print_nothing:
-        write_json(os.path.join(out, "candidates.jsonl"), evo.history, lines=True)
+    if write:
         write_json(os.path.join(out, "pareto.json"), pareto_front(evo.history))
         write_json(os.path.join(out, "best_arch.json"), evo.best["arch"])
     return evo
-
-
-def print_nothing(*_):
-    pass
 
 
 def retrain(arch_path, out, args, ck_args, log):
@@ -320,7 +324,7 @@ def retrain(arch_path, out, args, ck_args, log):
 
 def search(args):
     d = train.setup_distributed(args.device)
-    log = (lambda *a: print(*a, flush=True)) if d.main else print_nothing
+    log = (lambda *a: print(*a, flush=True)) if d.main else (lambda *a: None)
     ck = train.load_checkpoint(args.ckpt)
     if ck.get("mode") != "super":
         raise train.UserError(f"{args.ckpt} is a retrain checkpoint; search needs a super-transformer checkpoint")
@@ -345,11 +349,11 @@ def search(args):
     if d.main:
         write_json(os.path.join(args.out, "search.json"), {"settings": settings, "checkpoint": os.path.abspath(args.ckpt),
                                                             "checkpoint_step": ck["step"], "identity_prob": ck["identity_prob"]})
-    runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], args.algo, args.out, log)}
+    runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], args.algo, args.out, log, d.main)}
     if args.compare:
         other = "random" if args.algo == "evolution" else "evolution"
         os.makedirs(os.path.join(args.out, other), exist_ok=True)
-        runs[other] = run_search(args, space, fitness, ck["identity_prob"], other, os.path.join(args.out, other), log)
+        runs[other] = run_search(args, space, fitness, ck["identity_prob"], other, os.path.join(args.out, other), log, d.main)
     if any(evo is None for evo in runs.values()):
         return None
     summary = {"settings": settings, "checkpoint": os.path.abspath(args.ckpt), "checkpoint_step": ck["step"],

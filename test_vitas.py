@@ -729,3 +729,15 @@ def test_search_rejects_an_impossible_window_at_once(trained, tmp_path, capsys):
     assert code == 2 and "unreachable" in err and "Traceback" not in err
     code, err = run_main(search, ["--ckpt", str(tmp_path / "none.pt"), *WINDOW, "--out", str(tmp_path)], capsys)
     assert code == 2 and "does not exist" in err
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
+    argv = ["--out", str(tmp_path), *SMALL]
+    assert run_main(train, [*argv, "--epochs", "1"], capsys)[0] == 0
+    before = train.load_checkpoint(tmp_path / "checkpoint.pt")
+    monkeypatch.setattr(train.F, "cross_entropy", lambda out, *a, **k: out.sum() * float("nan"))
+    code, err = run_main(train, [*argv, "--epochs", "2"], capsys)
+    assert code == 2 and "non-finite loss" in err and "Traceback" not in err
+    after = train.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert after["step"] == before["step"] == 18
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])

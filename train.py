@@ -284,8 +284,15 @@ class ArchSampler:
         drawn = [self.draw(rng, learned=True) for _ in range(n)]
         return raw, np.mean([inside(a) for a in drawn]), np.mean([vitas.flops(a, self.space) for a in drawn])
 
+    def learned(self, epoch):
+        return epoch >= self.uniform_epochs and self.window is not None
+
+    def prob(self, epoch):
+        """Identity probability in force at `epoch` (1/2 in the uniform phase)."""
+        return self.identity_prob if self.learned(epoch) else 0.5
+
     def draw(self, rng, learned):
-        if not learned or self.window is None:
+        if not learned:
             return self.space.sample(rng)
         for _ in range(self.max_tries):   # bounded resampling; the last draw stands if none fits
             arch = self.space.sample(rng, self.identity_prob)
@@ -294,7 +301,7 @@ class ArchSampler:
         return arch
 
     def __call__(self, step, epoch):
-        return self.draw(np.random.default_rng([self.seed, 0, step]), learned=epoch >= self.uniform_epochs)
+        return self.draw(np.random.default_rng([self.seed, 0, step]), self.learned(epoch))
 
 
 def reported_archs(space):
@@ -481,7 +488,7 @@ def train(args):
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup_epochs * steps_per_epoch, total_steps, args.min_lr / args.lr))
     mix = mix_transform(args, space.num_classes)
-    sides = ("left", "right") if args.sharing == "bilateral" else ("left",)
+    sides = ("left",) if retrain or args.sharing == "left" else vitas.SIDES
     val_loader = eval_loader(data.val, args.eval_batch_size, d, args.workers, limit=args.eval_limit)
 
     os.makedirs(args.out, exist_ok=True)
@@ -540,9 +547,9 @@ def train(args):
                     trained.append(a)
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = torch.zeros((), device=d.device)
-                for i, side in enumerate(sides if not retrain else ("left",)):
+                for i, side in enumerate(sides):
                     # DDP all-reduces on the last backward only: the gradients of both sides are summed first
-                    sync = ddp.no_sync() if (d.world > 1 and i < len(sides) - 1 and not retrain) else nullcontext()
+                    sync = ddp.no_sync() if d.world > 1 and i < len(sides) - 1 else nullcontext()
                     with sync:
                         with amp_context(d.device, args.amp):
                             out = ddp(x) if retrain else ddp(x, a, side)
@@ -559,13 +566,13 @@ def train(args):
                 schedule.step()
                 step += 1
                 seen += len(y) * d.world
-                sums["loss"] += loss_all.item() / len(sides if not retrain else ("left",))
+                sums["loss"] += loss_all.item() / len(sides)
                 sums["flops"] += vitas.flops(a, space)
                 sums["n"] += 1
                 if d.main and (step % args.log_every == 0 or step == total_steps):
                     rate = seen / max(time.time() - t_epoch, 1e-9)
                     eta = (time.time() - t_start) / (step - step0) * (total_steps - step)
-                    p = "" if retrain else f" p {sampler.identity_prob if epoch >= args.uniform_epochs and sampler.window else 0.5:.2f}"
+                    p = "" if retrain else f" p {sampler.prob(epoch):.2f}"
                     log(f"epoch {epoch + 1}/{args.epochs} step {step}/{total_steps} loss {sums['loss'] / sums['n']:.3f} "
                         f"lr {schedule.get_last_lr()[0]:.2e}{p} {vitas.flops(a, space) / 1e6:.2f} MFLOPs "
                         f"{rate:.0f} img/s ETA {fmt_time(eta)}")
@@ -580,7 +587,7 @@ def train(args):
             else:
                 evals = {name: evaluate(model, val_loader, d, a_, "left", args.amp) for name, a_ in reported_archs(space).items()}
             record = {"epoch": epoch + 1, "step": step, "loss": sums["loss"] / max(sums["n"], 1), "lr": schedule.get_last_lr()[0],
-                      "identity_prob": None if retrain else (sampler.identity_prob if epoch >= args.uniform_epochs and sampler.window else 0.5),
+                      "identity_prob": None if retrain else sampler.prob(epoch),
                       "mean_flops": sums["flops"] / max(sums["n"], 1), "images_per_s": seen / max(time.time() - t_epoch, 1e-9),
                       "val": {k: {"top1": v["top1"], "top5": v["top5"]} for k, v in evals.items()}}
             log("  val " + "  ".join(f"{k} top-1 {v['top1']:.1f}% top-5 {v['top5']:.1f}%" for k, v in evals.items()))
