@@ -741,3 +741,32 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_p
     after = train.load_checkpoint(tmp_path / "checkpoint.pt")
     assert after["step"] == before["step"] == 18
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+
+
+def test_retrain_can_start_from_the_inherited_weights(trained, tmp_path, capsys):
+    arch = Arch(4, 48, (Block(2, 48, 128), None, Block(4, 32, 64), None, None, None))
+    (tmp_path / "arch.json").write_text(json.dumps(arch.to_dict()))
+    code, err = run_main(train, ["--arch", str(tmp_path / "arch.json"), "--init-from", str(trained), "--out", str(tmp_path / "r"),
+                                 "--epochs", "1", "--lr", "1e-12", "--min-lr", "1e-13", *SMALL], capsys)
+    assert code == 0, err
+    ck = train.load_checkpoint(trained)
+    net = vitas.SuperTransformer(SearchSpace(**ck["space"]))
+    net.load_state_dict(ck["model"])
+    inherited = vitas.export(net, arch, "left").state_dict()
+    retrained = train.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
+    assert all(torch.allclose(inherited[k], retrained[k], atol=1e-6) for k in inherited)
+
+
+def test_image_folder_data_and_its_class_count(tmp_path, capsys):
+    from PIL import Image
+    g = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog", "eel"):
+            os.makedirs(tmp_path / "data" / split / cls)
+            for i in range(12 if split == "train" else 4):
+                Image.fromarray(g.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "data" / split / cls / f"{i}.png")
+    code, err = run_main(train, ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
+                                 "--batch-size", "8", "--device", "cpu"], capsys)
+    assert code == 0, err
+    ck = train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ck["space"]["num_classes"] == 3 and ck["model"]["head.weight"].shape[0] == 3
