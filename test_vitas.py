@@ -383,6 +383,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed["loss"] == whole["loss"] and resumed["val"] == whole["val"]
+    # re-running a finished run changes nothing and reports its last epoch
+    assert train.train(train.get_parser().parse_args(["--out", str(tmp_path / "b"), *common])) == resumed
 
 
 def test_retrain_from_arch_json(tmp_path):

@@ -501,7 +501,7 @@ def train(args):
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         schedule.load_state_dict(ck["schedule"])
-        step, sums = ck["step"], ck["epoch_sums"]
+        step, sums, record = ck["step"], ck["epoch_sums"], ck["record"]
         if sampler is not None:
             sampler.identity_prob = ck["identity_prob"]
         set_rng_state(ck["rng"][min(d.rank, len(ck["rng"]) - 1)])
@@ -516,7 +516,7 @@ def train(args):
         if d.main:
             save_checkpoint(ck_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "step": step, "epoch": step // steps_per_epoch, "epoch_sums": sums, "rng": states, "args": vars(args), "space": space.to_dict(),
+                "step": step, "epoch": step // steps_per_epoch, "epoch_sums": sums, "record": record, "rng": states, "args": vars(args), "space": space.to_dict(),
                 "identity_prob": None if sampler is None else sampler.identity_prob,
                 "arch": arch.to_dict() if retrain else None, "mode": "retrain" if retrain else "super"})
 
