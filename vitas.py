@@ -272,16 +272,6 @@ def solve_identity_prob(space, flops_min, flops_max, generator, num_samples=1000
     return float(np.clip(1.0 - keep, 0.0, 1.0))
 
 
-def sample_in_window(space, generator, identity_prob, flops_min, flops_max, max_tries=1000):
-    """Sample with the given identity probability, redrawing networks outside the FLOPs window."""
-    for _ in range(max_tries):
-        arch = space.sample(generator, identity_prob)
-        if flops_min <= flops(arch, space) <= flops_max:
-            return arch
-    raise ValueError(f"no network inside the FLOPs window [{flops_min:,}, {flops_max:,}] in {max_tries} draws "
-                     f"at identity probability {identity_prob:.3f}; widen the window")
-
-
 # -----------------------------------------------------------------------------
 # Building blocks shared by the plain ViT and the super-transformer
 
