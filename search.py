@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -414,14 +413,7 @@ def get_parser():
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
-    try:
-        search(args)
-    except (train.UserError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    finally:
-        train.cleanup_distributed()
+    train.run_cli(search, get_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

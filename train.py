@@ -112,8 +112,12 @@ def setup_distributed(device="auto"):
     return Dist(rank, world, local_rank, dev)
 
 
-def cleanup_distributed():
+def cleanup_distributed(barrier=False):
+    """Tear the process group down; after a clean run every rank waits for the others first, so
+    none exits while a peer still talks to it (gloo aborts a process whose peer vanished)."""
     if dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -651,15 +655,22 @@ def get_parser():
     return ap
 
 
-def main(argv=None):
-    args = get_parser().parse_args(argv)
+def run_cli(fn, args):
+    """Run fn(args) as a command: bad input is one line on stderr and exit code 2, and the
+    process group is torn down on every path."""
+    ok = False
     try:
-        train(args)
+        fn(args)
+        ok = True
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:
-        cleanup_distributed()
+        cleanup_distributed(barrier=ok)
+
+
+def main(argv=None):
+    run_cli(train, get_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
