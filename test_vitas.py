@@ -406,6 +406,7 @@ def test_retrain_from_arch_json(tmp_path):
     ('{"patch_size": 4, "embed_dim": 32}', ["--arch", "ARCH"], ["missing", "blocks"]),
     (json.dumps(Arch(4, 40, (None,) * 6).to_dict()), ["--arch", "ARCH"], ["embed_dim = 40", "[32, 48, 64]"]),
     ("CORRUPT", [], ["corrupt", "checkpoint"]),
+    (None, ["--init-from", "x.pt"], ["--init-from", "--arch"]),
 ])
 def test_bad_input_gives_a_clear_error(tmp_path, capsys, setup, argv, words):
     if setup == "CORRUPT":

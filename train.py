@@ -434,13 +434,6 @@ def fmt_time(s):
 # Training
 
 
-def build_space(args):
-    """The preset, or the space of the checkpoint that --init-from inherits weights from."""
-    if args.init_from:
-        return vitas.SearchSpace(**load_checkpoint(args.init_from)["space"])
-    return vitas.SearchSpace.preset(args.space)
-
-
 def train(args):
     d = setup_distributed(args.device)
     log = (lambda *a: print(*a, flush=True)) if d.main else (lambda *a: None)
@@ -450,7 +443,11 @@ def train(args):
     if args.amp and d.device.type == "cpu":
         log("note: bf16 autocast on this CPU may be slower than fp32")
 
-    space = build_space(args)
+    if args.init_from and not args.arch:
+        raise UserError("--init-from inherits weights for a retrain: give the arch to retrain with --arch")
+    # the preset, or the space of the checkpoint whose weights a retrain inherits
+    init = load_checkpoint(args.init_from) if args.init_from else None
+    space = vitas.SearchSpace(**init["space"]) if init else vitas.SearchSpace.preset(args.space)
     data = build_datasets(args, space.image_size)
     if space.num_classes != data.num_classes:   # the data's class count wins
         log(f"data has {data.num_classes} classes, the search space {space.num_classes}: using {data.num_classes}")
@@ -461,7 +458,7 @@ def train(args):
     if retrain:
         if args.init_from:
             supernet = vitas.SuperTransformer(space)
-            supernet.load_state_dict(load_checkpoint(args.init_from)["model"])
+            supernet.load_state_dict(init["model"])
             model = vitas.export(supernet, arch, "left", drop_path=args.drop_path)
             log(f"retrain {arch} from the weights inherited from {args.init_from}")
         else:
