@@ -344,10 +344,11 @@ def search(args):
     fitness = fitness_fn(supernet, loader, d, sides, ck_args.get("amp", False))
 
     os.makedirs(args.out, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k != "stop_after"}
+    # written now so an interrupted search is still described; completed below
+    summary = {"settings": {k: v for k, v in vars(args).items() if k != "stop_after"},
+               "checkpoint": os.path.abspath(args.ckpt), "checkpoint_step": ck["step"], "identity_prob": ck["identity_prob"]}
     if d.main:
-        write_json(os.path.join(args.out, "search.json"), {"settings": settings, "checkpoint": os.path.abspath(args.ckpt),
-                                                            "checkpoint_step": ck["step"], "identity_prob": ck["identity_prob"]})
+        write_json(os.path.join(args.out, "search.json"), summary)
     runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], args.algo, args.out, log, d.main)}
     if args.compare:
         other = "random" if args.algo == "evolution" else "evolution"
@@ -355,9 +356,7 @@ def search(args):
         runs[other] = run_search(args, space, fitness, ck["identity_prob"], other, os.path.join(args.out, other), log, d.main)
     if any(evo is None for evo in runs.values()):
         return None
-    summary = {"settings": settings, "checkpoint": os.path.abspath(args.ckpt), "checkpoint_step": ck["step"],
-               "identity_prob": ck["identity_prob"], "evaluations": len(runs[args.algo].history),
-               "best": runs[args.algo].best}
+    summary.update(evaluations=len(runs[args.algo].history), best=runs[args.algo].best)
     for algo, evo in runs.items():
         b = evo.best
         log(f"{algo:9s} best: {b['fitness']:.2f}% held-out top-1, {b['flops'] / 1e6:.2f} MFLOPs, "
