@@ -323,7 +323,7 @@ def retrain(arch_path, out, args, ck_args, log):
 
 def search(args):
     d = train.setup_distributed(args.device)
-    log = (lambda *a: print(*a, flush=True)) if d.main else (lambda *a: None)
+    log = d.log
     ck = train.load_checkpoint(args.ckpt)
     if ck.get("mode") != "super":
         raise train.UserError(f"{args.ckpt} is a retrain checkpoint; search needs a super-transformer checkpoint")

@@ -91,6 +91,11 @@ class Dist:
             dist.all_reduce(t)
         return t
 
+    def log(self, *a):
+        """Print on rank 0 only."""
+        if self.main:
+            print(*a, flush=True)
+
 
 def setup_distributed(device="auto"):
     if device == "auto":
@@ -283,10 +288,12 @@ class ArchSampler:
     def calibration(self, n=1000):
         """Fraction of networks inside the window: raw draws at the learned p, and as trained."""
         rng = np.random.default_rng([self.seed, 2])
-        inside = lambda a: self.window[0] <= vitas.flops(a, self.space) <= self.window[1]
-        raw = np.mean([inside(self.space.sample(rng, self.identity_prob)) for _ in range(n)])
+        raw = np.mean([self.inside(self.space.sample(rng, self.identity_prob)) for _ in range(n)])
         drawn = [self.draw(rng, learned=True) for _ in range(n)]
-        return raw, np.mean([inside(a) for a in drawn]), np.mean([vitas.flops(a, self.space) for a in drawn])
+        return raw, np.mean([self.inside(a) for a in drawn]), np.mean([vitas.flops(a, self.space) for a in drawn])
+
+    def inside(self, arch):
+        return self.window[0] <= vitas.flops(arch, self.space) <= self.window[1]
 
     def learned(self, epoch):
         return epoch >= self.uniform_epochs and self.window is not None
@@ -300,7 +307,7 @@ class ArchSampler:
             return self.space.sample(rng)
         for _ in range(self.max_tries):   # bounded resampling; the last draw stands if none fits
             arch = self.space.sample(rng, self.identity_prob)
-            if self.window[0] <= vitas.flops(arch, self.space) <= self.window[1]:
+            if self.inside(arch):
                 break
         return arch
 
@@ -436,7 +443,7 @@ def fmt_time(s):
 
 def train(args):
     d = setup_distributed(args.device)
-    log = (lambda *a: print(*a, flush=True)) if d.main else (lambda *a: None)
+    log = d.log
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
@@ -544,6 +551,7 @@ def train(args):
                 if mix is not None:
                     x, y = mix(x, y)
                 a = arch if retrain else sampler(step, epoch)
+                a_flops = vitas.flops(a, space)
                 if args.rank_dump:
                     trained.append(a)
                 optimizer.zero_grad(set_to_none=True)
@@ -568,14 +576,14 @@ def train(args):
                 step += 1
                 seen += len(y) * d.world
                 sums["loss"] += loss_all.item() / len(sides)
-                sums["flops"] += vitas.flops(a, space)
+                sums["flops"] += a_flops
                 sums["n"] += 1
                 if d.main and (step % args.log_every == 0 or step == total_steps):
                     rate = seen / max(time.time() - t_epoch, 1e-9)
                     eta = (time.time() - t_start) / (step - step0) * (total_steps - step)
                     p = "" if retrain else f" p {sampler.prob(epoch):.2f}"
                     log(f"epoch {epoch + 1}/{args.epochs} step {step}/{total_steps} loss {sums['loss'] / sums['n']:.3f} "
-                        f"lr {schedule.get_last_lr()[0]:.2e}{p} {vitas.flops(a, space) / 1e6:.2f} MFLOPs "
+                        f"lr {schedule.get_last_lr()[0]:.2e}{p} {a_flops / 1e6:.2f} MFLOPs "
                         f"{rate:.0f} img/s ETA {fmt_time(eta)}")
                 if args.save_every and step % args.save_every == 0 and step % steps_per_epoch:
                     checkpoint()
