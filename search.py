@@ -367,6 +367,9 @@ def search(args):
     if args.retrain_epochs:
         best = runs[args.algo].best
         base = baseline_arch(space, best["flops"], args.flops_min, args.flops_max)
+        if base is None:
+            raise train.UserError(f"no hand-designed network (every block alike) lies in the FLOPs window; the search "
+                                  f"results are in {args.out}: widen the window or leave out --retrain-epochs")
         base_path = os.path.join(args.out, "baseline_arch.json")
         if d.main:
             write_json(base_path, base.to_dict())

@@ -773,3 +773,15 @@ def test_image_folder_data_and_its_class_count(tmp_path, capsys):
     assert code == 0, err
     ck = train.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ck["space"]["num_classes"] == 3 and ck["model"]["head.weight"].shape[0] == 3
+
+
+def test_hand_designed_baseline_is_the_uniform_arch_nearest_in_flops():
+    lo, hi, target = 2_000_000, 4_000_000, 3_000_000
+    base = search.baseline_arch(TINY, target, lo, hi)
+    import itertools
+    uniform = [a for p, c, h, w, m in itertools.product(TINY.patch_sizes, TINY.embed_dims, TINY.heads, TINY.attn_dims, TINY.mlp_dims)
+               if lo <= vitas.flops(a := Arch(p, c, (Block(h, w, m),) * TINY.depth), TINY) <= hi]
+    assert len(uniform) >= 5
+    assert len(set(base.blocks)) == 1 and base.depth == TINY.depth and lo <= vitas.flops(base, TINY) <= hi
+    assert all(abs(vitas.flops(base, TINY) - target) <= abs(vitas.flops(a, TINY) - target) for a in uniform)
+    assert search.baseline_arch(TINY, target, 10**12, 2 * 10**12) is None
