@@ -19,12 +19,14 @@ evaluates them and records the fitness.
     print(evo.best, pareto_front(evo.history))
 """
 import argparse
+import hashlib
 import json
 import math
 import os
 import time
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 import train
@@ -87,10 +89,12 @@ class Evolution:
     `parents` of everything evaluated so far breed half the population by mutation and half by
     crossover; algo="random" keeps sampling instead, with the same number of evaluations.
     Candidates are unique, never evaluated before, and inside the FLOPs window (and params_max):
-    the rest are rejected before evaluation. Everything random comes from default_rng(seed)."""
+    the rest are rejected before evaluation. With identity_shift (a super-transformer trained with
+    it) every candidate has its identity blocks moved to the end first, so archs that are one
+    network are one candidate. Everything random comes from default_rng(seed)."""
 
     def __init__(self, space, flops_min, flops_max, *, params_max=None, population=50, parents=10,
-                 mutate_prob=0.1, identity_prob=None, algo="evolution", seed=0, max_tries=10000):
+                 mutate_prob=0.1, identity_prob=None, algo="evolution", seed=0, max_tries=10000, identity_shift=False):
         if algo not in ALGOS:
             raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
         for name, value, lo, hi in (("population", population, 2, math.inf), ("parents", parents, 2, population),
@@ -101,6 +105,7 @@ class Evolution:
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
         self.space, self.algo, self.seed, self.max_tries = space, algo, seed, max_tries
+        self.identity_shift = bool(identity_shift)
         self.population, self.parents, self.mutate_prob = population, parents, float(mutate_prob)
         self.flops_min, self.flops_max = parse_count(flops_min), parse_count(flops_max)
         self.params_max = None if params_max is None else parse_count(params_max)
@@ -123,7 +128,7 @@ class Evolution:
         return {"space": self.space.to_dict(), "flops_min": self.flops_min, "flops_max": self.flops_max,
                 "params_max": self.params_max, "population": self.population, "parents": self.parents,
                 "mutate_prob": self.mutate_prob, "algo": self.algo, "seed": self.seed,
-                "identity_prob": self.identity_prob}
+                "identity_shift": self.identity_shift, "identity_prob": self.identity_prob}
 
     def feasible(self, arch):
         return (self.flops_min <= vitas.flops(arch, self.space) <= self.flops_max
@@ -157,6 +162,8 @@ class Evolution:
             while len(fresh) < target and tries < stop:
                 tries += 1
                 arch = make()
+                if self.identity_shift:   # one network, one candidate: the path the super-transformer trained
+                    arch = vitas.shift_identities(arch)
                 if arch not in seen and self.feasible(arch):
                     seen.add(arch)
                     fresh.append(arch)
@@ -168,18 +175,20 @@ class Evolution:
                 f"window is too narrow (or its networks are used up): widen it, lower the population or raise max_tries")
         return fresh
 
-    def record(self, archs, fitnesses):
-        """Store one generation's evaluated candidates in history and move on to the next generation."""
+    def record(self, archs, fitnesses, extras=None):
+        """Store one generation's evaluated candidates in history and move on to the next generation;
+        extras: an optional dict of further fields per arch (e.g. both fitness measures)."""
         archs, fitnesses = list(archs), [float(f) for f in fitnesses]
+        extras = [{}] * len(archs) if extras is None else list(extras)
         if len(archs) != len(fitnesses):
             raise ValueError(f"record: {len(archs)} archs but {len(fitnesses)} fitnesses")
         if not all(map(math.isfinite, fitnesses)):
             raise ValueError(f"record: fitness must be finite, got {fitnesses}")
         if len(set(archs)) != len(archs) or not self.evaluated.isdisjoint(archs):
             raise ValueError("record: an arch is evaluated twice; record each candidate of propose() once")
-        for arch, fit in zip(archs, fitnesses):
+        for arch, fit, extra in zip(archs, fitnesses, extras):
             self.history.append({"arch": arch.to_dict(), "flops": vitas.flops(arch, self.space),
-                                 "params": vitas.params(arch, self.space), "fitness": fit,
+                                 "params": vitas.params(arch, self.space), "fitness": fit, **extra,
                                  "generation": self.generation})
         self.evaluated.update(archs)
         self.generation += 1
@@ -229,20 +238,87 @@ def pareto_front(records):
 
 
 # -----------------------------------------------------------------------------
+# Rank agreement (how NAS-Bench studies judge a weight-sharing supernet)
+
+
+def average_ranks(values):
+    """Ranks 1..n, ties sharing the mean of the ranks they span."""
+    v = np.asarray(values, dtype=float)
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v))
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _paired(x, y):
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"need two equally long lists of at least 2 values, got {len(x)} and {len(y)}")
+    return x, y
+
+
+def kendall_tau(x, y):
+    """Kendall's tau-b (tie-aware): (concordant - discordant) pairs over the geometric mean of the
+    pairs not tied in x and not tied in y. None where x or y is constant."""
+    x, y = _paired(x, y)
+    i, j = np.triu_indices(len(x), 1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    denom = math.sqrt(np.count_nonzero(sx) * np.count_nonzero(sy))
+    return float((sx * sy).sum() / denom) if denom else None
+
+
+def spearman_rho(x, y):
+    """Spearman's rho: Pearson correlation of the average ranks. None where x or y is constant."""
+    rx, ry = (r - r.mean() for r in map(average_ranks, _paired(x, y)))
+    denom = math.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denom) if denom else None
+
+
+def spread_over_fitness(records, k):
+    """k distinct records whose fitness is spread evenly over the range: for each of k evenly spaced
+    fitness targets from the lowest to the highest, the nearest record not yet picked."""
+    if len(records) < k:
+        raise ValueError(f"a rank check of {k} archs needs at least {k} evaluated candidates, found {len(records)}")
+    pool = sorted(records, key=lambda r: (r["fitness"], r["flops"]))
+    lo, hi = pool[0]["fitness"], pool[-1]["fitness"]
+    picked = []
+    for t in np.linspace(lo, hi, k):
+        i = min(range(len(pool)), key=lambda i: abs(pool[i]["fitness"] - t))
+        picked.append(pool.pop(i))
+    return picked
+
+
+# -----------------------------------------------------------------------------
 # Fitness: accuracy of the inherited weights on the held-out split
 
 
+FITNESS = ("top1", "loss")
+
+
 def fitness_fn(supernet, loader, d, sides, amp=False):
-    """Top-1 (%) of an arch's slice of the trained super-transformer on the held-out subset; with
-    bilateral sharing, the mean of its left and right accuracy (METHOD.md section 3)."""
+    """An arch's slice of the trained super-transformer scored on the held-out subset: {"top1": %,
+    "loss": mean cross-entropy}; with bilateral sharing, the mean over its left and right slices
+    (arXiv 2106.13700 section 3). Search fitness is "top1" (the paper's) or -"loss" (--fitness)."""
     def fitness(arch):
-        return sum(train.evaluate(supernet, loader, d, arch, side, amp)["top1"] for side in sides) / len(sides)
+        res = [train.evaluate(supernet, loader, d, arch, side, amp) for side in sides]
+        return {k: sum(r[k] for r in res) / len(res) for k in FITNESS}
     return fitness
 
 
+def fitness_value(scores, measure):
+    """Higher is better: top-1 itself, or minus the loss."""
+    return scores["top1"] if measure == "top1" else -scores["loss"]
+
+
 def baseline_arch(space, target_flops, flops_min, flops_max):
-    """A hand-designed network to compare with: every block present and alike (DeiT style),
-    heads = attention width / 16 where possible, the FLOPs nearest the target inside the window."""
+    """A hand-designed network to compare with: every block present and alike, heads = attention
+    width / 16 where possible, the FLOPs nearest the target inside the window."""
     best = None
     for p in space.patch_sizes:
         for c in space.embed_dims:
@@ -257,6 +333,33 @@ def baseline_arch(space, target_flops, flops_min, flops_max):
                     if flops_min <= f <= flops_max and (best is None or abs(f - target_flops) < best[0]):
                         best = (abs(f - target_flops), arch)
     return None if best is None else best[1]
+
+
+def deit_arch(space, target_flops, flops_min, flops_max):
+    """The network a person would design, in DeiT's proportions: attention width nearest the embed
+    dim, MLP nearest 4x the embed dim, head dim nearest DeiT's 64, the first d blocks present;
+    of those inside the window, the FLOPs nearest the target (ties: the deeper)."""
+    def nearest(choices, x):
+        return min(choices, key=lambda v: (abs(v - x), v))
+
+    best = None
+    for p in space.patch_sizes:
+        for c in space.embed_dims:
+            a = nearest(space.attn_dims, c)
+            heads = [h for h in space.heads if a % h == 0]
+            if not heads:
+                continue
+            h = min(heads, key=lambda h: (abs(a / h - 64), h))
+            block = vitas.Block(h, a, nearest(space.mlp_dims, 4 * c))
+            for depth in range(1, space.depth + 1):
+                arch = vitas.Arch(p, c, (block,) * depth + (None,) * (space.depth - depth))
+                f = vitas.flops(arch, space)
+                if flops_min <= f <= flops_max and (best is None or (abs(f - target_flops), -depth) < best[0]):
+                    best = ((abs(f - target_flops), -depth), arch)
+    return None if best is None else best[1]
+
+
+BASELINES = {"uniform": baseline_arch, "deit": deit_arch}
 
 
 # -----------------------------------------------------------------------------
@@ -274,33 +377,37 @@ def write_json(path, obj, lines=False):
     os.replace(tmp, path)
 
 
-def run_search(args, space, fitness, identity_prob, algo, out, log, write):
+def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, log, write):
     """One resumable search into `out` (files written where `write`, i.e. on rank 0): state.json
     after every generation, candidates.jsonl, pareto.json and best_arch.json. Returns the Evolution,
     or None where --stop-after interrupted it."""
     evo = Evolution(space, args.flops_min, args.flops_max, params_max=args.params_max, population=args.population,
                     parents=args.parents, mutate_prob=args.mutate_prob, identity_prob=identity_prob, algo=algo,
-                    seed=args.seed)
+                    seed=args.seed, identity_shift=identity_shift)
     state_path = os.path.join(out, "state.json")
     if os.path.exists(state_path):
         try:
             with open(state_path) as f:
-                evo.load_state_dict(json.load(f))
+                state = json.load(f)
+            if state.get("fitness", "top1") != args.fitness:
+                raise ValueError(f"it was searched with --fitness {state.get('fitness', 'top1')}, this run has {args.fitness}")
+            evo.load_state_dict(state)
         except (json.JSONDecodeError, ValueError) as e:
             raise train.UserError(f"cannot resume from {state_path}: {e}; use another --out or delete it") from None
         log(f"[{algo}] resumed at generation {evo.generation}/{args.generations}")
     t0, g0 = time.time(), evo.generation
     while evo.generation < args.generations:
         archs = evo.propose()
-        fits = [fitness(a) for a in archs]
-        evo.record(archs, fits)
+        scores = [fitness(a) for a in archs]
+        fits = [fitness_value(sc, args.fitness) for sc in scores]
+        evo.record(archs, fits, scores)
         if write:
             write_json(os.path.join(out, "candidates.jsonl"), evo.history, lines=True)
-            write_json(state_path, evo.state_dict())
+            write_json(state_path, {"fitness": args.fitness, **evo.state_dict()})
         best = evo.best
         eta = (time.time() - t0) / (evo.generation - g0) * (args.generations - evo.generation)
-        log(f"[{algo}] generation {evo.generation}/{args.generations}: best {best['fitness']:.2f}% "
-            f"({best['flops'] / 1e6:.2f} MFLOPs), generation mean {np.mean(fits):.2f}%, "
+        log(f"[{algo}] generation {evo.generation}/{args.generations}: best top-1 {best['top1']:.2f}% loss {best['loss']:.3f} "
+            f"({best['flops'] / 1e6:.2f} MFLOPs), generation mean top-1 {np.mean([sc['top1'] for sc in scores]):.2f}%, "
             f"{len(evo.history)} evaluated, ETA {train.fmt_time(eta)}")
         if args.stop_after and evo.generation >= args.stop_after:   # for tests: simulate an interruption
             return None
@@ -310,112 +417,266 @@ def run_search(args, space, fitness, identity_prob, algo, out, log, write):
     return evo
 
 
-def retrain(arch_path, out, args, ck_args, log):
-    """Retrain an arch briefly with train.py's retrain mode on the checkpoint's data; final val top-1."""
-    argv = ["--arch", arch_path, "--out", out, "--epochs", str(args.retrain_epochs), "--space", ck_args["space"],
-            "--data", ck_args["data"], "--data-root", ck_args["data_root"], "--seed", str(ck_args["seed"]),
-            "--synthetic-size", str(ck_args["synthetic_size"]), "--synthetic-classes", str(ck_args["synthetic_classes"]),
-            "--holdout", str(ck_args["holdout"]), "--batch-size", str(ck_args["batch_size"]), "--lr", str(ck_args["lr"]),
-            "--device", args.device, "--log-every", "1000"]
-    log(f"retraining {arch_path} for {args.retrain_epochs} epochs into {out}")
-    return train.train(train.get_parser().parse_args(argv))["val"]["model"]
+def retrain_argv(ck, epochs, device, world):
+    """train.py flags that train an arch alone on the checkpoint's data, held-out split, optimiser
+    and effective batch (split over this job's `world` processes, so the result does not depend on
+    how many there are); augmentation and regularisation are retrain mode's own defaults."""
+    ck_args = ck["args"]
+    batch = ck_args["batch_size"] * ck.get("world", 1)
+    if batch % world:
+        raise train.UserError(f"the checkpoint's effective batch {batch} does not split over {world} processes; "
+                              f"run with a process count that divides it")
+    keep = {"space": "--space", "data": "--data", "data_root": "--data-root", "seed": "--seed",
+            "synthetic_size": "--synthetic-size", "synthetic_classes": "--synthetic-classes", "holdout": "--holdout",
+            "lr": "--lr", "min_lr": "--min-lr", "weight_decay": "--weight-decay",
+            "warmup_epochs": "--warmup-epochs", "clip_grad": "--clip-grad", "workers": "--workers",
+            "eval_batch_size": "--eval-batch-size", "eval_limit": "--eval-limit"}
+    argv = ["--epochs", str(epochs), "--batch-size", str(batch // world), "--device", device, "--log-every", "1000"]
+    for key, flag in keep.items():
+        if ck_args.get(key) is not None:
+            argv += [flag, str(ck_args[key])]
+    return argv + (["--amp"] if ck_args.get("amp") else [])
 
 
-def search(args):
-    d = train.setup_distributed(args.device)
-    log = d.log
+def retrain(arch, out, argv, d, log):
+    """Train `arch` alone with train.py's retrain mode into `out`; its final val {"top1", "top5",
+    "loss", "n"}. The result is kept in out/result.json: a finished retrain is never redone."""
+    result_path, arch_path = os.path.join(out, "result.json"), os.path.join(out, "arch.json")
+    done = float(os.path.exists(result_path))
+    if d.world > 1:   # every rank takes the same decision, even where shared storage lags
+        done = d.all_reduce(torch.tensor(done)).item() / d.world
+    if done == 1.0:
+        with open(result_path) as f:
+            result = json.load(f)
+        if result["arch"] == arch.to_dict() and result["argv"] == argv:
+            return result["val"]
+    if d.main:
+        os.makedirs(out, exist_ok=True)
+        write_json(arch_path, arch.to_dict())
+    if d.world > 1:
+        dist.barrier()
+    log(f"training {arch} alone for {argv[1]} epochs into {out}")
+    val = train.train(train.get_parser().parse_args(["--arch", arch_path, "--out", out, *argv]))["val"]["model"]
+    if d.main:
+        write_json(result_path, {"arch": arch.to_dict(), "argv": argv, "val": val})
+    return val
+
+
+def compare_retrained(args, space, best, ck, d, log):
+    """Retrain the searched arch and the hand-designed baselines of the nearest FLOPs in the window."""
+    searched = vitas.Arch.from_dict(best["arch"])
+    archs = {"searched": searched}
+    for name, design in BASELINES.items():
+        base = design(space, best["flops"], args.flops_min, args.flops_max)
+        if base is None:
+            raise train.UserError(f"no hand-designed network ({name}) lies in the FLOPs window; the search results are "
+                                  f"in {args.out}: widen the window or leave out --retrain-epochs")
+        archs[name] = base
+    argv = retrain_argv(ck, args.retrain_epochs, args.device, d.world)
+    results = {}
+    for name, arch in archs.items():
+        res = retrain(arch, os.path.join(args.out, f"retrain-{name}"), argv, d, log)
+        results[name] = {"arch": arch.to_dict(), "flops": vitas.flops(arch, space), "params": vitas.params(arch, space), **res}
+    log(f"\nretrained {args.retrain_epochs} epochs, val accuracy:")
+    for name, r in results.items():
+        log(f"  {name:9s} top-1 {r['top1']:5.1f}%  top-5 {r['top5']:5.1f}%  {r['flops'] / 1e6:6.2f} MFLOPs  "
+            f"{r['params'] / 1e6:.3f} M params  {vitas.Arch.from_dict(r['arch'])}")
+    return results
+
+
+def rank_check(args, space, ck, holdout_images, d, log):
+    """Kendall tau-b and Spearman rho between search fitness (inherited weights) and the val top-1
+    of the same archs trained alone: K candidates spread over the fitness range, each retrained for
+    --rank-epochs with train.py's retrain mode; rank_check.json holds the pairs."""
+    if d.world > 1:   # rank 0 wrote the candidates
+        dist.barrier()
+    path = os.path.join(args.out, "candidates.jsonl")
+    if not os.path.exists(path):
+        raise train.UserError(f"--rank-check: no candidates in {args.out} ({path} is missing); run the search there "
+                              f"first (give --ckpt, --flops-min and --flops-max)")
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    inside = [r for r in records if args.flops_min <= r["flops"] <= args.flops_max]
+    try:
+        picked = spread_over_fitness(inside, args.rank_check)
+    except ValueError as e:
+        raise train.UserError(f"--rank-check {args.rank_check}: {e} in {path} inside the window; lower K or search longer") from None
+    argv = retrain_argv(ck, args.rank_epochs, args.device, d.world)
+    folder = args.rank_dir or os.path.join(args.out, "rank_check")
+    out_path = os.path.join(args.out, "rank_check.json")
+    measure = "held-out top-1" if args.fitness == "top1" else "minus held-out loss"
+    result = {"kendall_tau": None, "spearman_rho": None, "archs": [],
+              "settings": {"k": args.rank_check, "epochs": args.rank_epochs, "flops_min": args.flops_min,
+                           "flops_max": args.flops_max, "fitness": args.fitness, "holdout_images": holdout_images,
+                           "retrain_argv": argv, "processes": d.world}}
+    log(f"rank check: {len(picked)} of {len(inside)} candidates, fitness {min(r['fitness'] for r in picked):.3f} to "
+        f"{max(r['fitness'] for r in picked):.3f}, each trained alone for {args.rank_epochs} epochs")
+    for i, r in enumerate(picked):
+        arch = vitas.Arch.from_dict(r["arch"])
+        key = hashlib.sha1(json.dumps([r["arch"], argv]).encode()).hexdigest()[:12]
+        val = retrain(arch, os.path.join(folder, key), argv, d, log)
+        result["archs"].append({"arch": r["arch"], "flops": r["flops"], "params": r["params"], "fitness": r["fitness"],
+                                "inherited": {k: r[k] for k in FITNESS if k in r}, "top1": val["top1"],
+                                "top5": val["top5"], "val_images": val.get("n")})
+        if d.main:
+            write_json(out_path, result)
+        log(f"rank check {i + 1}/{len(picked)}: fitness {r['fitness']:.3f}, alone {val['top1']:.1f}%  {arch}")
+    rows = result["archs"]
+    alone = [a["top1"] for a in rows]
+    result["kendall_tau"] = kendall_tau([a["fitness"] for a in rows], alone)
+    result["spearman_rho"] = spearman_rho([a["fitness"] for a in rows], alone)
+    # the other measure too, when the candidates carry it: which fitness ranks better is a question in itself
+    result["by_measure"] = {m: {"kendall_tau": kendall_tau(v, alone), "spearman_rho": spearman_rho(v, alone)}
+                            for m in FITNESS if all(m in a["inherited"] for a in rows)
+                            for v in [[fitness_value(a["inherited"], m) for a in rows]]}
+    if d.main:
+        write_json(out_path, result)
+    fmt = lambda v: "n/a (constant)" if v is None else f"{v:.3f}"
+    log(f"\nrank check ({measure} of the inherited weights vs val top-1 trained alone, {len(rows)} archs):")
+    for a in sorted(rows, key=lambda a: a["fitness"]):
+        log(f"  fitness {a['fitness']:8.3f}  alone {a['top1']:5.1f}%  {a['flops'] / 1e6:5.2f} MFLOPs  {vitas.Arch.from_dict(a['arch'])}")
+    log(f"  Kendall tau-b {fmt(result['kendall_tau'])}, Spearman rho {fmt(result['spearman_rho'])}; wrote {out_path}")
+    return result
+
+
+def resolve_from_folder(args):
+    """--rank-check alone on a finished search folder: the checkpoint and window come from its search.json."""
+    path = os.path.join(args.out, "search.json")
+    if not args.rank_check or not os.path.exists(path):
+        missing = [f for f, v in (("--ckpt", args.ckpt), ("--flops-min", args.flops_min), ("--flops-max", args.flops_max)) if v is None]
+        raise train.UserError(f"{', '.join(missing)} required (or --rank-check K with --out a search folder holding search.json)")
+    with open(path) as f:
+        summary = json.load(f)
+    for key in ("ckpt", "flops_min", "flops_max", "fitness"):
+        setattr(args, key, summary["settings"][key] if key != "fitness" else summary["settings"].get(key, "top1"))
+    return summary
+
+
+def load_supernet(args, d, log):
+    """The checkpoint's space and args, and a fitness function on its held-out split."""
     ck = train.load_checkpoint(args.ckpt)
     if ck.get("mode") != "super":
         raise train.UserError(f"{args.ckpt} is a retrain checkpoint; search needs a super-transformer checkpoint")
     space = vitas.SearchSpace(**ck["space"])
     ck_args = ck["args"]
-    lo, hi = vitas.flops(space.min_arch(), space), vitas.flops(space.max_arch(), space)
-    log(f"search space: {lo / 1e6:.2f}-{hi / 1e6:.2f} MFLOPs with every block present; window "
-        f"[{args.flops_min / 1e6:.2f}M, {args.flops_max / 1e6:.2f}M]")
-
     supernet = vitas.SuperTransformer(space)
     supernet.load_state_dict(ck["model"])
     supernet.to(d.device).eval()
     data = train.build_datasets(argparse.Namespace(**{**ck_args, "download": False}), space.image_size)
+    if len(data.holdout) == 0:
+        raise train.UserError(f"{args.ckpt} was trained with --holdout 0: there are no held-out images to score archs on")
     loader = train.eval_loader(data.holdout, args.batch_size, d, ck_args.get("workers", 0), limit=args.eval_size)
-    sides = vitas.SIDES if ck_args["sharing"] == "bilateral" else ("left",)
+    sides = vitas.SHARINGS[ck_args["sharing"]]
     n_eval = min(len(data.holdout), args.eval_size or len(data.holdout))
-    log(f"fitness: top-1 on {n_eval} held-out images ({' + '.join(sides)}), {d.world} process(es)")
-    fitness = fitness_fn(supernet, loader, d, sides, ck_args.get("amp", False))
+    log(f"fitness: {args.fitness} on {n_eval} held-out images (one image = {100 / n_eval:.2f} points of top-1; "
+        f"{' + '.join(sides)}), {d.world} process(es)")
+    return ck, space, fitness_fn(supernet, loader, d, sides, ck_args.get("amp", False)), n_eval
 
-    os.makedirs(args.out, exist_ok=True)
-    # written now so an interrupted search is still described; completed below
-    summary = {"settings": {k: v for k, v in vars(args).items() if k != "stop_after"},
-               "checkpoint": os.path.abspath(args.ckpt), "checkpoint_step": ck["step"], "identity_prob": ck["identity_prob"]}
-    if d.main:
-        write_json(os.path.join(args.out, "search.json"), summary)
-    runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], args.algo, args.out, log, d.main)}
-    if args.compare:
-        other = "random" if args.algo == "evolution" else "evolution"
-        os.makedirs(os.path.join(args.out, other), exist_ok=True)
-        runs[other] = run_search(args, space, fitness, ck["identity_prob"], other, os.path.join(args.out, other), log, d.main)
-    if any(evo is None for evo in runs.values()):
-        return None
-    summary.update(evaluations=len(runs[args.algo].history), best=runs[args.algo].best)
-    for algo, evo in runs.items():
-        b = evo.best
-        log(f"{algo:9s} best: {b['fitness']:.2f}% held-out top-1, {b['flops'] / 1e6:.2f} MFLOPs, "
-            f"{b['params'] / 1e6:.3f} M params: {vitas.Arch.from_dict(b['arch'])}")
-    if args.compare:
-        summary["compare"] = {algo: evo.best for algo, evo in runs.items()}
 
-    if args.retrain_epochs:
-        best = runs[args.algo].best
-        base = baseline_arch(space, best["flops"], args.flops_min, args.flops_max)
-        if base is None:
-            raise train.UserError(f"no hand-designed network (every block alike) lies in the FLOPs window; the search "
-                                  f"results are in {args.out}: widen the window or leave out --retrain-epochs")
-        base_path = os.path.join(args.out, "baseline_arch.json")
+def search(args):
+    d = train.setup_distributed(args.device)
+    log = d.log
+    alone = args.ckpt is None
+    summary = resolve_from_folder(args) if alone else None
+    ck = train.load_checkpoint(args.ckpt)
+    space = vitas.SearchSpace(**ck["space"])
+    lo, hi = vitas.flops(space.min_arch(), space), vitas.flops(space.max_arch(), space)
+    log(f"search space: {lo / 1e6:.2f}-{hi / 1e6:.2f} MFLOPs with every block present; window "
+        f"[{args.flops_min / 1e6:.2f}M, {args.flops_max / 1e6:.2f}M]")
+    if not alone:
+        ck, space, fitness, n_eval = load_supernet(args, d, log)
+        os.makedirs(args.out, exist_ok=True)
+        # written now so an interrupted search is still described; completed below
+        summary = {"settings": {k: v for k, v in vars(args).items() if k != "stop_after"}, "checkpoint": os.path.abspath(args.ckpt),
+                   "checkpoint_step": ck["step"], "identity_prob": ck["identity_prob"], "holdout_images": n_eval}
         if d.main:
-            write_json(base_path, base.to_dict())
-        if d.world > 1:
-            dist.barrier()
-        results = {}
-        for name, path in (("searched", os.path.join(args.out, "best_arch.json")), ("baseline", base_path)):
-            res = retrain(path, os.path.join(args.out, f"retrain-{name}"), args, ck_args, log)
-            with open(path) as f:
-                arch = vitas.Arch.from_dict(json.load(f))
-            results[name] = {"arch": arch.to_dict(), "flops": vitas.flops(arch, space), "params": vitas.params(arch, space), **res}
-        summary["retrain"] = results
-        log(f"\nretrained {args.retrain_epochs} epochs, val accuracy:")
-        for name, r in results.items():
-            log(f"  {name:9s} top-1 {r['top1']:5.1f}%  top-5 {r['top5']:5.1f}%  {r['flops'] / 1e6:6.2f} MFLOPs  "
-                f"{r['params'] / 1e6:.3f} M params  {vitas.Arch.from_dict(r['arch'])}")
+            write_json(os.path.join(args.out, "search.json"), summary)
+        shift = ck["args"].get("identity_shift", False)
+        runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], shift, args.algo, args.out, log, d.main)}
+        if args.compare:
+            other = "random" if args.algo == "evolution" else "evolution"
+            os.makedirs(os.path.join(args.out, other), exist_ok=True)
+            runs[other] = run_search(args, space, fitness, ck["identity_prob"], shift, other, os.path.join(args.out, other), log, d.main)
+        if any(evo is None for evo in runs.values()):
+            return None
+        summary.update(evaluations=len(runs[args.algo].history), best=runs[args.algo].best)
+        for algo, evo in runs.items():
+            b = evo.best
+            log(f"{algo:9s} best: {b['top1']:.2f}% held-out top-1, loss {b['loss']:.3f}, {b['flops'] / 1e6:.2f} MFLOPs, "
+                f"{b['params'] / 1e6:.3f} M params: {vitas.Arch.from_dict(b['arch'])}")
+        if args.compare:
+            summary["compare"] = {algo: evo.best for algo, evo in runs.items()}
+        if args.retrain_epochs:
+            summary["retrain"] = compare_retrained(args, space, runs[args.algo].best, ck, d, log)
+    if args.rank_check:
+        rc = rank_check(args, space, ck, summary.get("holdout_images"), d, log)
+        summary["rank_check"] = {k: rc[k] for k in ("kendall_tau", "spearman_rho", "by_measure")}
     if d.main:
         write_json(os.path.join(args.out, "search.json"), summary)
-        log(f"wrote {args.out}/best_arch.json, candidates.jsonl, pareto.json, search.json")
+        log(f"wrote {args.out}/search.json" + ("" if alone else ", best_arch.json, candidates.jsonl, pareto.json"))
     return summary
 
 
+def rank_k_arg(text):
+    k = train.number_arg(int, 0)(text)
+    if k == 1:
+        raise argparse.ArgumentTypeError("1: a rank agreement needs at least 2 archs; expected 0 (off) or a whole number >= 2")
+    return k
+
+
 def get_parser():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", required=True, help="super-transformer checkpoint.pt from train.py (space, data and holdout come from it)")
-    ap.add_argument("--flops-min", type=train.count_arg, required=True, help="e.g. 0.9G, 900M or a plain number (MACs)")
-    ap.add_argument("--flops-max", type=train.count_arg, required=True, help="e.g. 1.1G")
-    ap.add_argument("--params-max", type=train.count_arg, default=None, help="optional parameter budget, e.g. 6M")
-    ap.add_argument("--algo", default="evolution", choices=ALGOS)
-    ap.add_argument("--compare", action="store_true", help="also run the other algorithm with the same number of evaluations")
-    ap.add_argument("--population", type=int, default=50)
-    ap.add_argument("--generations", type=int, default=20)
-    ap.add_argument("--parents", type=int, default=10, help="top-k of all evaluated archs that breed")
-    ap.add_argument("--mutate-prob", type=float, default=0.1, help="probability each gene is re-drawn in a mutation")
-    ap.add_argument("--eval-size", type=int, default=None, help="score on the first N held-out images (default: all)")
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="runs/search", help="output folder; re-running the same command resumes")
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--retrain-epochs", type=int, default=0, help="then retrain the best arch and a hand-designed baseline of similar FLOPs this long and compare")
-    ap.add_argument("--stop-after", type=int, default=0, help=argparse.SUPPRESS)
+    nat, pos = train.number_arg(int, 0), train.number_arg(int, 1)
+    ap = train.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_argument_group("search")
+    g.add_argument("--ckpt", default=None, help="super-transformer checkpoint.pt from train.py (space, data and held-out split "
+                                                "come from it); required unless --rank-check runs alone on a search folder")
+    g.add_argument("--flops-min", type=train.count_arg, default=None, help="e.g. 0.9G, 900M or a plain number (MACs); required with --ckpt")
+    g.add_argument("--flops-max", type=train.count_arg, default=None, help="e.g. 1.1G; required with --ckpt")
+    g.add_argument("--params-max", type=train.count_arg, default=None, help="optional parameter budget, e.g. 6M")
+    g.add_argument("--algo", default="evolution", choices=ALGOS)
+    g.add_argument("--compare", action="store_true", help="also run the other algorithm with the same number of evaluations")
+    g.add_argument("--population", type=train.number_arg(int, 2), default=50)
+    g.add_argument("--generations", type=pos, default=20)
+    g.add_argument("--parents", type=train.number_arg(int, 2), default=10, help="top-k of all evaluated archs that breed (<= population)")
+    g.add_argument("--mutate-prob", type=train.number_arg(float, 0, 1), default=0.1, help="probability each gene is re-drawn in a mutation")
+    g.add_argument("--fitness", default="top1", choices=FITNESS,
+                   help="top1: held-out top-1 of the inherited weights (the paper's); loss: minus their held-out "
+                        "cross-entropy (finer on a small held-out split; beyond the paper). Both are recorded.")
+    g.add_argument("--eval-size", type=pos, default=None, help="score on the first N held-out images (default: all of them; "
+                                                                "train.py --holdout sets how many there are)")
+    g.add_argument("--batch-size", type=pos, default=256, help="evaluation batch per process")
+    g.add_argument("--seed", type=nat, default=0)
+    g.add_argument("--out", default="runs/search", help="output folder; re-running the same command resumes")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--stop-after", type=nat, default=0, help=argparse.SUPPRESS)
+    g = ap.add_argument_group("after the search")
+    g.add_argument("--retrain-epochs", type=nat, default=0,
+                   help="retrain the best arch and two hand-designed baselines of the nearest FLOPs (uniform blocks; DeiT "
+                        "proportions) this many epochs each and compare (0: off)")
+    g.add_argument("--rank-check", type=rank_k_arg, default=0, metavar="K",
+                   help="train K candidates spread over the fitness range alone and report Kendall tau-b and Spearman rho "
+                        "between their fitness and their val top-1 (rank_check.json). Runs after the search, or alone "
+                        "with --out a finished search folder. Finished retrains are reused. (0: off)")
+    g.add_argument("--rank-epochs", type=pos, default=5, help="epochs each rank-check arch is trained alone (default 5)")
+    g.add_argument("--rank-dir", default=None, help="where rank-check retrains go (default OUT/rank_check); share it "
+                                                    "between searches to reuse retrains of the same arch and settings")
     return ap
 
 
+def parse_args(argv=None):
+    ap = get_parser()
+    args = ap.parse_args(argv)
+    if args.parents > args.population:
+        ap.error(f"argument --parents: {args.parents} exceeds --population {args.population}; expected at most the population")
+    if args.ckpt is not None and (args.flops_min is None or args.flops_max is None):
+        ap.error("--ckpt needs the FLOPs window too: give --flops-min and --flops-max (e.g. 2M and 4M)")
+    if args.flops_min is not None and args.flops_max is not None and args.flops_min > args.flops_max:
+        ap.error(f"the FLOPs window is empty: --flops-min {args.flops_min:,} > --flops-max {args.flops_max:,}")
+    return args
+
+
 def main(argv=None):
-    train.run_cli(search, get_parser().parse_args(argv))
+    train.run_cli(search, parse_args(argv))
 
 
 if __name__ == "__main__":

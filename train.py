@@ -45,6 +45,14 @@ class UserError(Exception):
     """Bad input from the user: printed as one clear line, no traceback."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors ("error: argument --lr: ..."), exit code 2, nothing written."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def parse_count(text):
     """A FLOPs or parameter count as an int: '1.0G', '900M', '350k', '1.2e9', '1200000' or a number.
     Decimal arithmetic, so '0.1G' is exactly 100000000; a fractional result is rounded."""
@@ -61,6 +69,36 @@ def parse_count(text):
     if not value.is_finite() or value < 0:
         raise bad
     return int(value.to_integral_value())
+
+
+def number_arg(kind, lo=None, hi=None, lo_open=False, hi_open=False):
+    """argparse type: a finite int or float inside a range; the message names the value and the range
+    (argparse adds the flag's name)."""
+    rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}"
+    what = "a whole number" if kind is int else "a number"
+
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; expected {what} in {rng}") from None
+        if not (math.isfinite(v) and (lo is None or (v > lo if lo_open else v >= lo))
+                and (hi is None or (v < hi if hi_open else v <= hi))):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; expected {what} in {rng}")
+        return v
+    parse.__name__ = kind.__name__   # argparse names the type in some messages
+    return parse
+
+
+def holdout_arg(text):
+    """--holdout: a fraction in [0, 1) or a whole count >= 1."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (0 <= v < 1 or (v >= 1 and v == int(v))):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction in [0, 1) (e.g. 0.1) or a whole number of images (e.g. 2000)")
+    return v if v < 1 else int(v)
 
 
 def count_arg(text):
@@ -181,11 +219,20 @@ def image_transforms(size, train, args, real):
     return T.Compose(crop + [T.RandomHorizontalFlip()] + aug + norm + erase)
 
 
-def holdout_split(n, frac, seed):
+def holdout_size(n, holdout):
+    """Images held out of n training images: holdout < 1 is a fraction, a whole number >= 1 a count."""
+    k = int(round(n * holdout)) if holdout < 1 else int(holdout)
+    if k >= n:
+        raise UserError(f"--holdout {holdout:g} keeps {k} of the {n} training images out; leave some to train on "
+                        f"(a fraction below 1, or a count below {n})")
+    return k
+
+
+def holdout_split(n, holdout, seed):
     """Deterministic (train indices, held-out indices): the held-out part is never trained on and
     is what search.py scores architectures on (val/test never is)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
-    k = int(round(n * frac))
+    k = holdout_size(n, holdout)
     return sorted(perm[k:]), sorted(perm[:k])
 
 
@@ -272,18 +319,50 @@ class ResumeSampler(Sampler):
 # Architecture sampling for super-transformer training
 
 
+def reported_archs(space, window=None):
+    """The largest, smallest and a middle arch: evaluated every epoch, and the sandwich's two ends.
+
+    Without a FLOPs window: the space's largest and smallest (every block present) and the middle
+    choice of every dimension. With one, so that they are networks the learned phase trains: of the
+    uniform archs (SearchSpace.uniform_archs) inside the window, those with the most and the fewest
+    FLOPs and the one nearest the window's centre (ties: more parameters for the largest, fewer
+    otherwise)."""
+    if window is None:
+        mid = lambda xs: xs[len(xs) // 2]
+        h = mid(space.heads)
+        a = mid(space._attn_for[h])
+        middle = vitas.Arch(mid(space.patch_sizes), mid(space.embed_dims), (vitas.Block(h, a, mid(space.mlp_dims)),) * space.depth)
+        return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}
+    lo, hi = window
+    inside = [(vitas.flops(a, space), vitas.params(a, space), a) for a in space.uniform_archs()]
+    inside = [r for r in inside if lo <= r[0] <= hi]
+    if not inside:
+        raise UserError(f"no uniform arch (every present block alike) lies in the FLOPs window [{lo:,}, {hi:,}]; widen it")
+    centre = (lo + hi) / 2
+    return {"largest": max(inside, key=lambda r: r[:2])[2], "smallest": min(inside, key=lambda r: r[:2])[2],
+            "middle": min(inside, key=lambda r: (abs(r[0] - centre), r[1]))[2]}
+
+
 class ArchSampler:
-    """Uniform phase for the first `uniform_epochs`, then the learned identity probability.
+    """The sub-networks of each training step.
 
-    The arch of global step s comes from a generator seeded by (seed, s): every rank draws the same
-    one with no communication, and a resumed run draws what the uninterrupted run would have."""
+    Uniform phase for the first `uniform_epochs`, then the learned identity probability that puts
+    sampled networks in the FLOPs window (out-of-window draws are redrawn, bounded). With
+    `sandwich` N (beyond v1) a step trains the largest and the smallest network (reported_archs)
+    and N drawn ones; with `identity_shift` (v2) every draw has its identities moved to the end.
+    The archs of global step s come from a generator seeded by (seed, s): every rank draws the same
+    ones with no communication, and a resumed run draws what the uninterrupted run would have."""
 
-    def __init__(self, space, seed, uniform_epochs, flops_min=None, flops_max=None, identity_prob=None, max_tries=100):
+    def __init__(self, space, seed, uniform_epochs, flops_min=None, flops_max=None, identity_prob=None, max_tries=100,
+                 sandwich=None, identity_shift=False):
         self.space, self.seed, self.uniform_epochs, self.max_tries = space, seed, uniform_epochs, max_tries
+        self.sandwich, self.identity_shift = sandwich, identity_shift
         self.window = None if flops_min is None and flops_max is None else (flops_min or 0, flops_max or vitas.flops(space.max_arch(), space))
         self.identity_prob = identity_prob
         if self.window is not None and identity_prob is None:
             self.identity_prob = vitas.solve_identity_prob(space, *self.window, np.random.default_rng([seed, 1]))
+        self.reports = reported_archs(space, self.window)
+        self.ends = [self.reports["largest"], self.reports["smallest"]]
 
     def calibration(self, n=1000):
         """Fraction of networks inside the window: raw draws at the learned p, and as trained."""
@@ -304,24 +383,20 @@ class ArchSampler:
 
     def draw(self, rng, learned):
         if not learned:
-            return self.space.sample(rng)
-        for _ in range(self.max_tries):   # bounded resampling; the last draw stands if none fits
-            arch = self.space.sample(rng, self.identity_prob)
-            if self.inside(arch):
-                break
-        return arch
+            arch = self.space.sample(rng)
+        else:
+            for _ in range(self.max_tries):   # bounded resampling; the last draw stands if none fits
+                arch = self.space.sample(rng, self.identity_prob)
+                if self.inside(arch):
+                    break
+        return vitas.shift_identities(arch) if self.identity_shift else arch
 
     def __call__(self, step, epoch):
-        return self.draw(np.random.default_rng([self.seed, 0, step]), self.learned(epoch))
-
-
-def reported_archs(space):
-    """Largest, smallest and a middle arch (middle choice of every dimension, all blocks present)."""
-    mid = lambda xs: xs[len(xs) // 2]
-    h = mid(space.heads)
-    a = mid(space._attn_for[h])
-    middle = vitas.Arch(mid(space.patch_sizes), mid(space.embed_dims), (vitas.Block(h, a, mid(space.mlp_dims)),) * space.depth)
-    return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}
+        """The archs step `step` trains: [drawn], or [largest, smallest, N drawn] with the sandwich."""
+        rng = np.random.default_rng([self.seed, 0, step])
+        if self.sandwich is None:
+            return [self.draw(rng, self.learned(epoch))]
+        return self.ends + [self.draw(rng, self.learned(epoch)) for _ in range(self.sandwich)]
 
 
 # -----------------------------------------------------------------------------
@@ -338,18 +413,20 @@ def evaluate(model, loader, d, arch=None, side="left", amp=False):
     arch=None) over a loader sharded across ranks; counts are all-reduced."""
     was_training = model.training
     model.eval()
-    stats = torch.zeros(3, dtype=torch.float64, device=d.device)    # correct@1, correct@5, n
+    stats = torch.zeros(4, dtype=torch.float64, device=d.device)    # correct@1, correct@5, summed loss, n
     for x, y in loader:
         x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
         with amp_context(d.device, amp):
             logits = model(x) if arch is None else model(x, arch, side)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit = top5 == y[:, None]
-        stats += torch.tensor([hit[:, 0].sum().item(), hit.any(1).sum().item(), len(y)], dtype=torch.float64, device=d.device)
+        stats += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), F.cross_entropy(logits.float(), y, reduction="sum"),
+                              torch.tensor(len(y), device=d.device)]).double()
     d.all_reduce(stats)
     model.train(was_training)
-    n = max(stats[2].item(), 1)
-    return {"top1": 100 * stats[0].item() / n, "top5": 100 * stats[1].item() / n, "n": int(stats[2].item())}
+    c1, c5, loss, n = stats.tolist()
+    n = max(n, 1)
+    return {"top1": 100 * c1 / n, "top5": 100 * c5 / n, "loss": loss / n, "n": int(stats[3].item())}
 
 
 # -----------------------------------------------------------------------------
@@ -441,7 +518,142 @@ def fmt_time(s):
 # Training
 
 
+def build_model(args, space, arch, d):
+    """The SuperTransformer, or for a retrain the plain ViT of `arch`, from scratch or (--init-from)
+    with the weights it inherits from a super-transformer checkpoint."""
+    if arch is None:
+        return vitas.SuperTransformer(space, drop_path=args.drop_path)
+    if args.init_from:
+        init = load_checkpoint(args.init_from)
+        supernet = vitas.SuperTransformer(space)
+        supernet.load_state_dict(init["model"])
+        side = vitas.SHARINGS[init["args"].get("sharing", "bilateral")][0]
+        d.log(f"retrain {arch} from the weights inherited from {args.init_from} ({side} slice)")
+        return vitas.export(supernet, arch, side, drop_path=args.drop_path)
+    d.log(f"retrain {arch} from scratch")
+    return vitas.ViT(arch, space, drop_path=args.drop_path)
+
+
+def make_sampler(args, space, log):
+    """The super-transformer's ArchSampler, its FLOPs window calibrated and checked."""
+    sampler = ArchSampler(space, args.seed, args.uniform_epochs, args.flops_min, args.flops_max,
+                          sandwich=args.sandwich, identity_shift=args.identity_shift)
+    if sampler.window is not None:
+        raw, inside, mean = sampler.calibration()
+        log(f"learned identity probability {sampler.identity_prob:.3f} for FLOPs window "
+            f"[{sampler.window[0] / 1e6:.2f}M, {sampler.window[1] / 1e6:.2f}M]: {100 * raw:.0f}% of raw draws inside, "
+            f"{100 * inside:.0f}% after resampling, mean {mean / 1e6:.2f} MFLOPs")
+        if inside < 0.5:
+            raise UserError(f"only {100 * inside:.0f}% of sampled networks reach the FLOPs window "
+                            f"[{sampler.window[0]:,}, {sampler.window[1]:,}]; widen it")
+    log("reported each epoch" + (" (and the sandwich's ends)" if args.sandwich is not None else "") + ": " +
+        ", ".join(f"{k} {a} ({vitas.flops(a, space) / 1e6:.2f} MFLOPs)" for k, a in sampler.reports.items()))
+    return sampler
+
+
+def distill_loss(logits, teacher_logits):
+    """Cross-entropy against the teacher's soft predictions; the teacher gets no gradient."""
+    return -(F.softmax(teacher_logits.detach().float(), dim=-1) * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def train_step(ddp, x, y, archs, sides, args, d):
+    """Forward and backward every (side, arch) pass of one step into the summed gradients; DDP
+    all-reduces on the last backward only. The first arch (the largest with the sandwich) learns
+    from the labels; with --distill the others learn from its soft predictions on the same side.
+    Returns the passes' summed loss, all-reduced (every rank takes the same decisions)."""
+    passes = [(side, i, a) for side in sides for i, a in enumerate(archs)]
+    loss_sum, teacher = torch.zeros((), device=d.device), None
+    for n, (side, i, a) in enumerate(passes):
+        sync = ddp.no_sync() if d.world > 1 and n < len(passes) - 1 else nullcontext()
+        with sync:
+            with amp_context(d.device, args.amp):
+                out = ddp(x) if side is None else ddp(x, a, side)
+                if i > 0 and args.distill:
+                    loss = distill_loss(out, teacher)
+                else:
+                    loss = F.cross_entropy(out.float(), y, label_smoothing=args.smoothing)
+                    teacher = out.detach()
+            loss.backward()
+        loss_sum += loss.detach()
+    return d.all_reduce(loss_sum) / d.world, len(passes)
+
+
+@dataclasses.dataclass
+class Run:
+    """A training run's state: what its checkpoint holds, and its position."""
+    args: argparse.Namespace
+    d: Dist
+    space: vitas.SearchSpace
+    arch: object                 # the retrain arch, None for the super-transformer
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: object
+    sampler: object              # ArchSampler, None for a retrain
+    steps_per_epoch: int
+    step: int = 0
+    sums: dict = None            # this epoch's running sums
+    record: dict = None          # the last epoch's log record
+
+    @property
+    def path(self):
+        return os.path.join(self.args.out, "checkpoint.pt")
+
+    def save(self):
+        states = [None] * self.d.world
+        if self.d.world > 1:   # every rank's RNG (augmentation, drop path) so a resume is exact
+            dist.all_gather_object(states, rng_state())
+        else:
+            states = [rng_state()]
+        if self.d.main:
+            save_checkpoint(self.path, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                "step": self.step, "epoch": self.step // self.steps_per_epoch, "epoch_sums": self.sums, "record": self.record,
+                "rng": states, "args": vars(self.args), "space": self.space.to_dict(), "world": self.d.world,
+                "identity_prob": None if self.sampler is None else self.sampler.identity_prob,
+                "arch": None if self.arch is None else self.arch.to_dict(), "mode": "super" if self.arch is None else "retrain"})
+
+    def resume(self):
+        """Continue from the checkpoint in --out, if there is one, refusing one of another run."""
+        if not os.path.exists(self.path):
+            return
+        ck = load_checkpoint(self.path)
+        if ck.get("arch") != (None if self.arch is None else self.arch.to_dict()):
+            raise UserError(f"{self.path} belongs to another run (arch differs); use another --out or delete it")
+        changed = [k for k in RECIPE_KEYS if ck["args"].get(k, RECIPES["v1"].get(k)) != getattr(self.args, k)]
+        if self.arch is None and changed:
+            raise UserError(f"{self.path} was trained with other {', '.join('--' + k.replace('_', '-') for k in changed)}; "
+                            f"resume with the same recipe, or use another --out")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.schedule.load_state_dict(ck["schedule"])
+        self.step, self.sums, self.record = ck["step"], ck["epoch_sums"], ck["record"]
+        if self.sampler is not None:
+            self.sampler.identity_prob = ck["identity_prob"]
+        set_rng_state(ck["rng"][min(self.d.rank, len(ck["rng"]) - 1)])
+        self.d.log(f"resumed from {self.path} at step {self.step} (epoch {self.step // self.steps_per_epoch})")
+
+
+def end_of_epoch(run, val_loader, epoch, seen, seconds):
+    """Evaluate (the retrained model, or the reported archs), and the epoch's log record."""
+    args, d, space = run.args, run.d, run.space
+    if run.arch is not None:
+        evals = {"model": evaluate(run.model, val_loader, d, amp=args.amp)}
+    else:
+        side = vitas.SHARINGS[args.sharing][0]
+        evals = {k: evaluate(run.model, val_loader, d, a, side, args.amp) for k, a in run.sampler.reports.items()}
+    n = max(run.sums["n"], 1)
+    record = {"epoch": epoch + 1, "step": run.step, "loss": run.sums["loss"] / n, "lr": run.schedule.get_last_lr()[0],
+              "identity_prob": None if run.sampler is None else run.sampler.prob(epoch),
+              "mean_flops": run.sums["flops"] / n, "images_per_s": seen / max(seconds, 1e-9),
+              "val": {k: {"top1": v["top1"], "top5": v["top5"], "loss": v["loss"], "n": v["n"]} for k, v in evals.items()}}
+    if run.sampler is not None:
+        record["reported"] = {k: {"arch": a.to_dict(), "flops": vitas.flops(a, space)} for k, a in run.sampler.reports.items()}
+    d.log("  val " + "  ".join(f"{k} top-1 {v['top1']:.1f}% top-5 {v['top5']:.1f}%" for k, v in evals.items()))
+    return record
+
+
 def train(args):
+    resolve_recipe(args)
     d = setup_distributed(args.device)
     log = d.log
     torch.manual_seed(args.seed)
@@ -453,40 +665,18 @@ def train(args):
     if args.init_from and not args.arch:
         raise UserError("--init-from inherits weights for a retrain: give the arch to retrain with --arch")
     # the preset, or the space of the checkpoint whose weights a retrain inherits
-    init = load_checkpoint(args.init_from) if args.init_from else None
-    space = vitas.SearchSpace(**init["space"]) if init else vitas.SearchSpace.preset(args.space)
+    space = vitas.SearchSpace(**load_checkpoint(args.init_from)["space"]) if args.init_from else vitas.SearchSpace.preset(args.space)
     data = build_datasets(args, space.image_size)
     if space.num_classes != data.num_classes:   # the data's class count wins
         log(f"data has {data.num_classes} classes, the search space {space.num_classes}: using {data.num_classes}")
         space = dataclasses.replace(space, num_classes=data.num_classes)
-    retrain = args.arch is not None
-    arch = load_arch_file(args.arch, space) if retrain else None
-
-    if retrain:
-        if args.init_from:
-            supernet = vitas.SuperTransformer(space)
-            supernet.load_state_dict(init["model"])
-            model = vitas.export(supernet, arch, "left", drop_path=args.drop_path)
-            log(f"retrain {arch} from the weights inherited from {args.init_from}")
-        else:
-            model = vitas.ViT(arch, space, drop_path=args.drop_path)
-            log(f"retrain {arch} from scratch")
+    arch = load_arch_file(args.arch, space) if args.arch is not None else None
+    model = build_model(args, space, arch, d).to(d.device)
+    if arch is not None:
         log(f"  {vitas.flops(arch, space) / 1e6:.2f} MFLOPs, {vitas.params(arch, space) / 1e6:.3f} M params")
-    else:
-        model = vitas.SuperTransformer(space, drop_path=args.drop_path)
-    model.to(d.device)
     ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
-              find_unused_parameters=not retrain) if d.world > 1 else model   # a step uses one slice
-
-    sampler = None if retrain else ArchSampler(space, args.seed, args.uniform_epochs, args.flops_min, args.flops_max)
-    if sampler is not None and sampler.window is not None:
-        raw, inside, mean = sampler.calibration()
-        log(f"learned identity probability {sampler.identity_prob:.3f} for FLOPs window "
-            f"[{sampler.window[0] / 1e6:.2f}M, {sampler.window[1] / 1e6:.2f}M]: {100 * raw:.0f}% of raw draws inside, "
-            f"{100 * inside:.0f}% after resampling, mean {mean / 1e6:.2f} MFLOPs")
-        if inside < 0.5:
-            raise UserError(f"only {100 * inside:.0f}% of sampled networks reach the FLOPs window "
-                            f"[{sampler.window[0]:,}, {sampler.window[1]:,}]; widen it")
+              find_unused_parameters=arch is None) if d.world > 1 else model   # a step uses slices
+    sampler = make_sampler(args, space, log) if arch is None else None
 
     train_sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed, drop_last=True)
     steps_per_epoch = len(train_sampler) // args.batch_size
@@ -495,47 +685,23 @@ def train(args):
     total_steps = args.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup_epochs * steps_per_epoch, total_steps, args.min_lr / args.lr))
+    run = Run(args, d, space, arch, model, optimizer, schedule, sampler, steps_per_epoch)
+    os.makedirs(args.out, exist_ok=True)
+    run.resume()
     mix = mix_transform(args, space.num_classes)
-    sides = ("left",) if retrain or args.sharing == "left" else vitas.SIDES
+    sides = (None,) if arch is not None else vitas.SHARINGS[args.sharing]
     val_loader = eval_loader(data.val, args.eval_batch_size, d, args.workers, limit=args.eval_limit)
 
-    os.makedirs(args.out, exist_ok=True)
-    ck_path = os.path.join(args.out, "checkpoint.pt")
-    step, sums, record = 0, None, None
-    if os.path.exists(ck_path):
-        ck = load_checkpoint(ck_path)
-        if ck.get("arch") != (arch.to_dict() if retrain else None):
-            raise UserError(f"{ck_path} belongs to another run (arch differs); use another --out or delete it")
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        schedule.load_state_dict(ck["schedule"])
-        step, sums, record = ck["step"], ck["epoch_sums"], ck["record"]
-        if sampler is not None:
-            sampler.identity_prob = ck["identity_prob"]
-        set_rng_state(ck["rng"][min(d.rank, len(ck["rng"]) - 1)])
-        log(f"resumed from {ck_path} at step {step} (epoch {step // steps_per_epoch})")
-
-    def checkpoint():
-        states = [None] * d.world
-        if d.world > 1:   # every rank's RNG (augmentation, drop path) so a resume is exact
-            dist.all_gather_object(states, rng_state())
-        else:
-            states = [rng_state()]
-        if d.main:
-            save_checkpoint(ck_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "step": step, "epoch": step // steps_per_epoch, "epoch_sums": sums, "record": record, "rng": states, "args": vars(args), "space": space.to_dict(),
-                "identity_prob": None if sampler is None else sampler.identity_prob,
-                "arch": arch.to_dict() if retrain else None, "mode": "retrain" if retrain else "super"})
-
-    log(f"{'retrain' if retrain else 'super-transformer'} | {d.world} process(es) on {d.device} | batch {args.batch_size} "
+    log(f"{'retrain' if arch is not None else 'super-transformer'} | {d.world} process(es) on {d.device} | batch {args.batch_size} "
         f"per process, effective {args.batch_size * d.world} | {steps_per_epoch} steps/epoch x {args.epochs} epochs | "
         f"train {len(data.train)}, held-out {len(data.holdout)}, val {len(data.val)} images")
+    if arch is None:
+        log(f"recipe {args.recipe}: " + ", ".join(f"{k.replace('_', '-')} {getattr(args, k)}" for k in RECIPE_KEYS))
     log_file = open(os.path.join(args.out, "log.jsonl"), "a") if d.main else None
-    t_start, step0, trained = time.time(), step, []
+    t_start, step0, trained = time.time(), run.step, []
     try:
-        while step < total_steps:
-            epoch, skip = divmod(step, steps_per_epoch)
+        while run.step < total_steps:
+            epoch, skip = divmod(run.step, steps_per_epoch)
             train_sampler.set_epoch(epoch)
             loader = DataLoader(data.train, batch_size=args.batch_size, sampler=ResumeSampler(train_sampler, skip * args.batch_size),
                                 num_workers=args.workers, pin_memory=d.device.type == "cuda", drop_last=True,
@@ -543,121 +709,186 @@ def train(args):
                                 # or a resumed epoch would see other augmentations than the uninterrupted one
                                 generator=torch.Generator().manual_seed(args.seed * 100003 + epoch * 1009 + d.rank))
             model.train()
-            if skip == 0 or sums is None:   # a resumed epoch keeps the sums of its first part
-                sums = {"loss": 0.0, "flops": 0.0, "n": 0}
+            if skip == 0 or run.sums is None:   # a resumed epoch keeps the sums of its first part
+                run.sums = {"loss": 0.0, "flops": 0.0, "n": 0}
             t_epoch, seen = time.time(), 0
             for x, y in loader:
                 x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
                 if mix is not None:
                     x, y = mix(x, y)
-                a = arch if retrain else sampler(step, epoch)
-                a_flops = vitas.flops(a, space)
+                archs = [arch] if arch is not None else sampler(run.step, epoch)
+                step_flops = np.mean([vitas.flops(a, space) for a in archs])
                 if args.rank_dump:
-                    trained.append(a)
+                    trained.append(tuple(archs))
                 optimizer.zero_grad(set_to_none=True)
-                loss_sum = torch.zeros((), device=d.device)
-                for i, side in enumerate(sides):
-                    # DDP all-reduces on the last backward only: the gradients of both sides are summed first
-                    sync = ddp.no_sync() if d.world > 1 and i < len(sides) - 1 else nullcontext()
-                    with sync:
-                        with amp_context(d.device, args.amp):
-                            out = ddp(x) if retrain else ddp(x, a, side)
-                            loss = F.cross_entropy(out.float(), y, label_smoothing=args.smoothing)
-                        loss.backward()
-                    loss_sum += loss.detach()
-                loss_all = d.all_reduce(loss_sum.clone()) / d.world   # one scalar: every rank takes the same decision
+                loss_all, passes = train_step(ddp, x, y, archs, sides, args, d)
                 if not torch.isfinite(loss_all):
-                    raise UserError(f"non-finite loss at step {step} (arch {a}); the last good checkpoint in "
-                                    f"{ck_path} is intact — lower --lr or enable --clip-grad")
+                    raise UserError(f"non-finite loss at step {run.step} (archs {', '.join(map(str, archs))}); the last good "
+                                    f"checkpoint in {run.path} is intact — lower --lr or enable --clip-grad")
                 if args.clip_grad:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
                 optimizer.step()
                 schedule.step()
-                step += 1
+                run.step += 1
                 seen += len(y) * d.world
-                sums["loss"] += loss_all.item() / len(sides)
-                sums["flops"] += a_flops
-                sums["n"] += 1
-                if d.main and (step % args.log_every == 0 or step == total_steps):
+                run.sums["loss"] += loss_all.item() / passes
+                run.sums["flops"] += step_flops
+                run.sums["n"] += 1
+                if d.main and (run.step % args.log_every == 0 or run.step == total_steps):
                     rate = seen / max(time.time() - t_epoch, 1e-9)
-                    eta = (time.time() - t_start) / (step - step0) * (total_steps - step)
-                    p = "" if retrain else f" p {sampler.prob(epoch):.2f}"
-                    log(f"epoch {epoch + 1}/{args.epochs} step {step}/{total_steps} loss {sums['loss'] / sums['n']:.3f} "
-                        f"lr {schedule.get_last_lr()[0]:.2e}{p} {a_flops / 1e6:.2f} MFLOPs "
+                    eta = (time.time() - t_start) / (run.step - step0) * (total_steps - run.step)
+                    p = "" if sampler is None else f" p {sampler.prob(epoch):.2f}"
+                    log(f"epoch {epoch + 1}/{args.epochs} step {run.step}/{total_steps} loss {run.sums['loss'] / run.sums['n']:.3f} "
+                        f"lr {schedule.get_last_lr()[0]:.2e}{p} {step_flops / 1e6:.2f} MFLOPs "
                         f"{rate:.0f} img/s ETA {fmt_time(eta)}")
-                if args.save_every and step % args.save_every == 0 and step % steps_per_epoch:
-                    checkpoint()
-                if args.stop_after and step >= args.stop_after:   # for tests: simulate an interruption
-                    checkpoint()
+                if args.save_every and run.step % args.save_every == 0 and run.step % steps_per_epoch:
+                    run.save()
+                if args.stop_after and run.step >= args.stop_after:   # for tests: simulate an interruption
+                    run.save()
                     return None
-            # end of epoch: report, log, checkpoint
-            if retrain:
-                evals = {"model": evaluate(model, val_loader, d, amp=args.amp)}
-            else:
-                evals = {name: evaluate(model, val_loader, d, a_, "left", args.amp) for name, a_ in reported_archs(space).items()}
-            record = {"epoch": epoch + 1, "step": step, "loss": sums["loss"] / max(sums["n"], 1), "lr": schedule.get_last_lr()[0],
-                      "identity_prob": None if retrain else sampler.prob(epoch),
-                      "mean_flops": sums["flops"] / max(sums["n"], 1), "images_per_s": seen / max(time.time() - t_epoch, 1e-9),
-                      "val": {k: {"top1": v["top1"], "top5": v["top5"]} for k, v in evals.items()}}
-            log("  val " + "  ".join(f"{k} top-1 {v['top1']:.1f}% top-5 {v['top5']:.1f}%" for k, v in evals.items()))
+            run.record = end_of_epoch(run, val_loader, epoch, seen, time.time() - t_epoch)
             if d.main:
-                log_file.write(json.dumps(record) + "\n")
+                log_file.write(json.dumps(run.record) + "\n")
                 log_file.flush()
-            checkpoint()
-        log(f"done: {step} steps in {fmt_time(time.time() - t_start)}; checkpoint {ck_path}")
+            run.save()
+        log(f"done: {run.step} steps in {fmt_time(time.time() - t_start)}; checkpoint {run.path}")
         if args.rank_dump:   # for tests: what this rank trained and where it ended
             torch.save({"archs": trained, "model": model.state_dict()}, os.path.join(args.out, f"rank{d.rank}.pt"))
-        return record
+        return run.record
     finally:
         if log_file:
             log_file.close()
 
 
+# -----------------------------------------------------------------------------
+# Recipes and flags
+
+# The super-transformer's training recipe. "v1" is the paper's first version exactly (one sampled
+# network per step, bilateral sharing) with this project's earlier DeiT-like augmentation; the
+# default is the combination measured to rank architectures best per CPU-minute (README "Results"),
+# which goes beyond v1. Explicit flags override either.
+RECIPE_KEYS = ("sharing", "sandwich", "distill", "identity_shift")
+RECIPES = {
+    "v1": {"sharing": "bilateral", "sandwich": None, "distill": False, "identity_shift": False, "randaug": 9, "reprob": 0.25},
+    "v2+": {"sharing": "bilateral", "sandwich": 1, "distill": True, "identity_shift": True},
+}
+DEFAULT_RECIPE = "v1"
+# Augmentation and regularisation where the recipe sets none: weak while training the
+# super-transformer (v2), DeiT-like when retraining a found architecture.
+REGULARISATION = {
+    "super": {"smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0, "randaug": 0, "reprob": 0.0, "drop_path": 0.0},
+    "retrain": {"smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0, "randaug": 9, "reprob": 0.25, "drop_path": 0.0},
+}
+
+
+def resolve_recipe(args):
+    """Fill the flags left unset from the recipe (super-transformer) and the mode's regularisation
+    defaults, in place; a recipe flag given to a retrain, or --distill without the sandwich, is an error."""
+    retrain = args.arch is not None
+    mode = "retrain" if retrain else "super"
+    recipe = {} if retrain else RECIPES[args.recipe]
+    if retrain:
+        given = [k for k in RECIPE_KEYS if getattr(args, k) is not None]
+        if given:
+            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} shape super-transformer training; "
+                            f"a retrain (--arch) trains one network: leave them out")
+    for key in REGULARISATION[mode]:
+        if getattr(args, key) is None:
+            setattr(args, key, recipe.get(key, REGULARISATION[mode][key]))
+    if not retrain:
+        for key in RECIPE_KEYS:
+            if getattr(args, key) is None:
+                setattr(args, key, recipe[key])
+        if args.distill and args.sandwich is None:
+            raise UserError("--distill needs the sandwich (--sandwich N): the largest network of each step is the teacher")
+    return args
+
+
+def sandwich_arg(text):
+    """--sandwich: 'off' or the number N >= 0 of drawn networks beside the largest and the smallest."""
+    return None if text == "off" else number_arg(int, 0)(text)
+
+
+def default_text(key):
+    """How --help states a flag's default in each mode."""
+    sup = {name: RECIPES[name].get(key, REGULARISATION["super"].get(key)) for name in RECIPES}
+    sup = f"{sup[DEFAULT_RECIPE]}" + "".join(f", --recipe {n}: {v}" for n, v in sup.items() if n != DEFAULT_RECIPE and v != sup[DEFAULT_RECIPE])
+    return f"default: {sup}" if key in RECIPE_KEYS else f"default: super-transformer {sup}; retrain {REGULARISATION['retrain'][key]}"
+
+
 def get_parser():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    nat, pos, nonneg = number_arg(int, 0), number_arg(int, 1), number_arg(float, 0)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_argument_group("run")
     g.add_argument("--space", default="tiny", choices=sorted(vitas.PRESETS), help="search-space preset (default tiny)")
     g.add_argument("--out", default="runs/super", help="output folder: checkpoint.pt, log.jsonl (default runs/super)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: each epoch only)")
-    g.add_argument("--log-every", type=int, default=20, help="progress line every N steps")
-    g.add_argument("--stop-after", type=int, default=0, help=argparse.SUPPRESS)
+    g.add_argument("--seed", type=nat, default=0)
+    g.add_argument("--epochs", type=pos, default=10)
+    g.add_argument("--save-every", type=nat, default=0, help="also checkpoint every N steps (0: each epoch only)")
+    g.add_argument("--log-every", type=pos, default=20, help="progress line every N steps")
+    g.add_argument("--stop-after", type=nat, default=0, help=argparse.SUPPRESS)
     g.add_argument("--rank-dump", action="store_true", help=argparse.SUPPRESS)
     g = ap.add_argument_group("data")
     g.add_argument("--data", default="synthetic", help="synthetic | cifar10 | cifar100 | ImageFolder root with train/ and val/")
     g.add_argument("--data-root", default="data", help="where cifar10/cifar100 live (default ./data)")
     g.add_argument("--download", action="store_true", help="download cifar10/cifar100 into --data-root")
-    g.add_argument("--holdout", type=float, default=0.1, help="fraction of train kept out for the search (default 0.1)")
-    g.add_argument("--synthetic-size", type=int, default=6000, help="synthetic training images (val: a fifth)")
-    g.add_argument("--synthetic-classes", type=int, default=10)
-    g.add_argument("--workers", type=int, default=0, help="data-loader workers per process")
-    g.add_argument("--eval-batch-size", type=int, default=256)
-    g.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N val images only")
-    g = ap.add_argument_group("super-transformer sampling")
-    g.add_argument("--uniform-epochs", type=int, default=2, help="epochs of uniform sampling before the learned identity probability")
+    g.add_argument("--holdout", type=holdout_arg, default=0.1,
+                   help="training images kept out for the search to score archs on: a fraction below 1 or a count "
+                        "(default 0.1: 600 of the 6,000 synthetic images, so one image is 0.17 points)")
+    g.add_argument("--synthetic-size", type=number_arg(int, 10), default=6000, help="synthetic training images (val: a fifth, at least 100)")
+    g.add_argument("--synthetic-classes", type=number_arg(int, 2), default=10)
+    g.add_argument("--workers", type=nat, default=0, help="data-loader workers per process")
+    g.add_argument("--eval-batch-size", type=pos, default=256)
+    g.add_argument("--eval-limit", type=pos, default=None, help="evaluate on the first N val images only")
+    g = ap.add_argument_group("super-transformer sampling and recipe")
+    g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
+                   help=f"v1: the paper's first version exactly: one sampled network per step, bilateral sharing "
+                        f"(and DeiT-like augmentation). v2+ (default; beyond v1, measured in README Results): "
+                        f"{', '.join(f'{k} {v}' for k, v in RECIPES['v2+'].items())}, weak augmentation. Flags below override it.")
+    g.add_argument("--uniform-epochs", type=nat, default=2, help="epochs of uniform sampling before the learned identity probability")
     g.add_argument("--flops-min", type=count_arg, default=None, help="FLOPs (MACs) window the learned identity probability aims at, e.g. 0.9G")
     g.add_argument("--flops-max", type=count_arg, default=None, help="e.g. 1.1G; without a window sampling stays uniform")
-    g.add_argument("--sharing", default="bilateral", choices=["bilateral", "left"], help="bilateral: train left and right slices each step")
+    g.add_argument("--sharing", default=None, choices=sorted(vitas.SHARINGS),
+                   help="left: the first channels; bilateral (v1): left and right slices each step, each with its own loss; "
+                        "cyclic (v2, one pass a step): embedding channels as a ring, each width its own window. " + default_text("sharing"))
+    g.add_argument("--sandwich", type=sandwich_arg, default=None, metavar="N|off",
+                   help="beyond v1 (BigNAS): each step trains the largest and the smallest network (inside the FLOPs window) "
+                        "and N drawn ones, gradients summed before one optimizer step. " + default_text("sandwich"))
+    g.add_argument("--distill", default=None, action=argparse.BooleanOptionalAction,
+                   help="beyond v1 (in-place distillation): the sandwich's other networks learn from the largest one's "
+                        "soft predictions. " + default_text("distill"))
+    g.add_argument("--identity-shift", default=None, action=argparse.BooleanOptionalAction,
+                   help="v2: every drawn network has its identity blocks moved behind its real ones, so one network is one "
+                        "path of the super-transformer. " + default_text("identity_shift"))
     g = ap.add_argument_group("retrain")
     g.add_argument("--arch", default=None, help="arch JSON (search.py's best_arch.json): retrain it as a plain ViT")
     g.add_argument("--init-from", default=None, help="super-transformer checkpoint to inherit the arch's weights from")
-    g = ap.add_argument_group("recipe")
-    g.add_argument("--batch-size", type=int, default=128, help="per process")
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--min-lr", type=float, default=1e-5)
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--warmup-epochs", type=float, default=1)
-    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
-    g.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (DeiT: 0.8)")
-    g.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (DeiT: 1.0)")
-    g.add_argument("--randaug", type=int, default=9, help="RandAugment magnitude on real data (0: off)")
-    g.add_argument("--reprob", type=float, default=0.25, help="random-erasing probability on real data")
-    g.add_argument("--drop-path", type=float, default=0.0, help="stochastic depth (DeiT retrain: 0.1)")
-    g.add_argument("--clip-grad", type=float, default=5.0, help="gradient-norm clip (0: off)")
+    g = ap.add_argument_group("optimisation, augmentation, regularisation")
+    g.add_argument("--batch-size", type=pos, default=128, help="per process")
+    g.add_argument("--lr", type=number_arg(float, 0, lo_open=True), default=1e-3)
+    g.add_argument("--min-lr", type=nonneg, default=1e-5, help="end of the cosine (at most --lr)")
+    g.add_argument("--weight-decay", type=nonneg, default=0.05)
+    g.add_argument("--warmup-epochs", type=nonneg, default=1)
+    g.add_argument("--smoothing", type=number_arg(float, 0, 1, hi_open=True), default=None, help="label smoothing; " + default_text("smoothing"))
+    g.add_argument("--mixup", type=nonneg, default=None, help="MixUp alpha (DeiT: 0.8; 0: off); " + default_text("mixup"))
+    g.add_argument("--cutmix", type=nonneg, default=None, help="CutMix alpha (DeiT: 1.0; 0: off); " + default_text("cutmix"))
+    g.add_argument("--randaug", type=number_arg(int, 0, 30), default=None, help="RandAugment magnitude on real data (0: off); " + default_text("randaug"))
+    g.add_argument("--reprob", type=number_arg(float, 0, 1), default=None, help="random-erasing probability on real data; " + default_text("reprob"))
+    g.add_argument("--drop-path", type=number_arg(float, 0, 1, hi_open=True), default=None, help="stochastic depth (DeiT retrain: 0.1); " + default_text("drop_path"))
+    g.add_argument("--clip-grad", type=nonneg, default=5.0, help="gradient-norm clip (0: off)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (for CUDA; slower on most CPUs)")
     return ap
+
+
+def parse_args(argv=None):
+    ap = get_parser()
+    args = ap.parse_args(argv)
+    if args.min_lr > args.lr:
+        ap.error(f"argument --min-lr: {args.min_lr:g} exceeds --lr {args.lr:g}; expected at most the peak learning rate")
+    if args.flops_min is not None and args.flops_max is not None and args.flops_min > args.flops_max:
+        ap.error(f"the FLOPs window is empty: --flops-min {args.flops_min:,} > --flops-max {args.flops_max:,}")
+    return args
 
 
 def run_cli(fn, args):
@@ -675,7 +906,7 @@ def run_cli(fn, args):
 
 
 def main(argv=None):
-    run_cli(train, get_parser().parse_args(argv))
+    run_cli(train, parse_args(argv))
 
 
 if __name__ == "__main__":

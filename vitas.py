@@ -9,7 +9,7 @@ plain ViT. Depends on torch and numpy only, so it can be copied alone into anoth
     space = SearchSpace.preset("tiny")
     arch = space.sample(torch.Generator().manual_seed(0))
     net = SuperTransformer(space)
-    logits = net(images, arch, side="left")     # or side="right" (bilateral sharing)
+    logits = net(images, arch, side="left")     # or "right" (bilateral sharing), "cyclic" (cyclic sharing)
     vit = export(net, arch, side="left")        # a plain nn.Module with the inherited weights
     print(flops(arch, space), params(arch, space))
 """
@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-SIDES = ("left", "right")
+SIDES = ("left", "right")              # bilateral sharing trains both
+SHARINGS = {"left": ("left",), "bilateral": SIDES, "cyclic": ("cyclic",)}   # sharing -> the sides a step trains
 
 # -----------------------------------------------------------------------------
 # Architecture records
@@ -189,6 +190,17 @@ class SearchSpace:
         h = min(h for h in self.heads if a % h == 0)
         return Arch(self.patch_sizes[-1], self.embed_dims[0], (Block(h, a, self.mlp_dims[0]),) * self.depth)
 
+    def uniform_archs(self):
+        """Every arch whose present blocks are all alike and are the first d positions (d = 1..depth):
+        the hand-designed kind of network, few enough to enumerate (192,000 for vitas-1g)."""
+        for p in self.patch_sizes:
+            for c in self.embed_dims:
+                for h in self.heads:
+                    for a in self._attn_for[h]:
+                        for m in self.mlp_dims:
+                            for d in range(1, self.depth + 1):
+                                yield Arch(p, c, (Block(h, a, m),) * d + (None,) * (self.depth - d))
+
     def sample(self, generator, identity_prob=None):
         """Draw an arch: every choice uniform, each block identity with probability identity_prob
         (None = the uniform phase, 1/2). generator: torch.Generator or numpy.random.Generator."""
@@ -215,6 +227,18 @@ class SearchSpace:
             h = pick(self.heads, uh)
             blocks.append(Block(h, pick(self._attn_for[h], ua), pick(self.mlp_dims, um)))
         return Arch(pick(self.patch_sizes, u[0]), pick(self.embed_dims, u[1]), tuple(blocks))
+
+
+def shift_identities(arch):
+    """Identity shifting: the arch with its identity blocks moved behind its real ones.
+
+    An arch retrains as its real blocks in order, wherever its identities sit, so archs that differ
+    only in identity placement are one network ("many-to-one", arXiv 2106.13700 v2); left alone
+    they would train and be scored on different weights. Shifting maps each network to one path of
+    the super-transformer: its d real blocks on the first d block positions. The v2 text at hand
+    names the remedy but not its definition; this is our reading of it."""
+    real = tuple(b for b in arch.blocks if b is not None)
+    return Arch(arch.patch_size, arch.embed_dim, real + (None,) * (len(arch.blocks) - len(real)))
 
 
 # -----------------------------------------------------------------------------
@@ -405,12 +429,36 @@ class ViT(nn.Module):
 # Super-transformer: every arch of the space is a slice of it
 
 
-def channels(width, full, side):
-    """The slice of `full` channels that a sub-network of `width` uses: the first (left) or the
-    last (right) ones; bilateral sharing trains both so every channel is trained about equally."""
+def cyclic_start(width, widths):
+    """Where `width` starts on the ring of max(widths) embedding channels under cyclic sharing.
+
+    The windows of the narrower widths are laid end to end around the ring in ascending order (the
+    first at channel 0, each next one where the last ended, wrapping), and the widest is the whole
+    ring; so every channel lies in the same number of windows, give or take one."""
+    widths = sorted(widths)
+    return sum(widths[:widths.index(width)]) % widths[-1]
+
+
+def channels(width, full, side, widths=None):
+    """The channels of `full` that a sub-network of `width` uses: the first (left) or the last
+    (right) ones, bilateral sharing training both so every channel is trained about equally; or
+    (side "cyclic", embedding channels only, `widths` the choices) the ring window of
+    cyclic_start, a slice or, where it wraps, an index tensor in ring order."""
     if width == full:
         return slice(None)
-    return slice(0, width) if side == "left" else slice(full - width, full)
+    if side == "left":
+        return slice(0, width)
+    if side == "right":
+        return slice(full - width, full)
+    start = cyclic_start(width, widths)
+    if start + width <= full:
+        return slice(start, start + width)
+    return torch.cat([torch.arange(start, full), torch.arange(0, start + width - full)])
+
+
+def check_side(side):
+    if side not in ("left", "right", "cyclic"):
+        raise ValueError(f"side must be 'left' or 'right' (left and bilateral sharing) or 'cyclic', got {side!r}")
 
 
 class SuperAttention(nn.Module):
@@ -451,14 +499,16 @@ class SuperBlock(nn.Module):
         self.fc2 = nn.Linear(m, c)
         self.drop_path = drop_path_rate
 
-    def slices(self, block, c, side):
-        """Channel slices (embed, attention, MLP) of one block choice."""
-        return (channels(c, self.full[0], side), channels(block.attn_dim, self.full[1], side),
-                channels(block.mlp_dim, self.full[2], side))
+    def slices(self, block, side):
+        """Channel slices (attention, MLP) of one block choice; cyclic sharing rings only the
+        embedding channels and slices these widths from the left."""
+        inner = "left" if side == "cyclic" else side
+        return channels(block.attn_dim, self.full[1], inner), channels(block.mlp_dim, self.full[2], inner)
 
-    def forward(self, x, block, side):
+    def forward(self, x, block, side, sc):
+        """x (B, T, c) -> (B, T, c); sc: the embedding channels of width c (SuperTransformer.embed_channels)."""
         c = x.shape[-1]
-        sc, sa, sm = self.slices(block, c, side)
+        sa, sm = self.slices(block, side)
         h = F.layer_norm(x, (c,), self.norm1.weight[sc], self.norm1.bias[sc])
         x = x + drop_path(self.attn(h, block.heads, sa, sc), self.drop_path, self.training)
         h = F.layer_norm(x, (c,), self.norm2.weight[sc], self.norm2.bias[sc])
@@ -483,17 +533,22 @@ class SuperTransformer(nn.Module):
         self.head = nn.Linear(c, space.num_classes)
         init_weights(self)
 
+    def embed_channels(self, width, side):
+        """The embedding (residual-stream) channels of `width`: a slice, or an index tensor on the
+        weights' device where a cyclic window wraps around the ring."""
+        sc = channels(width, self.space.embed_dims[-1], side, self.space.embed_dims)
+        return sc if isinstance(sc, slice) else sc.to(self.head.weight.device)
+
     def forward(self, x, arch, side="left"):
-        if side not in SIDES:
-            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        check_side(side)
         self.space.validate(arch)
         check_images(x, self.space)
         c = arch.embed_dim
-        sc = channels(c, self.space.embed_dims[-1], side)
+        sc = self.embed_channels(c, side)
         x = self.tokens[f"p{arch.patch_size}"](x, sc)                  # (B, T, c)
         for blk, b in zip(self.blocks, arch.blocks):
             if b is not None:
-                x = blk(x, b, side)
+                x = blk(x, b, side, sc)
         x = F.layer_norm(x[:, 0], (c,), self.norm.weight[sc], self.norm.bias[sc])
         return F.linear(x, self.head.weight[:, sc], self.head.bias)    # (B, classes)
 
@@ -506,11 +561,10 @@ class SuperTransformer(nn.Module):
 def export(supernet, arch, side="left", drop_path=0.0):
     """A plain ViT of `arch` carrying the super-transformer's weights for that slice and side;
     its output equals supernet(x, arch, side)."""
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    check_side(side)
     space = supernet.space
     vit = ViT(arch, space, drop_path=drop_path).to(supernet.head.weight.device, supernet.head.weight.dtype)
-    sc = channels(arch.embed_dim, space.embed_dims[-1], side)
+    sc = supernet.embed_channels(arch.embed_dim, side)
     src = supernet.tokens[f"p{arch.patch_size}"]
     vit.tokens.proj.weight.copy_(src.proj.weight[sc])
     vit.tokens.proj.bias.copy_(src.proj.bias[sc])
@@ -519,7 +573,7 @@ def export(supernet, arch, side="left", drop_path=0.0):
     for dst, blk, b in zip(vit.blocks, supernet.blocks, arch.blocks):
         if b is None:
             continue
-        _, sa, sm = blk.slices(b, arch.embed_dim, side)
+        sa, sm = blk.slices(b, side)
         (wq, bq), (wk, bk), (wv, bv), (wo, bo) = blk.attn.sliced(b.heads, sa, sc)
         dst.attn.qkv.weight.copy_(torch.cat([wq, wk, wv]))
         dst.attn.qkv.bias.copy_(torch.cat([bq, bk, bv]))
