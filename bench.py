@@ -4,15 +4,19 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
   (a) the analytical FLOPs counter's archs/s on vitas-1g archs;
   (b) one forward+backward step of the super-transformer at an arch (one side) over the same step
       of its exported plain ViT, and the bilateral (left + right) step over the plain step,
-      interleaved, median of repeats after warm-up.
+      interleaved, median of repeats after warm-up;
+  (c) with --throughput N: how well FLOPs order N random archs of each preset by measured
+      images/s (Spearman rho), beside a latency model fitted to half of them (vitas.LatencyModel).
 
     python bench.py                 # CPU, fp32
     python bench.py --device cuda   # add --repeats 50 for steadier GPU figures
+    python bench.py --throughput 100                 # (c) FLOPs as a proxy for measured images/s
 """
 import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,12 +71,49 @@ def step_ratios(space, arch, batch, device, repeats, warmup=3):
     return med["plain"], med["one_side"] / med["plain"], med["bilateral"] / med["plain"]
 
 
+def rank_agreement(x, y):
+    """Spearman rho (Pearson correlation of ranks; measured speeds have no ties)."""
+    rx, ry = (np.argsort(np.argsort(v)) for v in (x, y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def flops_as_proxy(name, n, batch, device, amp, seed=0):
+    """How well FLOPs rank n random archs of a preset by measured speed: Spearman rho between
+    FLOPs and seconds per image (1 = FLOPs orders them exactly); and a LatencyModel fitted to
+    half of the archs, judged on the other half."""
+    space = vitas.SearchSpace.preset(name)
+    g = np.random.default_rng(seed)
+    archs = [space.sample(g) for _ in range(n)]
+    meter = vitas.ThroughputMeter(space, device, batch, amp, max_seconds=1.0)
+    t = time.perf_counter()
+    latency = np.array([1.0 / meter(a) for a in archs])
+    macs = np.array([vitas.flops(a, space) for a in archs])
+    model = vitas.LatencyModel(space).fit(archs[::2], 1.0 / latency[::2])
+    held = np.array([model(a) for a in archs[1::2]])
+    return (rank_agreement(macs, latency), rank_agreement(macs[1::2], latency[1::2]), rank_agreement(held, latency[1::2]),
+            1 / latency.max(), 1 / latency.min(), time.perf_counter() - t)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--tiny-batch", type=int, default=64)
+    ap.add_argument("--throughput", type=int, default=0, metavar="N",
+                    help="instead: rank agreement of FLOPs with measured images/s over N random archs of each preset")
+    ap.add_argument("--amp", action="store_true", help="with --throughput on CUDA: measure under bf16 autocast")
     args = ap.parse_args()
+    if args.throughput:
+        cuda = args.device.startswith("cuda")
+        device = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"
+        print(f"FLOPs as a proxy for speed on {device}{' (bf16)' if args.amp else ''}: Spearman rho with seconds per image")
+        print(f"{'preset':9s} {'batch':>5s} {'archs':>5s} {'rho FLOPs':>9s} {'rho FLOPs, half':>15s} {'rho latency model, half':>23s} "
+              f"{'images/s':>17s}")
+        for name, batch in (("tiny", 128 if cuda else 16), ("vitas-1g", 64 if cuda else 4)):
+            rho, rho_half, rho_model, slow, fast, secs = flops_as_proxy(name, args.throughput, batch, args.device, args.amp)
+            print(f"{name:9s} {batch:5d} {args.throughput:5d} {rho:9.3f} {rho_half:15.3f} {rho_model:23.3f} "
+                  f"{slow:7,.0f}-{fast:<9,.0f} ({secs:.0f} s)", flush=True)
+        return
 
     print(f"FLOPs counter: {counter_speed():,.0f} archs/s (vitas-1g, one core)")
     tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")

@@ -1,5 +1,6 @@
 """
-ViTAS evolutionary search (METHOD.md section 6) over the archs of a trained super-transformer.
+ViTAS evolutionary search (arXiv 2106.13700, section 3: evolutionary search under a FLOPs budget) over
+the archs of a trained super-transformer.
 
     python search.py --ckpt runs/super/checkpoint.pt --flops-min 2M --flops-max 4M --out runs/search
     torchrun --standalone --nproc_per_node=2 search.py ... --compare --retrain-epochs 5
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import plots
 import train
 import vitas
 from train import parse_count
@@ -94,7 +96,8 @@ class Evolution:
     network are one candidate. Everything random comes from default_rng(seed)."""
 
     def __init__(self, space, flops_min, flops_max, *, params_max=None, population=50, parents=10,
-                 mutate_prob=0.1, identity_prob=None, algo="evolution", seed=0, max_tries=10000, identity_shift=False):
+                 mutate_prob=0.1, identity_prob=None, algo="evolution", seed=0, max_tries=10000, identity_shift=False,
+                 throughput=None, throughput_min=None):
         if algo not in ALGOS:
             raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
         for name, value, lo, hi in (("population", population, 2, math.inf), ("parents", parents, 2, population),
@@ -106,6 +109,8 @@ class Evolution:
                 raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
         self.space, self.algo, self.seed, self.max_tries = space, algo, seed, max_tries
         self.identity_shift = bool(identity_shift)
+        # images/s of an arch (a vitas.ThroughputMeter, cached) and the least a candidate may have
+        self.throughput, self.throughput_min = throughput, throughput_min
         self.population, self.parents, self.mutate_prob = population, parents, float(mutate_prob)
         self.flops_min, self.flops_max = parse_count(flops_min), parse_count(flops_max)
         self.params_max = None if params_max is None else parse_count(params_max)
@@ -128,11 +133,14 @@ class Evolution:
         return {"space": self.space.to_dict(), "flops_min": self.flops_min, "flops_max": self.flops_max,
                 "params_max": self.params_max, "population": self.population, "parents": self.parents,
                 "mutate_prob": self.mutate_prob, "algo": self.algo, "seed": self.seed,
-                "identity_shift": self.identity_shift, "identity_prob": self.identity_prob}
+                "identity_shift": self.identity_shift, "throughput_min": self.throughput_min,
+                "identity_prob": self.identity_prob}
 
     def feasible(self, arch):
+        """Inside the FLOPs window and params_max, and (measured last, the dearest) fast enough."""
         return (self.flops_min <= vitas.flops(arch, self.space) <= self.flops_max
-                and (self.params_max is None or vitas.params(arch, self.space) <= self.params_max))
+                and (self.params_max is None or vitas.params(arch, self.space) <= self.params_max)
+                and (self.throughput_min is None or self.throughput(arch) >= self.throughput_min))
 
     def propose(self):
         """The next generation's candidates. Call once per generation, then record() their fitness."""
@@ -189,6 +197,7 @@ class Evolution:
         for arch, fit, extra in zip(archs, fitnesses, extras):
             self.history.append({"arch": arch.to_dict(), "flops": vitas.flops(arch, self.space),
                                  "params": vitas.params(arch, self.space), "fitness": fit, **extra,
+                                 **({} if self.throughput_min is None else {"throughput": self.throughput(arch)}),
                                  "generation": self.generation})
         self.evaluated.update(archs)
         self.generation += 1
@@ -223,14 +232,15 @@ class Evolution:
 # Pareto front
 
 
-def pareto_front(records):
-    """Records no other beats (fitness up, FLOPs down), by FLOPs ascending. A record is dominated
-    if another has FLOPs <= and fitness >= with one of them strict, so exact ties both stay."""
+def pareto_front(records, cost=lambda r: r["flops"]):
+    """Records no other beats (fitness up, cost down: FLOPs, or e.g. minus throughput), by cost
+    ascending. A record is dominated if another has cost <= and fitness >= with one of them strict,
+    so exact ties both stay."""
     def point(r):
-        return r["flops"], r["fitness"]
+        return cost(r), r["fitness"]
 
     front = []
-    for r in sorted(records, key=lambda r: (r["flops"], -r["fitness"])):
+    for r in sorted(records, key=lambda r: (cost(r), -r["fitness"])):
         # all before r have FLOPs <=: r stays if it beats the best fitness so far (the last kept) or copies it
         if not front or r["fitness"] > front[-1]["fitness"] or point(r) == point(front[-1]):
             front.append(r)
@@ -377,13 +387,14 @@ def write_json(path, obj, lines=False):
     os.replace(tmp, path)
 
 
-def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, log, write):
+def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, log, write, meter=None):
     """One resumable search into `out` (files written where `write`, i.e. on rank 0): state.json
-    after every generation, candidates.jsonl, pareto.json and best_arch.json. Returns the Evolution,
-    or None where --stop-after interrupted it."""
+    after every generation, candidates.jsonl, pareto.json (and pareto_throughput.json) and
+    best_arch.json. `meter`: a throughput budget's SharedMeter. Returns the Evolution, or None where
+    --stop-after interrupted it."""
     evo = Evolution(space, args.flops_min, args.flops_max, params_max=args.params_max, population=args.population,
                     parents=args.parents, mutate_prob=args.mutate_prob, identity_prob=identity_prob, algo=algo,
-                    seed=args.seed, identity_shift=identity_shift)
+                    seed=args.seed, identity_shift=identity_shift, throughput=meter, throughput_min=args.throughput_min)
     state_path = os.path.join(out, "state.json")
     if os.path.exists(state_path):
         try:
@@ -392,6 +403,8 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
             if state.get("fitness", "top1") != args.fitness:
                 raise ValueError(f"it was searched with --fitness {state.get('fitness', 'top1')}, this run has {args.fitness}")
             evo.load_state_dict(state)
+            if meter is not None:   # the figures the interrupted run measured: the same decisions again
+                meter.load_state_dict(state.get("throughput", []))
         except (json.JSONDecodeError, ValueError) as e:
             raise train.UserError(f"cannot resume from {state_path}: {e}; use another --out or delete it") from None
         log(f"[{algo}] resumed at generation {evo.generation}/{args.generations}")
@@ -403,7 +416,8 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
         evo.record(archs, fits, scores)
         if write:
             write_json(os.path.join(out, "candidates.jsonl"), evo.history, lines=True)
-            write_json(state_path, {"fitness": args.fitness, **evo.state_dict()})
+            write_json(state_path, {"fitness": args.fitness, **evo.state_dict(),
+                                    **({} if meter is None else {"throughput": meter.state_dict()})})
         best = evo.best
         eta = (time.time() - t0) / (evo.generation - g0) * (args.generations - evo.generation)
         log(f"[{algo}] generation {evo.generation}/{args.generations}: best top-1 {best['top1']:.2f}% loss {best['loss']:.3f} "
@@ -413,8 +427,49 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
             return None
     if write:
         write_json(os.path.join(out, "pareto.json"), pareto_front(evo.history))
+        if meter is not None:
+            write_json(os.path.join(out, "pareto_throughput.json"), pareto_front(evo.history, cost=lambda r: -r["throughput"]))
         write_json(os.path.join(out, "best_arch.json"), evo.best["arch"])
     return evo
+
+
+class SharedMeter(vitas.ThroughputMeter):
+    """A ThroughputMeter whose figures rank 0 measures and broadcasts: every rank of a distributed
+    search sees the same images/s, so every rank takes the same decisions."""
+
+    def __init__(self, space, d, **kw):
+        super().__init__(space, **kw)
+        self.d = d
+
+    def __call__(self, arch):
+        if self.d.world == 1 or self.key(arch) in self.cache:
+            return super().__call__(arch)
+        value = [super().__call__(arch) if self.d.main else None]
+        dist.broadcast_object_list(value, src=0)
+        self.cache[self.key(arch)] = value[0]
+        return value[0]
+
+
+def throughput_meter(args, space, identity_prob, d, log):
+    """The search's SharedMeter, after checking that --throughput-min is within reach: it measures
+    the window's uniform archs (train.reported_archs) and 16 sampled ones first."""
+    device = d.device
+    batch = args.throughput_batch or (128 if device.type == "cuda" else 16)
+    meter = SharedMeter(space, d, device=device, batch=batch, amp=args.throughput_amp)
+    rng = np.random.default_rng([args.seed, 3])
+    probe = list(train.reported_archs(space, (args.flops_min, args.flops_max)).values())
+    while len(probe) < 19:
+        a = space.sample(rng, identity_prob)
+        if args.flops_min <= vitas.flops(a, space) <= args.flops_max:
+            probe.append(a)
+    speeds = sorted((meter(a), str(a)) for a in probe)
+    log(f"throughput on {device} (batch {batch}{', bf16' if args.throughput_amp else ''}) of {len(probe)} archs in the "
+        f"window: {speeds[0][0]:,.0f} to {speeds[-1][0]:,.0f} images/s")
+    if args.throughput_min > speeds[-1][0]:
+        raise train.UserError(f"--throughput-min {args.throughput_min:g} images/s is out of reach in the FLOPs window: the fastest "
+                              f"measured arch does {speeds[-1][0]:,.0f} ({speeds[-1][1]}), the slowest {speeds[0][0]:,.0f} "
+                              f"({speeds[0][1]}); lower it or move the window")
+    return meter
 
 
 def retrain_argv(ck, epochs, device, world):
@@ -436,6 +491,13 @@ def retrain_argv(ck, epochs, device, world):
         if ck_args.get(key) is not None:
             argv += [flag, str(ck_args[key])]
     return argv + (["--amp"] if ck_args.get("amp") else [])
+
+
+def retrain_folder(args, arch, argv):
+    """Where `arch` trained alone with `argv` goes: --retrain-dir (default OUT/retrain), one folder
+    per arch and settings, so a folder shared between searches never trains the same thing twice."""
+    key = hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
+    return os.path.join(args.retrain_dir or os.path.join(args.out, "retrain"), key)
 
 
 def retrain(arch, out, argv, d, log):
@@ -475,7 +537,7 @@ def compare_retrained(args, space, best, ck, d, log):
     argv = retrain_argv(ck, args.retrain_epochs, args.device, d.world)
     results = {}
     for name, arch in archs.items():
-        res = retrain(arch, os.path.join(args.out, f"retrain-{name}"), argv, d, log)
+        res = retrain(arch, retrain_folder(args, arch, argv), argv, d, log)
         results[name] = {"arch": arch.to_dict(), "flops": vitas.flops(arch, space), "params": vitas.params(arch, space), **res}
     log(f"\nretrained {args.retrain_epochs} epochs, val accuracy:")
     for name, r in results.items():
@@ -502,7 +564,6 @@ def rank_check(args, space, ck, holdout_images, d, log):
     except ValueError as e:
         raise train.UserError(f"--rank-check {args.rank_check}: {e} in {path} inside the window; lower K or search longer") from None
     argv = retrain_argv(ck, args.rank_epochs, args.device, d.world)
-    folder = args.rank_dir or os.path.join(args.out, "rank_check")
     out_path = os.path.join(args.out, "rank_check.json")
     measure = "held-out top-1" if args.fitness == "top1" else "minus held-out loss"
     result = {"kendall_tau": None, "spearman_rho": None, "archs": [],
@@ -513,8 +574,7 @@ def rank_check(args, space, ck, holdout_images, d, log):
         f"{max(r['fitness'] for r in picked):.3f}, each trained alone for {args.rank_epochs} epochs")
     for i, r in enumerate(picked):
         arch = vitas.Arch.from_dict(r["arch"])
-        key = hashlib.sha1(json.dumps([r["arch"], argv]).encode()).hexdigest()[:12]
-        val = retrain(arch, os.path.join(folder, key), argv, d, log)
+        val = retrain(arch, retrain_folder(args, arch, argv), argv, d, log)
         result["archs"].append({"arch": r["arch"], "flops": r["flops"], "params": r["params"], "fitness": r["fitness"],
                                 "inherited": {k: r[k] for k in FITNESS if k in r}, "top1": val["top1"],
                                 "top5": val["top5"], "val_images": val.get("n")})
@@ -537,6 +597,13 @@ def rank_check(args, space, ck, holdout_images, d, log):
         log(f"  fitness {a['fitness']:8.3f}  alone {a['top1']:5.1f}%  {a['flops'] / 1e6:5.2f} MFLOPs  {vitas.Arch.from_dict(a['arch'])}")
     log(f"  Kendall tau-b {fmt(result['kendall_tau'])}, Spearman rho {fmt(result['spearman_rho'])}; wrote {out_path}")
     return result
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def resolve_from_folder(args):
@@ -592,11 +659,18 @@ def search(args):
         if d.main:
             write_json(os.path.join(args.out, "search.json"), summary)
         shift = ck["args"].get("identity_shift", False)
-        runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], shift, args.algo, args.out, log, d.main)}
+        p = ck["identity_prob"] if ck["identity_prob"] is not None else vitas.solve_identity_prob(
+            space, args.flops_min, args.flops_max, np.random.default_rng(args.seed))
+        meter = None if args.throughput_min is None else throughput_meter(args, space, p, d, log)
+        if meter is not None:
+            summary["throughput"] = {"device": device_name(d.device), "batch": meter.batch,
+                                     "dtype": "bfloat16" if meter.amp else "float32", "min": args.throughput_min}
+        runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], shift, args.algo, args.out, log, d.main, meter)}
         if args.compare:
             other = "random" if args.algo == "evolution" else "evolution"
             os.makedirs(os.path.join(args.out, other), exist_ok=True)
-            runs[other] = run_search(args, space, fitness, ck["identity_prob"], shift, other, os.path.join(args.out, other), log, d.main)
+            runs[other] = run_search(args, space, fitness, ck["identity_prob"], shift, other, os.path.join(args.out, other),
+                                     log, d.main, meter)
         if any(evo is None for evo in runs.values()):
             return None
         summary.update(evaluations=len(runs[args.algo].history), best=runs[args.algo].best)
@@ -613,7 +687,13 @@ def search(args):
         summary["rank_check"] = {k: rc[k] for k in ("kendall_tau", "spearman_rho", "by_measure")}
     if d.main:
         write_json(os.path.join(args.out, "search.json"), summary)
-        log(f"wrote {args.out}/search.json" + ("" if alone else ", best_arch.json, candidates.jsonl, pareto.json"))
+        if not alone:
+            history = runs[args.algo].history
+            other = [evo.history for algo, evo in runs.items() if algo != args.algo]
+            plots.plot_search(history, pareto_front(history), os.path.join(args.out, "pareto.png"), best=summary["best"],
+                              retrained=summary.get("retrain"), baseline_records=other[0] if other else None,
+                              title=f"{args.algo} search, fitness {args.fitness}, {summary['holdout_images']} held-out images")
+        log(f"wrote {args.out}/search.json" + ("" if alone else ", best_arch.json, candidates.jsonl, pareto.json, pareto.png"))
     return summary
 
 
@@ -633,6 +713,12 @@ def get_parser():
     g.add_argument("--flops-min", type=train.count_arg, default=None, help="e.g. 0.9G, 900M or a plain number (MACs); required with --ckpt")
     g.add_argument("--flops-max", type=train.count_arg, default=None, help="e.g. 1.1G; required with --ckpt")
     g.add_argument("--params-max", type=train.count_arg, default=None, help="optional parameter budget, e.g. 6M")
+    g.add_argument("--throughput-min", type=train.number_arg(float, 0, lo_open=True), default=None, metavar="IMG/S",
+                   help="optional speed budget: candidates whose exported ViT does fewer images/s on this device (eval, "
+                        "no grad) are rejected before evaluation; each arch measured once (candidates.jsonl gains "
+                        "'throughput', pareto_throughput.json is written)")
+    g.add_argument("--throughput-batch", type=pos, default=None, help="batch of the throughput measurement (default 16 on CPU, 128 on CUDA)")
+    g.add_argument("--throughput-amp", action="store_true", help="measure throughput under bf16 autocast (CUDA)")
     g.add_argument("--algo", default="evolution", choices=ALGOS)
     g.add_argument("--compare", action="store_true", help="also run the other algorithm with the same number of evaluations")
     g.add_argument("--population", type=train.number_arg(int, 2), default=50)
@@ -658,8 +744,8 @@ def get_parser():
                         "between their fitness and their val top-1 (rank_check.json). Runs after the search, or alone "
                         "with --out a finished search folder. Finished retrains are reused. (0: off)")
     g.add_argument("--rank-epochs", type=pos, default=5, help="epochs each rank-check arch is trained alone (default 5)")
-    g.add_argument("--rank-dir", default=None, help="where rank-check retrains go (default OUT/rank_check); share it "
-                                                    "between searches to reuse retrains of the same arch and settings")
+    g.add_argument("--retrain-dir", default=None, help="where archs trained alone go (default OUT/retrain, a folder per "
+                                                       "arch and settings); share it between searches to reuse them")
     return ap
 
 
@@ -670,8 +756,7 @@ def parse_args(argv=None):
         ap.error(f"argument --parents: {args.parents} exceeds --population {args.population}; expected at most the population")
     if args.ckpt is not None and (args.flops_min is None or args.flops_max is None):
         ap.error("--ckpt needs the FLOPs window too: give --flops-min and --flops-max (e.g. 2M and 4M)")
-    if args.flops_min is not None and args.flops_max is not None and args.flops_min > args.flops_max:
-        ap.error(f"the FLOPs window is empty: --flops-min {args.flops_min:,} > --flops-max {args.flops_max:,}")
+    train.check_flops_window(ap, args)
     return args
 
 

@@ -992,8 +992,8 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_retrains(trained,
     fits = sorted(a["fitness"] for a in rc["archs"])
     assert fits[0] == min(c["fitness"] for c in cands) and fits[-1] == max(c["fitness"] for c in cands)
     for a in rc["archs"]:                                   # each top-1 is the final val top-1 of that arch's own retrain
-        res = json.load(open(next((out / "rank_check").glob("*/result.json")).parent.parent / search.hashlib.sha1(
-            json.dumps([a["arch"], rc["settings"]["retrain_argv"]]).encode()).hexdigest()[:12] / "result.json"))
+        folder = search.retrain_folder(search.parse_args(["--out", str(out)]), Arch.from_dict(a["arch"]), rc["settings"]["retrain_argv"])
+        res = json.load(open(os.path.join(folder, "result.json")))
         assert res["arch"] == a["arch"] and res["val"]["top1"] == a["top1"]
     alone = [a["top1"] for a in rc["archs"]]
     assert rc["kendall_tau"] == search.kendall_tau([a["fitness"] for a in rc["archs"]], alone)
@@ -1049,3 +1049,89 @@ def test_reported_archs_lie_in_the_window_and_are_extremes_among_uniform_archs()
     assert f["largest"] == max(inside) and f["smallest"] == min(inside)
     assert abs(f["middle"] - 3e6) == min(abs(v - 3e6) for v in inside)
     assert len(uniform) == len(set(a for _, a in uniform)) == 2 * 3 * (3 + 3) * 3 * 6
+
+
+# -----------------------------------------------------------------------------
+# newcomer edges: flags checked at parse time, pictures, evaluating a checkpoint
+
+TRAIN_BAD = [("--batch-size", "0"), ("--epochs", "-1"), ("--epochs", "0"), ("--holdout", "1.5"), ("--synthetic-size", "0"),
+             ("--synthetic-classes", "1"), ("--warmup-epochs", "-2"), ("--mixup", "-1"), ("--cutmix", "-0.5"),
+             ("--drop-path", "1.5"), ("--save-every", "-3"), ("--log-every", "0"), ("--lr", "-1"), ("--lr", "0"),
+             ("--min-lr", "-1"), ("--weight-decay", "-0.1"), ("--smoothing", "1"), ("--randaug", "31"), ("--reprob", "2"),
+             ("--clip-grad", "-1"), ("--eval-batch-size", "0"), ("--eval-limit", "0"), ("--workers", "-1"),
+             ("--seed", "-5"), ("--uniform-epochs", "-1"), ("--sandwich", "-1"), ("--flops-min", "-3M"), ("--lr", "nan"),
+             ("--batch-size", "2.5")]
+SEARCH_BAD = [("--population", "1"), ("--generations", "0"), ("--mutate-prob", "2"), ("--eval-size", "0"),
+              ("--batch-size", "0"), ("--parents", "1"), ("--seed", "-1"), ("--retrain-epochs", "-1"),
+              ("--rank-check", "1"), ("--rank-epochs", "0"), ("--params-max", "x")]
+
+
+@pytest.mark.parametrize("module, flag, value", [("train", *b) for b in TRAIN_BAD] + [("search", *b) for b in SEARCH_BAD])
+def test_every_numeric_flag_is_checked_at_parse_time(tmp_path, capsys, module, flag, value):
+    out = tmp_path / "out"
+    extra = [] if module == "train" else ["--ckpt", "none.pt", *WINDOW]
+    code, err = run_main({"train": train, "search": search}[module], ["--out", str(out), *extra, f"{flag}={value}"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    assert flag in err and value in err, err
+    assert not out.exists()                                  # nothing written
+
+
+def test_cross_flag_checks_at_parse_time(capsys):
+    for module, argv, words in [(train, ["--lr", "1e-3", "--min-lr", "1e-2"], ["--min-lr", "--lr"]),
+                                (search, ["--ckpt", "x.pt", *WINDOW, "--population", "4", "--parents", "6"], ["--parents", "population"]),
+                                (search, ["--ckpt", "x.pt", "--flops-min", "4M", "--flops-max", "2M"], ["empty"]),
+                                (search, ["--ckpt", "x.pt"], ["--flops-min"])]:
+        code, err = run_main(module, argv, capsys)
+        assert code == 2 and all(w in err for w in words) and len(err.strip().splitlines()) == 1, err
+
+
+def png_size(path):
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), len(data)
+
+
+def test_train_draws_curves_and_search_draws_the_pareto_front(trained, tmp_path):
+    w, h, size = png_size(trained.parent / "curves.png")
+    assert w >= 800 and h >= 300 and 10_000 < size < 2_000_000
+    out = tmp_path / "s"
+    search.search(search.parse_args(search_argv(trained, out, "--compare", "--retrain-epochs", "1")))
+    w, h, size = png_size(out / "pareto.png")
+    assert w >= 600 and h >= 400 and 10_000 < size < 2_000_000
+
+
+def test_a_missing_matplotlib_is_one_note_and_never_fails_a_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)      # import matplotlib now raises ImportError
+    monkeypatch.setattr(train.plots, "_noted", set())
+    train.main(["--out", str(tmp_path), "--epochs", "2", *SMALL])
+    out = capsys.readouterr().out
+    assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "curves.png").exists()
+    assert out.count("matplotlib is not installed, so no curves.png was drawn") == 1 and "done: 36 steps" in out
+
+
+def test_eval_of_a_checkpoint_equals_what_training_logged(trained, tmp_path, capsys):
+    arch = Arch(8, 48, (Block(2, 48, 128), None, Block(4, 32, 64), None, None, Block(2, 64, 192)))
+    (tmp_path / "arch.json").write_text(json.dumps(arch.to_dict()))
+    last = train.train(train.parse_args(["--arch", str(tmp_path / "arch.json"), "--out", str(tmp_path / "r"), "--epochs", "1", *SMALL]))
+    code, err = run_main(train, ["--eval", str(tmp_path / "r" / "checkpoint.pt"), "--device", "cpu"], capsys)
+    assert code == 0, err
+    res = json.load(open(tmp_path / "r" / "eval.json"))
+    assert res["val"]["model"] == last["val"]["model"] and res["holdout"]["model"]["n"] == 64
+    # a super-transformer checkpoint and one of its reported archs: the left slice as logged
+    log = [json.loads(line) for line in open(trained.parent / "log.jsonl")]
+    (tmp_path / "largest.json").write_text(json.dumps(log[-1]["reported"]["largest"]["arch"]))
+    code, err = run_main(train, ["--eval", str(trained), "--arch", str(tmp_path / "largest.json"), "--device", "cpu"], capsys)
+    assert code == 0, err
+    res = json.load(open(trained.parent / "eval-largest.json"))
+    assert res["val"]["left"] == log[-1]["val"]["largest"] and set(res["val"]) == set(res["holdout"]) == {"left", "right"}
+    assert res["holdout"]["left"]["n"] == 200
+    code, err = run_main(train, ["--eval", str(trained), "--device", "cpu"], capsys)
+    assert code == 2 and "--arch" in err
+
+
+def test_init_from_another_space_is_refused_in_one_line(trained, tmp_path, capsys):
+    (tmp_path / "arch.json").write_text(json.dumps(TINY.min_arch().to_dict()))
+    code, err = run_main(train, ["--arch", str(tmp_path / "arch.json"), "--init-from", str(trained), "--space", "vitas-1g",
+                                 "--out", str(tmp_path / "r"), *SMALL], capsys)
+    assert code == 2 and "--space vitas-1g differs" in err and "(tiny)" in err and len(err.strip().splitlines()) == 1

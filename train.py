@@ -9,11 +9,15 @@ One process, or any number under torchrun (gloo on CPU, nccl on CUDA, picked fro
         train.py --space vitas-1g --data /data/imagenet --flops-min 0.9G --flops-max 1.1G --amp --device cuda
     python train.py --arch runs/search/best_arch.json --out runs/retrain  # retrain a found arch from scratch
 
-Super-transformer mode: each step trains one sub-network, drawn uniformly for --uniform-epochs,
-then with the learned identity probability that concentrates sampled networks in the FLOPs window
-(METHOD.md section 4). Every rank draws the same arch from a generator seeded by (seed, step), so
-no communication is needed. With --sharing bilateral each step trains the arch on its left and on
-its right slices, each side with its own loss, gradients summed.
+Super-transformer mode (arXiv 2106.13700, section 3): each step trains sub-networks drawn uniformly
+for --uniform-epochs, then with the learned identity probability that concentrates them in the
+FLOPs window. Every rank draws the same archs from a generator seeded by (seed, step), so no
+communication is needed. --recipe v1 is the paper's first version: one arch a step, trained on its
+left and on its right slices (bilateral sharing), each side with its own loss, gradients summed.
+The default recipe adds what made the super-transformer rank archs better in our measurements
+(README "Results"): the sandwich rule, in-place distillation, identity shifting, weak augmentation.
+
+    python train.py --eval runs/retrain/checkpoint.pt                      # evaluate, no training
 
 Re-running the same command resumes from --out/checkpoint.pt.
 """
@@ -36,6 +40,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+import plots
 import vitas
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -319,14 +324,14 @@ class ResumeSampler(Sampler):
 # Architecture sampling for super-transformer training
 
 
-def reported_archs(space, window=None):
+def reported_archs(space, window=None, cost=None):
     """The largest, smallest and a middle arch: evaluated every epoch, and the sandwich's two ends.
 
     Without a FLOPs window: the space's largest and smallest (every block present) and the middle
     choice of every dimension. With one, so that they are networks the learned phase trains: of the
     uniform archs (SearchSpace.uniform_archs) inside the window, those with the most and the fewest
     FLOPs and the one nearest the window's centre (ties: more parameters for the largest, fewer
-    otherwise)."""
+    otherwise). `cost` (default FLOPs) may be another measure the window is in, e.g. seconds per image."""
     if window is None:
         mid = lambda xs: xs[len(xs) // 2]
         h = mid(space.heads)
@@ -334,10 +339,11 @@ def reported_archs(space, window=None):
         middle = vitas.Arch(mid(space.patch_sizes), mid(space.embed_dims), (vitas.Block(h, a, mid(space.mlp_dims)),) * space.depth)
         return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}
     lo, hi = window
-    inside = [(vitas.flops(a, space), vitas.params(a, space), a) for a in space.uniform_archs()]
+    cost = cost or (lambda a: vitas.flops(a, space))
+    inside = [(cost(a), vitas.params(a, space), a) for a in space.uniform_archs()]
     inside = [r for r in inside if lo <= r[0] <= hi]
     if not inside:
-        raise UserError(f"no uniform arch (every present block alike) lies in the FLOPs window [{lo:,}, {hi:,}]; widen it")
+        raise UserError(f"no uniform arch (every present block alike) lies in the window [{lo:,}, {hi:,}]; widen it")
     centre = (lo + hi) / 2
     return {"largest": max(inside, key=lambda r: r[:2])[2], "smallest": min(inside, key=lambda r: r[:2])[2],
             "middle": min(inside, key=lambda r: (abs(r[0] - centre), r[1]))[2]}
@@ -354,14 +360,18 @@ class ArchSampler:
     ones with no communication, and a resumed run draws what the uninterrupted run would have."""
 
     def __init__(self, space, seed, uniform_epochs, flops_min=None, flops_max=None, identity_prob=None, max_tries=100,
-                 sandwich=None, identity_shift=False):
+                 sandwich=None, identity_shift=False, cost=None):
         self.space, self.seed, self.uniform_epochs, self.max_tries = space, seed, uniform_epochs, max_tries
         self.sandwich, self.identity_shift = sandwich, identity_shift
-        self.window = None if flops_min is None and flops_max is None else (flops_min or 0, flops_max or vitas.flops(space.max_arch(), space))
+        self.calibration_record = None   # a throughput window's calibration (train.calibrate_throughput)
+        # the window is in FLOPs, or in the units of `cost` (a LatencyModel: seconds per image)
+        self.cost = cost or (lambda a: vitas.flops(a, space))
+        self.window = None if flops_min is None and flops_max is None else (flops_min or 0, flops_max or self.cost(space.max_arch()))
         self.identity_prob = identity_prob
         if self.window is not None and identity_prob is None:
-            self.identity_prob = vitas.solve_identity_prob(space, *self.window, np.random.default_rng([seed, 1]))
-        self.reports = reported_archs(space, self.window)
+            self.identity_prob = vitas.solve_identity_prob(space, *self.window, np.random.default_rng([seed, 1]), cost=cost,
+                                                           what="FLOPs" if cost is None else "seconds-per-image")
+        self.reports = reported_archs(space, self.window, cost)
         self.ends = [self.reports["largest"], self.reports["smallest"]]
 
     def calibration(self, n=1000):
@@ -372,7 +382,7 @@ class ArchSampler:
         return raw, np.mean([self.inside(a) for a in drawn]), np.mean([vitas.flops(a, self.space) for a in drawn])
 
     def inside(self, arch):
-        return self.window[0] <= vitas.flops(arch, self.space) <= self.window[1]
+        return self.window[0] <= self.cost(arch) <= self.window[1]
 
     def learned(self, epoch):
         return epoch >= self.uniform_epochs and self.window is not None
@@ -534,21 +544,80 @@ def build_model(args, space, arch, d):
     return vitas.ViT(arch, space, drop_path=args.drop_path)
 
 
-def make_sampler(args, space, log):
-    """The super-transformer's ArchSampler, its FLOPs window calibrated and checked."""
-    sampler = ArchSampler(space, args.seed, args.uniform_epochs, args.flops_min, args.flops_max,
-                          sandwich=args.sandwich, identity_shift=args.identity_shift)
+def calibrate_throughput(args, space, d, log):
+    """A LatencyModel of this device fitted to the images/s of sampled archs measured for about
+    --calibration-seconds (rank 0 measures, every rank gets the same fit). Returns the calibration
+    record a checkpoint keeps, so a resumed run does not measure again."""
+    batch = args.throughput_batch or (128 if d.device.type == "cuda" else 16)
+    record = [None]
+    if d.main:
+        meter = vitas.ThroughputMeter(space, d.device, batch, args.throughput_amp, max_seconds=1.0)
+        rng = np.random.default_rng([args.seed, 4])
+        archs, start = [space.max_arch(), vitas.Arch(space.patch_sizes[-1], space.embed_dims[0], (None,) * space.depth)], time.time()
+        speeds = [meter(a) for a in archs]
+        while len(archs) < 12 or (len(archs) < 64 and time.time() - start < args.calibration_seconds):
+            archs.append(space.sample(rng, identity_prob=rng.uniform(0, 0.9)))   # every depth, not only p = 1/2
+            speeds.append(meter(archs[-1]))
+        model = vitas.LatencyModel(space).fit(archs, speeds)
+        record = [{"coef": model.coef.tolist(), "device": str(d.device), "batch": batch, "amp": args.throughput_amp,
+                   "measured": len(archs), "seconds": time.time() - start,
+                   "fastest": [max(speeds), str(archs[int(np.argmax(speeds))])],
+                   "slowest": [min(speeds), str(archs[int(np.argmin(speeds))])]}]
+    if d.world > 1:
+        dist.broadcast_object_list(record, src=0)
+    record = record[0]
+    log(f"throughput calibration on {record['device']} (batch {record['batch']}): {record['measured']} archs measured in "
+        f"{record['seconds']:.0f} s, {record['slowest'][0]:,.0f} to {record['fastest'][0]:,.0f} images/s")
+    return record
+
+
+def make_sampler(args, space, d, calibration=None):
+    """The super-transformer's ArchSampler, its FLOPs (or throughput) window calibrated and
+    checked; `calibration`: a resumed run's throughput calibration, reused as it is."""
+    log, cost, window = d.log, None, (args.flops_min, args.flops_max)
+    if args.throughput_min is not None or args.throughput_max is not None:
+        calibration = calibration or calibrate_throughput(args, space, d, log)
+        fast, slow = calibration["fastest"], calibration["slowest"]
+        tmin, tmax = args.throughput_min or slow[0] / 2, args.throughput_max or fast[0] * 2
+        if tmin > fast[0] or tmax < slow[0]:
+            raise UserError(f"throughput window [{tmin:g}, {tmax:g}] images/s is out of reach on {calibration['device']}: the "
+                            f"fastest measured arch does {fast[0]:,.0f} ({fast[1]}), the slowest {slow[0]:,.0f} ({slow[1]})")
+        cost, window = vitas.LatencyModel(space, calibration["coef"]), (1.0 / tmax, 1.0 / tmin)   # seconds per image
+    sampler = ArchSampler(space, args.seed, args.uniform_epochs, *window, sandwich=args.sandwich,
+                          identity_shift=args.identity_shift, cost=cost)
+    sampler.calibration_record = calibration
     if sampler.window is not None:
         raw, inside, mean = sampler.calibration()
-        log(f"learned identity probability {sampler.identity_prob:.3f} for FLOPs window "
-            f"[{sampler.window[0] / 1e6:.2f}M, {sampler.window[1] / 1e6:.2f}M]: {100 * raw:.0f}% of raw draws inside, "
-            f"{100 * inside:.0f}% after resampling, mean {mean / 1e6:.2f} MFLOPs")
+        what = "FLOPs window" if cost is None else "throughput window (predicted)"
+        log(f"learned identity probability {sampler.identity_prob:.3f} for the {what}: {100 * raw:.0f}% of raw draws "
+            f"inside, {100 * inside:.0f}% after resampling, mean {mean / 1e6:.2f} MFLOPs")
         if inside < 0.5:
-            raise UserError(f"only {100 * inside:.0f}% of sampled networks reach the FLOPs window "
-                            f"[{sampler.window[0]:,}, {sampler.window[1]:,}]; widen it")
+            raise UserError(f"only {100 * inside:.0f}% of sampled networks reach the {what}; widen it")
+        if cost is not None and "inside" not in calibration:
+            calibration["inside"] = check_throughput_window(sampler, calibration, (1 / window[1], 1 / window[0]), d)
+            log(f"check: {100 * calibration['inside']:.0f}% of 16 freshly drawn archs measure inside the throughput window")
     log("reported each epoch" + (" (and the sandwich's ends)" if args.sandwich is not None else "") + ": " +
         ", ".join(f"{k} {a} ({vitas.flops(a, space) / 1e6:.2f} MFLOPs)" for k, a in sampler.reports.items()))
     return sampler
+
+
+def check_throughput_window(sampler, calibration, window, d):
+    """Fraction of 16 archs drawn as training draws them (learned phase) whose measured images/s
+    lie in `window`: how well the fitted latency model steers sampling on this device."""
+    inside = [None]
+    if d.main:
+        meter = vitas.ThroughputMeter(sampler.space, calibration["device"], calibration["batch"], calibration["amp"], max_seconds=1.0)
+        rng = np.random.default_rng([sampler.seed, 5])
+        inside = [float(np.mean([window[0] <= meter(sampler.draw(rng, learned=True)) <= window[1] for _ in range(16)]))]
+    if d.world > 1:
+        dist.broadcast_object_list(inside, src=0)
+    return inside[0]
+
+
+def stored_calibration(args):
+    """The throughput calibration of a run being resumed from --out, if it has one."""
+    path = os.path.join(args.out, "checkpoint.pt")
+    return load_checkpoint(path).get("throughput_calibration") if os.path.exists(path) else None
 
 
 def distill_loss(logits, teacher_logits):
@@ -576,6 +645,31 @@ def train_step(ddp, x, y, archs, sides, args, d):
             loss.backward()
         loss_sum += loss.detach()
     return d.all_reduce(loss_sum) / d.world, len(passes)
+
+
+def optimizer_step(run, ddp, x, y, archs, sides):
+    """One optimizer step on this step's archs (train_step's passes); the passes' mean loss."""
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_all, passes = train_step(ddp, x, y, archs, sides, run.args, run.d)
+    if not torch.isfinite(loss_all):
+        raise UserError(f"non-finite loss at step {run.step} (archs {', '.join(map(str, archs))}); the last good "
+                        f"checkpoint in {run.path} is intact — lower --lr or enable --clip-grad")
+    if run.args.clip_grad:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.args.clip_grad)
+    run.optimizer.step()
+    run.schedule.step()
+    run.step += 1
+    return loss_all.item() / passes
+
+
+def epoch_loader(args, data, train_sampler, epoch, skip, d):
+    """The epoch's training batches, after the `skip` ones a resumed epoch already trained on."""
+    train_sampler.set_epoch(epoch)
+    return DataLoader(data.train, batch_size=args.batch_size, sampler=ResumeSampler(train_sampler, skip * args.batch_size),
+                      num_workers=args.workers, pin_memory=d.device.type == "cuda", drop_last=True,
+                      # its own generator: creating the iterator must not draw from the global RNG,
+                      # or a resumed epoch would see other augmentations than the uninterrupted one
+                      generator=torch.Generator().manual_seed(args.seed * 100003 + epoch * 1009 + d.rank))
 
 
 @dataclasses.dataclass
@@ -610,6 +704,7 @@ class Run:
                 "step": self.step, "epoch": self.step // self.steps_per_epoch, "epoch_sums": self.sums, "record": self.record,
                 "rng": states, "args": vars(self.args), "space": self.space.to_dict(), "world": self.d.world,
                 "identity_prob": None if self.sampler is None else self.sampler.identity_prob,
+                "throughput_calibration": None if self.sampler is None else self.sampler.calibration_record,
                 "arch": None if self.arch is None else self.arch.to_dict(), "mode": "super" if self.arch is None else "retrain"})
 
     def resume(self):
@@ -652,20 +747,70 @@ def end_of_epoch(run, val_loader, epoch, seen, seconds):
     return record
 
 
-def train(args):
-    resolve_recipe(args)
-    d = setup_distributed(args.device)
-    log = d.log
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
-    if args.amp and d.device.type == "cpu":
-        log("note: bf16 autocast on this CPU may be slower than fp32")
-
-    if args.init_from and not args.arch:
+def run_space(args, log):
+    """The --space preset, or for --init-from the space of the checkpoint whose weights are inherited
+    (an explicit --space that differs from it is refused)."""
+    if not args.init_from:
+        args.space = args.space or "tiny"
+        return vitas.SearchSpace.preset(args.space)
+    if not args.arch:
         raise UserError("--init-from inherits weights for a retrain: give the arch to retrain with --arch")
-    # the preset, or the space of the checkpoint whose weights a retrain inherits
-    space = vitas.SearchSpace(**load_checkpoint(args.init_from)["space"]) if args.init_from else vitas.SearchSpace.preset(args.space)
+    init = load_checkpoint(args.init_from)
+    name = init["args"].get("space")
+    if args.space is not None and args.space != name:
+        raise UserError(f"--space {args.space} differs from the space of --init-from {args.init_from} ({name}); leave "
+                        f"--space out: the checkpoint's space is used")
+    args.space = name
+    log(f"search space {name} of {args.init_from}")
+    return vitas.SearchSpace(**init["space"])
+
+
+def evaluate_checkpoint(args):
+    """--eval CKPT: top-1/top-5/loss on val and on the held-out split, no training: a retrain
+    checkpoint's ViT, or the --arch slice of a super-transformer checkpoint (each side it was
+    trained on). Data, split and val size come from the checkpoint; eval*.json beside it."""
+    d = setup_distributed(args.device)
+    ck = load_checkpoint(args.eval)
+    space = vitas.SearchSpace(**ck["space"])
+    ck_args = argparse.Namespace(**{**ck["args"], "download": False, "workers": args.workers})
+    if ck.get("mode") == "retrain":
+        if args.arch:
+            raise UserError(f"{args.eval} is a retrain checkpoint and holds its own arch; leave --arch out")
+        arch, model, sides = vitas.Arch.from_dict(ck["arch"]), vitas.ViT(vitas.Arch.from_dict(ck["arch"]), space), ("model",)
+        name = "eval.json"
+    else:
+        if not args.arch:
+            raise UserError(f"{args.eval} is a super-transformer checkpoint: give the sub-network to evaluate with --arch ARCH.json")
+        arch, model = load_arch_file(args.arch, space), vitas.SuperTransformer(space)
+        if getattr(ck_args, "identity_shift", False):
+            arch = vitas.shift_identities(arch)   # the path it trained for this network
+        sides = vitas.SHARINGS[getattr(ck_args, "sharing", "bilateral")]
+        name = f"eval-{os.path.splitext(os.path.basename(args.arch))[0]}.json"
+    model.load_state_dict(ck["model"])
+    model.to(d.device)
+    data = build_datasets(ck_args, space.image_size)
+    limit = args.eval_limit or ck_args.eval_limit
+    results = {"checkpoint": os.path.abspath(args.eval), "step": ck["step"], "arch": arch.to_dict()}
+    for split, dataset, lim in (("val", data.val, limit), ("holdout", data.holdout, None)):
+        loader = eval_loader(dataset, args.eval_batch_size, d, args.workers, limit=lim)
+        results[split] = {side: evaluate(model, loader, d, None if side == "model" else arch, side, getattr(ck_args, "amp", False))
+                          for side in sides}
+        d.log(f"{split:8s} " + "  ".join(f"{side}: top-1 {r['top1']:.2f}% top-5 {r['top5']:.2f}% loss {r['loss']:.4f} "
+                                         f"({r['n']} images)" for side, r in results[split].items()))
+    path = os.path.join(os.path.dirname(os.path.abspath(args.eval)), name)
+    if d.main:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, path)
+        d.log(f"wrote {path}")
+    return results
+
+
+def build_run(args, d):
+    """Space, data, model (DDP-wrapped where distributed), arch sampler, optimiser and schedule."""
+    log = d.log
+    space = run_space(args, log)
     data = build_datasets(args, space.image_size)
     if space.num_classes != data.num_classes:   # the data's class count wins
         log(f"data has {data.num_classes} classes, the search space {space.num_classes}: using {data.num_classes}")
@@ -676,16 +821,33 @@ def train(args):
         log(f"  {vitas.flops(arch, space) / 1e6:.2f} MFLOPs, {vitas.params(arch, space) / 1e6:.3f} M params")
     ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
               find_unused_parameters=arch is None) if d.world > 1 else model   # a step uses slices
-    sampler = make_sampler(args, space, log) if arch is None else None
+    sampler = make_sampler(args, space, d, stored_calibration(args)) if arch is None else None
 
     train_sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed, drop_last=True)
     steps_per_epoch = len(train_sampler) // args.batch_size
     if steps_per_epoch == 0:
         raise UserError(f"--batch-size {args.batch_size} x {d.world} processes exceeds the {len(data.train)} training images")
-    total_steps = args.epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup_epochs * steps_per_epoch, total_steps, args.min_lr / args.lr))
-    run = Run(args, d, space, arch, model, optimizer, schedule, sampler, steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch, args.min_lr / args.lr))
+    return Run(args, d, space, arch, model, optimizer, schedule, sampler, steps_per_epoch), ddp, data, train_sampler
+
+
+def train(args):
+    if args.eval:
+        return evaluate_checkpoint(args)
+    resolve_recipe(args)
+    d = setup_distributed(args.device)
+    log = d.log
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    if args.amp and d.device.type == "cpu":
+        log("note: bf16 autocast on this CPU may be slower than fp32")
+
+    run, ddp, data, train_sampler = build_run(args, d)
+    space, arch, model, sampler, schedule = run.space, run.arch, run.model, run.sampler, run.schedule
+    steps_per_epoch = run.steps_per_epoch
+    total_steps = args.epochs * steps_per_epoch
     os.makedirs(args.out, exist_ok=True)
     run.resume()
     mix = mix_transform(args, space.num_classes)
@@ -702,12 +864,7 @@ def train(args):
     try:
         while run.step < total_steps:
             epoch, skip = divmod(run.step, steps_per_epoch)
-            train_sampler.set_epoch(epoch)
-            loader = DataLoader(data.train, batch_size=args.batch_size, sampler=ResumeSampler(train_sampler, skip * args.batch_size),
-                                num_workers=args.workers, pin_memory=d.device.type == "cuda", drop_last=True,
-                                # its own generator: creating the iterator must not draw from the global RNG,
-                                # or a resumed epoch would see other augmentations than the uninterrupted one
-                                generator=torch.Generator().manual_seed(args.seed * 100003 + epoch * 1009 + d.rank))
+            loader = epoch_loader(args, data, train_sampler, epoch, skip, d)
             model.train()
             if skip == 0 or run.sums is None:   # a resumed epoch keeps the sums of its first part
                 run.sums = {"loss": 0.0, "flops": 0.0, "n": 0}
@@ -720,27 +877,16 @@ def train(args):
                 step_flops = np.mean([vitas.flops(a, space) for a in archs])
                 if args.rank_dump:
                     trained.append(tuple(archs))
-                optimizer.zero_grad(set_to_none=True)
-                loss_all, passes = train_step(ddp, x, y, archs, sides, args, d)
-                if not torch.isfinite(loss_all):
-                    raise UserError(f"non-finite loss at step {run.step} (archs {', '.join(map(str, archs))}); the last good "
-                                    f"checkpoint in {run.path} is intact — lower --lr or enable --clip-grad")
-                if args.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-                optimizer.step()
-                schedule.step()
-                run.step += 1
+                loss = optimizer_step(run, ddp, x, y, archs, sides)
                 seen += len(y) * d.world
-                run.sums["loss"] += loss_all.item() / passes
+                run.sums["loss"] += loss
                 run.sums["flops"] += step_flops
                 run.sums["n"] += 1
                 if d.main and (run.step % args.log_every == 0 or run.step == total_steps):
-                    rate = seen / max(time.time() - t_epoch, 1e-9)
-                    eta = (time.time() - t_start) / (run.step - step0) * (total_steps - run.step)
+                    rate, eta = seen / max(time.time() - t_epoch, 1e-9), (time.time() - t_start) / (run.step - step0) * (total_steps - run.step)
                     p = "" if sampler is None else f" p {sampler.prob(epoch):.2f}"
                     log(f"epoch {epoch + 1}/{args.epochs} step {run.step}/{total_steps} loss {run.sums['loss'] / run.sums['n']:.3f} "
-                        f"lr {schedule.get_last_lr()[0]:.2e}{p} {step_flops / 1e6:.2f} MFLOPs "
-                        f"{rate:.0f} img/s ETA {fmt_time(eta)}")
+                        f"lr {schedule.get_last_lr()[0]:.2e}{p} {step_flops / 1e6:.2f} MFLOPs {rate:.0f} img/s ETA {fmt_time(eta)}")
                 if args.save_every and run.step % args.save_every == 0 and run.step % steps_per_epoch:
                     run.save()
                 if args.stop_after and run.step >= args.stop_after:   # for tests: simulate an interruption
@@ -750,6 +896,7 @@ def train(args):
             if d.main:
                 log_file.write(json.dumps(run.record) + "\n")
                 log_file.flush()
+                plots.plot_curves(log_file.name, os.path.join(args.out, "curves.png"))
             run.save()
         log(f"done: {run.step} steps in {fmt_time(time.time() - t_start)}; checkpoint {run.path}")
         if args.rank_dump:   # for tests: what this rank trained and where it ended
@@ -820,7 +967,8 @@ def get_parser():
     nat, pos, nonneg = number_arg(int, 0), number_arg(int, 1), number_arg(float, 0)
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_argument_group("run")
-    g.add_argument("--space", default="tiny", choices=sorted(vitas.PRESETS), help="search-space preset (default tiny)")
+    g.add_argument("--space", default=None, choices=sorted(vitas.PRESETS),
+                   help="search-space preset (default tiny; with --init-from, the checkpoint's)")
     g.add_argument("--out", default="runs/super", help="output folder: checkpoint.pt, log.jsonl (default runs/super)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
     g.add_argument("--seed", type=nat, default=0)
@@ -849,6 +997,15 @@ def get_parser():
     g.add_argument("--uniform-epochs", type=nat, default=2, help="epochs of uniform sampling before the learned identity probability")
     g.add_argument("--flops-min", type=count_arg, default=None, help="FLOPs (MACs) window the learned identity probability aims at, e.g. 0.9G")
     g.add_argument("--flops-max", type=count_arg, default=None, help="e.g. 1.1G; without a window sampling stays uniform")
+    g.add_argument("--throughput-min", type=number_arg(float, 0, lo_open=True), default=None, metavar="IMG/S",
+                   help="instead of a FLOPs window: aim sampling at networks doing at least this many images/s on this "
+                        "device (exported ViT, eval); a latency model is fitted to archs measured at start-up")
+    g.add_argument("--throughput-max", type=number_arg(float, 0, lo_open=True), default=None, metavar="IMG/S",
+                   help="upper end of the throughput window")
+    g.add_argument("--throughput-batch", type=pos, default=None, help="batch of throughput measurements (default 16 on CPU, 128 on CUDA)")
+    g.add_argument("--throughput-amp", action="store_true", help="measure throughput under bf16 autocast (CUDA)")
+    g.add_argument("--calibration-seconds", type=nonneg, default=30,
+                   help="about how long the throughput calibration measures (at least 12 archs, at most 64; default 30)")
     g.add_argument("--sharing", default=None, choices=sorted(vitas.SHARINGS),
                    help="left: the first channels; bilateral (v1): left and right slices each step, each with its own loss; "
                         "cyclic (v2, one pass a step): embedding channels as a ring, each width its own window. " + default_text("sharing"))
@@ -864,6 +1021,10 @@ def get_parser():
     g = ap.add_argument_group("retrain")
     g.add_argument("--arch", default=None, help="arch JSON (search.py's best_arch.json): retrain it as a plain ViT")
     g.add_argument("--init-from", default=None, help="super-transformer checkpoint to inherit the arch's weights from")
+    g = ap.add_argument_group("evaluate")
+    g.add_argument("--eval", default=None, metavar="CKPT",
+                   help="evaluate a checkpoint without training: top-1/top-5/loss on val and on the held-out split, written "
+                        "to eval.json beside it (a super-transformer checkpoint needs --arch: eval-ARCH.json)")
     g = ap.add_argument_group("optimisation, augmentation, regularisation")
     g.add_argument("--batch-size", type=pos, default=128, help="per process")
     g.add_argument("--lr", type=number_arg(float, 0, lo_open=True), default=1e-3)
@@ -881,13 +1042,22 @@ def get_parser():
     return ap
 
 
+def check_flops_window(ap, args):
+    if args.flops_min is not None and args.flops_max is not None and args.flops_min > args.flops_max:
+        ap.error(f"the FLOPs window is empty: --flops-min {args.flops_min:,} > --flops-max {args.flops_max:,}")
+
+
 def parse_args(argv=None):
     ap = get_parser()
     args = ap.parse_args(argv)
     if args.min_lr > args.lr:
         ap.error(f"argument --min-lr: {args.min_lr:g} exceeds --lr {args.lr:g}; expected at most the peak learning rate")
-    if args.flops_min is not None and args.flops_max is not None and args.flops_min > args.flops_max:
-        ap.error(f"the FLOPs window is empty: --flops-min {args.flops_min:,} > --flops-max {args.flops_max:,}")
+    check_flops_window(ap, args)
+    throughput = args.throughput_min is not None or args.throughput_max is not None
+    if throughput and (args.flops_min is not None or args.flops_max is not None):
+        ap.error("give a FLOPs window (--flops-min/--flops-max) or a throughput window (--throughput-min/--throughput-max), not both")
+    if throughput and args.throughput_min is not None and args.throughput_max is not None and args.throughput_min > args.throughput_max:
+        ap.error(f"the throughput window is empty: --throughput-min {args.throughput_min:g} > --throughput-max {args.throughput_max:g}")
     return args
 
 

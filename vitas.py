@@ -13,6 +13,8 @@ plain ViT. Depends on torch and numpy only, so it can be copied alone into anoth
     vit = export(net, arch, side="left")        # a plain nn.Module with the inherited weights
     print(flops(arch, space), params(arch, space))
 """
+import statistics
+import time
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -90,7 +92,7 @@ class Arch:
 # Search space
 
 PRESETS = {
-    # METHOD.md section 2: the paper's ImageNet space for the "1G" budget (k = 1..10, integer arithmetic)
+    # the paper's ImageNet space for the "1G" budget (arXiv 2106.13700, section 4; k = 1..10, integer arithmetic)
     "vitas-1g": dict(image_size=224, in_chans=3, num_classes=1000, patch_sizes=(14, 16, 32), depth=16,
                      embed_dims=tuple(k * 384 // 10 for k in range(1, 11)), heads=(3, 6, 12, 16),
                      attn_dims=tuple(48 * k for k in range(1, 11)),
@@ -242,7 +244,7 @@ def shift_identities(arch):
 
 
 # -----------------------------------------------------------------------------
-# Analytical FLOPs (multiply-accumulates, METHOD.md section 5) and parameter count
+# Analytical FLOPs (multiply-accumulates, the ViT literature's convention) and parameter count
 
 
 def flops(arch, space):
@@ -273,25 +275,27 @@ def params(arch, space):
 
 
 # -----------------------------------------------------------------------------
-# Learned identity probability (METHOD.md section 4)
+# Learned identity probability (arXiv 2106.13700, section 3)
 
 
-def solve_identity_prob(space, flops_min, flops_max, generator, num_samples=1000):
+def solve_identity_prob(space, flops_min, flops_max, generator, num_samples=1000, cost=None, what="FLOPs"):
     """Identity probability p that centres sampled networks' FLOPs in [flops_min, flops_max].
 
     Blocks are skipped independently, so E[FLOPs] = base + (1 - p) * E[block FLOPs]: one batch of
     draws at p = 0 gives both terms and p follows in closed form (the reference steps p by 0.01).
+    `cost` may replace flops by any cost that adds up over blocks the same way (LatencyModel).
     Raises ValueError where the window lies outside what the space can reach."""
+    cost = cost or (lambda a: flops(a, space))
     if flops_min > flops_max:
-        raise ValueError(f"FLOPs window is empty: flops_min {flops_min:,} > flops_max {flops_max:,}")
-    lo = flops(Arch(space.patch_sizes[-1], space.embed_dims[0], (None,) * space.depth), space)
-    hi = flops(space.max_arch(), space)
+        raise ValueError(f"{what} window is empty: {flops_min:,} > {flops_max:,}")
+    lo = cost(Arch(space.patch_sizes[-1], space.embed_dims[0], (None,) * space.depth))
+    hi = cost(space.max_arch())
     if flops_max < lo or flops_min > hi:
-        raise ValueError(f"FLOPs window [{flops_min:,}, {flops_max:,}] is unreachable: networks of this space "
-                         f"have between {lo:,} and {hi:,} MACs; widen or move the window")
+        raise ValueError(f"{what} window [{flops_min:,}, {flops_max:,}] is unreachable: networks of this space "
+                         f"have between {lo:,} and {hi:,}; widen or move the window")
     full = [space.sample(generator, identity_prob=0.0) for _ in range(num_samples)]
-    base = np.mean([flops(Arch(a.patch_size, a.embed_dim, (None,) * space.depth), space) for a in full])
-    per_blocks = np.mean([flops(a, space) for a in full]) - base
+    base = np.mean([cost(Arch(a.patch_size, a.embed_dim, (None,) * space.depth)) for a in full])
+    per_blocks = np.mean([cost(a) for a in full]) - base
     keep = ((flops_min + flops_max) / 2 - base) / per_blocks
     return float(np.clip(1.0 - keep, 0.0, 1.0))
 
@@ -592,3 +596,88 @@ def export(supernet, arch, side="left", drop_path=0.0):
     vit.head.bias.copy_(supernet.head.bias)
     use_fused_attention(vit, all(getattr(m, "fused_attn", True) for m in supernet.modules()))
     return vit.train(supernet.training)
+
+
+# -----------------------------------------------------------------------------
+# Measured throughput: budgets by images/s on a device, beside FLOPs
+
+
+def measure_throughput(arch, space, device="cpu", batch=16, amp=False, warmup=2, repeats=10, max_seconds=2.0):
+    """Images/s of the plain ViT of `arch` (what a found arch is deployed as): eval mode, no grad,
+    a fixed random input; warm-up calls, then the median of timed calls (at least 3, at most
+    `repeats`, stopping after max_seconds), CUDA synchronised; bf16 autocast with amp (CUDA)."""
+    device = torch.device(device)
+    model = ViT(arch, space).to(device).eval()
+    x = torch.randn(batch, space.in_chans, space.image_size, space.image_size, generator=torch.Generator().manual_seed(0)).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for _ in range(warmup):
+            model(x)
+        sync()
+        start = time.perf_counter()
+        while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < max_seconds):
+            t = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
+
+
+class ThroughputMeter:
+    """measure_throughput with a cache keyed by (arch, device, batch, amp): no arch is measured
+    twice. `measured` counts the real measurements; state_dict() keeps the cache for a resume."""
+
+    def __init__(self, space, device="cpu", batch=16, amp=False, **measure_kw):
+        self.space, self.device, self.batch, self.amp, self.measure_kw = space, str(device), batch, amp, measure_kw
+        self.cache, self.measured = {}, 0
+
+    def key(self, arch):
+        return (arch, self.device, self.batch, self.amp)
+
+    def __call__(self, arch):
+        if self.key(arch) not in self.cache:
+            self.cache[self.key(arch)] = measure_throughput(arch, self.space, self.device, self.batch, self.amp, **self.measure_kw)
+            self.measured += 1
+        return self.cache[self.key(arch)]
+
+    def state_dict(self):
+        return [[a.to_dict(), dev, b, amp, v] for (a, dev, b, amp), v in self.cache.items()]
+
+    def load_state_dict(self, state):
+        self.cache.update({(Arch.from_dict(a), dev, b, amp): v for a, dev, b, amp, v in state})
+
+
+class LatencyModel:
+    """Seconds per image of an arch on one device, fitted to measurements, as a sum over blocks
+    (so that solve_identity_prob can aim the identity probability at a throughput window):
+    t = c0 + c1 T + sum over real blocks (c2 + c3 T + c4 MACs_block + c5 T^2 h) + c6 MACs_rest,
+    T = tokens, h = heads. Measuring every sampled arch during training would be too slow."""
+
+    def __init__(self, space, coef=None):
+        self.space, self.coef = space, None if coef is None else np.asarray(coef, dtype=float)
+
+    def features(self, arch):
+        t = (self.space.image_size // arch.patch_size) ** 2 + 1
+        rest = flops(Arch(arch.patch_size, arch.embed_dim, (None,) * self.space.depth), self.space)
+        f = np.array([1.0, t, 0.0, 0.0, 0.0, 0.0, rest])
+        for b in arch.blocks:
+            if b is not None:
+                macs = (4 * t * arch.embed_dim + 2 * t * t) * b.attn_dim + 2 * t * arch.embed_dim * b.mlp_dim   # as in flops()
+                f += [0.0, 0.0, 1.0, t, macs, t * t * b.heads, 0.0]
+        return f
+
+    def fit(self, archs, images_per_s):
+        """Least squares on seconds per image, each measurement weighted by 1/t (relative error)."""
+        x = np.stack([self.features(a) for a in archs])
+        y = 1.0 / np.asarray(images_per_s, dtype=float)
+        w = 1.0 / y
+        self.coef = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)[0]
+        return self
+
+    def __call__(self, arch):
+        """Predicted seconds per image (never below a microsecond)."""
+        return max(float(self.features(arch) @ self.coef), 1e-6)
+
+    def throughput(self, arch):
+        return 1.0 / self(arch)
