@@ -43,6 +43,7 @@ RECIPES = {
     "v1+shift": [*V1, "--identity-shift"],
     "v1+sandwich": [*V1, "--sandwich", "1"],
     "v1+sandwich+distill": [*V1, "--sandwich", "1", "--distill"],
+    "v1+shift+cyclic": [*V1, "--identity-shift", "--sharing", "cyclic"],
     "all-bilateral": [*V1, "--sandwich", "1", "--distill", "--identity-shift"],
     "all-cyclic": [*V1, "--sharing", "cyclic", "--sandwich", "1", "--distill", "--identity-shift"],
 }
@@ -96,7 +97,7 @@ def agreement(fitness, truth):
     return {"kendall_tau": search.kendall_tau(fitness, truth), "spearman_rho": search.spearman_rho(fitness, truth)}
 
 
-def unit(name, seed, out):
+def unit(name, seed, out, gaps=True):
     """One recipe and seed, resumable: the figures of the module docstring in OUT/NAME/sSEED/result.json."""
     folder = os.path.join(out, name, f"s{seed}")
     path = os.path.join(folder, "result.json")
@@ -120,7 +121,7 @@ def unit(name, seed, out):
             for m in search.FITNESS}
     gaps = {k: {"super": record["val"][k]["top1"], "alone": alone(vitas.Arch.from_dict(record["reported"][k]["arch"]), ck,
                                                                  ck["args"]["epochs"], out)}
-            for k in ("largest", "middle")}
+            for k in ("largest", "middle")} if gaps else None
 
     sargv = ["--ckpt", ck_path, *WINDOW, *SEARCH, "--compare", "--seed", str(seed), "--device", "cpu",
              "--out", os.path.join(folder, "search"), "--retrain-dir", os.path.join(out, "retrain")]
@@ -138,12 +139,18 @@ def unit(name, seed, out):
 
 
 def mean_sd(values):
+    """Mean ± standard deviation over seeds; one seed's value alone (a spread of one seed is no spread);
+    for yes/no figures, how many seeds say yes."""
     v = [x for x in values if x is not None]
-    return f"{np.mean(v):6.2f} ±{np.std(v):4.2f}" if v else "   n/a     "
+    if v and all(isinstance(x, bool) for x in v):
+        return f"{sum(v)}/{len(v)}"
+    if len(v) > 1:
+        return f"{np.mean(v):6.2f} ±{np.std(v):4.2f}"
+    return f"{v[0]:6.2f}" if v else "n/a"
 
 
-def table(out):
-    """The grid so far: mean ± standard deviation over the seeds done."""
+def table(out, markdown=False):
+    """The grid so far: mean ± standard deviation over the seeds done (a markdown table with markdown)."""
     rows = {}
     for name in RECIPES:
         for entry in sorted(os.scandir(os.path.join(out, name)) if os.path.isdir(os.path.join(out, name)) else [], key=lambda e: e.name):
@@ -152,14 +159,23 @@ def table(out):
                 with open(path) as f:
                     rows.setdefault(name, []).append(json.load(f))
     cols = [("tau top1", lambda r: r["reference"]["rank"]["top1"]["kendall_tau"]),
+            ("rho top1", lambda r: r["reference"]["rank"]["top1"]["spearman_rho"]),
             ("tau loss", lambda r: r["reference"]["rank"]["loss"]["kendall_tau"]),
             ("rho loss", lambda r: r["reference"]["rank"]["loss"]["spearman_rho"]),
             ("tau rank-check", lambda r: r["rank_check"]["kendall_tau"]),
-            ("gap largest", lambda r: r["gaps"]["largest"]["alone"] - r["gaps"]["largest"]["super"]),
-            ("gap middle", lambda r: r["gaps"]["middle"]["alone"] - r["gaps"]["middle"]["super"]),
+            ("gap largest", lambda r: r["gaps"] and r["gaps"]["largest"]["alone"] - r["gaps"]["largest"]["super"]),
+            ("gap middle", lambda r: r["gaps"] and r["gaps"]["middle"]["alone"] - r["gaps"]["middle"]["super"]),
             ("searched-best base", lambda r: r["retrain"]["searched"] - max(r["retrain"]["uniform"], r["retrain"]["deit"])),
+            ("seeds searched >= +1", lambda r: r["retrain"]["searched"] - max(r["retrain"]["uniform"], r["retrain"]["deit"]) >= 1),
             ("evo-random", lambda r: r["search"]["evolution"]["top1"] - r["search"]["random"]["top1"]),
             ("train CPU-min", lambda r: r["train_cpu_minutes"])]
+    if markdown:
+        print("| recipe | seeds | " + " | ".join(c for c, _ in cols) + " |")
+        print("|---" * (len(cols) + 2) + "|")
+        for name, rs in rows.items():
+            print(f"| {name} | {','.join(str(r['seed']) for r in rs)} | " +
+                  " | ".join(mean_sd([f(r) for r in rs]).strip().replace("±", "± ").replace("  ", " ") for _, f in cols) + " |")
+        return rows
     print(f"{'recipe':22s} {'seeds':6s} " + " ".join(f"{c:>13s}" for c, _ in cols))
     for name, rs in rows.items():
         print(f"{name:22s} {','.join(str(r['seed']) for r in rs):6s} " + " ".join(f"{mean_sd([f(r) for r in rs]):>13s}" for _, f in cols))
@@ -171,15 +187,18 @@ def main():
     ap.add_argument("--out", default="runs/grid")
     ap.add_argument("--seeds", type=train.number_arg(int, 0), nargs="+", default=[0, 1, 2])
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--gaps", nargs="*", default=None, choices=list(RECIPES),
+                    help="recipes whose largest and middle archs are also trained alone for as many steps (default: all)")
     ap.add_argument("--table", action="store_true", help="only print the table of what is done")
+    ap.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = ap.parse_args()
     if not args.table:
         for seed in args.seeds:
             for name in args.recipes:
                 t = time.time()
-                unit(name, seed, args.out)
+                unit(name, seed, args.out, gaps=args.gaps is None or name in args.gaps)
                 print(f"=== {name} seed {seed} done in {train.fmt_time(time.time() - t)}", flush=True)
-    table(args.out)
+    table(args.out, args.markdown)
 
 
 if __name__ == "__main__":

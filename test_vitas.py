@@ -438,9 +438,9 @@ def test_recipe_v1_is_the_plain_v1_loop_bit_for_bit(tmp_path):
     torch.manual_seed(0)
     data = train.build_datasets(args, TINY.image_size)
     net = vitas.SuperTransformer(TINY)
-    opt = torch.optim.AdamW(train.param_groups(net, 0.05), lr=1e-3)
+    opt = torch.optim.AdamW(train.param_groups(net, 0.05), lr=args.lr)
     steps = len(data.train) // 32
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, train.warmup_cosine(steps, steps, 1e-5 / 1e-3))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, train.warmup_cosine(steps, steps, args.min_lr / args.lr))
     p = vitas.solve_identity_prob(TINY, lo, hi, np.random.default_rng([0, 1]))
     order = train.DistributedSampler(data.train, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
     order.set_epoch(0)
@@ -1060,10 +1060,12 @@ TRAIN_BAD = [("--batch-size", "0"), ("--epochs", "-1"), ("--epochs", "0"), ("--h
              ("--min-lr", "-1"), ("--weight-decay", "-0.1"), ("--smoothing", "1"), ("--randaug", "31"), ("--reprob", "2"),
              ("--clip-grad", "-1"), ("--eval-batch-size", "0"), ("--eval-limit", "0"), ("--workers", "-1"),
              ("--seed", "-5"), ("--uniform-epochs", "-1"), ("--sandwich", "-1"), ("--flops-min", "-3M"), ("--lr", "nan"),
-             ("--batch-size", "2.5")]
+             ("--batch-size", "2.5"), ("--throughput-min", "0"), ("--throughput-max", "-5"), ("--calibration-seconds", "-1"),
+             ("--throughput-batch", "0")]
 SEARCH_BAD = [("--population", "1"), ("--generations", "0"), ("--mutate-prob", "2"), ("--eval-size", "0"),
               ("--batch-size", "0"), ("--parents", "1"), ("--seed", "-1"), ("--retrain-epochs", "-1"),
-              ("--rank-check", "1"), ("--rank-epochs", "0"), ("--params-max", "x")]
+              ("--rank-check", "1"), ("--rank-epochs", "0"), ("--params-max", "x"), ("--throughput-min", "-1"),
+              ("--throughput-batch", "0")]
 
 
 @pytest.mark.parametrize("module, flag, value", [("train", *b) for b in TRAIN_BAD] + [("search", *b) for b in SEARCH_BAD])
@@ -1135,3 +1137,69 @@ def test_init_from_another_space_is_refused_in_one_line(trained, tmp_path, capsy
     code, err = run_main(train, ["--arch", str(tmp_path / "arch.json"), "--init-from", str(trained), "--space", "vitas-1g",
                                  "--out", str(tmp_path / "r"), *SMALL], capsys)
     assert code == 2 and "--space vitas-1g differs" in err and "(tiny)" in err and len(err.strip().splitlines()) == 1
+
+
+# -----------------------------------------------------------------------------
+# hardware-aware budgets: measured throughput
+
+def test_throughput_is_measured_positive_and_a_much_larger_arch_is_slower():
+    small = Arch(8, 32, (Block(2, 32, 64),) + (None,) * 5)
+    big = TINY.max_arch()                                      # ~20x the MACs, 4x the tokens
+    fast, slow = (vitas.measure_throughput(a, TINY, batch=16, max_seconds=0.5) for a in (small, big))
+    assert 0 < slow < fast < float("inf") and fast > 3 * slow
+
+
+def test_throughput_meter_measures_each_arch_once(monkeypatch):
+    calls = []
+    monkeypatch.setattr(vitas, "measure_throughput", lambda arch, *a, **k: calls.append(arch) or 1000.0 + len(calls))
+    meter = vitas.ThroughputMeter(TINY, batch=8)
+    archs = random_archs(TINY, 6)
+    first = [meter(a) for a in archs + archs[:3]]
+    assert len(calls) == meter.measured == 6 and first[6:] == first[:3]
+    other = vitas.ThroughputMeter(TINY, batch=16)              # another batch is another measurement
+    other.load_state_dict(meter.state_dict())
+    assert other(archs[0]) and len(calls) == 7
+    again = vitas.ThroughputMeter(TINY, batch=8)
+    again.load_state_dict(meter.state_dict())
+    assert [again(a) for a in archs] == first[:6] and len(calls) == 7
+
+
+def test_search_candidates_meet_the_throughput_budget(trained, tmp_path, capsys):
+    out = tmp_path / "s"
+    summary = search.search(search.parse_args(search_argv(trained, out, "--throughput-min", "1", "--throughput-batch", "8")))
+    cands = [json.loads(line) for line in open(out / "candidates.jsonl")]
+    speeds = sorted(c["throughput"] for c in cands)
+    limit = speeds[len(speeds) // 2]                           # a budget half of them met
+    out2 = tmp_path / "s2"
+    search.search(search.parse_args(search_argv(trained, out2, "--throughput-min", str(limit), "--throughput-batch", "8")))
+    cands = [json.loads(line) for line in open(out2 / "candidates.jsonl")]
+    assert len(cands) == 18 and all(c["throughput"] >= limit for c in cands)
+    front = json.load(open(out2 / "pareto_throughput.json"))
+    assert front and all(not any(o["throughput"] >= r["throughput"] and o["fitness"] > r["fitness"] for o in cands) for r in front)
+    assert summary["throughput"]["batch"] == 8 and summary["throughput"]["dtype"] == "float32"
+    code, err = run_main(search, search_argv(trained, tmp_path / "s3", "--throughput-min", "1e9"), capsys)
+    assert code == 2 and "out of reach" in err and "fastest" in err and "slowest" in err
+
+
+def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_measure_again(tmp_path, monkeypatch, capsys):
+    g = np.random.default_rng(9)
+    probe = [vitas.measure_throughput(TINY.sample(g), TINY, batch=16, max_seconds=0.3) for _ in range(12)]
+    lo, hi = np.median(probe) / 2.5, np.median(probe) * 2.5     # a window typical archs reach
+    argv = ["--out", str(tmp_path), "--throughput-min", f"{lo:.0f}", "--throughput-max", f"{hi:.0f}", "--calibration-seconds", "5",
+            "--uniform-epochs", "0", "--epochs", "1", "--stop-after", "5", *SMALL]
+    train.train(train.parse_args(argv))
+    ck = train.load_checkpoint(tmp_path / "checkpoint.pt")
+    cal = ck["throughput_calibration"]
+    assert cal["measured"] >= 12 and cal["batch"] == 16 and "inside" in cal
+    # independently: archs drawn as training draws them, measured afresh
+    sampler = train.ArchSampler(TINY, 0, 0, 1 / hi, 1 / lo, cost=vitas.LatencyModel(TINY, cal["coef"]))
+    meter = vitas.ThroughputMeter(TINY, batch=16, max_seconds=0.3)
+    rng = np.random.default_rng(11)
+    inside = np.mean([lo <= meter(sampler.draw(rng, learned=True)) <= hi for _ in range(30)])
+    assert inside >= 0.8, inside
+    calls = []
+    monkeypatch.setattr(vitas, "measure_throughput", lambda *a, **k: calls.append(1) or 1.0)
+    train.train(train.parse_args(argv[:-len(SMALL) - 2] + SMALL))   # resumed, run to the end
+    assert calls == [] and train.load_checkpoint(tmp_path / "checkpoint.pt")["throughput_calibration"] == cal
+    code, err = run_main(train, ["--out", str(tmp_path / "x"), "--throughput-min", "1e12", "--calibration-seconds", "1", *SMALL], capsys)
+    assert code == 2 and "out of reach" in err and "fastest" in err and "slowest" in err
