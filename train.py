@@ -914,8 +914,8 @@ def train(args):
 # The super-transformer's training recipe. "v1" is the paper's first version exactly (one sampled
 # network per step, bilateral sharing) with this project's earlier DeiT-like augmentation. "v2",
 # the default, adds the second version's identity shifting and weak augmentation: of the recipes
-# measured (README "Results"), it ranked architectures best per CPU-minute. Cyclic sharing, the
-# sandwich and distillation ranked worse there and stay opt-in. Explicit flags override either.
+# measured (README "Results"), it ranked architectures best per CPU-minute. Cyclic sharing (the
+# runner-up), the sandwich and distillation ranked worse there and stay opt-in. Explicit flags override either.
 RECIPE_KEYS = ("sharing", "sandwich", "distill", "identity_shift")
 RECIPES = {
     "v1": {"sharing": "bilateral", "sandwich": None, "distill": False, "identity_shift": False, "randaug": 9, "reprob": 0.25},
@@ -996,7 +996,7 @@ def get_parser():
                    help="v1: the paper's first version exactly: one sampled network per step, bilateral sharing "
                         "(and DeiT-like augmentation). v2 (default; beyond v1, measured in README Results): v1 plus "
                         "the second version's identity shifting and weak augmentation. Cyclic sharing, the sandwich and "
-                        "distillation (beyond v1; ranked worse in README Results) are the flags below, which override the recipe.")
+                        "distillation (beyond v1; ranked worse per CPU-minute in README Results) are the flags below, which override the recipe.")
     g.add_argument("--uniform-epochs", type=nat, default=2, help="epochs of uniform sampling before the learned identity probability")
     g.add_argument("--flops-min", type=count_arg, default=None, help="FLOPs (MACs) window the learned identity probability aims at, e.g. 0.9G")
     g.add_argument("--flops-max", type=count_arg, default=None, help="e.g. 1.1G; without a window sampling stays uniform")
