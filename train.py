@@ -915,7 +915,8 @@ def train(args):
 # network per step, bilateral sharing) with this project's earlier DeiT-like augmentation. "v2",
 # the default, adds the second version's identity shifting and weak augmentation: of the recipes
 # measured (README "Results"), it ranked architectures best per CPU-minute. Cyclic sharing (the
-# runner-up), the sandwich and distillation ranked worse there and stay opt-in. Explicit flags override either.
+# runner-up), the sandwich and distillation ranked worse there and stay opt-in. Explicit flags
+# override either.
 RECIPE_KEYS = ("sharing", "sandwich", "distill", "identity_shift")
 RECIPES = {
     "v1": {"sharing": "bilateral", "sandwich": None, "distill": False, "identity_shift": False, "randaug": 9, "reprob": 0.25},
