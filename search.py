@@ -35,10 +35,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import infra
 import plots
 import train
 import vitas
-from train import parse_count
+from infra import parse_count, write_json
 
 # -----------------------------------------------------------------------------
 # Genetic operators
@@ -295,6 +296,41 @@ def spearman_rho(x, y):
     return float((rx * ry).sum() / denom) if denom else None
 
 
+def ceiling_tau(top1_by_seed):
+    """The noise ceiling of a rank check: Kendall tau-b between the rankings that two training seeds
+    give the same archs (mean over every pair of seeds when there are more than two). A fitness
+    cannot be expected to rank archs better than training them again does. top1_by_seed: one list
+    per arch of its top-1 under each seed. None with fewer than 2 seeds or where no pair ranks."""
+    runs = np.asarray(top1_by_seed, dtype=float).T                # (seeds, archs)
+    taus = [kendall_tau(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))]
+    taus = [t for t in taus if t is not None]
+    return float(np.mean(taus)) if taus else None
+
+
+def bootstrap_interval(x, y, stat=None, level=0.9, n=2000, seed=0):
+    """Percentile bootstrap interval of stat(x, y) (default Kendall tau-b) over the archs: the pairs
+    resampled with replacement `n` times; resamples where stat is undefined (a constant side) are
+    skipped. (lo, hi), or None where no resample is defined."""
+    stat = stat or kendall_tau
+    x, y = _paired(x, y)
+    rng = np.random.default_rng(seed)
+    values = [v for idx in rng.integers(0, len(x), (n, len(x))) if (v := stat(x[idx], y[idx])) is not None]
+    if not values:
+        return None
+    return float(np.quantile(values, (1 - level) / 2)), float(np.quantile(values, (1 + level) / 2))
+
+
+def rank_agreement(fitness, top1_by_seed, level=0.9):
+    """Everything a rank check reports about fitness against archs trained alone with one or more
+    seeds: tau-b and rho against the seed mean, a bootstrap interval of that tau over the archs, the
+    noise ceiling (ceiling_tau) and tau over the ceiling."""
+    mean = np.asarray(top1_by_seed, dtype=float).mean(axis=1)
+    tau, ceiling = kendall_tau(fitness, mean), ceiling_tau(top1_by_seed)
+    return {"kendall_tau": tau, "spearman_rho": spearman_rho(fitness, mean),
+            "tau_interval": bootstrap_interval(fitness, mean, level=level), "interval_level": level,
+            "ceiling_tau": ceiling, "tau_over_ceiling": None if tau is None or not ceiling or ceiling <= 0 else tau / ceiling}
+
+
 def spread_over_fitness(records, k):
     """k distinct records whose fitness is spread evenly over the range: for each of k evenly spaced
     fitness targets from the lowest to the highest, the nearest record not yet picked."""
@@ -321,7 +357,7 @@ def fitness_fn(supernet, loader, d, sides, amp=False):
     "loss": mean cross-entropy}; with bilateral sharing, the mean over its left and right slices
     (arXiv 2106.13700 section 3). Search fitness is "top1" (the paper's) or -"loss" (--fitness)."""
     def fitness(arch):
-        res = [train.evaluate(supernet, loader, d, arch, side, amp) for side in sides]
+        res = [infra.evaluate(supernet, loader, d, arch, side, amp) for side in sides]
         return {k: sum(r[k] for r in res) / len(res) for k in FITNESS}
     return fitness
 
@@ -378,18 +414,7 @@ BASELINES = {"uniform": baseline_arch, "deit": deit_arch}
 
 
 # -----------------------------------------------------------------------------
-# Files
-
-
-def write_json(path, obj, lines=False):
-    """Atomic: a crash mid-write leaves the previous file whole."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        if lines:
-            f.writelines(json.dumps(r) + "\n" for r in obj)
-        else:
-            json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+# Running a search, and training archs alone
 
 
 def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, log, write, meter=None):
@@ -411,7 +436,7 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
             if meter is not None:   # the figures the interrupted run measured: the same decisions again
                 meter.load_state_dict(state.get("throughput", []))
         except (json.JSONDecodeError, ValueError) as e:
-            raise train.UserError(f"cannot resume from {state_path}: {e}; use another --out or delete it") from None
+            raise infra.UserError(f"cannot resume from {state_path}: {e}; use another --out or delete it") from None
         log(f"[{algo}] resumed at generation {evo.generation}/{args.generations}")
     t0, g0 = time.time(), evo.generation
     while evo.generation < args.generations:
@@ -427,7 +452,7 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
         eta = (time.time() - t0) / (evo.generation - g0) * (args.generations - evo.generation)
         log(f"[{algo}] generation {evo.generation}/{args.generations}: best top-1 {best['top1']:.2f}% loss {best['loss']:.3f} "
             f"({best['flops'] / 1e6:.2f} MFLOPs), generation mean top-1 {np.mean([sc['top1'] for sc in scores]):.2f}%, "
-            f"{len(evo.history)} evaluated, ETA {train.fmt_time(eta)}")
+            f"{len(evo.history)} evaluated, ETA {infra.fmt_time(eta)}")
         if args.stop_after and evo.generation >= args.stop_after:   # for tests: simulate an interruption
             return None
     if write:
@@ -471,27 +496,31 @@ def throughput_meter(args, space, identity_prob, d, log):
     log(f"throughput on {device} (batch {batch}{', bf16' if args.throughput_amp else ''}) of {len(probe)} archs in the "
         f"window: {speeds[0][0]:,.0f} to {speeds[-1][0]:,.0f} images/s")
     if args.throughput_min > speeds[-1][0]:
-        raise train.UserError(f"--throughput-min {args.throughput_min:g} images/s is out of reach in the FLOPs window: the fastest "
+        raise infra.UserError(f"--throughput-min {args.throughput_min:g} images/s is out of reach in the FLOPs window: the fastest "
                               f"measured arch does {speeds[-1][0]:,.0f} ({speeds[-1][1]}), the slowest {speeds[0][0]:,.0f} "
                               f"({speeds[0][1]}); lower it or move the window")
     return meter
 
 
-def retrain_argv(ck, epochs, device, world):
+def retrain_argv(ck, epochs, device, world, seed=0):
     """train.py flags that train an arch alone on the checkpoint's data, held-out split, optimiser
     and effective batch (split over this job's `world` processes, so the result does not depend on
-    how many there are); augmentation and regularisation are retrain mode's own defaults."""
+    how many there are); augmentation and regularisation are retrain mode's own defaults. `seed`
+    j > 0 changes only the training (initialisation, data order): --seed is the checkpoint's plus j,
+    --data-seed stays the checkpoint's."""
     ck_args = ck["args"]
     batch = ck_args["batch_size"] * ck.get("world", 1)
     if batch % world:
-        raise train.UserError(f"the checkpoint's effective batch {batch} does not split over {world} processes; "
+        raise infra.UserError(f"the checkpoint's effective batch {batch} does not split over {world} processes; "
                               f"run with a process count that divides it")
-    keep = {"space": "--space", "data": "--data", "data_root": "--data-root", "seed": "--seed",
+    keep = {"space": "--space", "data": "--data", "data_root": "--data-root",
             "synthetic_size": "--synthetic-size", "synthetic_classes": "--synthetic-classes", "holdout": "--holdout",
             "lr": "--lr", "min_lr": "--min-lr", "weight_decay": "--weight-decay",
             "warmup_epochs": "--warmup-epochs", "clip_grad": "--clip-grad", "workers": "--workers",
             "eval_batch_size": "--eval-batch-size", "eval_limit": "--eval-limit"}
-    argv = ["--epochs", str(epochs), "--batch-size", str(batch // world), "--device", device, "--log-every", "1000"]
+    data_seed = ck_args["seed"] if ck_args.get("data_seed") is None else ck_args["data_seed"]
+    argv = ["--epochs", str(epochs), "--batch-size", str(batch // world), "--device", device, "--log-every", "1000",
+            "--seed", str(ck_args["seed"] + seed), "--data-seed", str(data_seed)]
     for key, flag in keep.items():
         if ck_args.get(key) is not None:
             argv += [flag, str(ck_args[key])]
@@ -536,7 +565,7 @@ def compare_retrained(args, space, best, ck, d, log):
     for name, design in BASELINES.items():
         base = design(space, best["flops"], args.flops_min, args.flops_max)
         if base is None:
-            raise train.UserError(f"no hand-designed network ({name}) lies in the FLOPs window; the search results are "
+            raise infra.UserError(f"no hand-designed network ({name}) lies in the FLOPs window; the search results are "
                                   f"in {args.out}: widen the window or leave out --retrain-epochs")
         archs[name] = base
     argv = retrain_argv(ck, args.retrain_epochs, args.device, d.world)
@@ -552,14 +581,16 @@ def compare_retrained(args, space, best, ck, d, log):
 
 
 def rank_check(args, space, ck, holdout_images, d, log):
-    """Kendall tau-b and Spearman rho between search fitness (inherited weights) and the val top-1
-    of the same archs trained alone: K candidates spread over the fitness range, each retrained for
-    --rank-epochs with train.py's retrain mode; rank_check.json holds the pairs."""
+    """How far the search's judgement can be trusted: K candidates spread over the fitness range,
+    each trained alone for --rank-epochs with --rank-seeds training seeds (train.py's retrain mode,
+    the checkpoint's data). Kendall tau-b and Spearman rho of fitness against the seed mean, a
+    bootstrap interval of tau over the archs, and the noise ceiling: tau between the seeds' own
+    rankings. rank_check.json holds it all, per arch and per seed."""
     if d.world > 1:   # rank 0 wrote the candidates
         dist.barrier()
     path = os.path.join(args.out, "candidates.jsonl")
     if not os.path.exists(path):
-        raise train.UserError(f"--rank-check: no candidates in {args.out} ({path} is missing); run the search there "
+        raise infra.UserError(f"--rank-check: no candidates in {args.out} ({path} is missing); run the search there "
                               f"first (give --ckpt, --flops-min and --flops-max)")
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
@@ -567,41 +598,54 @@ def rank_check(args, space, ck, holdout_images, d, log):
     try:
         picked = spread_over_fitness(inside, args.rank_check)
     except ValueError as e:
-        raise train.UserError(f"--rank-check {args.rank_check}: {e} in {path} inside the window; lower K or search longer") from None
-    argv = retrain_argv(ck, args.rank_epochs, args.device, d.world)
+        raise infra.UserError(f"--rank-check {args.rank_check}: {e} in {path} inside the window; lower K or search longer") from None
+    argvs = [retrain_argv(ck, args.rank_epochs, args.device, d.world, seed) for seed in range(args.rank_seeds)]
     out_path = os.path.join(args.out, "rank_check.json")
     measure = "held-out top-1" if args.fitness == "top1" else "minus held-out loss"
     result = {"kendall_tau": None, "spearman_rho": None, "archs": [],
-              "settings": {"k": args.rank_check, "epochs": args.rank_epochs, "flops_min": args.flops_min,
+              "settings": {"k": args.rank_check, "epochs": args.rank_epochs, "seeds": args.rank_seeds, "flops_min": args.flops_min,
                            "flops_max": args.flops_max, "fitness": args.fitness, "holdout_images": holdout_images,
-                           "retrain_argv": argv, "processes": d.world}}
+                           "retrain_argv": argvs, "processes": d.world}}
     log(f"rank check: {len(picked)} of {len(inside)} candidates, fitness {min(r['fitness'] for r in picked):.3f} to "
-        f"{max(r['fitness'] for r in picked):.3f}, each trained alone for {args.rank_epochs} epochs")
+        f"{max(r['fitness'] for r in picked):.3f}, each trained alone for {args.rank_epochs} epochs with {args.rank_seeds} seed(s)")
     for i, r in enumerate(picked):
         arch = vitas.Arch.from_dict(r["arch"])
-        val = retrain(arch, retrain_folder(args, arch, argv), argv, d, log)
+        vals = [retrain(arch, retrain_folder(args, arch, argv), argv, d, log) for argv in argvs]
+        seeds = [v["top1"] for v in vals]
         result["archs"].append({"arch": r["arch"], "flops": r["flops"], "params": r["params"], "fitness": r["fitness"],
-                                "inherited": {k: r[k] for k in FITNESS if k in r}, "top1": val["top1"],
-                                "top5": val["top5"], "val_images": val.get("n")})
+                                "inherited": {k: r[k] for k in FITNESS if k in r}, "top1": float(np.mean(seeds)),
+                                "top1_seeds": seeds, "top5": float(np.mean([v["top5"] for v in vals])),
+                                "val_images": vals[0].get("n")})
         if d.main:
             write_json(out_path, result)
-        log(f"rank check {i + 1}/{len(picked)}: fitness {r['fitness']:.3f}, alone {val['top1']:.1f}%  {arch}")
+        log(f"rank check {i + 1}/{len(picked)}: fitness {r['fitness']:.3f}, alone {' '.join(f'{t:.1f}' for t in seeds)}%  {arch}")
     rows = result["archs"]
-    alone = [a["top1"] for a in rows]
-    result["kendall_tau"] = kendall_tau([a["fitness"] for a in rows], alone)
-    result["spearman_rho"] = spearman_rho([a["fitness"] for a in rows], alone)
+    by_seed = [a["top1_seeds"] for a in rows]
+    result.update(rank_agreement([a["fitness"] for a in rows], by_seed))
     # the other measure too, when the candidates carry it: which fitness ranks better is a question in itself
-    result["by_measure"] = {m: {"kendall_tau": kendall_tau(v, alone), "spearman_rho": spearman_rho(v, alone)}
-                            for m in FITNESS if all(m in a["inherited"] for a in rows)
-                            for v in [[fitness_value(a["inherited"], m) for a in rows]]}
+    result["by_measure"] = {m: rank_agreement([fitness_value(a["inherited"], m) for a in rows], by_seed)
+                            for m in FITNESS if all(m in a["inherited"] for a in rows)}
     if d.main:
         write_json(out_path, result)
-    fmt = lambda v: "n/a (constant)" if v is None else f"{v:.3f}"
     log(f"\nrank check ({measure} of the inherited weights vs val top-1 trained alone, {len(rows)} archs):")
     for a in sorted(rows, key=lambda a: a["fitness"]):
-        log(f"  fitness {a['fitness']:8.3f}  alone {a['top1']:5.1f}%  {a['flops'] / 1e6:5.2f} MFLOPs  {vitas.Arch.from_dict(a['arch'])}")
-    log(f"  Kendall tau-b {fmt(result['kendall_tau'])}, Spearman rho {fmt(result['spearman_rho'])}; wrote {out_path}")
+        log(f"  fitness {a['fitness']:8.3f}  alone {a['top1']:5.1f}% ({' '.join(f'{t:.1f}' for t in a['top1_seeds'])})  "
+            f"{a['flops'] / 1e6:5.2f} MFLOPs  {vitas.Arch.from_dict(a['arch'])}")
+    log("  " + describe_agreement(result) + f"; wrote {out_path}")
     return result
+
+
+def describe_agreement(r):
+    """One line on how to read a rank check's figures."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
+    line = f"Kendall tau-b {fmt(r['kendall_tau'])}"
+    if r.get("tau_interval"):
+        line += f" ({100 * r['interval_level']:.0f}% bootstrap interval {r['tau_interval'][0]:.2f} to {r['tau_interval'][1]:.2f})"
+    line += f", Spearman rho {fmt(r['spearman_rho'])}"
+    if r.get("ceiling_tau") is None:
+        return line + "; no noise ceiling with one seed (--rank-seeds 2 or more measures it)"
+    return (line + f"; ceiling {fmt(r['ceiling_tau'])} (tau between the training seeds' own rankings: no fitness can "
+            f"be expected to do better), tau/ceiling {fmt(r['tau_over_ceiling'])}; a difference inside the interval is no difference")
 
 
 def device_name(device):
@@ -616,7 +660,7 @@ def resolve_from_folder(args):
     path = os.path.join(args.out, "search.json")
     if not args.rank_check or not os.path.exists(path):
         missing = [f for f, v in (("--ckpt", args.ckpt), ("--flops-min", args.flops_min), ("--flops-max", args.flops_max)) if v is None]
-        raise train.UserError(f"{', '.join(missing)} required (or --rank-check K with --out a search folder holding search.json)")
+        raise infra.UserError(f"{', '.join(missing)} required (or --rank-check K with --out a search folder holding search.json)")
     with open(path) as f:
         summary = json.load(f)
     for key in ("ckpt", "flops_min", "flops_max", "fitness"):
@@ -626,18 +670,18 @@ def resolve_from_folder(args):
 
 def load_supernet(args, d, log):
     """The checkpoint's space and args, and a fitness function on its held-out split."""
-    ck = train.load_checkpoint(args.ckpt)
+    ck = infra.load_checkpoint(args.ckpt)
     if ck.get("mode") != "super":
-        raise train.UserError(f"{args.ckpt} is a retrain checkpoint; search needs a super-transformer checkpoint")
+        raise infra.UserError(f"{args.ckpt} is a retrain checkpoint; search needs a super-transformer checkpoint")
     space = vitas.SearchSpace(**ck["space"])
     ck_args = ck["args"]
     supernet = vitas.SuperTransformer(space)
     supernet.load_state_dict(ck["model"])
     supernet.to(d.device).eval()
-    data = train.build_datasets(argparse.Namespace(**{**ck_args, "download": False}), space.image_size)
+    data = infra.build_datasets(argparse.Namespace(**{**ck_args, "download": False}), space.image_size)
     if len(data.holdout) == 0:
-        raise train.UserError(f"{args.ckpt} was trained with --holdout 0: there are no held-out images to score archs on")
-    loader = train.eval_loader(data.holdout, args.batch_size, d, ck_args.get("workers", 0), limit=args.eval_size)
+        raise infra.UserError(f"{args.ckpt} was trained with --holdout 0: there are no held-out images to score archs on")
+    loader = infra.eval_loader(data.holdout, args.batch_size, d, ck_args.get("workers", 0), limit=args.eval_size)
     sides = vitas.SHARINGS[ck_args["sharing"]]
     n_eval = min(len(data.holdout), args.eval_size or len(data.holdout))
     log(f"fitness: {args.fitness} on {n_eval} held-out images (one image = {100 / n_eval:.2f} points of top-1; "
@@ -646,11 +690,11 @@ def load_supernet(args, d, log):
 
 
 def search(args):
-    d = train.setup_distributed(args.device)
+    d = infra.setup_distributed(args.device)
     log = d.log
     alone = args.ckpt is None
     summary = resolve_from_folder(args) if alone else None
-    ck = train.load_checkpoint(args.ckpt)
+    ck = infra.load_checkpoint(args.ckpt)
     space = vitas.SearchSpace(**ck["space"])
     lo, hi = vitas.flops(space.min_arch(), space), vitas.flops(space.max_arch(), space)
     log(f"search space: {lo / 1e6:.2f}-{hi / 1e6:.2f} MFLOPs with every block present; window "
@@ -689,7 +733,7 @@ def search(args):
             summary["retrain"] = compare_retrained(args, space, runs[args.algo].best, ck, d, log)
     if args.rank_check:
         rc = rank_check(args, space, ck, summary.get("holdout_images"), d, log)
-        summary["rank_check"] = {k: rc[k] for k in ("kendall_tau", "spearman_rho", "by_measure")}
+        summary["rank_check"] = {k: v for k, v in rc.items() if k not in ("archs", "settings")}
     if d.main:
         write_json(os.path.join(args.out, "search.json"), summary)
         if not alone:
@@ -703,22 +747,22 @@ def search(args):
 
 
 def rank_k_arg(text):
-    k = train.number_arg(int, 0)(text)
+    k = infra.number_arg(int, 0)(text)
     if k == 1:
         raise argparse.ArgumentTypeError("1: a rank agreement needs at least 2 archs; expected 0 (off) or a whole number >= 2")
     return k
 
 
 def get_parser():
-    nat, pos = train.number_arg(int, 0), train.number_arg(int, 1)
-    ap = train.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    nat, pos = infra.number_arg(int, 0), infra.number_arg(int, 1)
+    ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_argument_group("search")
     g.add_argument("--ckpt", default=None, help="super-transformer checkpoint.pt from train.py (space, data and held-out split "
                                                 "come from it); required unless --rank-check runs alone on a search folder")
-    g.add_argument("--flops-min", type=train.count_arg, default=None, help="e.g. 0.9G, 900M or a plain number (MACs); required with --ckpt")
-    g.add_argument("--flops-max", type=train.count_arg, default=None, help="e.g. 1.1G; required with --ckpt")
-    g.add_argument("--params-max", type=train.count_arg, default=None, help="optional parameter budget, e.g. 6M")
-    g.add_argument("--throughput-min", type=train.number_arg(float, 0, lo_open=True), default=None, metavar="IMG/S",
+    g.add_argument("--flops-min", type=infra.count_arg, default=None, help="e.g. 0.9G, 900M or a plain number (MACs); required with --ckpt")
+    g.add_argument("--flops-max", type=infra.count_arg, default=None, help="e.g. 1.1G; required with --ckpt")
+    g.add_argument("--params-max", type=infra.count_arg, default=None, help="optional parameter budget, e.g. 6M")
+    g.add_argument("--throughput-min", type=infra.number_arg(float, 0, lo_open=True), default=None, metavar="IMG/S",
                    help="optional speed budget: candidates whose exported ViT does fewer images/s on this device (eval, "
                         "no grad) are rejected before evaluation; each arch measured once (candidates.jsonl gains "
                         "'throughput', pareto_throughput.json is written)")
@@ -726,10 +770,11 @@ def get_parser():
     g.add_argument("--throughput-amp", action="store_true", help="measure throughput under bf16 autocast (CUDA)")
     g.add_argument("--algo", default="evolution", choices=ALGOS)
     g.add_argument("--compare", action="store_true", help="also run the other algorithm with the same number of evaluations")
-    g.add_argument("--population", type=train.number_arg(int, 2), default=50)
+    g.add_argument("--population", type=infra.number_arg(int, 2), default=50)
     g.add_argument("--generations", type=pos, default=20)
-    g.add_argument("--parents", type=train.number_arg(int, 2), default=10, help="top-k of all evaluated archs that breed (<= population)")
-    g.add_argument("--mutate-prob", type=train.number_arg(float, 0, 1), default=0.1, help="probability each gene is re-drawn in a mutation")
+    g.add_argument("--parents", type=infra.number_arg(int, 2), default=None,
+                   help="top-k of all evaluated archs that breed (<= population; default 10, or the population if smaller)")
+    g.add_argument("--mutate-prob", type=infra.number_arg(float, 0, 1), default=0.1, help="probability each gene is re-drawn in a mutation")
     g.add_argument("--fitness", default="top1", choices=FITNESS,
                    help="top1: held-out top-1 of the inherited weights (the paper's); loss: minus their held-out "
                         "cross-entropy (finer on a small held-out split; beyond the paper). Both are recorded.")
@@ -749,6 +794,9 @@ def get_parser():
                         "between their fitness and their val top-1 (rank_check.json). Runs after the search, or alone "
                         "with --out a finished search folder. Finished retrains are reused. (0: off)")
     g.add_argument("--rank-epochs", type=pos, default=5, help="epochs each rank-check arch is trained alone (default 5)")
+    g.add_argument("--rank-seeds", type=pos, default=2,
+                   help="training seeds each rank-check arch is trained alone with (default 2): tau is taken against their "
+                        "mean, and tau between the seeds' own rankings is the noise ceiling (1: no ceiling)")
     g.add_argument("--retrain-dir", default=None, help="where archs trained alone go (default OUT/retrain, a folder per "
                                                        "arch and settings); share it between searches to reuse them")
     return ap
@@ -757,16 +805,18 @@ def get_parser():
 def parse_args(argv=None):
     ap = get_parser()
     args = ap.parse_args(argv)
+    if args.parents is None:
+        args.parents = min(10, args.population)
     if args.parents > args.population:
         ap.error(f"argument --parents: {args.parents} exceeds --population {args.population}; expected at most the population")
     if args.ckpt is not None and (args.flops_min is None or args.flops_max is None):
         ap.error("--ckpt needs the FLOPs window too: give --flops-min and --flops-max (e.g. 2M and 4M)")
-    train.check_flops_window(ap, args)
+    infra.check_flops_window(ap, args)
     return args
 
 
 def main(argv=None):
-    train.run_cli(search, parse_args(argv))
+    infra.run_cli(search, parse_args(argv))
 
 
 if __name__ == "__main__":
