@@ -427,7 +427,7 @@ def evaluate_checkpoint(args):
 
 # Checkpoints hold tensors and plain Python values only (dicts, lists, numbers, strings), so they
 # load with torch.load(weights_only=True): opening a checkpoint someone sent you runs no code.
-CHECKPOINT_FORMAT = 2   # 1: the first format, pickled numpy/argparse objects (needed weights_only=False)
+CHECKPOINT_FORMAT = 2   # 1: the first format, which pickled numpy RNG state (loadable only by running its pickle)
 
 
 def save_checkpoint(path, state):

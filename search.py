@@ -122,7 +122,7 @@ class Evolution:
         self.params_max = None if params_max is None else parse_count(params_max)
         self.rng = np.random.default_rng(seed)
         # raises at once where the window is empty or out of the space's reach
-        solved = vitas.solve_identity_prob(space, self.flops_min, self.flops_max, self.rng)
+        solved = vitas.solve_identity_prob(space, self.flops_min, self.flops_max)
         self.identity_prob = solved if identity_prob is None else float(identity_prob)
         if self.params_max is not None:
             fewest = min(vitas.params(vitas.Arch(p, space.embed_dims[0], (None,) * space.depth), space)
@@ -709,7 +709,7 @@ def search(args):
             write_json(os.path.join(args.out, "search.json"), summary)
         shift = ck["args"].get("identity_shift", False)
         p = ck["identity_prob"] if ck["identity_prob"] is not None else vitas.solve_identity_prob(
-            space, args.flops_min, args.flops_max, np.random.default_rng(args.seed))
+            space, args.flops_min, args.flops_max)
         meter = None if args.throughput_min is None else throughput_meter(args, space, p, d, log)
         if meter is not None:
             summary["throughput"] = {"device": device_name(d.device), "batch": meter.batch,

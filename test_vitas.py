@@ -395,6 +395,39 @@ def test_learned_identity_probability_concentrates_flops_in_the_window():
     assert sampler(7, 1) == sampler(7, 1)                        # (seed, step) decides the arch
 
 
+def mean_flops_at(space, p):
+    """E[FLOPs] of space.sample(generator, p), from every choice as sample() draws it: patch size and
+    embed dim uniform, each block identity with probability p, else heads uniform, then an attention
+    width uniform among those the heads divide, and an MLP width uniform."""
+    total = 0.0
+    for patch in space.patch_sizes:
+        for c in space.embed_dims:
+            empty = vitas.flops(Arch(patch, c, (None,) * space.depth), space)
+            per_block = np.mean([np.mean([vitas.flops(Arch(patch, c, (Block(h, a, m),) * space.depth), space) - empty
+                                          for a in space.attn_dims if a % h == 0 for m in space.mlp_dims]) for h in space.heads])
+            total += empty + (1 - p) * per_block          # per_block: all depth blocks present
+    return total / (len(space.patch_sizes) * len(space.embed_dims))
+
+
+@pytest.mark.parametrize("space, window", [(TINY, (2e6, 4e6)), (TINY, (2.9e6, 3.1e6)), (TINY, (1.0e6, 1.5e6)),
+                                           (BIG, (0.9e9, 1.1e9)), (BIG, (0.6e9, 0.8e9))])
+def test_solved_identity_probability_centres_the_expected_flops_in_the_window(space, window):
+    """The solved p against an independent expectation: a wrong solve (no solve, p = 1/2, or p and
+    1 - p swapped) misses the window's centre by far more than 1%."""
+    centre = sum(window) / 2
+    p = vitas.solve_identity_prob(space, *map(int, window))
+    assert 0 < p < 1 and mean_flops_at(space, p) == pytest.approx(centre, rel=0.01)
+    for wrong in (0.5, 1 - p):
+        assert abs(mean_flops_at(space, wrong) / centre - 1) > 0.05, wrong
+
+
+def test_identity_probability_clips_at_zero_and_one():
+    top = vitas.flops(TINY.max_arch(), TINY)
+    assert mean_flops_at(TINY, 0.0) < 0.9 * top and vitas.solve_identity_prob(TINY, int(0.9 * top), top) == 0.0
+    bottom = vitas.flops(Arch(TINY.patch_sizes[-1], TINY.embed_dims[0], (None,) * TINY.depth), TINY)
+    assert mean_flops_at(TINY, 1.0) > 1.01 * bottom and vitas.solve_identity_prob(TINY, bottom, int(1.01 * bottom)) == 1.0
+
+
 def test_unreachable_flops_window_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="unreachable"):
         train.ArchSampler(TINY, 0, 0, flops_min=10**12, flops_max=2 * 10**12)
@@ -476,7 +509,7 @@ def test_recipe_v1_is_the_plain_v1_loop_bit_for_bit(tmp_path):
     opt = torch.optim.AdamW(infra.param_groups(net, 0.05), lr=args.lr)
     steps = len(data.train) // 32
     sched = torch.optim.lr_scheduler.LambdaLR(opt, infra.warmup_cosine(steps, steps, args.min_lr / args.lr))
-    p = vitas.solve_identity_prob(TINY, lo, hi, np.random.default_rng([0, 1]))
+    p = vitas.solve_identity_prob(TINY, lo, hi)
     order = DistributedSampler(data.train, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
     order.set_epoch(0)
     loader = DataLoader(data.train, batch_size=32, sampler=order, drop_last=True, generator=torch.Generator().manual_seed(0))
@@ -1415,142 +1448,3 @@ def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_mea
     assert calls == [] and infra.load_checkpoint(tmp_path / "checkpoint.pt")["throughput_calibration"] == cal
     code, err = run_main(train, ["--out", str(tmp_path / "x"), "--throughput-min", "1e12", "--calibration-seconds", "1", *SMALL], capsys)
     assert code == 2 and "out of reach" in err and "fastest" in err and "slowest" in err
-
-
-# ---- kernel economy (issue 17)
-import copy  # noqa: E402
-
-import bench  # noqa: E402
-
-WRAPS = Arch(4, 48, (Block(2, 32, 128), None, Block(4, 48, 64), None, None, Block(2, 64, 192)))   # cyclic 48 wraps
-
-
-def kept(width, full, side, embed=False):
-    """The channels a slice keeps, written out: the first or the last `width`, or (cyclic, embedding
-    channels) the ring window after the narrower widths laid end to end; in the order taken."""
-    if width == full:
-        return list(range(full))
-    if side == "cyclic" and embed:
-        start = sum(e for e in TINY.embed_dims if e < width)
-        return [(start + j) % full for j in range(width)]
-    return list(range(full - width, full)) if side == "right" else list(range(width))
-
-
-def by_hand(net, arch, side):
-    """The plain ViT's parameters that export must give, sliced by hand from the documented layouts
-    (SuperBlock.columns and .entries, SuperTokens and SuperHead rows), not with vitas.take."""
-    C, A, M = TINY.embed_dims[-1], TINY.attn_dims[-1], TINY.mlp_dims[-1]
-    ce = kept(arch.embed_dim, C, side, embed=True)
-    tok = net.tokens[f"p{arch.patch_size}"]
-    rows = tok.vector.view(-1, C)[:, ce]
-    out = {"tokens.proj.weight": tok.weight[ce], "tokens.proj.bias": rows[0], "tokens.cls_token": rows[1].view(1, 1, -1),
-           "tokens.pos_embed": rows[2:][None], "norm.weight": net.head.vector.view(2, C)[0, ce],
-           "norm.bias": net.head.vector.view(2, C)[1, ce], "head.weight": net.head.weight[:, ce], "head.bias": net.head.bias}
-    for i, (blk, b) in enumerate(zip(net.blocks, arch.blocks)):
-        if b is None:
-            continue
-        ca, cm, h = kept(b.attn_dim, A, side), kept(b.mlp_dim, M, side), b.heads
-
-        def cols(*parts):       # columns of blk.weight: (part, its channels kept), end to end
-            return [blk.columns[n].start + j for n, ch in parts for j in ch]
-
-        def ents(*parts):       # entries of blk.vector, likewise
-            return blk.vector[[blk.entries[n].start + j for n, ch in parts for j in ch]]
-
-        w = blk.weight[ce]
-        out.update({f"blocks.{i}.{k}": v for k, v in {
-            "attn.qkv.weight": w[:, cols((f"q{h}", ca), (f"k{h}", ca), ("v", ca))].T,
-            "attn.qkv.bias": ents((f"q{h}.bias", ca), (f"k{h}.bias", ca), ("v.bias", ca)),
-            "attn.proj.weight": w[:, cols(("proj", ca))], "attn.proj.bias": ents(("proj.bias", ce)),
-            "fc1.weight": w[:, cols(("fc1", cm))].T, "fc1.bias": ents(("fc1.bias", cm)),
-            "fc2.weight": w[:, cols(("fc2", cm))], "fc2.bias": ents(("fc2.bias", ce)),
-            "norm1.weight": ents(("norm1.weight", ce)), "norm1.bias": ents(("norm1.bias", ce)),
-            "norm2.weight": ents(("norm2.weight", ce)), "norm2.bias": ents(("norm2.bias", ce))}.items()})
-    return out
-
-
-@pytest.mark.parametrize("side", ["left", "right", "cyclic"])
-def test_export_takes_the_documented_parts_of_the_stacked_parameters(side):
-    net = perturb(vitas.SuperTransformer(TINY))
-    for arch in (WRAPS, TINY.max_arch(), TINY.min_arch()):
-        got, want = vitas.export(net, arch, side).state_dict(), by_hand(net, arch, side)
-        assert got.keys() == want.keys()
-        for k in got:
-            assert torch.equal(got[k], want[k]), (str(arch), side, k)
-
-
-@pytest.mark.parametrize("side", ["left", "right", "cyclic"])
-def test_super_gradients_are_the_exported_vits_mapped_back_to_the_slice(side):
-    """Forward equal to the exported ViT's, and every parameter's gradient equal to the ViT's
-    gradients written back where export took each entry from (found by exporting entry ids), zero
-    or None elsewhere: gradient only on the slice, for the cyclic window that wraps too."""
-    torch.manual_seed(0)
-    net = perturb(vitas.SuperTransformer(TINY)).double()
-    ids, n = copy.deepcopy(net), 0
-    with torch.no_grad():
-        for p in ids.parameters():
-            p.copy_(torch.arange(n, n + p.numel(), dtype=torch.float64).view_as(p))
-            n += p.numel()
-    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.arange(4)
-    for arch in (WRAPS, TINY.max_arch(), Arch(8, 32, (None, Block(4, 64, 64)) + (None,) * 4)):
-        net.zero_grad(set_to_none=True)
-        vit = vitas.export(net, arch, side)
-        out = net(x, arch, side)
-        assert torch.allclose(out, vit(x), rtol=1e-10, atol=1e-12), (str(arch), side)
-        F.cross_entropy(out, y).backward()
-        F.cross_entropy(vit(x), y).backward()
-        source = torch.cat([p.flatten() for p in vitas.export(ids, arch, side).parameters()]).long()
-        assert len(source.unique()) == len(source)                     # each super entry feeds one ViT entry
-        want = torch.zeros(n, dtype=torch.float64)
-        want[source] = torch.cat([p.grad.flatten() for p in vit.parameters()])
-        got = torch.cat([torch.zeros(p.numel(), dtype=torch.float64) if p.grad is None else p.grad.flatten()
-                         for p in net.parameters()])
-        assert torch.allclose(got, want, rtol=1e-9, atol=1e-13), (str(arch), side)
-        used = torch.zeros(n, dtype=torch.bool)
-        used[source] = True
-        assert not got[~used].any() and got[used].any()
-
-
-def test_largest_arch_trains_every_part_of_its_branch():
-    """Every part (SuperBlock.columns / entries) of the largest arch's branch gets a gradient; the
-    private Q and K of the other head counts and the other patch sizes' tokens none."""
-    net = perturb(vitas.SuperTransformer(TINY))
-    arch = TINY.max_arch()
-    F.cross_entropy(net(torch.randn(8, 3, 32, 32), arch), torch.arange(8)).backward()
-    h = arch.blocks[0].heads
-    for name, p in net.named_parameters():
-        if name.startswith("tokens.") and not name.startswith(f"tokens.p{arch.patch_size}."):
-            assert p.grad is None, name
-        else:
-            assert p.grad is not None and p.grad.any(), name
-    for blk in net.blocks:
-        for part, r in [*blk.columns.items(), *blk.entries.items()]:
-            g = blk.weight.grad[:, r.start:r.stop] if part in blk.columns else blk.vector.grad[r.start:r.stop]
-            private = part[0] in "qk" and part.split(".")[0] not in (f"q{h}", f"k{h}")
-            assert bool(g.any()) != private, part
-
-
-def test_stacked_parameters_keep_weight_decay_off_norms_and_biases_and_each_init():
-    """Matrices >= 2-D, norms, biases and embeddings 1-D (train.param_groups goes by p.ndim); each
-    stacked part initialised as the plain ViT's: trunc-normal(0.02), norms one, biases zero."""
-    torch.manual_seed(0)
-    net = vitas.SuperTransformer(TINY)
-    for name, p in net.named_parameters():
-        assert (p.ndim >= 2) == name.endswith(".weight"), name
-    for m in [*net.tokens.values(), *net.blocks, net.head]:
-        w = m.weight.detach()
-        assert abs(w.std().item() - 0.02) < 0.002 and w.abs().max() < 0.02 * 6
-        for part, r in m.entries.items():
-            v = m.vector.detach()[r.start:r.stop]
-            if part in ("cls_token", "pos_embed"):
-                assert abs(v.std().item() - 0.02) < 0.005, part
-            else:
-                assert torch.equal(v, torch.full_like(v, float(part.startswith("norm") and part.endswith(".weight")))), part
-
-
-def test_super_step_launches_at_most_1_3x_the_plain_vits_kernels():
-    """bench.kernel_counts on the tiny mid arch, fp32: one side <= 1.3x plain (2.38x before
-    issue 17: 286 against 120), bilateral about twice one side."""
-    plain, one, both = bench.kernel_counts(TINY, bench.TINY_MID)
-    assert one <= 1.3 * plain, (plain, one, both)
-    assert both <= 2.2 * one, (plain, one, both)

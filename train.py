@@ -91,7 +91,7 @@ class ArchSampler:
         self.window = None if flops_min is None and flops_max is None else (flops_min or 0, flops_max or self.cost(space.max_arch()))
         self.identity_prob = identity_prob
         if self.window is not None and identity_prob is None:
-            self.identity_prob = vitas.solve_identity_prob(space, *self.window, np.random.default_rng([seed, 1]), cost=cost,
+            self.identity_prob = vitas.solve_identity_prob(space, *self.window, cost=cost,
                                                            what="FLOPs" if cost is None else "seconds-per-image")
         self.reports = reported_archs(space, self.window, cost)
         self.ends = [self.reports["largest"], self.reports["smallest"]]

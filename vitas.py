@@ -278,13 +278,14 @@ def params(arch, space):
 # Learned identity probability (arXiv 2106.13700, section 3)
 
 
-def solve_identity_prob(space, flops_min, flops_max, generator, num_samples=1000, cost=None, what="FLOPs"):
+def solve_identity_prob(space, flops_min, flops_max, cost=None, what="FLOPs"):
     """Identity probability p that centres sampled networks' FLOPs in [flops_min, flops_max].
 
-    Blocks are skipped independently, so E[FLOPs] = base + (1 - p) * E[block FLOPs]: one batch of
-    draws at p = 0 gives both terms and p follows in closed form (the reference steps p by 0.01).
-    `cost` may replace flops by any cost that adds up over blocks the same way (LatencyModel).
-    Raises ValueError where the window lies outside what the space can reach."""
+    Blocks are skipped independently, so E[FLOPs] = base + (1 - p) * depth * E[a block's FLOPs]:
+    both terms follow exactly from every patch size, embed dim and block choice as sample() draws
+    them, and p in closed form (the reference steps p by 0.01 and estimates by sampling). `cost`
+    may replace flops by any cost that adds up over blocks the same way (LatencyModel). Clipped to
+    [0, 1]; raises ValueError where the window lies outside what the space can reach."""
     cost = cost or (lambda a: flops(a, space))
     if flops_min > flops_max:
         raise ValueError(f"{what} window is empty: {flops_min:,} > {flops_max:,}")
@@ -293,10 +294,15 @@ def solve_identity_prob(space, flops_min, flops_max, generator, num_samples=1000
     if flops_max < lo or flops_min > hi:
         raise ValueError(f"{what} window [{flops_min:,}, {flops_max:,}] is unreachable: networks of this space "
                          f"have between {lo:,} and {hi:,}; widen or move the window")
-    full = [space.sample(generator, identity_prob=0.0) for _ in range(num_samples)]
-    base = np.mean([cost(Arch(a.patch_size, a.embed_dim, (None,) * space.depth)) for a in full])
-    per_blocks = np.mean([cost(a) for a in full]) - base
-    keep = ((flops_min + flops_max) / 2 - base) / per_blocks
+    base, blocks = [], []
+    for p in space.patch_sizes:
+        for c in space.embed_dims:
+            empty = cost(Arch(p, c, (None,) * space.depth))
+            one = lambda block: cost(Arch(p, c, (block,) + (None,) * (space.depth - 1))) - empty   # noqa: E731
+            base.append(empty)
+            blocks.append(np.mean([np.mean([one(Block(h, a, m)) for a in space._attn_for[h] for m in space.mlp_dims])
+                                   for h in space.heads]))
+    keep = ((flops_min + flops_max) / 2 - np.mean(base)) / (space.depth * np.mean(blocks))
     return float(np.clip(1.0 - keep, 0.0, 1.0))
 
 
