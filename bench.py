@@ -6,9 +6,13 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
       of its exported plain ViT, and the bilateral (left + right) step over the plain step,
       interleaved, median of repeats after warm-up;
   (c) with --throughput N: how well FLOPs order N random archs of each preset by measured
-      images/s (Spearman rho), beside a latency model fitted to half of them (vitas.LatencyModel).
+      images/s (Spearman rho), beside a latency model fitted to half of them (vitas.LatencyModel);
+  (d) with --kernels: kernels launched by one step (plain, one side, bilateral; fp32 and bf16
+      autocast), counted by torch.profiler (see kernel_count). Launches, not FLOPs, are what a
+      small step on a GPU pays for; the counts are deterministic and do not depend on the batch.
 
     python bench.py                 # CPU, fp32
+    python bench.py --kernels       # (d) kernels per step, CPU aten ops (CUDA kernels with --device cuda)
     python bench.py --device cuda   # add --repeats 50 for steadier GPU figures
     python bench.py --throughput 100                 # (c) FLOPs as a proxy for measured images/s
 """
@@ -19,8 +23,14 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 import vitas
+
+
+TINY_MID = vitas.Arch(8, 48, (vitas.Block(2, 48, 128), None, vitas.Block(4, 32, 128), None, vitas.Block(2, 48, 64), None))
+VITAS_C = vitas.Arch(16, 230, (vitas.Block(3, 144, 720),) * 12 + (None,) * 4)
 
 
 def counter_speed(n=20000, seed=0):
@@ -41,26 +51,81 @@ def step_time(fn):
     return time.perf_counter() - t
 
 
-def step_ratios(space, arch, batch, device, repeats, warmup=3):
+def steps(space, arch, batch, device, amp=False):
+    """The three training steps compared, as functions of no arguments: plain (the exported ViT),
+    one_side (the super-transformer's left slice) and bilateral (left and right, each its own
+    forward, loss and backward; gradients summed). amp: under bf16 autocast."""
     torch.manual_seed(0)
     net = vitas.SuperTransformer(space).to(device)
     vit = vitas.export(net, arch, "left")
     x = torch.randn(batch, space.in_chans, space.image_size, space.image_size, device=device)
     y = torch.randint(0, space.num_classes, (batch,), device=device)
 
+    def step(model, *sides):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+            for side in sides:
+                F.cross_entropy(model(x, arch, side) if side else model(x), y).backward()
+
     def plain():
-        vit.zero_grad(set_to_none=True)
-        F.cross_entropy(vit(x), y).backward()
+        step(vit, None)
 
     def one_side():
-        net.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x, arch, "left"), y).backward()
+        step(net, "left")
 
-    def bilateral():   # each side its own forward, loss and backward; gradients summed
-        net.zero_grad(set_to_none=True)
-        for side in vitas.SIDES:
-            F.cross_entropy(net(x, arch, side), y).backward()
+    def bilateral():
+        step(net, *vitas.SIDES)
 
+    return plain, one_side, bilateral
+
+
+# aten ops that launch no work of their own: views, metadata, allocation, no-op conversions (to, contiguous
+# and resolve_conj return their input where nothing needs doing, and call copy_ where it does)
+NO_WORK = {"aten::" + n for n in (
+    "view", "_unsafe_view", "reshape", "_reshape_alias", "slice", "select", "narrow", "transpose", "permute",
+    "expand", "expand_as", "as_strided", "t", "numpy_T", "unsqueeze", "squeeze", "flatten", "unflatten", "split",
+    "chunk", "unbind", "split_with_sizes", "unsafe_split", "view_as", "alias", "detach", "detach_", "lift_fresh",
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resize_", "resize_as_",
+    "as_strided_", "resolve_conj", "resolve_neg", "conj", "_conj", "to", "contiguous", "type_as",
+    "result_type", "is_nonzero", "_has_compatible_shallow_copy_type", "item", "_local_scalar_dense")}
+
+
+def kernel_count(fn, device="cpu"):
+    """Kernels one call of `fn` launches, counted by torch.profiler after one warm-up call.
+
+    CUDA: the device kernels (memcpy and memset included) the profiler records (not yet run on a
+    GPU here). CPU: the aten ops that do work (not in NO_WORK: views, metadata, allocations) and
+    call no other op that does, so an op counts as what it runs: linear as its addmm, zeros as
+    its fill, slice_backward as a zero fill and a copy; views and allocations count nothing. An
+    op that runs a helper before its own loop counts as the helper alone (addmm copies the bias
+    first, native_layer_norm_backward zero-fills), about one launch either way, alike for the
+    plain ViT and the super-transformer. Deterministic for a given torch build and batch-free."""
+    fn()
+    cuda = torch.device(device).type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.events()
+    if cuda:
+        return sum(e.device_type == DeviceType.CUDA for e in events)
+
+    def works(e):
+        return e.name.startswith("aten::") and e.name not in NO_WORK
+
+    def inner_work(e):   # e or an op below it does work
+        return works(e) or any(inner_work(c) for c in e.cpu_children)
+
+    return sum(works(e) and not any(inner_work(c) for c in e.cpu_children) for e in events)
+
+
+def kernel_counts(space, arch, device="cpu", amp=False, batch=2):
+    """Kernels per step: plain, one side, bilateral (bench.steps)."""
+    return tuple(kernel_count(f, device) for f in steps(space, arch, batch, device, amp))
+
+
+def step_ratios(space, arch, batch, device, repeats, warmup=3):
+    plain, one_side, bilateral = steps(space, arch, batch, device)
     times = {f: [] for f in (plain, one_side, bilateral)}
     for i in range(warmup + repeats):
         for f in times:                        # interleaved so drift hits all three alike
@@ -102,7 +167,21 @@ def main():
     ap.add_argument("--throughput", type=int, default=0, metavar="N",
                     help="instead: rank agreement of FLOPs with measured images/s over N random archs of each preset")
     ap.add_argument("--amp", action="store_true", help="with --throughput on CUDA: measure under bf16 autocast")
+    ap.add_argument("--kernels", action="store_true", help="instead: kernels per step, fp32 and bf16 autocast")
     args = ap.parse_args()
+    tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")
+    cases = [("tiny largest", tiny, tiny.max_arch(), args.tiny_batch), ("tiny mid", tiny, TINY_MID, args.tiny_batch),
+             ("vitas-1g ViTAS-C", big, VITAS_C, 4)]
+    if args.kernels:
+        what = "CUDA kernels" if args.device.startswith("cuda") else "CPU aten ops that do work"
+        print(f"kernels per forward+backward step ({what}); ratios over plain")
+        print(f"{'arch':18s} {'dtype':5s} {'plain':>6s} {'one side':>15s} {'bilateral':>15s}")
+        for name, space, arch, _ in cases:
+            for amp in (False, True):
+                plain, one, both = kernel_counts(space, arch, args.device, amp)
+                print(f"{name:18s} {'bf16' if amp else 'fp32':5s} {plain:6d} {one:7d} ({one / plain:4.2f}x) "
+                      f"{both:7d} ({both / plain:4.2f}x)", flush=True)
+        return
     if args.throughput:
         cuda = args.device.startswith("cuda")
         device = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"
@@ -116,11 +195,6 @@ def main():
         return
 
     print(f"FLOPs counter: {counter_speed():,.0f} archs/s (vitas-1g, one core)")
-    tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")
-    mid = vitas.Arch(8, 48, (vitas.Block(2, 48, 128), None, vitas.Block(4, 32, 128), None, vitas.Block(2, 48, 64), None))
-    vitas_c = vitas.Arch(16, 230, (vitas.Block(3, 144, 720),) * 12 + (None,) * 4)
-    cases = [("tiny largest", tiny, tiny.max_arch(), args.tiny_batch), ("tiny mid", tiny, mid, args.tiny_batch),
-             ("vitas-1g ViTAS-C", big, vitas_c, 4)]
     print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>8s} {'plain step':>11s} {'one side':>9s} {'bilateral':>9s}")
     for name, space, arch, batch in cases:
         plain, one, both = step_ratios(space, arch, batch, args.device, args.repeats)

@@ -343,7 +343,8 @@ def check_images(x, space):
 
 
 def init_weights(module):
-    """timm-style: trunc-normal(0.02) weights, zero biases, unit norms."""
+    """timm-style: trunc-normal(0.02) weights, zero biases, unit norms; in the super-transformer's
+    stacked parameters each part as it would be alone (Sliceable.reset_parameters)."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.trunc_normal_(m.weight, std=0.02)
@@ -352,6 +353,8 @@ def init_weights(module):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, Sliceable):
+            m.reset_parameters()
         elif isinstance(m, Tokens):
             nn.init.trunc_normal_(m.cls_token, std=0.02)
             nn.init.trunc_normal_(m.pos_embed, std=0.02)
@@ -371,12 +374,10 @@ class Tokens(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
 
-    def forward(self, x, sc=slice(None)):
-        """x (B, in_chans, S, S) -> (B, N + 1, C); sc slices the embed channels."""
-        x = F.conv2d(x, self.proj.weight[sc], self.proj.bias[sc], stride=self.proj.stride)   # (B, C, S/p, S/p)
-        x = x.flatten(2).transpose(1, 2)                                                       # (B, N, C)
-        cls = self.cls_token[:, :, sc].expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1) + self.pos_embed[:, :, sc]
+    def forward(self, x):
+        """x (B, in_chans, S, S) -> (B, N + 1, C)."""
+        x = self.proj(x).flatten(2).transpose(1, 2)                                 # (B, N, C)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
 
 
 # -----------------------------------------------------------------------------
@@ -437,6 +438,21 @@ class ViT(nn.Module):
 
 # -----------------------------------------------------------------------------
 # Super-transformer: every arch of the space is a slice of it
+#
+# How the slices are taken, and why: at the sizes searched here a training step on a GPU costs
+# per kernel launched about as much as per FLOP, and slicing is where a super-transformer
+# launches more kernels than the plain ViT of the same arch. The gradient of a sliced parameter
+# is a full-size zero tensor with the slice written into it (two kernels, where the plain ViT's
+# gradient costs none), and torch's indexing pays that once per sliced dimension. Hence:
+#   - take() slices a parameter in all its dimensions at once: one zero tensor, one write;
+#   - each module of the super-transformer (Sliceable) stacks its parameters into two, its
+#     matrices (`weight`) and its norms, biases and embeddings (`vector`), so that one step takes
+#     each once: a block choice is two takes, whatever its head count and widths;
+#   - Q, K and V come out of one matmul, as in the plain ViT: the rows of the drawn head
+#     count's private Q and K and of the shared V are taken together;
+#   - under autocast the taken matrices are cast once, not once per matrix.
+# sliced() of each module returns the plain ViT's parameters, named as in its state dict: forward
+# computes with them and export copies them. `python bench.py --kernels` counts kernels per step.
 
 
 def cyclic_start(width, widths):
@@ -453,7 +469,7 @@ def channels(width, full, side, widths=None):
     """The channels of `full` that a sub-network of `width` uses: the first (left) or the last
     (right) ones, bilateral sharing training both so every channel is trained about equally; or
     (side "cyclic", embedding channels only, `widths` the choices) the ring window of
-    cyclic_start, a slice or, where it wraps, an index tensor in ring order."""
+    cyclic_start, a slice or, where it wraps, a CPU index tensor in ring order."""
     if width == full:
         return slice(None)
     if side == "left":
@@ -463,7 +479,7 @@ def channels(width, full, side, widths=None):
     start = cyclic_start(width, widths)
     if start + width <= full:
         return slice(start, start + width)
-    return torch.cat([torch.arange(start, full), torch.arange(0, start + width - full)])
+    return torch.from_numpy((start + np.arange(width)) % full)
 
 
 def check_side(side):
@@ -471,43 +487,112 @@ def check_side(side):
         raise ValueError(f"side must be 'left' or 'right' (left and bilateral sharing) or 'cyclic', got {side!r}")
 
 
-class SuperAttention(nn.Module):
-    """Private Q and K per head-count choice (an attention map's meaning depends on how channels
-    are grouped into heads); V and the output projection are shared by all head counts."""
+class _Take(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, param, index):
+        ctx.shape, ctx.index = param.shape, index
+        return param[index]
 
-    def __init__(self, dim, heads, attn_dim):
+    @staticmethod
+    def backward(ctx, grad):
+        full = grad.new_zeros(ctx.shape)
+        full[ctx.index] = grad
+        return full, None
+
+
+def take(param, *index):
+    """param[index] (one slice or 1-D index tensor per leading dimension; index tensors, which
+    must not repeat an entry, combine as an outer product like numpy.ix_ and must be adjacent),
+    whose gradient is one zero tensor of param's shape with the taken entries written in: two
+    kernels however many dimensions are sliced. `param` itself where nothing is sliced."""
+    if all(isinstance(i, slice) and i == slice(None) for i in index):
+        return param
+    tensors = [i for i in index if torch.is_tensor(i)]
+    if len(tensors) > 1:
+        mesh = iter(t.view([-1 if j == k else 1 for j in range(len(tensors))]) for k, t in enumerate(tensors))
+        index = [next(mesh) if torch.is_tensor(i) else i for i in index]
+    return _Take.apply(param, tuple(index))
+
+
+def layout(sizes):
+    """{name: range of positions} for parts of the given sizes laid end to end."""
+    starts = np.cumsum([0, *sizes.values()])
+    return {name: range(start, start + size) for (name, size), start in zip(sizes.items(), starts)}
+
+
+def positions(parts):
+    """The positions that (range, channels) parts select, end to end (numpy)."""
+    return np.concatenate([np.asarray(r)[s if isinstance(s, slice) else np.asarray(s)] for r, s in parts])
+
+
+class Sliceable(nn.Module):
+    """A module of the super-transformer. Its parameters are stacked so that one step takes each
+    once: `weight`, its matrices (weight decay), and `vector`, 1-D, its norms, biases and
+    embeddings (no weight decay; train.param_groups goes by p.ndim); `entries` names the parts
+    of `vector` as the plain ViT names them, and sliced() returns the plain ViT's parameters."""
+
+    def reset_parameters(self):
+        """Each part as init_weights treats it in the plain ViT: matrices, class token and position
+        embedding trunc-normal(0.02), norm weights one, biases zero."""
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        with torch.no_grad():
+            for name, r in self.entries.items():
+                part = self.vector[r.start:r.stop]
+                if name in ("cls_token", "pos_embed"):
+                    nn.init.trunc_normal_(part, std=0.02)
+                else:
+                    part.fill_(float(name.startswith("norm") and name.endswith(".weight")))
+
+
+class SuperTokens(Sliceable):
+    """Patch embedding, class token and position embedding of one patch size: the patch conv's
+    weight (C, in_chans, p, p), and its bias, the class token and the N + 1 position embeddings as
+    the N + 3 rows of C channels of `vector`."""
+
+    def __init__(self, in_chans, embed_dim, patch_size, num_patches):
         super().__init__()
-        self.fused_attn = True
-        self.q = nn.ModuleDict({f"h{h}": nn.Linear(dim, attn_dim) for h in heads})
-        self.k = nn.ModuleDict({f"h{h}": nn.Linear(dim, attn_dim) for h in heads})
-        self.v = nn.Linear(dim, attn_dim)
-        self.proj = nn.Linear(attn_dim, dim)
+        self.patch_size = patch_size
+        self.weight = nn.Parameter(torch.empty(embed_dim, in_chans, patch_size, patch_size))
+        self.entries = layout({"proj.bias": embed_dim, "cls_token": embed_dim, "pos_embed": (num_patches + 1) * embed_dim})
+        self.vector = nn.Parameter(torch.empty((num_patches + 3) * embed_dim))
 
-    def sliced(self, heads, sa, sc):
-        """(weight, bias) views of Q, K, V and the output projection for one choice."""
-        q, k = self.q[f"h{heads}"], self.k[f"h{heads}"]
-        return ((q.weight[sa, sc], q.bias[sa]), (k.weight[sa, sc], k.bias[sa]), (self.v.weight[sa, sc], self.v.bias[sa]),
-                (self.proj.weight[sc, sa], self.proj.bias[sc]))
+    def sliced(self, sc):
+        """The parameters at embedding channels sc, named and shaped as the plain ViT's Tokens'."""
+        rows = self.vector.view(-1, self.weight.shape[0])
+        bias, cls, pos = take(rows, slice(None), sc).split([1, 1, rows.shape[0] - 2])
+        return {"proj.weight": take(self.weight, sc), "proj.bias": bias.view(-1), "cls_token": cls[None], "pos_embed": pos[None]}
 
-    def forward(self, x, heads, sa, sc):
-        B, T, _ = x.shape
-        (wq, bq), (wk, bk), (wv, bv), (wo, bo) = self.sliced(heads, sa, sc)
-        q, k, v = (F.linear(x, w, b).view(B, T, heads, -1).transpose(1, 2) for w, b in ((wq, bq), (wk, bk), (wv, bv)))
-        x = attention(q, k, v, self.fused_attn)        # (B, h, T, d)
-        return F.linear(x.transpose(1, 2).reshape(B, T, -1), wo, bo)
+    def forward(self, x, sc):
+        """x (B, in_chans, S, S) -> (B, N + 1, c)."""
+        p = self.sliced(sc)
+        x = F.conv2d(x, p["proj.weight"], p["proj.bias"], stride=self.patch_size).flatten(2).transpose(1, 2)
+        return torch.cat([p["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + p["pos_embed"]
 
 
-class SuperBlock(nn.Module):
+class SuperBlock(Sliceable):
+    """One block position of the super-transformer: pre-norm attention and MLP of any widths.
+
+    Private Q and K per head-count choice ("private self-attention maps": what an attention map
+    means depends on how channels are grouped into heads); V, the output projection and the MLP
+    are shared by all head counts. `rows` and `entries` say where each part lies in:
+      weight (K, C)  every matrix, one column per embedding channel: Q and K of each head count,
+                     the shared V, the output projection (A rows each), fc1 and fc2 (M each);
+                     the output projection and fc2 write the embedding channels and are stored
+                     transposed (a row per input channel), so a choice takes whole rows
+      vector (L,)    the LayerNorm weights and biases and every bias, end to end (1-D: norms
+                     and biases, no weight decay)"""
+
     def __init__(self, space, drop_path_rate=0.0):
         super().__init__()
         c, a, m = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
-        self.full = (c, a, m)
-        self.norm1 = nn.LayerNorm(c)
-        self.attn = SuperAttention(c, space.heads, a)
-        self.norm2 = nn.LayerNorm(c)
-        self.fc1 = nn.Linear(c, m)
-        self.fc2 = nn.Linear(m, c)
-        self.drop_path = drop_path_rate
+        self.full, self.embed_dims, self.drop_path, self.fused_attn = (c, a, m), space.embed_dims, drop_path_rate, True
+        qk = {f"{x}{h}": a for x in "qk" for h in space.heads}
+        self.rows = layout({**qk, "v": a, "proj": a, "fc1": m, "fc2": m})
+        self.entries = layout({"norm1.weight": c, "norm1.bias": c, "norm2.weight": c, "norm2.bias": c,
+                               **{f"{name}.bias": n for name, n in qk.items()}, "v.bias": a, "proj.bias": c,
+                               "fc1.bias": m, "fc2.bias": c})
+        self.weight = nn.Parameter(torch.empty(self.rows["fc2"].stop, c))
+        self.vector = nn.Parameter(torch.empty(self.entries["fc2.bias"].stop))
 
     def slices(self, block, side):
         """Channel slices (attention, MLP) of one block choice; cyclic sharing rings only the
@@ -515,39 +600,91 @@ class SuperBlock(nn.Module):
         inner = "left" if side == "cyclic" else side
         return channels(block.attn_dim, self.full[1], inner), channels(block.mlp_dim, self.full[2], inner)
 
-    def forward(self, x, block, side, sc):
-        """x (B, T, c) -> (B, T, c); sc: the embedding channels of width c (SuperTransformer.embed_channels)."""
-        c = x.shape[-1]
-        sa, sm = self.slices(block, side)
-        h = F.layer_norm(x, (c,), self.norm1.weight[sc], self.norm1.bias[sc])
-        x = x + drop_path(self.attn(h, block.heads, sa, sc), self.drop_path, self.training)
-        h = F.layer_norm(x, (c,), self.norm2.weight[sc], self.norm2.bias[sc])
-        h = F.linear(F.gelu(F.linear(h, self.fc1.weight[sm, sc], self.fc1.bias[sm])), self.fc2.weight[sc, sm], self.fc2.bias[sc])
+    def sliced(self, block, side, width):
+        """The parameters of one block choice at embedding width `width`, named and shaped as those
+        of the plain ViTBlock (export copies them, forward computes with them): the rows and
+        columns of `weight` and the entries of `vector` it uses, each taken at once; positions
+        are computed on the host and moved in one copy. Matrices in the autocast dtype if on."""
+        se, (sa, sm), h = channels(width, self.full[0], side, self.embed_dims), self.slices(block, side), block.heads
+        rows = positions([(self.rows[n], s) for n, s in
+                          ((f"q{h}", sa), (f"k{h}", sa), ("v", sa), ("proj", sa), ("fc1", sm), ("fc2", sm))])
+        ents = positions([(self.entries[n], s) for n, s in
+                          (("norm1.weight", se), ("norm1.bias", se), ("norm2.weight", se), ("norm2.bias", se),
+                           (f"q{h}.bias", sa), (f"k{h}.bias", sa), ("v.bias", sa), ("proj.bias", se),
+                           ("fc1.bias", sm), ("fc2.bias", se))])
+        host = [rows, ents] if isinstance(se, slice) else [rows, ents, se.numpy()]
+        index = torch.from_numpy(np.concatenate(host)).to(self.weight.device, non_blocking=True).split([len(i) for i in host])
+        w = take(self.weight, index[0], se if isinstance(se, slice) else index[2])     # (4a + 2m, c)
+        if torch.is_autocast_enabled(w.device.type):
+            w = w.to(torch.get_autocast_dtype(w.device.type))
+        a, m = block.attn_dim, block.mlp_dim
+        qkv, proj, fc1, fc2 = w.split([3 * a, a, m, m])
+        vec = take(self.vector, index[1]).split([width] * 4 + [3 * a, width, m, width])
+        names = ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.qkv.bias", "attn.proj.bias",
+                 "fc1.bias", "fc2.bias")
+        return {"attn.qkv.weight": qkv, "attn.proj.weight": proj.T, "fc1.weight": fc1, "fc2.weight": fc2.T,
+                **dict(zip(names, vec))}
+
+    def forward(self, x, block, side):
+        """x (B, T, c) -> (B, T, c): the plain ViTBlock's computation on the sliced parameters."""
+        B, T, c = x.shape
+        p = self.sliced(block, side, c)
+        h = F.layer_norm(x, (c,), p["norm1.weight"], p["norm1.bias"])
+        q, k, v = F.linear(h, p["attn.qkv.weight"], p["attn.qkv.bias"]).view(B, T, 3, block.heads, -1).permute(2, 0, 3, 1, 4)
+        h = attention(q, k, v, self.fused_attn).transpose(1, 2).reshape(B, T, -1)
+        x = x + drop_path(F.linear(h, p["attn.proj.weight"], p["attn.proj.bias"]), self.drop_path, self.training)
+        h = F.layer_norm(x, (c,), p["norm2.weight"], p["norm2.bias"])
+        h = F.linear(F.gelu(F.linear(h, p["fc1.weight"], p["fc1.bias"])), p["fc2.weight"], p["fc2.bias"])
         return x + drop_path(h, self.drop_path, self.training)
+
+
+class SuperHead(Sliceable):
+    """Final LayerNorm and classifier: `weight` (classes, C), `bias`, and the norm's weight and
+    bias as the two rows of C channels of `vector`."""
+
+    def __init__(self, embed_dim, num_classes):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        self.bias = nn.Parameter(torch.empty(num_classes))
+        self.entries = layout({"norm.weight": embed_dim, "norm.bias": embed_dim})
+        self.vector = nn.Parameter(torch.empty(2 * embed_dim))
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        nn.init.zeros_(self.bias)
+
+    def sliced(self, sc):
+        """The parameters at embedding channels sc, named and shaped as the plain ViT's norm and head."""
+        weight, bias = take(self.vector.view(2, -1), slice(None), sc).unbind(0)
+        return {"norm.weight": weight, "norm.bias": bias, "head.weight": take(self.weight, slice(None), sc), "head.bias": self.bias}
+
+    def forward(self, x, sc):
+        """Class token x (B, c) -> logits (B, classes)."""
+        p = self.sliced(sc)
+        return F.linear(F.layer_norm(x, x.shape[-1:], p["norm.weight"], p["norm.bias"]), p["head.weight"], p["head.bias"])
 
 
 class SuperTransformer(nn.Module):
     """The over-sized ViT whose slices are all the archs of `space`.
 
     Private per patch size: patch conv, class token and position embedding ("private class
-    token"). Per block: sliced pre-norm LayerNorms, private Q/K per head count, shared V,
-    output projection and MLP. forward(x, arch, side) runs the slice of one arch."""
+    token", SuperTokens). Per block position a SuperBlock; then SuperHead. forward(x, arch, side)
+    runs the slice of one arch, taking each parameter it uses once."""
 
     def __init__(self, space, drop_path=0.0):
         super().__init__()
         self.space = space
         c = space.embed_dims[-1]
-        self.tokens = nn.ModuleDict({f"p{p}": Tokens(space.in_chans, c, p, space.num_patches(p)) for p in space.patch_sizes})
+        self.tokens = nn.ModuleDict({f"p{p}": SuperTokens(space.in_chans, c, p, space.num_patches(p)) for p in space.patch_sizes})
         self.blocks = nn.ModuleList(SuperBlock(space, r) for r in drop_path_rates(drop_path, space.depth))
-        self.norm = nn.LayerNorm(c)
-        self.head = nn.Linear(c, space.num_classes)
+        self.head = SuperHead(c, space.num_classes)
         init_weights(self)
 
     def embed_channels(self, width, side):
         """The embedding (residual-stream) channels of `width`: a slice, or an index tensor on the
         weights' device where a cyclic window wraps around the ring."""
         sc = channels(width, self.space.embed_dims[-1], side, self.space.embed_dims)
-        return sc if isinstance(sc, slice) else sc.to(self.head.weight.device)
+        return sc if isinstance(sc, slice) else sc.to(self.head.weight.device, non_blocking=True)
 
     def forward(self, x, arch, side="left"):
         check_side(side)
@@ -558,9 +695,8 @@ class SuperTransformer(nn.Module):
         x = self.tokens[f"p{arch.patch_size}"](x, sc)                  # (B, T, c)
         for blk, b in zip(self.blocks, arch.blocks):
             if b is not None:
-                x = blk(x, b, side, sc)
-        x = F.layer_norm(x[:, 0], (c,), self.norm.weight[sc], self.norm.bias[sc])
-        return F.linear(x, self.head.weight[:, sc], self.head.bias)    # (B, classes)
+                x = blk(x, b, side)
+        return self.head(x[:, 0], sc)                                   # class token -> (B, classes)
 
 
 # -----------------------------------------------------------------------------
@@ -570,36 +706,17 @@ class SuperTransformer(nn.Module):
 @torch.no_grad()
 def export(supernet, arch, side="left", drop_path=0.0):
     """A plain ViT of `arch` carrying the super-transformer's weights for that slice and side;
-    its output equals supernet(x, arch, side)."""
+    its output equals supernet(x, arch, side): its parameters are those the super-transformer's
+    forward computes with (sliced() of SuperTokens, SuperBlock and SuperHead)."""
     check_side(side)
     space = supernet.space
     vit = ViT(arch, space, drop_path=drop_path).to(supernet.head.weight.device, supernet.head.weight.dtype)
     sc = supernet.embed_channels(arch.embed_dim, side)
-    src = supernet.tokens[f"p{arch.patch_size}"]
-    vit.tokens.proj.weight.copy_(src.proj.weight[sc])
-    vit.tokens.proj.bias.copy_(src.proj.bias[sc])
-    vit.tokens.cls_token.copy_(src.cls_token[:, :, sc])
-    vit.tokens.pos_embed.copy_(src.pos_embed[:, :, sc])
-    for dst, blk, b in zip(vit.blocks, supernet.blocks, arch.blocks):
-        if b is None:
-            continue
-        sa, sm = blk.slices(b, side)
-        (wq, bq), (wk, bk), (wv, bv), (wo, bo) = blk.attn.sliced(b.heads, sa, sc)
-        dst.attn.qkv.weight.copy_(torch.cat([wq, wk, wv]))
-        dst.attn.qkv.bias.copy_(torch.cat([bq, bk, bv]))
-        dst.attn.proj.weight.copy_(wo)
-        dst.attn.proj.bias.copy_(bo)
-        for name in ("norm1", "norm2"):
-            getattr(dst, name).weight.copy_(getattr(blk, name).weight[sc])
-            getattr(dst, name).bias.copy_(getattr(blk, name).bias[sc])
-        dst.fc1.weight.copy_(blk.fc1.weight[sm, sc])
-        dst.fc1.bias.copy_(blk.fc1.bias[sm])
-        dst.fc2.weight.copy_(blk.fc2.weight[sc, sm])
-        dst.fc2.bias.copy_(blk.fc2.bias[sc])
-    vit.norm.weight.copy_(supernet.norm.weight[sc])
-    vit.norm.bias.copy_(supernet.norm.bias[sc])
-    vit.head.weight.copy_(supernet.head.weight[:, sc])
-    vit.head.bias.copy_(supernet.head.bias)
+    state = {f"tokens.{k}": v for k, v in supernet.tokens[f"p{arch.patch_size}"].sliced(sc).items()}
+    for i, (blk, b) in enumerate(zip(supernet.blocks, arch.blocks)):
+        if b is not None:
+            state.update({f"blocks.{i}.{k}": v for k, v in blk.sliced(b, side, arch.embed_dim).items()})
+    vit.load_state_dict({**state, **supernet.head.sliced(sc)})          # strict: every parameter of the ViT
     use_fused_attention(vit, all(getattr(m, "fused_attn", True) for m in supernet.modules()))
     return vit.train(supernet.training)
 
