@@ -77,13 +77,20 @@ def data_checkpoint(seed):
     return {"args": vars(train.resolve_recipe(train.parse_args(["--seed", str(seed), *BASE]))), "world": 1}
 
 
+def window_archs(k, seed):
+    """k distinct random archs of the window, drawn as a random search's first generation from
+    `seed`, identities moved to the end (one network each, whatever the recipe)."""
+    return search.Evolution(vitas.SearchSpace.preset("tiny"), LO, HI, population=k, parents=2, identity_shift=True,
+                            seed=seed).propose()
+
+
 def reference_set(which, seed, k=REFERENCE):
     """k distinct networks (identities moved to the end), fixed per seed. "window": drawn as a random
     search's first generation inside the window. "space": spread over the whole FLOPs range, one from
     each of k equally populated FLOPs bins of 4,000 draws at identity probabilities from 0 to 0.9."""
     space = vitas.SearchSpace.preset("tiny")
     if which == "window":
-        return search.Evolution(space, LO, HI, population=k, parents=2, identity_shift=True, seed=1000 + seed).propose()
+        return window_archs(k, 1000 + seed)
     rng = np.random.default_rng([2000, seed])
     pool = sorted({vitas.shift_identities(space.sample(rng, rng.uniform(0, 0.9))) for _ in range(4000)},
                   key=lambda a: (vitas.flops(a, space), str(a)))
@@ -145,12 +152,6 @@ def score(ck_path, archs):
     return [fitness(vitas.shift_identities(a) if shift else a)["top1"] for a in archs]
 
 
-def random_archs(seed, k=RANDOM):
-    """k random archs of the window (not the reference set's), identities moved to the end."""
-    evo = search.Evolution(vitas.SearchSpace.preset("tiny"), LO, HI, population=k, parents=2, identity_shift=True, seed=3000 + seed)
-    return evo.propose()
-
-
 def unit(name, seed, out, rank_epochs, train_seeds):
     """One recipe and seed, resumable: OUT/NAME/sSEED/result.json."""
     folder = os.path.join(out, name, f"s{seed}")
@@ -179,7 +180,7 @@ def unit(name, seed, out, rank_epochs, train_seeds):
     best = summary["best"]
     compared = {"searched": vitas.Arch.from_dict(best["arch"]),
                 **{k: design(vitas.SearchSpace.preset("tiny"), best["flops"], LO, HI) for k, design in search.BASELINES.items()}}
-    compared.update({f"random{i}": a for i, a in enumerate(random_archs(seed))})
+    compared.update({f"random{i}": a for i, a in enumerate(window_archs(RANDOM, 3000 + seed))})  # not the reference's
     retrained = {k: [alone(a, ck, rank_epochs, s, out) for s in range(train_seeds)] for k, a in compared.items()}
     result = {"recipe": name, "seed": seed, "train_argv": argv, "search_argv": sargv, "steps": ck["step"],
               "train_cpu_minutes": train_cpu / 60, "rank_epochs": rank_epochs, "train_seeds": train_seeds,

@@ -265,6 +265,8 @@ class Run:
     sides: tuple                 # the slices each drawn arch is trained on (None: a plain ViT)
     data: infra.Datasets
     train_sampler: DistributedSampler
+    val_loader: object           # the reported archs' evaluation, sharded across ranks
+    mix: object                  # batch MixUp/CutMix, or None
     steps_per_epoch: int
     step: int = 0
     sums: dict = None            # this epoch's running sums (kept in the checkpoint)
@@ -379,7 +381,9 @@ def build_run(args, d):
     optimizer = torch.optim.AdamW(infra.param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, infra.warmup_cosine(
         args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch, args.min_lr / args.lr))
-    run = Run(args, d, space, arch, model, ddp, optimizer, schedule, sampler, sides, data, train_sampler, steps_per_epoch)
+    val_loader = infra.eval_loader(data.val, args.eval_batch_size, d, args.workers, limit=args.eval_limit)
+    run = Run(args, d, space, arch, model, ddp, optimizer, schedule, sampler, sides, data, train_sampler, val_loader,
+              infra.mix_transform(args, space.num_classes), steps_per_epoch)
     os.makedirs(args.out, exist_ok=True)
     run.resume()
     log(f"{'retrain' if arch is not None else 'super-transformer'} | {d.world} process(es) on {d.device} | batch {args.batch_size} "
@@ -397,12 +401,11 @@ def train_epoch(run, epoch, t_start, step0):
     if skip == 0 or run.sums is None:   # a resumed epoch keeps the sums of its first part
         run.sums = {"loss": 0.0, "flops": 0.0, "n": 0}
     run.seen, run.t_epoch = 0, time.time()
-    mix = infra.mix_transform(args, run.space.num_classes)
     run.model.train()
     for x, y in infra.epoch_loader(args, run.data, run.train_sampler, epoch, skip, d):
         x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
-        if mix is not None:
-            x, y = mix(x, y)
+        if run.mix is not None:
+            x, y = run.mix(x, y)
         archs = run.sampler(run.step, epoch)                 # 1. this step's sub-networks
         loss = optimizer_step(run, x, y, archs)              # 2. their passes (bilateral), one optimizer step
         flops = float(np.mean([vitas.flops(a, run.space) for a in archs]))
@@ -422,8 +425,7 @@ def end_of_epoch(run, epoch):
     """Evaluate the reported archs (a retrain: its model) on val; the epoch's record, appended to
     log.jsonl (one JSON object per epoch) and drawn in curves.png."""
     args, d, space = run.args, run.d, run.space
-    val_loader = infra.eval_loader(run.data.val, args.eval_batch_size, d, args.workers, limit=args.eval_limit)
-    evals = {k: infra.evaluate(run.model, val_loader, d, a, run.sides[0], args.amp) for k, a in run.sampler.reports.items()}
+    evals = {k: infra.evaluate(run.model, run.val_loader, d, a, run.sides[0], args.amp) for k, a in run.sampler.reports.items()}
     n = max(run.sums["n"], 1)
     record = {"epoch": epoch + 1, "step": run.step, "loss": run.sums["loss"] / n, "lr": run.schedule.get_last_lr()[0],
               "identity_prob": run.sampler.prob(epoch), "mean_flops": run.sums["flops"] / n,
