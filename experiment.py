@@ -1,63 +1,201 @@
 """
-The experiments behind README "Results", on the embedded synthetic data at quick-start scale (tiny
-space, FLOPs window 2M-4M, effective batch 64, lr 2e-3, one process). Three commands:
+The experiments behind README "Results", on the embedded synthetic data at quick-start scale: tiny
+space, FLOPs window 2M-4M, data seed 0 (the same images and held-out split for every training),
+effective batch 64, lr 2e-3, one process per training.
 
-  ceiling  How well can archs be ranked at all? Two reference sets per data seed, each arch trained
-           alone with several training seeds (same data, same held-out split) for each of
-           --epochs: "window" (REFERENCE archs of the search window: what the search needs) and
-           "space" (REFERENCE archs spread over the whole FLOPs range of the space: what ranking
-           studies report). The ceiling is Kendall tau-b between two seeds' rankings of the same
-           archs, with a bootstrap 90% interval over the archs. Pick the rank epochs where it is high.
-  grid     Which super-transformer recipe ranks best, judged against that reference: per recipe and
-           seed, train the super-transformer (every recipe gets the same number of sub-network
-           passes), score both reference sets with the inherited weights (held-out top-1) and take
-           tau against the seed mean of the archs trained alone, its interval and tau over the
-           ceiling; then the search (evolution and random, 200 evaluations each), its own rank check,
-           and the searched arch against both hand-designed baselines and RANDOM random archs of the
-           window, each retrained with every training seed.
-  table    What is done so far, as text or markdown.
+  reference  The committed reference every recipe is judged against. "window": 48 archs of the
+             window, stratified by (patch size, depth) cell (6 from each of its 8 cells), each
+             trained alone for 20 epochs with training seed 0, and 16 of them (2 per cell) with
+             seed 1 too, which measures the reference's reliability. "space": 12 archs spread over
+             the whole FLOPs range of the space, 2 seeds: a sanity check, where FLOPs alone ranks.
+  grid       Super-transformers per recipe and seed (every recipe the same number of sub-network
+             passes), each scored on the reference archs with its inherited weights (held-out
+             top-1) and searched (evolution and random search, 200 evaluations each).
+  table      Every figure from results/, without training anything.
 
-Every arch trained alone goes into OUT/retrain (a folder per arch and settings), so what two
-recipes or studies share is trained once, and re-running a command resumes where it stopped.
+Each training is a job; jobs run in parallel worker processes (--workers, default one per core,
+one thread each). A finished job writes a small JSON record (no checkpoint) to --results (default
+results/, tracked in git); a command re-run skips the jobs whose record is there, so a run stopped
+partway continues, on a fresh machine too after `git pull`. Scratch (checkpoints, logs) goes to
+--scratch (default runs/exp). A job's record is the same whichever worker runs it (a test checks
+it against a serial run).
 
-    python experiment.py ceiling --out runs/exp --data-seeds 0 --epochs 5 10 20
-    python experiment.py grid --out runs/exp --seeds 0 1 2 --recipes v2 v1 v1-code --rank-epochs 10
-    python experiment.py table --out runs/exp --markdown
+    python experiment.py reference                            # ~64 CPU-minutes, half that on 2 cores
+    python experiment.py grid --recipes v2 fair --seeds 0 1 2 3
+    python experiment.py table --markdown
 """
 import argparse
+import contextlib
+import functools
+import hashlib
 import json
+import multiprocessing
 import os
-import resource
 import time
 
 import numpy as np
+import torch
 
 import infra
+import rankcheck
 import search
 import train
 import vitas
 
+TINY = vitas.SearchSpace.preset("tiny")
 WINDOW = ["--flops-min", "2M", "--flops-max", "4M"]
 LO, HI = 2_000_000, 4_000_000
-BASE = ["--batch-size", "64", "--lr", "2e-3", "--log-every", "1000", "--device", "cpu", *WINDOW]
+DATA_SEED = 0
+BASE = ["--batch-size", "64", "--lr", "2e-3", "--log-every", "1000", "--device", "cpu", "--data-seed", str(DATA_SEED), *WINDOW]
 PASSES = 60                      # the quick start: 30 epochs x 2 passes (bilateral) a step
 # name: train.py flags. Everything but "v1" and "v1-code" goes beyond the paper's first version.
 RECIPES = {
+    "v2": ["--recipe", "v2"],
     "v1": ["--recipe", "v1"],
     "v1-code": ["--recipe", "v1-code"],
-    "v2": ["--recipe", "v2"],
-    "v1+cyclic": ["--recipe", "v1", "--sharing", "cyclic"],
-    "v2+cyclic": ["--recipe", "v2", "--sharing", "cyclic"],
-    "v2+depth": ["--recipe", "v2", "--depth-balanced"],
+    "v1+depth": ["--recipe", "v1", "--sampling", "depth-balanced"],
+    "v2+depth": ["--recipe", "v2", "--sampling", "depth-balanced"],
+    "fair": ["--recipe", "fair"],
 }
-REFERENCE = 12                   # archs in each reference set
-RANDOM = 8                       # random in-window archs the searched arch is compared with
-SETS = ("window", "space")
+REFERENCE_EPOCHS = 20
+PER_CELL, SECOND_SEED_PER_CELL = 6, 2
+SPACE_ARCHS = 12
+
+# -----------------------------------------------------------------------------
+# Jobs, records and the parallel runner
 
 
-def cpu_seconds():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+def record_path(results, kind, key):
+    return os.path.join(results, kind, f"{key}.json")
+
+
+def read_record(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def alone_key(arch, argv):
+    return hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
+
+
+def alone_job(arch, argv, results, scratch):
+    """A job that trains `arch` alone with train.py flags `argv`; its record: results/alone/KEY.json."""
+    key = alone_key(arch, argv)
+    return {"kind": "alone", "name": f"alone {key} {arch}", "path": record_path(results, "alone", key),
+            "arch": arch.to_dict(), "argv": argv, "scratch": os.path.join(scratch, "alone", key)}
+
+
+def run_alone(job):
+    arch = vitas.Arch.from_dict(job["arch"])
+    val = rankcheck.train_alone(arch, job["scratch"], job["argv"], infra.Dist())
+    return {"arch": job["arch"], "argv": job["argv"], "flops": vitas.flops(arch, TINY), "params": vitas.params(arch, TINY),
+            "val": val}
+
+
+def execute(job):
+    """Run one job with one thread, its output in a log file beside its scratch; write its record
+    (with the CPU-minutes it took) atomically. Returns the record's path and the seconds taken."""
+    t, cpu, threads = time.time(), time.process_time(), torch.get_num_threads()
+    os.makedirs(job["scratch"], exist_ok=True)
+    torch.set_num_threads(1)
+    try:
+        with open(os.path.join(job["scratch"], "job.log"), "a") as log, contextlib.redirect_stdout(log):
+            record = RUNNERS[job["kind"]](job)
+    finally:
+        torch.set_num_threads(threads)
+    record["cpu_minutes"] = (time.process_time() - cpu) / 60
+    os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
+    infra.write_json(job["path"], record)
+    return job["path"], time.time() - t
+
+
+def run_jobs(jobs, workers):
+    """Run the jobs whose record is missing: in `workers` processes (0: in this one), one thread
+    each; a line per finished job with the time left."""
+    todo = [j for j in jobs if not os.path.exists(j["path"])]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already have a record; running {len(todo)} "
+          f"({'in this process' if workers == 0 else f'{workers} worker processes, one thread each'})", flush=True)
+    if not todo:
+        return
+    t0 = time.time()
+
+    def done(i, path, seconds):
+        eta = (time.time() - t0) / i * (len(todo) - i)
+        print(f"[{i}/{len(todo)}] {os.path.relpath(path)} in {infra.fmt_time(seconds)}, ETA {infra.fmt_time(eta)}", flush=True)
+
+    if workers == 0:
+        for i, job in enumerate(todo, 1):
+            done(i, *execute(job))
+        return
+    os.environ["OMP_NUM_THREADS"] = "1"   # inherited by the workers before they import torch
+    with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+        for i, (path, seconds) in enumerate(pool.imap_unordered(execute, todo), 1):
+            done(i, path, seconds)
+
+
+# -----------------------------------------------------------------------------
+# The reference
+
+
+def data_checkpoint():
+    """What rankcheck.alone_argv needs of a checkpoint, for the quick-start data (DATA_SEED)."""
+    return {"args": vars(train.resolve_recipe(train.parse_args(["--seed", str(DATA_SEED), *BASE]))), "world": 1}
+
+
+def window_reference():
+    """The window set: PER_CELL archs of each (patch, depth) cell, and which of them get a second seed."""
+    cells = rankcheck.stratified_archs(TINY, LO, HI, PER_CELL, seed=0)
+    archs = [a for found in cells.values() if len(found) == PER_CELL for a in found]
+    second = [a for found in cells.values() if len(found) == PER_CELL for a in found[:SECOND_SEED_PER_CELL]]
+    return archs, second
+
+
+def space_reference(k=SPACE_ARCHS):
+    """The whole-range set: one arch from each of k equally populated FLOPs bins of 4,000 draws at
+    identity probabilities from 0 to 0.9 (identities moved behind the real blocks)."""
+    rng = np.random.default_rng([2000, 0])
+    pool = sorted({vitas.shift_identities(TINY.sample(rng, rng.uniform(0, 0.9))) for _ in range(4000)},
+                  key=lambda a: (vitas.flops(a, TINY), str(a)))
+    return [pool[int((i + 0.5) * len(pool) / k)] for i in range(k)]
+
+
+@functools.lru_cache(maxsize=None)
+def reference_sets():
+    """{set: (archs, {arch: the training seeds it is trained alone with})}."""
+    window, second = window_reference()
+    space = space_reference()
+    return {"window": (window, {a: (0, 1) if a in second else (0,) for a in window}),
+            "space": (space, {a: (0, 1) for a in space})}
+
+
+def alone_argv(seed):
+    return rankcheck.alone_argv(data_checkpoint(), REFERENCE_EPOCHS, "cpu", 1, seed)
+
+
+def reference_jobs(results, scratch):
+    """Every training of the reference: the window set first, its archs with two seeds first (so
+    its reliability is known early), then the whole-range set."""
+    jobs = [((name, len(seeds[a])), alone_job(a, alone_argv(s), results, scratch))
+            for name, (archs, seeds) in reference_sets().items() for a in archs for s in seeds[a]]
+    return [job for _, job in sorted(jobs, key=lambda j: (j[0][0] != "window", -j[0][1]))]
+
+
+def reference_table(results):
+    """{set: (archs, per arch its top-1 under each of its seeds)} from the records there are; archs
+    without a record are left out."""
+    out = {}
+    for name, (archs, seeds) in reference_sets().items():
+        rows = []
+        for a in archs:
+            paths = [record_path(results, "alone", alone_key(a, alone_argv(s))) for s in seeds[a]]
+            if os.path.exists(paths[0]):
+                rows.append((a, [read_record(p)["val"]["top1"] for p in paths if os.path.exists(p)]))
+        out[name] = rows
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Super-transformers: train, score the reference archs, search
 
 
 def passes_of(flags):
@@ -66,209 +204,155 @@ def passes_of(flags):
     return len(vitas.SHARINGS[args.sharing]) * (1 if args.sandwich is None else 2 + args.sandwich)
 
 
-def train_argv(name, seed, out):
-    flags = RECIPES[name]
+def supernet_job(name, seed, results, scratch):
+    return {"kind": "supernet", "name": f"{name} seed {seed}", "path": record_path(results, "supernets", f"{name}-s{seed}"),
+            "recipe": name, "seed": seed, "scratch": os.path.join(scratch, "supernets", f"{name}-s{seed}")}
+
+
+def learned_phase_statistics(log_path, uniform_epochs):
+    """The sampler statistics of the learned phase: the mean over its epochs (equal steps each)."""
+    with open(log_path) as f:
+        records = [json.loads(line) for line in f if line.strip()][uniform_epochs:]
+    stats = [r["sampled"] for r in records]
+    return {"block_share": np.mean([s["block_share"] for s in stats], axis=0).tolist(),
+            "patch_share": {p: float(np.mean([s["patch_share"][p] for s in stats])) for p in stats[0]["patch_share"]},
+            "depth_share": np.mean([s["depth_share"] for s in stats], axis=0).tolist()}
+
+
+def run_supernet(job):
+    flags = RECIPES[job["recipe"]]
     epochs = PASSES // passes_of(flags)
-    return ["--out", out, "--seed", str(seed), "--epochs", str(epochs), "--uniform-epochs", str(epochs // 3), *BASE, *flags]
-
-
-def data_checkpoint(seed):
-    """What search.retrain_argv needs of a checkpoint, for the quick-start data of `seed`."""
-    return {"args": vars(train.resolve_recipe(train.parse_args(["--seed", str(seed), *BASE]))), "world": 1}
-
-
-def window_archs(k, seed):
-    """k distinct random archs of the window, drawn as a random search's first generation from
-    `seed`, identities moved to the end (one network each, whatever the recipe)."""
-    return search.Evolution(vitas.SearchSpace.preset("tiny"), LO, HI, population=k, parents=2, identity_shift=True,
-                            seed=seed).propose()
-
-
-def reference_set(which, seed, k=REFERENCE):
-    """k distinct networks (identities moved to the end), fixed per seed. "window": drawn as a random
-    search's first generation inside the window. "space": spread over the whole FLOPs range, one from
-    each of k equally populated FLOPs bins of 4,000 draws at identity probabilities from 0 to 0.9."""
-    space = vitas.SearchSpace.preset("tiny")
-    if which == "window":
-        return window_archs(k, 1000 + seed)
-    rng = np.random.default_rng([2000, seed])
-    pool = sorted({vitas.shift_identities(space.sample(rng, rng.uniform(0, 0.9))) for _ in range(4000)},
-                  key=lambda a: (vitas.flops(a, space), str(a)))
-    return [pool[int((i + 0.5) * len(pool) / k)] for i in range(k)]
-
-
-def alone(arch, ck, epochs, train_seed, out):
-    """Val top-1 of `arch` trained alone (search.py's retrain settings for the checkpoint), cached."""
-    argv = search.retrain_argv(ck, epochs, "cpu", 1, train_seed)
-    args = argparse.Namespace(retrain_dir=os.path.join(out, "retrain"), out=out)
-    return search.retrain(arch, search.retrain_folder(args, arch, argv), argv, infra.Dist(), print)["top1"]
-
-
-def reference(which, seed, epochs, train_seeds, out):
-    """A reference set trained alone: its archs and, per arch, top-1 under each training seed."""
-    archs, ck = reference_set(which, seed), data_checkpoint(seed)
-    return archs, [[alone(a, ck, epochs, s, out) for s in range(train_seeds)] for a in archs]
-
-
-def ceiling(out, data_seeds, epochs_list, train_seeds, sets=SETS):
-    """The noise ceiling of each reference set at each number of epochs: OUT/ceiling.json, one row
-    per (set, data seed, epochs), earlier commands' rows kept."""
-    path, rows = os.path.join(out, "ceiling.json"), []
-    if os.path.exists(path):
-        with open(path) as f:
-            rows = json.load(f)
-    for seed in data_seeds:
-        for which in sets:
-            for epochs in epochs_list:
-                t = time.time()
-                archs, by_seed = reference(which, seed, epochs, train_seeds, out)
-                runs = np.asarray(by_seed).T
-                rows = [r for r in rows if (r["set"], r["data_seed"], r["epochs"]) != (which, seed, epochs)]
-                rows.append({"set": which, "data_seed": seed, "epochs": epochs, "train_seeds": train_seeds,
-                             "ceiling_tau": search.ceiling_tau(by_seed),
-                             "interval": search.bootstrap_interval(runs[0], runs[1]),
-                             "top1_range": [float(np.min(by_seed)), float(np.max(by_seed))],
-                             "archs": [a.to_dict() for a in archs], "top1_seeds": by_seed})
-                infra.write_json(path, rows)
-                print(f"=== ceiling {which} seed {seed} {epochs} epochs: tau {rows[-1]['ceiling_tau']:.2f} "
-                      f"{rows[-1]['interval']} ({infra.fmt_time(time.time() - t)})", flush=True)
-    ceiling_table(rows)
-    return rows
-
-
-def ceiling_table(rows):
-    print(f"{'set':7s} {'seed':>4s} {'epochs':>6s} {'ceiling tau':>11s} {'90% interval':>15s} {'top-1 range':>13s}")
-    for r in rows:
-        lo, hi = r["interval"] or (float("nan"),) * 2
-        print(f"{r['set']:7s} {r['data_seed']:4d} {r['epochs']:6d} {r['ceiling_tau']:11.2f} {lo:7.2f} to {hi:5.2f} "
-              f"{r['top1_range'][0]:5.1f}-{r['top1_range'][1]:5.1f}")
-
-
-def score(ck_path, archs):
-    """Held-out top-1 of `archs` with the checkpoint's inherited weights (the search's fitness)."""
-    args = search.parse_args(["--ckpt", ck_path, *WINDOW, "--device", "cpu", "--out", os.devnull])
-    ck, space, fitness, _ = search.load_supernet(args, infra.Dist(), lambda *a: None)
-    shift = ck["args"].get("identity_shift", False)
-    return [fitness(vitas.shift_identities(a) if shift else a)["top1"] for a in archs]
-
-
-def unit(name, seed, out, rank_epochs, train_seeds):
-    """One recipe and seed, resumable: OUT/NAME/sSEED/result.json."""
-    folder = os.path.join(out, name, f"s{seed}")
-    path = os.path.join(folder, "result.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    os.makedirs(folder, exist_ok=True)
-    argv = train_argv(name, seed, os.path.join(folder, "super"))
-    print(f"\n=== {name} seed {seed}: python train.py {' '.join(argv)}", flush=True)
-    t = cpu_seconds()
+    super_dir = os.path.join(job["scratch"], "super")
+    argv = ["--out", super_dir, "--seed", str(job["seed"]), "--epochs", str(epochs), "--uniform-epochs", str(epochs // 3),
+            *BASE, *flags]
+    cpu = time.process_time()
     train.train(train.parse_args(argv))
-    train_cpu = cpu_seconds() - t
-    ck_path = os.path.join(folder, "super", "checkpoint.pt")
-    ck = infra.load_checkpoint(ck_path)
-    sets = {}
-    for which in SETS:
-        archs, by_seed = reference(which, seed, rank_epochs, train_seeds, out)
-        sets[which] = {"inherited": score(ck_path, archs), "top1_seeds": by_seed}
-        sets[which].update(search.rank_agreement(sets[which]["inherited"], by_seed))
-    sargv = ["--ckpt", ck_path, *WINDOW, "--population", "20", "--generations", "10", "--compare", "--seed", str(seed),
-             "--rank-check", "8", "--rank-epochs", str(rank_epochs), "--rank-seeds", str(train_seeds), "--device", "cpu",
-             "--out", os.path.join(folder, "search"), "--retrain-dir", os.path.join(out, "retrain")]
-    print(f"=== python search.py {' '.join(sargv)}", flush=True)
-    summary = search.search(search.parse_args(sargv))
-    best = summary["best"]
-    compared = {"searched": vitas.Arch.from_dict(best["arch"]),
-                **{k: design(vitas.SearchSpace.preset("tiny"), best["flops"], LO, HI) for k, design in search.BASELINES.items()}}
-    compared.update({f"random{i}": a for i, a in enumerate(window_archs(RANDOM, 3000 + seed))})  # not the reference's
-    retrained = {k: [alone(a, ck, rank_epochs, s, out) for s in range(train_seeds)] for k, a in compared.items()}
-    result = {"recipe": name, "seed": seed, "train_argv": argv, "search_argv": sargv, "steps": ck["step"],
-              "train_cpu_minutes": train_cpu / 60, "rank_epochs": rank_epochs, "train_seeds": train_seeds,
-              "sets": sets, "rank_check": summary["rank_check"],
-              "search": {algo: {k: summary["compare"][algo][k] for k in ("top1", "loss", "flops")} for algo in search.ALGOS},
-              "retrained": retrained, "archs": {k: a.to_dict() for k, a in compared.items()}}
-    infra.write_json(path, result)
-    return result
+    train_cpu = (time.process_time() - cpu) / 60
+    ck_path = os.path.join(super_dir, "checkpoint.pt")
+    sargv = ["--ckpt", ck_path, *WINDOW, "--population", "20", "--generations", "10", "--compare", "--seed", str(job["seed"]),
+             "--device", "cpu", "--out", os.path.join(job["scratch"], "search")]
+    args = search.parse_args(sargv)
+    summary = search.search(args)
+    ck, _, fitness, n_eval = search.load_supernet(args, infra.Dist())
+    inherited = {name: [fitness(a) for a in archs] for name, (archs, _) in reference_sets().items()}
+    return {"recipe": job["recipe"], "seed": job["seed"], "train_argv": argv, "search_argv": sargv, "steps": ck["step"],
+            "passes_per_step": passes_of(flags), "train_cpu_minutes": train_cpu, "holdout_images": n_eval,
+            "identity_prob": ck["identity_prob"],
+            "sampled": learned_phase_statistics(os.path.join(super_dir, "log.jsonl"), epochs // 3),
+            "inherited": {name: [{"arch": a.to_dict(), **s} for a, s in zip(reference_sets()[name][0], scores)]
+                          for name, scores in inherited.items()},
+            "search": {algo: {k: summary["compare"][algo][k] for k in ("arch", "top1", "loss", "flops")} for algo in search.ALGOS}}
+
+
+RUNNERS = {"alone": run_alone, "supernet": run_supernet}
+
+
+# -----------------------------------------------------------------------------
+# The table: every figure from results/
+
+
+def fmt(v, digits=2):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def span(interval):
+    return "n/a" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
 def mean_sd(values):
-    """Mean ± sample standard deviation (ddof=1) over seeds; one seed's value alone; for yes/no
-    figures, how many seeds say yes."""
+    """Mean ± sample standard deviation (ddof=1) over seeds; one seed's value alone."""
     v = [x for x in values if x is not None]
-    if v and all(isinstance(x, bool) for x in v):
-        return f"{sum(v)}/{len(v)}"
     if len(v) > 1:
         return f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}"
     return f"{v[0]:.2f}" if v else "n/a"
 
 
-def searched_wins(r):
-    """The searched arch's mean retrained top-1 beats both baselines' means and the random archs'
-    median by more than the larger standard deviation among them (over training seeds)."""
-    m = {k: np.mean(v) for k, v in r["retrained"].items()}
-    sd = max(np.std(v, ddof=1) for v in r["retrained"].values())
-    others = [m["uniform"], m["deit"], np.median([v for k, v in m.items() if k.startswith("random")])]
-    return bool(all(m["searched"] - o > sd for o in others))
-
-
-def table(out, markdown=False):
-    """The grid so far: mean ± SD over the seeds done."""
-    rows = {}
-    for name in RECIPES:
-        folder = os.path.join(out, name)
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name) if os.path.isdir(folder) else []:
-            path = os.path.join(entry.path, "result.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    rows.setdefault(name, []).append(json.load(f))
-    cols = [("tau window", lambda r: r["sets"]["window"]["kendall_tau"]),
-            ("ceiling window", lambda r: r["sets"]["window"]["ceiling_tau"]),
-            ("tau/ceiling window", lambda r: r["sets"]["window"]["tau_over_ceiling"]),
-            ("tau space", lambda r: r["sets"]["space"]["kendall_tau"]),
-            ("ceiling space", lambda r: r["sets"]["space"]["ceiling_tau"]),
-            ("tau rank-check", lambda r: r["rank_check"]["kendall_tau"]),
-            ("searched wins", searched_wins),
-            ("evo-random", lambda r: r["search"]["evolution"]["top1"] - r["search"]["random"]["top1"]),
-            ("train CPU-min", lambda r: r["train_cpu_minutes"])]
-    cells = {name: [",".join(str(r["seed"]) for r in rs)] + [mean_sd([f(r) for r in rs]) for _, f in cols] for name, rs in rows.items()}
-    if markdown:
-        print("| recipe | seeds | " + " | ".join(c for c, _ in cols) + " |")
-        print("|---" * (len(cols) + 2) + "|")
-        for name, row in cells.items():
-            print(f"| {name} | " + " | ".join(row) + " |")
-    else:
-        print(f"{'recipe':12s} {'seeds':6s} " + " ".join(f"{c:>18s}" for c, _ in cols))
-        for name, (seeds, *row) in cells.items():
-            print(f"{name:12s} {seeds:6s} " + " ".join(f"{c:>18s}" for c in row))
-    ceiling_path = os.path.join(out, "ceiling.json")
-    if os.path.exists(ceiling_path):
-        with open(ceiling_path) as f:
-            ceiling_table(json.load(f))
+def reference_rows(results):
+    """Per reference set: its size, seeds, top-1 range and reliability (rankcheck.reference_summary)."""
+    rows = []
+    for name, table in reference_table(results).items():
+        if not table:
+            continue
+        by_seed = [t for _, t in table]
+        summary = rankcheck.reference_summary(by_seed)
+        rows.append({"set": name, "archs": len(table), "second_seed": sum(len(t) > 1 for t in by_seed),
+                     "top1_range": [float(min(map(min, by_seed))), float(max(map(max, by_seed)))],
+                     **summary})
     return rows
+
+
+def supernet_rows(results):
+    """Per super-transformer record: its rank statistics against each complete reference set."""
+    folder = os.path.join(results, "supernets")
+    refs = reference_table(results)
+    rows = []
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        r = read_record(os.path.join(folder, entry))
+        row = {"recipe": r["recipe"], "seed": r["seed"], "cpu_minutes": r["train_cpu_minutes"], "sampled": r["sampled"],
+               "search": r["search"]}
+        for name, table in refs.items():
+            if len(table) < 2:   # not trained yet
+                continue
+            fitness = {json.dumps(x["arch"]): x["top1"] for x in r["inherited"][name]}
+            archs = [a for a, _ in table]
+            row[name] = rankcheck.rank_statistics([fitness[json.dumps(a.to_dict())] for a in archs], [t for _, t in table],
+                                                  archs, TINY)
+        rows.append(row)
+    return rows
+
+
+def table(results, markdown=False):
+    """Print the reference and every super-transformer's figures from results/; returns them."""
+    refs, supers = reference_rows(results), supernet_rows(results)
+    line = (lambda cells: print("| " + " | ".join(cells) + " |")) if markdown else (lambda cells: print("  ".join(cells)))
+    print("reference (archs trained alone, 20 epochs; reliability from the archs with a second seed)")
+    line(["set", "archs", "2nd seed", "top-1 range", "seed tau", "r1", "tau* (1 seed)", "90% interval"])
+    for r in refs:
+        line([r["set"], str(r["archs"]), str(r["second_seed"]), f"{r['top1_range'][0]:.1f}-{r['top1_range'][1]:.1f}",
+              fmt(r["seed_tau"]), fmt(r["r1"]), fmt(r["tau_star"]), span(r["tau_star_interval"])])
+    print("\nsuper-transformers scored on the window reference (held-out top-1 of the inherited weights)")
+    line(["recipe", "seed", "tau", "90% interval", "tau_c", "90% interval", "tau p4", "tau p8", "FLOPs tau",
+          "tau - FLOPs tau", "90% interval", "space tau", "blocks min/max", "patch 4/8", "train CPU-min"])
+    for r in supers:
+        w, sp = r["window"], r.get("space")
+        flops = w["floors"]["flops"]
+        blocks, patches = r["sampled"]["block_share"], r["sampled"]["patch_share"]
+        line([r["recipe"], str(r["seed"]), fmt(w["kendall_tau"]), span(w["tau_interval"]), fmt(w["tau_c"]),
+              span(w["tau_c_interval"]), *(fmt(w["by_patch"].get(p, {}).get("kendall_tau")) for p in ("4", "8")),
+              fmt(flops["kendall_tau"]), fmt(flops["fitness_minus_floor"]["difference"]),
+              span(flops["fitness_minus_floor"]["interval"]), fmt(sp and sp["kendall_tau"]),
+              f"{min(blocks):.2f}/{max(blocks):.2f}", "/".join(f"{patches[p]:.2f}" for p in sorted(patches, key=int)),
+              fmt(r["cpu_minutes"], 1)])
+    by_recipe = {}
+    for r in supers:
+        by_recipe.setdefault(r["recipe"], []).append(r)
+    if any(len(rs) > 1 for rs in by_recipe.values()):
+        print("\nper recipe, mean ± SD (ddof=1) over supernet seeds")
+        line(["recipe", "seeds", "tau", "tau_c", "FLOPs tau", "train CPU-min"])
+        for name, rs in by_recipe.items():
+            line([name, ",".join(str(r["seed"]) for r in rs), mean_sd([r["window"]["kendall_tau"] for r in rs]),
+                  mean_sd([r["window"]["tau_c"] for r in rs]), mean_sd([r["window"]["floors"]["flops"]["kendall_tau"] for r in rs]),
+                  mean_sd([r["cpu_minutes"] for r in rs])])
+    return {"reference": refs, "supernets": supers}
 
 
 def main():
     ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["ceiling", "grid", "table"])
-    ap.add_argument("--out", default="runs/exp")
-    ap.add_argument("--seeds", type=infra.number_arg(int, 0), nargs="+", default=[0, 1, 2], help="grid: data and recipe seeds")
-    ap.add_argument("--data-seeds", type=infra.number_arg(int, 0), nargs="+", default=[0], help="ceiling: data seeds")
-    ap.add_argument("--epochs", type=infra.number_arg(int, 1), nargs="+", default=[5, 10, 20], help="ceiling: epochs trained alone")
-    ap.add_argument("--train-seeds", type=infra.number_arg(int, 2), default=2, help="training seeds per arch trained alone")
-    ap.add_argument("--rank-epochs", type=infra.number_arg(int, 1), default=10, help="grid: epochs each reference arch is trained alone")
-    ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS, help="ceiling: reference sets")
-    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("command", choices=["reference", "grid", "table"])
+    ap.add_argument("--results", default="results", help="where each finished job's record goes (tracked in git; default results)")
+    ap.add_argument("--scratch", default="runs/exp", help="checkpoints and logs of the jobs (default runs/exp)")
+    ap.add_argument("--workers", type=infra.number_arg(int, 0), default=os.cpu_count() or 1,
+                    help="worker processes, one thread each (default: one per core; 0: in this process)")
+    ap.add_argument("--seeds", type=infra.number_arg(int, 0), nargs="+", default=[0, 1, 2, 3], help="grid: supernet seeds")
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="grid: recipes")
     ap.add_argument("--markdown", action="store_true", help="table: as markdown")
     args = ap.parse_args()
-    if args.command == "ceiling":
-        ceiling(args.out, args.data_seeds, args.epochs, args.train_seeds, args.sets)
+    if args.command == "reference":
+        run_jobs(reference_jobs(args.results, args.scratch), args.workers)
     elif args.command == "grid":
-        for seed in args.seeds:
-            for name in args.recipes:
-                t = time.time()
-                unit(name, seed, args.out, args.rank_epochs, args.train_seeds)
-                print(f"=== {name} seed {seed} done in {infra.fmt_time(time.time() - t)}", flush=True)
-    table(args.out, args.markdown)
+        run_jobs([supernet_job(name, seed, args.results, args.scratch) for seed in args.seeds for name in args.recipes],
+                 args.workers)
+    table(args.results, args.markdown)
 
 
 if __name__ == "__main__":

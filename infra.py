@@ -30,8 +30,9 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # -----------------------------------------------------------------------------
 # Command line
 
-class UserError(Exception):
-    """Bad input from the user: printed as one clear line, no traceback."""
+class UserError(ValueError):
+    """Bad input from the user: printed as one clear line, no traceback. Only this is caught so:
+    any other exception is a bug and keeps its traceback."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -110,7 +111,7 @@ def run_cli(fn, args):
     try:
         fn(args)
         ok = True
-    except (UserError, ValueError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:
@@ -382,12 +383,22 @@ def evaluate(model, loader, d, arch=None, side=None, amp=False):
     return {"top1": 100 * c1 / n, "top5": 100 * c5 / n, "loss": loss / n, "n": int(stats[3].item())}
 
 
+def supernet_of(ck):
+    """The super-transformer of a super-transformer checkpoint, with its weights, and the sides it
+    was trained on (left and right with bilateral sharing)."""
+    if ck.get("mode") != "super":
+        raise UserError("a retrain checkpoint holds one plain ViT; a super-transformer checkpoint is needed here")
+    supernet = vitas.SuperTransformer(vitas.SearchSpace(**ck["space"]))
+    supernet.load_state_dict(ck["model"])
+    return supernet, vitas.SHARINGS[ck["args"].get("sharing", "bilateral")]
+
+
 def evaluate_checkpoint(args):
     """--eval CKPT: top-1/top-5/loss on val and on the held-out split, no training: a retrain
     checkpoint's ViT, or the --arch slice of a super-transformer checkpoint (each side it was
     trained on). Data, split and val size come from the checkpoint; eval*.json beside it."""
     d = setup_distributed(args.device)
-    ck = load_checkpoint(args.eval)
+    ck = load_checkpoint(args.eval, "--eval")
     space = vitas.SearchSpace(**ck["space"])
     ck_args = argparse.Namespace(**{**ck["args"], "download": False, "workers": args.workers})
     if ck.get("mode") == "retrain":
@@ -398,12 +409,12 @@ def evaluate_checkpoint(args):
     else:
         if not args.arch:
             raise UserError(f"{args.eval} is a super-transformer checkpoint: give the sub-network to evaluate with --arch ARCH.json")
-        arch, model = load_arch_file(args.arch, space), vitas.SuperTransformer(space)
-        if getattr(ck_args, "identity_shift", False):
-            arch = vitas.shift_identities(arch)   # the path it trained for this network
-        sides = vitas.SHARINGS[getattr(ck_args, "sharing", "bilateral")]
+        arch, (model, sides) = load_arch_file(args.arch, space), supernet_of(ck)
+        if scores_shifted(ck["args"]):
+            arch = vitas.shift_identities(arch)   # the path that scores this network
         name = f"eval-{os.path.splitext(os.path.basename(args.arch))[0]}.json"
-    model.load_state_dict(ck["model"])
+    if ck.get("mode") == "retrain":
+        model.load_state_dict(ck["model"])
     model.to(d.device)
     data = build_datasets(ck_args, space.image_size)
     limit = args.eval_limit or ck_args.eval_limit
@@ -430,6 +441,13 @@ def evaluate_checkpoint(args):
 CHECKPOINT_FORMAT = 2   # 1: the first format, which pickled numpy RNG state (loadable only by running its pickle)
 
 
+def scores_shifted(ck_args):
+    """Whether a super-transformer trained with these args scores (and searches) each network on
+    its identity-shifted path: --identity-shift train or search (True in checkpoints before the
+    choice had three values)."""
+    return ck_args.get("identity_shift", "off") in ("train", "search", True)
+
+
 def save_checkpoint(path, state):
     """Atomic: a crash mid-write leaves the previous checkpoint intact."""
     tmp = f"{path}.tmp"
@@ -437,28 +455,30 @@ def save_checkpoint(path, state):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
-    """A vitas checkpoint as a dict, loaded without running code; anything else is a UserError."""
+def load_checkpoint(path, flag=None):
+    """A vitas checkpoint as a dict, loaded without running code; anything else is a UserError.
+    `flag`: the option that named an input file (--eval, --init-from, --ckpt); None for a run's own
+    checkpoint, which a new run may simply replace."""
     path = str(path)
+    what = f"{flag} {path!r}" if flag else f"checkpoint {path!r}"
+    fix = ("; expected a checkpoint.pt written by train.py" if flag else
+           "; delete it to start afresh, or use another --out")
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path!r} does not exist")
+        raise UserError(f"{what} does not exist" + (fix if flag else ""))
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         unsafe = unsafe_globals(path)   # what the pickle would call: weights_only refuses every such global
         if unsafe and all(g.startswith("numpy") for g in unsafe):   # format 1 pickled numpy's RNG state
-            ck = {"format": 1}
-        elif unsafe:
-            raise UserError(f"checkpoint {path!r} asks to run Python code when loaded ({', '.join(unsafe[:3])}); refused: "
-                            f"vitas checkpoints hold tensors and plain values only") from None
-        else:   # truncated or foreign files fail in many ways inside torch
-            raise UserError(f"checkpoint {path!r} is corrupt or not a vitas checkpoint ({type(e).__name__}: {first_line(e)}); "
-                            f"delete it to start afresh or point at another file") from None
-    if isinstance(ck, dict) and ck.get("format", 1) < CHECKPOINT_FORMAT:
-        raise UserError(f"checkpoint {path!r} was written by an earlier vitas (format 1, which loads only by running its "
-                        f"pickle); retrain it with this version (the same command into a new --out)")
+            raise UserError(f"{what} was written by an earlier vitas (format 1, which loads only by running its pickle); "
+                            f"retrain it with this version (the same command into a new --out)") from None
+        if unsafe:
+            raise UserError(f"{what} asks to run Python code when loaded ({', '.join(unsafe[:3])}); refused: vitas "
+                            f"checkpoints hold tensors and plain values only") from None
+        # truncated or foreign files fail in many ways inside torch
+        raise UserError(f"{what} is corrupt or not a vitas checkpoint ({type(e).__name__}: {first_line(e)}){fix}") from None
     if not isinstance(ck, dict) or not {"model", "space", "args"} <= ck.keys():
-        raise UserError(f"checkpoint {path!r} is not a vitas checkpoint (needs model, space and args entries)")
+        raise UserError(f"{what} is not a vitas checkpoint (it lacks the model, space and args entries){fix}")
     return ck
 
 
@@ -542,11 +562,23 @@ def warmup_cosine(warmup_steps, total_steps, min_ratio):
 # Throughput calibration: a window in images/s on this device instead of FLOPs
 
 
-def calibrate_throughput(args, space, d, log):
+def throughput_measure_flags(group):
+    """The flags of how throughput is measured, for train.py's and search.py's throughput budgets."""
+    group.add_argument("--throughput-batch", type=number_arg(int, 1), default=None,
+                       help="batch of throughput measurements (default 16 on CPU, 128 on CUDA)")
+    group.add_argument("--throughput-amp", action="store_true", help="measure throughput under bf16 autocast (CUDA)")
+
+
+def throughput_batch(args, device):
+    """--throughput-batch, or its default for the device."""
+    return args.throughput_batch or (128 if device.type == "cuda" else 16)
+
+
+def calibrate_throughput(args, space, d):
     """A LatencyModel of this device fitted to the images/s of sampled archs measured for about
     --calibration-seconds (rank 0 measures, every rank gets the same fit). Returns the calibration
     record a checkpoint keeps, so a resumed run does not measure again."""
-    batch = args.throughput_batch or (128 if d.device.type == "cuda" else 16)
+    batch = throughput_batch(args, d.device)
     record = [None]
     if d.main:
         meter = vitas.ThroughputMeter(space, d.device, batch, args.throughput_amp, max_seconds=1.0)
@@ -564,7 +596,7 @@ def calibrate_throughput(args, space, d, log):
     if d.world > 1:
         dist.broadcast_object_list(record, src=0)
     record = record[0]
-    log(f"throughput calibration on {record['device']} (batch {record['batch']}): {record['measured']} archs measured in "
+    d.log(f"throughput calibration on {record['device']} (batch {record['batch']}): {record['measured']} archs measured in "
         f"{record['seconds']:.0f} s, {record['slowest'][0]:,.0f} to {record['fastest'][0]:,.0f} images/s")
     return record
 

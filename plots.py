@@ -1,7 +1,7 @@
 """
-Pictures of a run: train.py's curves.png (loss, top-1 of every reported arch and the identity
-probability, per epoch) and search.py's pareto.png (every evaluated candidate, the Pareto front,
-the best arch, retrained accuracies, random search's candidates).
+Pictures of a run: train.py's curves.png (loss, top-1 of every reported arch, the identity
+probability and the sampler statistics, per epoch) and search.py's pareto.png (every evaluated
+candidate, the Pareto front, the best arch, retrained accuracies, random search's candidates).
 
 matplotlib is imported here, lazily, with the Agg backend (no display needed). Where it is missing
 a run prints one note and goes on: pictures never fail a run.
@@ -37,14 +37,16 @@ def save(fig, plt, path):
 
 
 def plot_curves(log_path, png_path):
-    """curves.png from log.jsonl: training loss, val top-1 of each reported arch, identity probability."""
+    """curves.png from log.jsonl: training loss, val top-1 of each reported arch, identity probability
+    and (a super-transformer) the share of steps that trained each block position and patch size."""
     plt = pyplot("curves.png")
     if plt is None:
         return None
     with open(log_path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     epochs = [r["epoch"] for r in records]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    sampled = [r.get("sampled") for r in records]
+    fig, axes = plt.subplots(1, 4 if all(sampled) else 3, figsize=(17 if all(sampled) else 13, 3.8))
     axes[0].plot(epochs, [r["loss"] for r in records], marker=".")
     axes[0].set(title="training loss", xlabel="epoch")
     for name in records[-1]["val"]:
@@ -55,6 +57,13 @@ def plot_curves(log_path, png_path):
     if any(p is not None for p in probs):
         axes[2].plot(epochs, probs, marker=".", color="tab:purple")
     axes[2].set(title="identity probability", xlabel="epoch", ylim=(0, 1))
+    if all(sampled):   # who the sampler trains: a starved block position or patch size shows here
+        for i in range(len(sampled[0]["block_share"])):
+            axes[3].plot(epochs, [s["block_share"][i] for s in sampled], marker=".", label=f"block {i + 1}")
+        for p in sampled[0]["patch_share"]:
+            axes[3].plot(epochs, [s["patch_share"][p] for s in sampled], ls="--", label=f"patch {p}")
+        axes[3].set(title="share of steps that train it", xlabel="epoch", ylim=(0, 1.05))
+        axes[3].legend(fontsize=7, ncol=2)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -25,7 +25,6 @@ evaluates them and records the fitness.
     print(evo.best, pareto_front(evo.history))
 """
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -37,9 +36,11 @@ import torch.distributed as dist
 
 import infra
 import plots
+import rankcheck
 import train
 import vitas
 from infra import parse_count, write_json
+from rankcheck import FITNESS, fitness_value
 
 # -----------------------------------------------------------------------------
 # Genetic operators
@@ -121,14 +122,16 @@ class Evolution:
         self.flops_min, self.flops_max = parse_count(flops_min), parse_count(flops_max)
         self.params_max = None if params_max is None else parse_count(params_max)
         self.rng = np.random.default_rng(seed)
-        # raises at once where the window is empty or out of the space's reach
-        solved = vitas.solve_identity_prob(space, self.flops_min, self.flops_max)
+        try:   # at once where the window is empty or out of the space's reach
+            solved = vitas.solve_identity_prob(space, self.flops_min, self.flops_max)
+        except ValueError as e:
+            raise infra.UserError(str(e)) from None
         self.identity_prob = solved if identity_prob is None else float(identity_prob)
         if self.params_max is not None:
             fewest = min(vitas.params(vitas.Arch(p, space.embed_dims[0], (None,) * space.depth), space)
                          for p in space.patch_sizes)
             if self.params_max < fewest:
-                raise ValueError(f"params_max {self.params_max:,} is unreachable: the smallest network of this "
+                raise infra.UserError(f"params_max {self.params_max:,} is unreachable: the smallest network of this "
                                  f"space has {fewest:,} parameters")
         self.history, self.generation, self.evaluated = [], 0, set()
 
@@ -183,7 +186,7 @@ class Evolution:
                     fresh.append(arch)
         if len(fresh) < self.population:
             budget = "" if self.params_max is None else f" with at most {self.params_max:,} params"
-            raise ValueError(
+            raise infra.UserError(
                 f"generation {self.generation}: only {len(fresh)} of {self.population} new candidates inside the "
                 f"FLOPs window [{self.flops_min:,}, {self.flops_max:,}]{budget} in {self.max_tries} tries; the "
                 f"window is too narrow (or its networks are used up): widen it, lower the population or raise max_tries")
@@ -254,102 +257,7 @@ def pareto_front(records, cost=lambda r: r["flops"]):
 
 
 # -----------------------------------------------------------------------------
-# Rank agreement (how NAS-Bench studies judge a weight-sharing supernet)
-
-
-def average_ranks(values):
-    """Ranks 1..n, ties sharing the mean of the ranks they span."""
-    v = np.asarray(values, dtype=float)
-    order = np.argsort(v, kind="stable")
-    ranks = np.empty(len(v))
-    i = 0
-    while i < len(v):
-        j = i
-        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def _paired(x, y):
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
-        raise ValueError(f"need two equally long lists of at least 2 values, got {len(x)} and {len(y)}")
-    return x, y
-
-
-def kendall_tau(x, y):
-    """Kendall's tau-b (tie-aware): (concordant - discordant) pairs over the geometric mean of the
-    pairs not tied in x and not tied in y. None where x or y is constant."""
-    x, y = _paired(x, y)
-    i, j = np.triu_indices(len(x), 1)
-    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    denom = math.sqrt(np.count_nonzero(sx) * np.count_nonzero(sy))
-    return float((sx * sy).sum() / denom) if denom else None
-
-
-def spearman_rho(x, y):
-    """Spearman's rho: Pearson correlation of the average ranks. None where x or y is constant."""
-    rx, ry = (r - r.mean() for r in map(average_ranks, _paired(x, y)))
-    denom = math.sqrt((rx * rx).sum() * (ry * ry).sum())
-    return float((rx * ry).sum() / denom) if denom else None
-
-
-def ceiling_tau(top1_by_seed):
-    """The noise ceiling of a rank check: Kendall tau-b between the rankings that two training seeds
-    give the same archs (mean over every pair of seeds when there are more than two). A fitness
-    cannot be expected to rank archs better than training them again does. top1_by_seed: one list
-    per arch of its top-1 under each seed. None with fewer than 2 seeds or where no pair ranks."""
-    runs = np.asarray(top1_by_seed, dtype=float).T                # (seeds, archs)
-    taus = [kendall_tau(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))]
-    taus = [t for t in taus if t is not None]
-    return float(np.mean(taus)) if taus else None
-
-
-def bootstrap_interval(x, y, stat=None, level=0.9, n=2000, seed=0):
-    """Percentile bootstrap interval of stat(x, y) (default Kendall tau-b) over the archs: the pairs
-    resampled with replacement `n` times; resamples where stat is undefined (a constant side) are
-    skipped. (lo, hi), or None where no resample is defined."""
-    stat = stat or kendall_tau
-    x, y = _paired(x, y)
-    rng = np.random.default_rng(seed)
-    values = [v for idx in rng.integers(0, len(x), (n, len(x))) if (v := stat(x[idx], y[idx])) is not None]
-    if not values:
-        return None
-    return float(np.quantile(values, (1 - level) / 2)), float(np.quantile(values, (1 + level) / 2))
-
-
-def rank_agreement(fitness, top1_by_seed, level=0.9):
-    """Everything a rank check reports about fitness against archs trained alone with one or more
-    seeds: tau-b and rho against the seed mean, a bootstrap interval of that tau over the archs, the
-    noise ceiling (ceiling_tau) and tau over the ceiling."""
-    mean = np.asarray(top1_by_seed, dtype=float).mean(axis=1)
-    tau, ceiling = kendall_tau(fitness, mean), ceiling_tau(top1_by_seed)
-    return {"kendall_tau": tau, "spearman_rho": spearman_rho(fitness, mean),
-            "tau_interval": bootstrap_interval(fitness, mean, level=level), "interval_level": level,
-            "ceiling_tau": ceiling, "tau_over_ceiling": None if tau is None or not ceiling or ceiling <= 0 else tau / ceiling}
-
-
-def spread_over_fitness(records, k):
-    """k distinct records whose fitness is spread evenly over the range: for each of k evenly spaced
-    fitness targets from the lowest to the highest, the nearest record not yet picked."""
-    if len(records) < k:
-        raise ValueError(f"a rank check of {k} archs needs at least {k} evaluated candidates, found {len(records)}")
-    pool = sorted(records, key=lambda r: (r["fitness"], r["flops"]))
-    lo, hi = pool[0]["fitness"], pool[-1]["fitness"]
-    picked = []
-    for t in np.linspace(lo, hi, k):
-        i = min(range(len(pool)), key=lambda i: abs(pool[i]["fitness"] - t))
-        picked.append(pool.pop(i))
-    return picked
-
-
-# -----------------------------------------------------------------------------
 # Fitness: accuracy of the inherited weights on the held-out split
-
-
-FITNESS = ("top1", "loss")
 
 
 def fitness_fn(supernet, loader, d, sides, amp=False):
@@ -362,28 +270,26 @@ def fitness_fn(supernet, loader, d, sides, amp=False):
     return fitness
 
 
-def fitness_value(scores, measure):
-    """Higher is better: top-1 itself, or minus the loss."""
-    return scores["top1"] if measure == "top1" else -scores["loss"]
+def designed_arch(space, target_flops, flops_min, flops_max, designed, tie=lambda arch: 0):
+    """Of the uniform archs (SearchSpace.uniform_archs) inside the window that `designed` accepts,
+    the one whose FLOPs are nearest the target (ties: the least `tie`, then the first); None if none."""
+    best = None
+    for arch in space.uniform_archs():
+        if designed(arch) and flops_min <= (f := vitas.flops(arch, space)) <= flops_max:
+            key = (abs(f - target_flops), tie(arch))
+            if best is None or key < best[0]:
+                best = (key, arch)
+    return None if best is None else best[1]
 
 
 def baseline_arch(space, target_flops, flops_min, flops_max):
     """A hand-designed network to compare with: every block present and alike, heads = attention
     width / 16 where possible, the FLOPs nearest the target inside the window."""
-    best = None
-    for p in space.patch_sizes:
-        for c in space.embed_dims:
-            for a in space.attn_dims:
-                heads = [h for h in space.heads if a % h == 0]
-                if not heads:
-                    continue
-                h = min(heads, key=lambda h: abs(a / h - 16))
-                for m in space.mlp_dims:
-                    arch = vitas.Arch(p, c, (vitas.Block(h, a, m),) * space.depth)
-                    f = vitas.flops(arch, space)
-                    if flops_min <= f <= flops_max and (best is None or abs(f - target_flops) < best[0]):
-                        best = (abs(f - target_flops), arch)
-    return None if best is None else best[1]
+    def designed(arch):
+        b = arch.blocks[0]
+        return arch.depth == space.depth and b.heads == min((h for h in space.heads if b.attn_dim % h == 0),
+                                                            key=lambda h: abs(b.attn_dim / h - 16))
+    return designed_arch(space, target_flops, flops_min, flops_max, designed)
 
 
 def deit_arch(space, target_flops, flops_min, flops_max):
@@ -393,21 +299,11 @@ def deit_arch(space, target_flops, flops_min, flops_max):
     def nearest(choices, x):
         return min(choices, key=lambda v: (abs(v - x), v))
 
-    best = None
-    for p in space.patch_sizes:
-        for c in space.embed_dims:
-            a = nearest(space.attn_dims, c)
-            heads = [h for h in space.heads if a % h == 0]
-            if not heads:
-                continue
-            h = min(heads, key=lambda h: (abs(a / h - 64), h))
-            block = vitas.Block(h, a, nearest(space.mlp_dims, 4 * c))
-            for depth in range(1, space.depth + 1):
-                arch = vitas.Arch(p, c, (block,) * depth + (None,) * (space.depth - depth))
-                f = vitas.flops(arch, space)
-                if flops_min <= f <= flops_max and (best is None or (abs(f - target_flops), -depth) < best[0]):
-                    best = ((abs(f - target_flops), -depth), arch)
-    return None if best is None else best[1]
+    def designed(arch):
+        b, c = arch.blocks[0], arch.embed_dim
+        return (b.attn_dim == nearest(space.attn_dims, c) and b.mlp_dim == nearest(space.mlp_dims, 4 * c)
+                and b.heads == min((h for h in space.heads if b.attn_dim % h == 0), key=lambda h: (abs(b.attn_dim / h - 64), h)))
+    return designed_arch(space, target_flops, flops_min, flops_max, designed, tie=lambda arch: -arch.depth)
 
 
 BASELINES = {"uniform": baseline_arch, "deit": deit_arch}
@@ -420,8 +316,7 @@ BASELINES = {"uniform": baseline_arch, "deit": deit_arch}
 def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, log, write, meter=None):
     """One resumable search into `out` (files written where `write`, i.e. on rank 0): state.json
     after every generation, candidates.jsonl, pareto.json (and pareto_throughput.json) and
-    best_arch.json. `meter`: a throughput budget's SharedMeter. Returns the Evolution, or None where
-    --stop-after interrupted it."""
+    best_arch.json. `meter`: a throughput budget's SharedMeter. Returns the Evolution."""
     evo = Evolution(space, args.flops_min, args.flops_max, params_max=args.params_max, population=args.population,
                     parents=args.parents, mutate_prob=args.mutate_prob, identity_prob=identity_prob, algo=algo,
                     seed=args.seed, identity_shift=identity_shift, throughput=meter, throughput_min=args.throughput_min)
@@ -453,8 +348,6 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
         log(f"[{algo}] generation {evo.generation}/{args.generations}: best top-1 {best['top1']:.2f}% loss {best['loss']:.3f} "
             f"({best['flops'] / 1e6:.2f} MFLOPs), generation mean top-1 {np.mean([sc['top1'] for sc in scores]):.2f}%, "
             f"{len(evo.history)} evaluated, ETA {infra.fmt_time(eta)}")
-        if args.stop_after and evo.generation >= args.stop_after:   # for tests: simulate an interruption
-            return None
     if write:
         write_json(os.path.join(out, "pareto.json"), pareto_front(evo.history))
         if meter is not None:
@@ -480,11 +373,11 @@ class SharedMeter(vitas.ThroughputMeter):
         return value[0]
 
 
-def throughput_meter(args, space, identity_prob, d, log):
+def throughput_meter(args, space, identity_prob, d):
     """The search's SharedMeter, after checking that --throughput-min is within reach: it measures
     the window's uniform archs (train.reported_archs) and 16 sampled ones first."""
     device = d.device
-    batch = args.throughput_batch or (128 if device.type == "cuda" else 16)
+    batch = infra.throughput_batch(args, device)
     meter = SharedMeter(space, d, device=device, batch=batch, amp=args.throughput_amp)
     rng = np.random.default_rng([args.seed, 3])
     probe = list(train.reported_archs(space, (args.flops_min, args.flops_max)).values())
@@ -493,7 +386,7 @@ def throughput_meter(args, space, identity_prob, d, log):
         if args.flops_min <= vitas.flops(a, space) <= args.flops_max:
             probe.append(a)
     speeds = sorted((meter(a), str(a)) for a in probe)
-    log(f"throughput on {device} (batch {batch}{', bf16' if args.throughput_amp else ''}) of {len(probe)} archs in the "
+    d.log(f"throughput on {device} (batch {batch}{', bf16' if args.throughput_amp else ''}) of {len(probe)} archs in the "
         f"window: {speeds[0][0]:,.0f} to {speeds[-1][0]:,.0f} images/s")
     if args.throughput_min > speeds[-1][0]:
         raise infra.UserError(f"--throughput-min {args.throughput_min:g} images/s is out of reach in the FLOPs window: the fastest "
@@ -502,63 +395,7 @@ def throughput_meter(args, space, identity_prob, d, log):
     return meter
 
 
-def retrain_argv(ck, epochs, device, world, seed=0):
-    """train.py flags that train an arch alone on the checkpoint's data, held-out split, optimiser
-    and effective batch (split over this job's `world` processes, so the result does not depend on
-    how many there are); augmentation and regularisation are retrain mode's own defaults. `seed`
-    j > 0 changes only the training (initialisation, data order): --seed is the checkpoint's plus j,
-    --data-seed stays the checkpoint's."""
-    ck_args = ck["args"]
-    batch = ck_args["batch_size"] * ck.get("world", 1)
-    if batch % world:
-        raise infra.UserError(f"the checkpoint's effective batch {batch} does not split over {world} processes; "
-                              f"run with a process count that divides it")
-    keep = {"space": "--space", "data": "--data", "data_root": "--data-root",
-            "synthetic_size": "--synthetic-size", "synthetic_classes": "--synthetic-classes", "holdout": "--holdout",
-            "lr": "--lr", "min_lr": "--min-lr", "weight_decay": "--weight-decay",
-            "warmup_epochs": "--warmup-epochs", "clip_grad": "--clip-grad", "workers": "--workers",
-            "eval_batch_size": "--eval-batch-size", "eval_limit": "--eval-limit"}
-    data_seed = ck_args["seed"] if ck_args.get("data_seed") is None else ck_args["data_seed"]
-    argv = ["--epochs", str(epochs), "--batch-size", str(batch // world), "--device", device, "--log-every", "1000",
-            "--seed", str(ck_args["seed"] + seed), "--data-seed", str(data_seed)]
-    for key, flag in keep.items():
-        if ck_args.get(key) is not None:
-            argv += [flag, str(ck_args[key])]
-    return argv + (["--amp"] if ck_args.get("amp") else [])
-
-
-def retrain_folder(args, arch, argv):
-    """Where `arch` trained alone with `argv` goes: --retrain-dir (default OUT/retrain), one folder
-    per arch and settings, so a folder shared between searches never trains the same thing twice."""
-    key = hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
-    return os.path.join(args.retrain_dir or os.path.join(args.out, "retrain"), key)
-
-
-def retrain(arch, out, argv, d, log):
-    """Train `arch` alone with train.py's retrain mode into `out`; its final val {"top1", "top5",
-    "loss", "n"}. The result is kept in out/result.json: a finished retrain is never redone."""
-    result_path, arch_path = os.path.join(out, "result.json"), os.path.join(out, "arch.json")
-    done = float(os.path.exists(result_path))
-    if d.world > 1:   # every rank takes the same decision, even where shared storage lags
-        done = d.all_reduce(torch.tensor(done)).item() / d.world
-    if done == 1.0:
-        with open(result_path) as f:
-            result = json.load(f)
-        if result["arch"] == arch.to_dict() and result["argv"] == argv:
-            return result["val"]
-    if d.main:
-        os.makedirs(out, exist_ok=True)
-        write_json(arch_path, arch.to_dict())
-    if d.world > 1:
-        dist.barrier()
-    log(f"training {arch} alone for {argv[1]} epochs into {out}")
-    val = train.train(train.get_parser().parse_args(["--arch", arch_path, "--out", out, *argv]))["val"]["model"]
-    if d.main:
-        write_json(result_path, {"arch": arch.to_dict(), "argv": argv, "val": val})
-    return val
-
-
-def compare_retrained(args, space, best, ck, d, log):
+def compare_retrained(args, space, best, ck, d):
     """Retrain the searched arch and the hand-designed baselines of the nearest FLOPs in the window."""
     searched = vitas.Arch.from_dict(best["arch"])
     archs = {"searched": searched}
@@ -568,84 +405,16 @@ def compare_retrained(args, space, best, ck, d, log):
             raise infra.UserError(f"no hand-designed network ({name}) lies in the FLOPs window; the search results are "
                                   f"in {args.out}: widen the window or leave out --retrain-epochs")
         archs[name] = base
-    argv = retrain_argv(ck, args.retrain_epochs, args.device, d.world)
+    argv = rankcheck.alone_argv(ck, args.retrain_epochs, args.device, d.world, flags=args.retrain_flags)
     results = {}
     for name, arch in archs.items():
-        res = retrain(arch, retrain_folder(args, arch, argv), argv, d, log)
+        res = rankcheck.train_alone(arch, rankcheck.alone_folder(rankcheck.alone_root(args), arch, argv), argv, d)
         results[name] = {"arch": arch.to_dict(), "flops": vitas.flops(arch, space), "params": vitas.params(arch, space), **res}
-    log(f"\nretrained {args.retrain_epochs} epochs, val accuracy:")
+    d.log(f"\nretrained {args.retrain_epochs} epochs, val accuracy:")
     for name, r in results.items():
-        log(f"  {name:9s} top-1 {r['top1']:5.1f}%  top-5 {r['top5']:5.1f}%  {r['flops'] / 1e6:6.2f} MFLOPs  "
+        d.log(f"  {name:9s} top-1 {r['top1']:5.1f}%  top-5 {r['top5']:5.1f}%  {r['flops'] / 1e6:6.2f} MFLOPs  "
             f"{r['params'] / 1e6:.3f} M params  {vitas.Arch.from_dict(r['arch'])}")
     return results
-
-
-def rank_check(args, space, ck, holdout_images, d, log):
-    """How far the search's judgement can be trusted: K candidates spread over the fitness range,
-    each trained alone for --rank-epochs with --rank-seeds training seeds (train.py's retrain mode,
-    the checkpoint's data). Kendall tau-b and Spearman rho of fitness against the seed mean, a
-    bootstrap interval of tau over the archs, and the noise ceiling: tau between the seeds' own
-    rankings. rank_check.json holds it all, per arch and per seed."""
-    if d.world > 1:   # rank 0 wrote the candidates
-        dist.barrier()
-    path = os.path.join(args.out, "candidates.jsonl")
-    if not os.path.exists(path):
-        raise infra.UserError(f"--rank-check: no candidates in {args.out} ({path} is missing); run the search there "
-                              f"first (give --ckpt, --flops-min and --flops-max)")
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    inside = [r for r in records if args.flops_min <= r["flops"] <= args.flops_max]
-    try:
-        picked = spread_over_fitness(inside, args.rank_check)
-    except ValueError as e:
-        raise infra.UserError(f"--rank-check {args.rank_check}: {e} in {path} inside the window; lower K or search longer") from None
-    argvs = [retrain_argv(ck, args.rank_epochs, args.device, d.world, seed) for seed in range(args.rank_seeds)]
-    out_path = os.path.join(args.out, "rank_check.json")
-    measure = "held-out top-1" if args.fitness == "top1" else "minus held-out loss"
-    result = {"kendall_tau": None, "spearman_rho": None, "archs": [],
-              "settings": {"k": args.rank_check, "epochs": args.rank_epochs, "seeds": args.rank_seeds, "flops_min": args.flops_min,
-                           "flops_max": args.flops_max, "fitness": args.fitness, "holdout_images": holdout_images,
-                           "retrain_argv": argvs, "processes": d.world}}
-    log(f"rank check: {len(picked)} of {len(inside)} candidates, fitness {min(r['fitness'] for r in picked):.3f} to "
-        f"{max(r['fitness'] for r in picked):.3f}, each trained alone for {args.rank_epochs} epochs with {args.rank_seeds} seed(s)")
-    for i, r in enumerate(picked):
-        arch = vitas.Arch.from_dict(r["arch"])
-        vals = [retrain(arch, retrain_folder(args, arch, argv), argv, d, log) for argv in argvs]
-        seeds = [v["top1"] for v in vals]
-        result["archs"].append({"arch": r["arch"], "flops": r["flops"], "params": r["params"], "fitness": r["fitness"],
-                                "inherited": {k: r[k] for k in FITNESS if k in r}, "top1": float(np.mean(seeds)),
-                                "top1_seeds": seeds, "top5": float(np.mean([v["top5"] for v in vals])),
-                                "val_images": vals[0].get("n")})
-        if d.main:
-            write_json(out_path, result)
-        log(f"rank check {i + 1}/{len(picked)}: fitness {r['fitness']:.3f}, alone {' '.join(f'{t:.1f}' for t in seeds)}%  {arch}")
-    rows = result["archs"]
-    by_seed = [a["top1_seeds"] for a in rows]
-    result.update(rank_agreement([a["fitness"] for a in rows], by_seed))
-    # the other measure too, when the candidates carry it: which fitness ranks better is a question in itself
-    result["by_measure"] = {m: rank_agreement([fitness_value(a["inherited"], m) for a in rows], by_seed)
-                            for m in FITNESS if all(m in a["inherited"] for a in rows)}
-    if d.main:
-        write_json(out_path, result)
-    log(f"\nrank check ({measure} of the inherited weights vs val top-1 trained alone, {len(rows)} archs):")
-    for a in sorted(rows, key=lambda a: a["fitness"]):
-        log(f"  fitness {a['fitness']:8.3f}  alone {a['top1']:5.1f}% ({' '.join(f'{t:.1f}' for t in a['top1_seeds'])})  "
-            f"{a['flops'] / 1e6:5.2f} MFLOPs  {vitas.Arch.from_dict(a['arch'])}")
-    log("  " + describe_agreement(result) + f"; wrote {out_path}")
-    return result
-
-
-def describe_agreement(r):
-    """One line on how to read a rank check's figures."""
-    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
-    line = f"Kendall tau-b {fmt(r['kendall_tau'])}"
-    if r.get("tau_interval"):
-        line += f" ({100 * r['interval_level']:.0f}% bootstrap interval {r['tau_interval'][0]:.2f} to {r['tau_interval'][1]:.2f})"
-    line += f", Spearman rho {fmt(r['spearman_rho'])}"
-    if r.get("ceiling_tau") is None:
-        return line + "; no noise ceiling with one seed (--rank-seeds 2 or more measures it)"
-    return (line + f"; ceiling {fmt(r['ceiling_tau'])} (tau between the training seeds' own rankings: no fitness can "
-            f"be expected to do better), tau/ceiling {fmt(r['tau_over_ceiling'])}; a difference inside the interval is no difference")
 
 
 def device_name(device):
@@ -656,84 +425,63 @@ def device_name(device):
 
 
 def resolve_from_folder(args):
-    """--rank-check alone on a finished search folder: the checkpoint and window come from its search.json."""
+    """--rank-check alone on a finished search folder: the checkpoint, window and fitness (and the
+    held-out images scored, unless --eval-size is given) come from its search.json."""
     path = os.path.join(args.out, "search.json")
     if not args.rank_check or not os.path.exists(path):
         missing = [f for f, v in (("--ckpt", args.ckpt), ("--flops-min", args.flops_min), ("--flops-max", args.flops_max)) if v is None]
         raise infra.UserError(f"{', '.join(missing)} required (or --rank-check K with --out a search folder holding search.json)")
     with open(path) as f:
         summary = json.load(f)
-    for key in ("ckpt", "flops_min", "flops_max", "fitness"):
-        setattr(args, key, summary["settings"][key] if key != "fitness" else summary["settings"].get(key, "top1"))
+    settings = summary["settings"]
+    args.ckpt, args.flops_min, args.flops_max = settings["ckpt"], settings["flops_min"], settings["flops_max"]
+    args.fitness = settings.get("fitness", "top1")
+    args.eval_size = args.eval_size or settings.get("eval_size")
     return summary
 
 
-def load_supernet(args, d, log):
+def load_supernet(args, d):
     """The checkpoint's space and args, and a fitness function on its held-out split."""
-    ck = infra.load_checkpoint(args.ckpt)
+    ck = infra.load_checkpoint(args.ckpt, "--ckpt")
     if ck.get("mode") != "super":
         raise infra.UserError(f"{args.ckpt} is a retrain checkpoint; search needs a super-transformer checkpoint")
-    space = vitas.SearchSpace(**ck["space"])
-    ck_args = ck["args"]
-    supernet = vitas.SuperTransformer(space)
-    supernet.load_state_dict(ck["model"])
+    space, ck_args = vitas.SearchSpace(**ck["space"]), ck["args"]
+    supernet, sides = infra.supernet_of(ck)
     supernet.to(d.device).eval()
     data = infra.build_datasets(argparse.Namespace(**{**ck_args, "download": False}), space.image_size)
     if len(data.holdout) == 0:
         raise infra.UserError(f"{args.ckpt} was trained with --holdout 0: there are no held-out images to score archs on")
     loader = infra.eval_loader(data.holdout, args.batch_size, d, ck_args.get("workers", 0), limit=args.eval_size)
-    sides = vitas.SHARINGS[ck_args["sharing"]]
     n_eval = min(len(data.holdout), args.eval_size or len(data.holdout))
-    log(f"fitness: {args.fitness} on {n_eval} held-out images (one image = {100 / n_eval:.2f} points of top-1; "
+    d.log(f"fitness: {args.fitness} on {n_eval} held-out images (one image = {100 / n_eval:.2f} points of top-1; "
         f"{' + '.join(sides)}), {d.world} process(es)")
     return ck, space, fitness_fn(supernet, loader, d, sides, ck_args.get("amp", False)), n_eval
 
 
 def search(args):
+    """The paper's search over a trained super-transformer (and, where asked, the retrain of its best
+    arch beside hand-designed ones, and the rank check); or, with no --ckpt, the rank check alone on
+    a finished search folder."""
     d = infra.setup_distributed(args.device)
     log = d.log
     alone = args.ckpt is None
     summary = resolve_from_folder(args) if alone else None
-    ck = infra.load_checkpoint(args.ckpt)
-    space = vitas.SearchSpace(**ck["space"])
+    ck, space, fitness, n_eval = load_supernet(args, d)
     lo, hi = vitas.flops(space.min_arch(), space), vitas.flops(space.max_arch(), space)
     log(f"search space: {lo / 1e6:.2f}-{hi / 1e6:.2f} MFLOPs with every block present; window "
         f"[{args.flops_min / 1e6:.2f}M, {args.flops_max / 1e6:.2f}M]")
     if not alone:
-        ck, space, fitness, n_eval = load_supernet(args, d, log)
         os.makedirs(args.out, exist_ok=True)
         # written now so an interrupted search is still described; completed below
-        summary = {"settings": {k: v for k, v in vars(args).items() if k != "stop_after"}, "checkpoint": os.path.abspath(args.ckpt),
-                   "checkpoint_step": ck["step"], "identity_prob": ck["identity_prob"], "holdout_images": n_eval}
+        summary = {"settings": vars(args), "checkpoint": os.path.abspath(args.ckpt), "checkpoint_step": ck["step"],
+                   "identity_prob": ck["identity_prob"], "holdout_images": n_eval}
         if d.main:
             write_json(os.path.join(args.out, "search.json"), summary)
-        shift = ck["args"].get("identity_shift", False)
-        p = ck["identity_prob"] if ck["identity_prob"] is not None else vitas.solve_identity_prob(
-            space, args.flops_min, args.flops_max)
-        meter = None if args.throughput_min is None else throughput_meter(args, space, p, d, log)
-        if meter is not None:
-            summary["throughput"] = {"device": device_name(d.device), "batch": meter.batch,
-                                     "dtype": "bfloat16" if meter.amp else "float32", "min": args.throughput_min}
-        runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], shift, args.algo, args.out, log, d.main, meter)}
-        if args.compare:
-            other = "random" if args.algo == "evolution" else "evolution"
-            os.makedirs(os.path.join(args.out, other), exist_ok=True)
-            runs[other] = run_search(args, space, fitness, ck["identity_prob"], shift, other, os.path.join(args.out, other),
-                                     log, d.main, meter)
-        if any(evo is None for evo in runs.values()):
-            return None
-        summary.update(evaluations=len(runs[args.algo].history), best=runs[args.algo].best)
-        for algo, evo in runs.items():
-            b = evo.best
-            log(f"{algo:9s} best: {b['top1']:.2f}% held-out top-1, loss {b['loss']:.3f}, {b['flops'] / 1e6:.2f} MFLOPs, "
-                f"{b['params'] / 1e6:.3f} M params: {vitas.Arch.from_dict(b['arch'])}")
-        if args.compare:
-            summary["compare"] = {algo: evo.best for algo, evo in runs.items()}
+        runs = search_algorithms(args, space, ck, fitness, summary, d)
         if args.retrain_epochs:
-            summary["retrain"] = compare_retrained(args, space, runs[args.algo].best, ck, d, log)
+            summary["retrain"] = compare_retrained(args, space, runs[args.algo].best, ck, d)
     if args.rank_check:
-        rc = rank_check(args, space, ck, summary.get("holdout_images"), d, log)
-        summary["rank_check"] = {k: v for k, v in rc.items() if k not in ("archs", "settings")}
+        summary["rank_check"] = rankcheck.rank_check(args, space, ck, fitness, n_eval, d)["statistics"]
     if d.main:
         write_json(os.path.join(args.out, "search.json"), summary)
         if not alone:
@@ -744,6 +492,32 @@ def search(args):
                               title=f"{args.algo} search, fitness {args.fitness}, {summary['holdout_images']} held-out images")
         log(f"wrote {args.out}/search.json" + ("" if alone else ", best_arch.json, candidates.jsonl, pareto.json, pareto.png"))
     return summary
+
+
+def search_algorithms(args, space, ck, fitness, summary, d):
+    """--algo's search (and with --compare the other algorithm's, the same number of evaluations);
+    each network scored on the path it trained (identity-shifted where the checkpoint says so).
+    Completes `summary`; returns {algo: Evolution}."""
+    log = d.log
+    shift = infra.scores_shifted(ck["args"])
+    p = ck["identity_prob"] if ck["identity_prob"] is not None else vitas.solve_identity_prob(space, args.flops_min, args.flops_max)
+    meter = None if args.throughput_min is None else throughput_meter(args, space, p, d)
+    if meter is not None:
+        summary["throughput"] = {"device": device_name(d.device), "batch": meter.batch,
+                                 "dtype": "bfloat16" if meter.amp else "float32", "min": args.throughput_min}
+    runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], shift, args.algo, args.out, log, d.main, meter)}
+    if args.compare:
+        other = "random" if args.algo == "evolution" else "evolution"
+        os.makedirs(os.path.join(args.out, other), exist_ok=True)
+        runs[other] = run_search(args, space, fitness, ck["identity_prob"], shift, other, os.path.join(args.out, other),
+                                 log, d.main, meter)
+        summary["compare"] = {algo: evo.best for algo, evo in runs.items()}
+    summary.update(evaluations=len(runs[args.algo].history), best=runs[args.algo].best)
+    for algo, evo in runs.items():
+        b = evo.best
+        log(f"{algo:9s} best: {b['top1']:.2f}% held-out top-1, loss {b['loss']:.3f}, {b['flops'] / 1e6:.2f} MFLOPs, "
+            f"{b['params'] / 1e6:.3f} M params: {vitas.Arch.from_dict(b['arch'])}")
+    return runs
 
 
 def rank_k_arg(text):
@@ -766,8 +540,7 @@ def get_parser():
                    help="optional speed budget: candidates whose exported ViT does fewer images/s on this device (eval, "
                         "no grad) are rejected before evaluation; each arch measured once (candidates.jsonl gains "
                         "'throughput', pareto_throughput.json is written)")
-    g.add_argument("--throughput-batch", type=pos, default=None, help="batch of the throughput measurement (default 16 on CPU, 128 on CUDA)")
-    g.add_argument("--throughput-amp", action="store_true", help="measure throughput under bf16 autocast (CUDA)")
+    infra.throughput_measure_flags(g)
     g.add_argument("--algo", default="evolution", choices=ALGOS)
     g.add_argument("--compare", action="store_true", help="also run the other algorithm with the same number of evaluations")
     g.add_argument("--population", type=infra.number_arg(int, 2), default=50)
@@ -784,19 +557,24 @@ def get_parser():
     g.add_argument("--seed", type=nat, default=0)
     g.add_argument("--out", default="runs/search", help="output folder; re-running the same command resumes")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--stop-after", type=nat, default=0, help=argparse.SUPPRESS)
     g = ap.add_argument_group("after the search")
     g.add_argument("--retrain-epochs", type=nat, default=0,
                    help="retrain the best arch and two hand-designed baselines of the nearest FLOPs (uniform blocks; DeiT "
                         "proportions) this many epochs each and compare (0: off)")
     g.add_argument("--rank-check", type=rank_k_arg, default=0, metavar="K",
-                   help="train K candidates spread over the fitness range alone and report Kendall tau-b and Spearman rho "
-                        "between their fitness and their val top-1 (rank_check.json). Runs after the search, or alone "
-                        "with --out a finished search folder. Finished retrains are reused. (0: off)")
-    g.add_argument("--rank-epochs", type=pos, default=5, help="epochs each rank-check arch is trained alone (default 5)")
+                   help="train K archs of the window alone, spread over its (patch size, depth) cells by a seeded draw "
+                        "(not chosen by the fitness under test), and report how well the inherited weights rank them: "
+                        "Kendall tau-b, the reference's reliability and the oracle bound tau*, tau corrected for the "
+                        "reference's noise, bootstrap intervals, FLOPs/params/depth as floors (rank_check.json). Runs after "
+                        "the search, or alone with --out a finished search folder. Finished trainings are reused. (0: off)")
+    g.add_argument("--rank-epochs", type=pos, default=20, help="epochs each rank-check arch is trained alone (default 20)")
     g.add_argument("--rank-seeds", type=pos, default=2,
                    help="training seeds each rank-check arch is trained alone with (default 2): tau is taken against their "
-                        "mean, and tau between the seeds' own rankings is the noise ceiling (1: no ceiling)")
+                        "mean, and their agreement measures the reference's reliability (1: reliability unknown)")
+    g.add_argument("--retrain-flags", type=rankcheck.retrain_flags_arg, default=[], metavar="'FLAGS'",
+                   help="train.py augmentation and regularisation flags for every arch trained alone (rank check, "
+                        "--retrain-epochs), e.g. '--randaug 0 --reprob 0' (default: retrain mode's own: smoothing 0.1, "
+                        "RandAugment 9 and erasing 0.25 on real images); recorded in search.json and rank_check.json")
     g.add_argument("--retrain-dir", default=None, help="where archs trained alone go (default OUT/retrain, a folder per "
                                                        "arch and settings); share it between searches to reuse them")
     return ap

@@ -261,10 +261,12 @@ import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler
 
 import infra
+import rankcheck
 import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # a few-second configuration of the synthetic default
+WINDOW = ["--flops-min", "2M", "--flops-max", "4M"]
 SMALL = ["--synthetic-size", "640", "--batch-size", "32", "--eval-limit", "128", "--log-every", "5", "--device", "cpu"]
 
 
@@ -312,11 +314,16 @@ def run_main(module, argv, capsys):
 
 def test_learned_identity_probability_concentrates_flops_in_the_window():
     lo, hi = 2_000_000, 4_000_000
-    sampler = train.ArchSampler(TINY, seed=0, uniform_epochs=1, flops_min=lo, flops_max=hi)
+    sampler = train.ArchSampler(TINY, seed=0, uniform_epochs=1, window=(lo, hi))
     raw = [vitas.flops(TINY.sample(np.random.default_rng(i), sampler.identity_prob), TINY) for i in range(2000)]
     assert lo <= np.mean(raw) <= hi                              # p solved so the mean lands in the window
     learned = [vitas.flops(sampler(step, epoch=1)[0], TINY) for step in range(500)]
     assert np.mean([lo <= f <= hi for f in learned]) >= 0.9
+    # without the redraw, the draws at the learned p centre on the window (E[FLOPs] is exact at p;
+    # at 1/2 or 1 - p they miss by over 5%)
+    raw_sampler = train.ArchSampler(TINY, seed=0, uniform_epochs=0, window=(lo, hi), max_tries=1)
+    centre = np.mean([vitas.flops(raw_sampler(step, epoch=0)[0], TINY) for step in range(20000)])
+    assert centre == pytest.approx((lo + hi) / 2, rel=0.015)
     uniform = [sampler(step, epoch=0)[0] for step in range(500)]    # uniform phase first: p = 1/2
     assert 0.45 < np.mean([b is None for a in uniform for b in a.blocks]) < 0.55
     assert sampler(7, 1) == sampler(7, 1)                        # (seed, step) decides the arch
@@ -357,7 +364,7 @@ def test_identity_probability_clips_at_zero_and_one():
 
 def test_unreachable_flops_window_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="unreachable"):
-        train.ArchSampler(TINY, 0, 0, flops_min=10**12, flops_max=2 * 10**12)
+        train.ArchSampler(TINY, 0, 0, window=(10**12, 2 * 10**12))
     code, err = run_main(train, ["--out", str(tmp_path), "--flops-min", "1G", "--flops-max", "2G", *SMALL], capsys)
     assert code == 2 and "unreachable" in err and "Traceback" not in err
 
@@ -384,7 +391,7 @@ def test_two_process_torchrun_trains_the_same_arch_on_every_rank(tmp_path):
 def test_sandwich_trains_the_largest_and_smallest_every_step_on_every_rank(tmp_path):
     out = tmp_path / "ddp"
     ranks = torchrun_watched(tmp_path, out, "--epochs", "2", "--uniform-epochs", "1", "--flops-min", "2M", "--flops-max", "4M",
-                             "--sandwich", "1", "--distill", "--sharing", "cyclic", "--identity-shift", *SMALL)
+                             "--sandwich", "1", "--distill", "--sharing", "cyclic", "--identity-shift", "train", *SMALL)
     assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
     ends = train.reported_archs(TINY, (2_000_000, 4_000_000))
     for largest, smallest, drawn in ranks[0]["archs"]:
@@ -497,17 +504,67 @@ def test_summed_bilateral_loss_is_one_loss_on_the_sum_of_both_slices_logits():
 
 def test_depth_balanced_sampling_draws_every_reachable_depth_alike_inside_the_window():
     lo, hi = 2_000_000, 4_000_000
-    balanced = train.ArchSampler(TINY, seed=0, uniform_epochs=0, flops_min=lo, flops_max=hi, depth_balanced=True)
-    plain = train.ArchSampler(TINY, seed=0, uniform_epochs=0, flops_min=lo, flops_max=hi)
-    assert len(balanced.depths) >= 4 and balanced.depths == sorted(balanced.depths)
+    balanced = train.ArchSampler(TINY, seed=0, uniform_epochs=0, window=(lo, hi), sampling="depth-balanced")
+    plain = train.ArchSampler(TINY, seed=0, uniform_epochs=0, window=(lo, hi))
+    depths = [d for _, d in balanced.cells]
+    assert len(depths) >= 4 and depths == sorted(depths) and all(p is None for p, _ in balanced.cells)
     drawn = [balanced(step, 1)[0] for step in range(1200)]
     assert np.mean([lo <= vitas.flops(a, TINY) <= hi for a in drawn]) >= 0.9
-    counts = np.bincount([a.depth for a in drawn], minlength=TINY.depth + 1)[balanced.depths] / len(drawn)
-    assert counts.min() > 0.5 / len(balanced.depths)                     # no reachable depth starved ...
-    binomial = np.bincount([plain(step, 1)[0].depth for step in range(1200)], minlength=TINY.depth + 1)[balanced.depths] / 1200
+    counts = np.bincount([a.depth for a in drawn], minlength=TINY.depth + 1)[depths] / len(drawn)
+    assert counts.min() > 0.5 / len(depths)                              # no reachable depth starved ...
+    binomial = np.bincount([plain(step, 1)[0].depth for step in range(1200)], minlength=TINY.depth + 1)[depths] / 1200
     assert counts.std() < binomial.std()                                 # ... and flatter than the binomial depths
     assert np.mean([a.depth for a in drawn]) > np.mean([plain(step, 1)[0].depth for step in range(1200)])
     assert balanced(5, 1) == balanced(5, 1)                              # (seed, step) still decides
+
+
+def counted_shares(sampler, steps, epoch):
+    """Sampler statistics counted here from the draws themselves: per block position and patch size
+    the share of steps whose archs use it, per depth the share of drawn archs."""
+    drawn = [sampler(step, epoch) for step in steps]
+    blocks = [np.mean([any(a.blocks[i] is not None for a in archs) for archs in drawn]) for i in range(TINY.depth)]
+    patches = {str(p): np.mean([any(a.patch_size == p for a in archs) for archs in drawn]) for p in TINY.patch_sizes}
+    flat = [a for archs in drawn for a in archs]
+    return blocks, patches, [np.mean([a.depth == d for a in flat]) for d in range(TINY.depth + 1)]
+
+
+def test_log_holds_the_sampler_statistics_of_each_epoch_as_counted_from_the_draws(tmp_path):
+    argv = ["--out", str(tmp_path), "--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--sandwich", "1", *SMALL]
+    args = train.parse_args(argv)
+    train.train(args)
+    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    sampler = train.ArchSampler(TINY, 0, 1, (2_000_000, 4_000_000), sandwich=1, identity_shift=True)
+    steps_per_epoch = records[0]["step"]
+    for epoch, r in enumerate(records):
+        blocks, patches, depths = counted_shares(sampler, range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch), epoch)
+        assert r["sampled"]["block_share"] == pytest.approx(blocks)
+        assert r["sampled"]["patch_share"] == pytest.approx(patches)
+        assert r["sampled"]["depth_share"] == pytest.approx(depths)
+    assert records[1]["sampled"]["block_share"][-1] < 0.5 < records[1]["sampled"]["block_share"][0]   # v2 starves the last
+
+
+@pytest.mark.parametrize("recipe, fair", [(["--recipe", "v1", "--sampling", "depth-balanced"], True),
+                                          (["--recipe", "fair"], True), (["--recipe", "v2"], False),
+                                          (["--recipe", "v1"], False)])
+def test_fair_samplers_train_every_block_position_and_patch_size(recipe, fair):
+    """In the quick start's window: every block position at least half as often as the most trained
+    one, each patch size on at least a third of the steps (v2 and v1 miss, as the README says)."""
+    args = train.resolve_recipe(train.parse_args([*recipe, *WINDOW]))
+    sampler = train.ArchSampler(TINY, 0, 0, (2_000_000, 4_000_000), identity_shift=args.identity_shift == "train",
+                                sampling=args.sampling)
+    blocks, patches, _ = counted_shares(sampler, range(3000), 1)
+    meets = min(blocks) >= 0.5 * max(blocks) and min(patches.values()) >= 1 / 3
+    assert meets == fair, (blocks, patches)
+
+
+def test_identity_shift_search_trains_identities_anywhere_and_scores_them_shifted():
+    args = vars(train.resolve_recipe(train.parse_args(["--recipe", "fair", *WINDOW])))
+    assert args["identity_shift"] == "search" and args["sampling"] == "stratified" and infra.scores_shifted(args)
+    sampler = train.ArchSampler(TINY, 0, 0, (2_000_000, 4_000_000), identity_shift=False, sampling="stratified")
+    drawn = [sampler(step, 1)[0] for step in range(200)]
+    assert any(a != vitas.shift_identities(a) for a in drawn)                 # identities before real blocks
+    assert not infra.scores_shifted(vars(train.resolve_recipe(train.parse_args(["--recipe", "v1"]))))
+    assert infra.scores_shifted({"identity_shift": True})                     # checkpoints of the two-valued flag
 
 
 def test_data_seed_keeps_the_data_and_split_while_seed_changes_the_training():
@@ -516,13 +573,13 @@ def test_data_seed_keeps_the_data_and_split_while_seed_changes_the_training():
     assert torch.equal(ref.train.dataset.images, other.train.dataset.images) and ref.holdout.indices == other.holdout.indices
     assert not torch.equal(ref.train.dataset.images, infra.build_datasets(args("--seed", "5"), 32).train.dataset.images)
     ck = {"args": vars(args("--seed", "3")), "world": 1}
-    argv = search.retrain_argv(ck, 2, "cpu", 1, seed=2)
+    argv = rankcheck.alone_argv(ck, 2, "cpu", 1, seed=2)
     assert argv[argv.index("--seed") + 1] == "5" and argv[argv.index("--data-seed") + 1] == "3"
 
 
 def test_identity_shifting_draws_and_searches_real_blocks_first():
-    sampler = train.ArchSampler(TINY, seed=0, uniform_epochs=0, flops_min=2_000_000, flops_max=4_000_000, identity_shift=True)
-    plain = train.ArchSampler(TINY, seed=0, uniform_epochs=0, flops_min=2_000_000, flops_max=4_000_000)
+    sampler = train.ArchSampler(TINY, seed=0, uniform_epochs=0, window=(2_000_000, 4_000_000), identity_shift=True)
+    plain = train.ArchSampler(TINY, seed=0, uniform_epochs=0, window=(2_000_000, 4_000_000))
     for step in range(200):
         a, b = sampler(step, 1)[0], plain(step, 1)[0]
         assert a == vitas.shift_identities(b) and a.blocks == tuple(x for x in b.blocks if x) + (None,) * (6 - b.depth)
@@ -647,9 +704,14 @@ def test_mutate_probability():
     archs = [BIG.sample(rng) for _ in range(200)]
     assert all(mutate(a, BIG, rng, 0.0) == a for a in archs)
     assert sum(mutate(a, BIG, rng, 1.0) != a for a in archs) >= 0.9 * len(archs)
-    # at a small probability only a few block positions change
-    changed = np.mean([sum(x != y for x, y in zip(a.blocks, mutate(a, BIG, rng, 0.05).blocks)) for a in archs])
-    assert 0.3 < changed < 3.0
+    # each gene is redrawn with the probability: an identity toggles (always a change) at rate q, and a
+    # patch size redrawn uniformly changes at rate q (1 - 1/3); both counted over many mutations
+    q = 0.05
+    pairs = [(a, mutate(a, BIG, rng, q)) for a in archs * 20]
+    toggled = np.mean([(x is None) != (y is None) for a, m in pairs for x, y in zip(a.blocks, m.blocks)])
+    assert abs(toggled - q) < 0.005                                   # 64,000 positions: SE 0.0009
+    patch = np.mean([a.patch_size != m.patch_size for a, m in pairs])
+    assert abs(patch - q * 2 / 3) < 0.012                             # 4,000 mutations: SE 0.0028
 
 
 def test_crossover_mixes_both_parents():
@@ -791,7 +853,6 @@ def test_pareto_front_matches_brute_force():
 
 import search  # noqa: E402
 
-WINDOW = ["--flops-min", "2M", "--flops-max", "4M"]
 
 
 @pytest.fixture(scope="module")
@@ -836,6 +897,7 @@ def test_search_outputs_and_best_arch_retrain(trained, tmp_path, capsys):
     assert len(cands) == 18 and sorted({c["generation"] for c in cands}) == [0, 1, 2]
     archs = [Arch.from_dict(c["arch"]) for c in cands]
     assert len(set(archs)) == 18
+    assert all(a == vitas.shift_identities(a) for a in archs)     # the checkpoint (v2) searches shifted networks
     for c, a in zip(cands, archs):
         assert 2_000_000 <= c["flops"] == vitas.flops(a, TINY) <= 4_000_000 and c["params"] == vitas.params(a, TINY)
     # fitness is the mean of left and right held-out top-1, recomputed independently here
@@ -856,9 +918,19 @@ def test_search_outputs_and_best_arch_retrain(trained, tmp_path, capsys):
     assert infra.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["arch"] == best["arch"]
 
 
-def test_killed_and_resumed_search_equals_uninterrupted(trained, tmp_path):
+def test_killed_and_resumed_search_equals_uninterrupted(trained, tmp_path, monkeypatch):
     search.search(search.get_parser().parse_args(search_argv(trained, tmp_path / "a")))
-    assert search.search(search.get_parser().parse_args(search_argv(trained, tmp_path / "b", "--stop-after", "1"))) is None
+    real = Evolution.propose
+
+    def killed_in_generation_1(evo):
+        if evo.generation == 1:
+            raise KeyboardInterrupt
+        return real(evo)
+
+    monkeypatch.setattr(Evolution, "propose", killed_in_generation_1)
+    with pytest.raises(KeyboardInterrupt):
+        search.search(search.get_parser().parse_args(search_argv(trained, tmp_path / "b")))
+    monkeypatch.setattr(Evolution, "propose", real)
     assert len(open(tmp_path / "b" / "candidates.jsonl").readlines()) == 6
     search.search(search.get_parser().parse_args(search_argv(trained, tmp_path / "b")))
     for name in ("candidates.jsonl", "best_arch.json", "pareto.json"):
@@ -1002,42 +1074,57 @@ def test_kendall_tau_b_and_spearman_rho_match_brute_force_with_ties(seed):
     y = (np.array(x) * g.integers(-1, 2) + g.integers(0, 3, n)).tolist()
     if len(set(x)) == 1 or len(set(y)) == 1:
         return
-    assert search.kendall_tau(x, y) == pytest.approx(brute_tau_b(x, y))
-    assert search.spearman_rho(x, y) == pytest.approx(brute_rho(x, y))
+    assert rankcheck.kendall_tau(x, y) == pytest.approx(brute_tau_b(x, y))
+    assert rankcheck.spearman_rho(x, y) == pytest.approx(brute_rho(x, y))
 
 
 def test_rank_statistics_edge_cases():
-    assert search.kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
-    assert search.kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert search.spearman_rho([1, 2, 2, 3], [1, 3, 3, 4]) == pytest.approx(1.0)   # ties on both sides, same order
-    assert search.kendall_tau([1, 1, 1], [1, 2, 3]) is None and search.spearman_rho([1, 2], [5, 5]) is None
+    assert rankcheck.kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert rankcheck.kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert rankcheck.spearman_rho([1, 2, 2, 3], [1, 3, 3, 4]) == pytest.approx(1.0)   # ties on both sides, same order
+    assert rankcheck.kendall_tau([1, 1, 1], [1, 2, 3]) is None and rankcheck.spearman_rho([1, 2], [5, 5]) is None
     with pytest.raises(ValueError):
-        search.kendall_tau([1, 2], [1, 2, 3])
+        rankcheck.kendall_tau([1, 2], [1, 2, 3])
 
 
-def test_spread_over_fitness_picks_distinct_archs_over_the_whole_range():
-    g = np.random.default_rng(0)
-    records = [{"arch": i, "flops": i, "fitness": float(f)} for i, f in enumerate(g.choice([10, 20, 20, 20, 21, 22, 40, 55, 80], 30))]
-    picked = search.spread_over_fitness(records, 8)
-    fits = [r["fitness"] for r in picked]
-    assert len({r["arch"] for r in picked}) == 8 and min(fits) == 10 and max(fits) == 80
-    assert fits == sorted(fits)                              # targets rise from the lowest to the highest fitness
-    with pytest.raises(ValueError, match="at least 31"):
-        search.spread_over_fitness(records, 31)
+def cell_flops_range(space, patch, depth):
+    """The fewest and the most FLOPs of a (patch, depth) cell, by brute force over its uniform archs
+    (FLOPs grow with every width, so the narrowest and the widest blocks bound the cell)."""
+    f = [vitas.flops(Arch(patch, c, (Block(h, a, m),) * depth + (None,) * (space.depth - depth)), space)
+         for c in space.embed_dims for h in space.heads for a in space._attn_for[h] for m in space.mlp_dims]
+    return min(f), max(f)
 
 
-RANK = ["--rank-check", "3", "--rank-epochs", "1", "--rank-seeds", "2"]
+def test_rank_check_archs_are_stratified_by_cell_in_the_window_and_drawn_without_a_fitness():
+    lo, hi = 2_000_000, 4_000_000
+    cells = rankcheck.stratified_archs(TINY, lo, hi, 6, seed=0)
+    reachable = {(p, d) for p in TINY.patch_sizes for d in range(1, 7)
+                 if cell_flops_range(TINY, p, d)[0] <= hi and cell_flops_range(TINY, p, d)[1] >= lo}
+    assert set(cells) == reachable and len(reachable) == 8
+    for (p, d), archs in cells.items():
+        assert len(archs) == len(set(archs)) == 6
+        for a in archs:
+            assert a.patch_size == p and a.depth == d and lo <= vitas.flops(a, TINY) <= hi and a == vitas.shift_identities(a)
+    picked = rankcheck.spread_archs(TINY, lo, hi, 10, seed=0)
+    assert picked[:8] == [archs[0] for archs in cells.values()] and picked[8:] == [archs[1] for archs in list(cells.values())[:2]]
+    assert rankcheck.spread_archs(TINY, lo, hi, 10, seed=1) != picked            # the seed decides, nothing else
+    assert rankcheck.stratified_archs(TINY, lo, hi, 3, seed=0) == {c: archs[:3] for c, archs in cells.items()}
+    with pytest.raises(infra.UserError, match="lower --rank-check"):
+        rankcheck.spread_archs(TINY, 3_990_000, 4_000_000, 500, seed=0)
 
 
-def test_rank_check_after_a_search_and_resumed_without_redoing_retrains(trained, tmp_path, monkeypatch):
+RANK = ["--rank-check", "3", "--rank-epochs", "1", "--rank-seeds", "2", "--retrain-flags", "--smoothing 0.2"]
+
+
+def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(trained, tmp_path, monkeypatch):
     out = tmp_path / "s"
     calls = []
     real = train.train
 
     def counted(args, fail_after=None):
-        calls.append(args.arch)
+        calls.append(args)
         if fail_after is not None and len(calls) > fail_after:
-            raise KeyboardInterrupt   # a kill in the middle of the third retrain (the second arch's first seed)
+            raise KeyboardInterrupt   # a kill in the middle of the third training (the second arch's first seed)
         return real(args)
 
     monkeypatch.setattr(train, "train", lambda a: counted(a, fail_after=2))
@@ -1046,56 +1133,125 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_retrains(trained,
     assert len(calls) == 3
     monkeypatch.setattr(train, "train", counted)
     summary = search.search(search.parse_args(search_argv(trained, out, "--generations", "2", "--flops-min", "2.5M", *RANK)))
-    assert len(calls) == 3 + 4                              # the interrupted retrain and the three not yet run
+    assert len(calls) == 3 + 4                              # the interrupted training and the three not yet run
+    assert all(a.smoothing == 0.2 for a in calls)           # --retrain-flags reach every training alone
     rc = json.load(open(out / "rank_check.json"))
-    cands = [json.loads(line) for line in open(out / "candidates.jsonl")]
     archs = [Arch.from_dict(a["arch"]) for a in rc["archs"]]
-    assert len(set(archs)) == 3 and all(2_500_000 <= vitas.flops(a, TINY) <= 4_000_000 for a in archs)
-    fits = sorted(a["fitness"] for a in rc["archs"])
-    assert fits[0] == min(c["fitness"] for c in cands) and fits[-1] == max(c["fitness"] for c in cands)
+    assert archs == rankcheck.spread_archs(TINY, 2_500_000, 4_000_000, 3, seed=0)   # not picked by the fitness
+    net, space, loader = holdout_loader(trained, limit=99)   # fitness: the inherited weights, recomputed here
+    for a, r in zip(archs, rc["archs"]):
+        assert r["fitness"] == pytest.approx(np.mean([infra.evaluate(net, loader, infra.Dist(), a, s)["top1"] for s in vitas.SIDES]))
     argvs = rc["settings"]["retrain_argv"]
+    assert rc["settings"]["retrain_flags"] == ["--smoothing", "0.2"] == argvs[0][-2:]
+    assert json.load(open(out / "search.json"))["settings"]["retrain_flags"] == ["--smoothing", "0.2"]
     assert len(argvs) == 2 and [a[a.index("--seed") + 1] for a in argvs] == ["0", "1"]   # the checkpoint's seed, then +1
     assert all(a[a.index("--data-seed") + 1] == "0" for a in argvs)                       # on the same data
-    for a in rc["archs"]:                                   # each seed's top-1 is the final val top-1 of its own retrain
+    for a in rc["archs"]:                                   # each seed's top-1 is the final val top-1 of its own training
         for argv, top1 in zip(argvs, a["top1_seeds"]):
-            folder = search.retrain_folder(search.parse_args(["--out", str(out)]), Arch.from_dict(a["arch"]), argv)
+            folder = rankcheck.alone_folder(str(out / "retrain"), Arch.from_dict(a["arch"]), argv)
             res = json.load(open(os.path.join(folder, "result.json")))
             assert res["arch"] == a["arch"] and res["val"]["top1"] == top1
-        assert a["top1"] == pytest.approx(np.mean(a["top1_seeds"]))
     fitness, by_seed = [a["fitness"] for a in rc["archs"]], [a["top1_seeds"] for a in rc["archs"]]
-    assert rc["kendall_tau"] == search.kendall_tau(fitness, np.mean(by_seed, axis=1))
-    assert rc["spearman_rho"] == search.spearman_rho(fitness, np.mean(by_seed, axis=1))
-    assert rc["ceiling_tau"] == search.ceiling_tau(by_seed) and rc["interval_level"] == 0.9
-    assert rc["tau_interval"] is None or rc["tau_interval"][0] <= rc["tau_interval"][1]
-    assert summary["rank_check"]["kendall_tau"] == rc["kendall_tau"] and set(rc["by_measure"]) == {"top1", "loss"}
-    # alone on the finished folder: nothing retrained, the same figures
+    expect = json.loads(json.dumps(rankcheck.rank_statistics(fitness, by_seed, archs, TINY)))
+    assert rc["statistics"] == {**expect, "other_measure": rc["statistics"]["other_measure"]}
+    assert rc["statistics"]["kendall_tau"] == brute_tau_b(fitness, np.mean(by_seed, axis=1))
+    assert json.loads(json.dumps(summary["rank_check"])) == rc["statistics"] and rc["statistics"]["other_measure"]["fitness"] == "loss"
+    # alone on the finished folder: nothing trained again, the same figures
     again = search.search(search.parse_args(["--out", str(out), "--device", "cpu", *RANK]))
     assert len(calls) == 7 and again["rank_check"] == summary["rank_check"]
+    assert json.load(open(out / "search.json"))["rank_check"] == rc["statistics"]
 
 
-def test_noise_ceiling_and_interval_on_hand_made_numbers():
+def test_reliability_oracle_bound_and_corrected_tau_on_hand_made_numbers():
     a, b, c = [1, 2, 3, 4, 5], [1, 2, 3, 5, 4], [5, 4, 3, 2, 1]             # three seeds' top-1 of five archs
-    assert search.ceiling_tau(list(zip(a, a))) == 1.0 and search.ceiling_tau(list(zip(a, c))) == -1.0
-    assert search.ceiling_tau(list(zip(a, b))) == pytest.approx(0.8)         # one discordant pair of ten
-    assert search.ceiling_tau(list(zip(a, b, c))) == pytest.approx((0.8 - 1.0 - 0.8) / 3)   # mean over the 3 pairs
-    assert search.ceiling_tau([[1], [2], [3]]) is None                       # one seed: no ceiling
-    assert search.bootstrap_interval(a, a) == (1.0, 1.0)                       # every resample ranks alike
-    assert search.bootstrap_interval([1, 1, 1], [1, 2, 3]) is None           # never defined
+    assert rankcheck.seed_agreement(list(zip(a, a))) == 1.0 and rankcheck.seed_agreement(list(zip(a, c))) == -1.0
+    assert rankcheck.seed_agreement(list(zip(a, b))) == pytest.approx(0.8)           # one discordant pair of ten
+    assert rankcheck.seed_agreement(list(zip(a, b, c))) == pytest.approx((0.8 - 1.0 - 0.8) / 3)   # mean over 3 pairs
+    assert rankcheck.seed_agreement([[1], [2], [3]]) is None                        # one seed: nothing to compare
+    # archs with a second seed only in part: the pair is scored on those that have both
+    ragged = [[1, 1], [2], [3, 2], [4], [5, 3]]
+    assert rankcheck.seed_agreement(ragged) == pytest.approx(1.0)
+    assert rankcheck.reliability(ragged)[:2] == (1.0, 1) and rankcheck.reference_mean(ragged).tolist() == [1, 2, 3, 4, 5]
+    # r1 = sin(pi tau_ss / 2): tau_ss 1/3 -> r1 1/2; two seeds: 2 (1/2) / (1 + 1/2) = 2/3
+    one_third = [[1, 1], [2, 3], [3, 2]]
+    r1, seeds, r2 = rankcheck.reliability(one_third)
+    assert r1 == pytest.approx(0.5) and seeds == 2 and r2 == pytest.approx(2 / 3)
+    assert rankcheck.reliability([[1, 3], [2, 2], [3, 1]]) == (None, 2, None)        # seeds disagree: no correction
+    assert rankcheck.spearman_brown(0.5, 1) == 0.5 and rankcheck.spearman_brown(0.5, 3) == pytest.approx(0.75)
+    assert rankcheck.oracle_tau(1.0) == 1.0 and rankcheck.oracle_tau(0.5) == pytest.approx(0.5)   # asin(sqrt(1/2)) = pi/4
+    assert rankcheck.corrected_tau(0.3, 1.0) == pytest.approx(0.3)
+    assert rankcheck.corrected_tau(0.5, 0.5) == pytest.approx(1.0)                   # sin(pi/4) / sqrt(1/2) = 1
+    assert rankcheck.corrected_tau(0.6, 0.5) == 1.0 and rankcheck.corrected_tau(-0.6, 0.5) == -1.0   # clipped
+    assert rankcheck.corrected_tau(rankcheck.oracle_tau(0.3), 0.3) == pytest.approx(1.0)   # the bound corrects to 1
+
+
+def test_oracle_bound_and_correction_hold_on_simulated_archs():
+    """An independent check of the theory and the code: archs with a true accuracy z, each seed z plus
+    noise of reliability 0.6. A fitness that knows z scores tau* against a 2-seed reference, and is
+    corrected to about 1; a fitness of reliability 0.6 itself scores about tau* of r1 r2."""
     g = np.random.default_rng(0)
-    x = np.arange(12.0)
-    y = x + g.normal(0, 4, 12)
-    lo, hi = search.bootstrap_interval(x, y)
-    lo50, hi50 = search.bootstrap_interval(x, y, level=0.5)
-    assert lo < lo50 <= search.kendall_tau(x, y) <= hi50 < hi and search.bootstrap_interval(x, y) == (lo, hi)
-    # rank_agreement: tau against the seed mean, and over the ceiling
-    fitness, by_seed = [0.1, 0.4, 0.2, 0.3], [[10, 11], [30, 28], [22, 19], [21, 25]]
-    r = search.rank_agreement(fitness, by_seed)
-    assert r["kendall_tau"] == search.kendall_tau(fitness, [10.5, 29, 20.5, 23]) == 1.0
-    assert r["ceiling_tau"] == search.kendall_tau([10, 30, 22, 21], [11, 28, 19, 25]) == pytest.approx(4 / 6)
-    assert r["tau_over_ceiling"] == pytest.approx(r["kendall_tau"] / r["ceiling_tau"])
+    n, r1 = 600, 0.6
+    z = g.normal(size=n)
+    noise = lambda: g.normal(scale=np.sqrt((1 - r1) / r1), size=n)
+    by_seed = np.stack([z + noise(), z + noise()], 1).tolist()
+    r = rankcheck.agreement(z, by_seed, count=200)
+    r2 = 2 * r1 / (1 + r1)
+    assert r["r1"] == pytest.approx(r1, abs=0.05) and r["reliability"] == pytest.approx(r2, abs=0.04)
+    assert r["kendall_tau"] == pytest.approx(rankcheck.oracle_tau(r2), abs=0.04)
+    assert r["tau_star"] == pytest.approx(r["kendall_tau"], abs=0.05) and r["tau_c"] > 0.93
+    noisy = z + noise()
+    assert rankcheck.agreement(noisy, by_seed, count=200)["tau_c"] == pytest.approx(rankcheck.oracle_tau(r1), abs=0.06)
 
 
-def test_rank_check_on_a_folder_without_candidates_is_a_clear_error(tmp_path, capsys):
+def test_bootstrap_intervals_are_the_papers_percentiles_of_2000_paired_resamples():
+    """Brute force: the 5th and 95th percentiles of tau over 2,000 resamples of the archs (the same
+    resamples for tau, tau_c, and both sides of a paired difference)."""
+    g = np.random.default_rng(3)
+    n = 14
+    fitness = g.normal(size=n)
+    by_seed = [[f + g.normal(), f + g.normal()] for f in fitness]
+    other = fitness + g.normal(size=n)
+    mean = [np.mean(s) for s in by_seed]
+    idx = np.random.default_rng(0).integers(0, n, (2000, n))
+    taus, diffs, corrected = [], [], []
+    for rows in idx:
+        t = brute_tau_b([fitness[i] for i in rows], [mean[i] for i in rows])
+        seeds = [by_seed[i] for i in rows]
+        ss = brute_tau_b([s[0] for s in seeds], [s[1] for s in seeds])
+        taus.append(t)
+        diffs.append(t - brute_tau_b([other[i] for i in rows], [mean[i] for i in rows]))
+        if ss > 0:
+            r = 2 * np.sin(np.pi * ss / 2) / (1 + np.sin(np.pi * ss / 2))
+            corrected.append(2 / np.pi * np.arcsin(np.clip(np.sin(np.pi * t / 2) / np.sqrt(r), -1, 1)))
+    r = rankcheck.agreement(fitness, by_seed)
+    assert r["interval_level"] == 0.9 and r["resamples"] == 2000
+    assert r["tau_interval"] == pytest.approx((np.percentile(taus, 5), np.percentile(taus, 95)))
+    assert r["tau_c_interval"] == pytest.approx((np.percentile(corrected, 5), np.percentile(corrected, 95)))
+    paired = rankcheck.paired_difference(fitness, other, by_seed)
+    assert paired["difference"] == pytest.approx(brute_tau_b(fitness, mean) - brute_tau_b(other, mean))
+    assert paired["interval"] == pytest.approx((np.percentile(diffs, 5), np.percentile(diffs, 95)))
+    same = rankcheck.paired_difference(fitness, fitness, by_seed)
+    assert same["difference"] == 0 and same["interval"] == (0, 0)
+
+
+def test_rank_statistics_score_floors_and_each_patch_size():
+    archs = rankcheck.spread_archs(TINY, 2_000_000, 4_000_000, 16, seed=0)
+    flops = [vitas.flops(a, TINY) for a in archs]
+    by_seed = [[f / 1e5 + (i % 3), f / 1e5 - (i % 2)] for i, f in enumerate(flops)]
+    r = rankcheck.rank_statistics([-f for f in flops], by_seed, archs, TINY)   # a fitness that ranks backwards
+    assert r["floors"]["flops"]["kendall_tau"] == pytest.approx(brute_tau_b(flops, np.mean(by_seed, 1)))
+    assert r["floors"]["depth"]["kendall_tau"] == pytest.approx(brute_tau_b([a.depth for a in archs], np.mean(by_seed, 1)))
+    assert r["floors"]["params"]["kendall_tau"] == pytest.approx(
+        brute_tau_b([vitas.params(a, TINY) for a in archs], np.mean(by_seed, 1)))
+    assert r["kendall_tau"] == pytest.approx(-r["floors"]["flops"]["kendall_tau"])
+    assert r["floors"]["flops"]["fitness_minus_floor"]["interval"][1] < 0      # worse than FLOPs alone, outside the noise
+    for p in ("4", "8"):
+        rows = [i for i, a in enumerate(archs) if a.patch_size == int(p)]
+        assert r["by_patch"][p] == {"archs": len(rows), "kendall_tau": pytest.approx(
+            brute_tau_b([-flops[i] for i in rows], [np.mean(by_seed[i]) for i in rows]))}
+
+
+def test_rank_check_on_a_folder_without_a_search_is_a_clear_error(tmp_path, capsys):
     code, err = run_main(search, ["--out", str(tmp_path), *RANK], capsys)
     assert code == 2 and "--ckpt" in err and "Traceback" not in err
     (tmp_path / "search.json").write_text(json.dumps({"settings": {"ckpt": "x.pt", "flops_min": 1, "flops_max": 2}}))
@@ -1103,6 +1259,8 @@ def test_rank_check_on_a_folder_without_candidates_is_a_clear_error(tmp_path, ca
     assert code == 2 and "does not exist" in err
     code, err = run_main(search, ["--out", str(tmp_path), "--rank-check", "1"], capsys)
     assert code == 2 and "at least 2" in err and "Traceback" not in err
+    code, err = run_main(search, ["--out", str(tmp_path), "--rank-check", "2", "--retrain-flags", "--lr 1"], capsys)
+    assert code == 2 and "--lr" in err and "--randaug" in err and "Traceback" not in err
 
 
 def test_rank_check_under_torchrun_equals_one_process(trained, tmp_path):
@@ -1303,6 +1461,21 @@ def test_throughput_is_measured_positive_and_a_much_larger_arch_is_slower():
     assert 0 < slow < fast < float("inf") and fast > 3 * slow
 
 
+def test_latency_model_features_carry_every_flops_term_and_its_fit_recovers_a_known_cost():
+    """With weight one on the block MACs and the rest, the model is the FLOPs counter (itself checked
+    against torch's FLOP counter), arch by arch; and least squares recovers a cost built from known
+    coefficients."""
+    for space in (TINY, BIG):
+        model = vitas.LatencyModel(space, [0, 0, 0, 0, 1, 0, 1])
+        for arch in random_archs(space, 60, seed=5):
+            assert model(arch) == vitas.flops(arch, space)
+    coef = np.array([2e-5, 1e-7, 3e-6, 2e-8, 4e-12, 5e-10, 1e-12])
+    archs = random_archs(TINY, 80, seed=6)
+    truth = vitas.LatencyModel(TINY, coef)
+    fitted = vitas.LatencyModel(TINY).fit(archs, [1 / truth(a) for a in archs])
+    assert all(fitted(a) == pytest.approx(truth(a), rel=1e-6) for a in random_archs(TINY, 20, seed=7))
+
+
 def test_throughput_meter_measures_each_arch_once(monkeypatch):
     calls = []
     monkeypatch.setattr(vitas, "measure_throughput", lambda arch, *a, **k: calls.append(arch) or 1000.0 + len(calls))
@@ -1362,7 +1535,7 @@ def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_mea
     cal = ck["throughput_calibration"]
     assert ck["step"] == 5 and cal["measured"] >= 12 and cal["batch"] == 16 and cal["inside"] >= 0.8
     # independently: archs drawn as training draws them, measured afresh
-    sampler = train.ArchSampler(TINY, 0, 0, 1 / hi, 1 / lo, cost=vitas.LatencyModel(TINY, cal["coef"]))
+    sampler = train.ArchSampler(TINY, 0, 0, (1 / hi, 1 / lo), cost=vitas.LatencyModel(TINY, cal["coef"]))
     rng = np.random.default_rng(11)
     inside = np.mean([lo <= fake_images_per_s(sampler.draw(rng, learned=True), TINY) <= hi for _ in range(200)])
     assert inside >= 0.9, inside
@@ -1514,3 +1687,57 @@ def test_super_step_launches_at_most_1_3x_the_plain_vits_kernels():
     plain, one, both = bench.kernel_counts(TINY, bench.TINY_MID)
     assert one <= 1.3 * plain, (plain, one, both)
     assert both <= 2.2 * one, (plain, one, both)
+
+
+# -----------------------------------------------------------------------------
+# experiment.py: parallel workers, records in results/, the table from them
+
+import experiment  # noqa: E402
+
+
+def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_path, capsys):
+    argv = ["--epochs", "1", "--synthetic-size", "300", "--batch-size", "32", "--device", "cpu", "--log-every", "1000"]
+    archs = [TINY.min_arch(), Arch(8, 48, (Block(2, 48, 128), None, Block(4, 32, 64), None, None, None))]
+    jobs = lambda root: [experiment.alone_job(a, [*argv, "--seed", str(s)], str(root / "results"), str(root / "scratch"))
+                         for a in archs for s in (0, 1)]
+    experiment.run_jobs(jobs(tmp_path / "serial"), workers=0)
+    experiment.run_jobs(jobs(tmp_path / "parallel"), workers=2)
+    for serial, parallel in zip(jobs(tmp_path / "serial"), jobs(tmp_path / "parallel")):
+        a, b = experiment.read_record(serial["path"]), experiment.read_record(parallel["path"])
+        assert a["arch"] == serial["arch"] and a["argv"] == serial["argv"]
+        assert {k: v for k, v in a.items() if k != "cpu_minutes"} == {k: v for k, v in b.items() if k != "cpu_minutes"}
+    assert len({json.dumps(experiment.read_record(j["path"])["val"]) for j in jobs(tmp_path / "serial")}) == 4
+    capsys.readouterr()
+    experiment.run_jobs(jobs(tmp_path / "parallel"), workers=2)          # every record there: nothing runs
+    assert "4 of 4 jobs already have a record; running 0" in capsys.readouterr().out
+
+
+def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, capsys):
+    """The table of made-up records: the reference's reliability and a supernet's tau recomputed here."""
+    monkeypatch.setattr(train, "train", None)                 # nothing may train
+    results = str(tmp_path)
+    (window, seeds), = [experiment.reference_sets()["window"]]
+    g = np.random.default_rng(0)
+    truth = {a: g.normal() for a in window}
+    top1 = {}
+    for a in window:
+        for s in seeds[a]:
+            top1[a, s] = 70 + 5 * truth[a] + g.normal()
+            job = experiment.alone_job(a, experiment.alone_argv(s), results, str(tmp_path / "scratch"))
+            os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
+            infra.write_json(job["path"], {"arch": a.to_dict(), "argv": job["argv"], "val": {"top1": top1[a, s]}})
+    inherited = [{"arch": a.to_dict(), "top1": truth[a] + g.normal(scale=0.5), "loss": 1.0} for a in window]
+    os.makedirs(tmp_path / "supernets")
+    infra.write_json(str(tmp_path / "supernets" / "v2-s0.json"), {
+        "recipe": "v2", "seed": 0, "train_cpu_minutes": 9.0, "inherited": {"window": inherited, "space": []},
+        "sampled": {"block_share": [1, .8, .4, .2, .1, .01], "patch_share": {"4": .7, "8": .3}}, "search": {}})
+    out = experiment.table(results)
+    ref = out["reference"][0]
+    pairs = [(top1[a, 0], top1[a, 1]) for a in window if seeds[a] == (0, 1)]
+    assert ref["set"] == "window" and ref["archs"] == 48 and ref["second_seed"] == len(pairs) == 16
+    assert ref["seed_tau"] == pytest.approx(brute_tau_b(*zip(*pairs)))
+    assert ref["tau_star"] == pytest.approx(2 / np.pi * np.arcsin(np.sqrt(np.sin(np.pi * ref["seed_tau"] / 2))))
+    w = out["supernets"][0]["window"]
+    assert w["kendall_tau"] == pytest.approx(brute_tau_b([r["top1"] for r in inherited], [top1[a, 0] for a in window]))
+    printed = capsys.readouterr().out
+    assert "window" in printed and f"{ref['tau_star']:.2f}" in printed and f"{w['kendall_tau']:.2f}" in printed

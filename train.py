@@ -69,36 +69,83 @@ def reported_archs(space, window=None, cost=None):
             "middle": min(inside, key=lambda r: (abs(r[0] - centre), r[1]))[2]}
 
 
+SAMPLINGS = ("binomial", "depth-balanced", "stratified")
+IDENTITY_SHIFTS = ("off", "train", "search")
+
+
+def with_depth(arch, depth, rng):
+    """`arch` (every block real) with all but `depth` blocks, chosen at random, made identities."""
+    keep = set(rng.choice(len(arch.blocks), depth, replace=False).tolist())
+    return vitas.Arch(arch.patch_size, arch.embed_dim, tuple(b if i in keep else None for i, b in enumerate(arch.blocks)))
+
+
+def draw_in_cell(space, rng, cell):
+    """An arch of `cell` = (patch size, or None for a uniform one; depth): every width uniform,
+    `depth` real blocks at random positions, so every block position is trained alike."""
+    patch, depth = cell
+    arch = with_depth(space.sample(rng, 0.0), depth, rng)
+    return arch if patch is None else vitas.Arch(patch, arch.embed_dim, arch.blocks)
+
+
+def all_cells(space, by_patch):
+    """Every (patch, depth) cell of the space; by_patch False: (None, depth), patch drawn uniformly."""
+    return [(p, d) for p in (space.patch_sizes if by_patch else (None,)) for d in range(1, space.depth + 1)]
+
+
+def window_cells(space, inside, by_patch, seed=0, n=200, min_share=0.02):
+    """The cells of all_cells whose draws (draw_in_cell) land inside the window (`inside`) at least
+    `min_share` of the time: the cells a window-bound sampler can train without endless redraws."""
+    rng = np.random.default_rng([seed, 6])
+    return [c for c in all_cells(space, by_patch) if np.mean([inside(draw_in_cell(space, rng, c)) for _ in range(n)]) >= min_share]
+
+
 class ArchSampler:
     """The sub-networks of each training step.
 
     Uniform phase for the first `uniform_epochs` (every choice uniform, each block identity with
-    probability 1/2), then the learned identity probability (vitas.solve_identity_prob) that puts
-    sampled networks in the FLOPs window; out-of-window draws are redrawn, bounded. With `sandwich`
-    N (beyond v1) a step trains the largest and the smallest network (reported_archs) and N drawn
-    ones; with `identity_shift` (v2) every draw has its identities moved to the end; with
-    `depth_balanced` (beyond the paper) the number of real blocks is drawn uniformly among the
-    depths that reach the window, not binomially. The archs of global step s come from a generator
+    probability 1/2), then the learned phase that keeps sampled networks in the FLOPs window;
+    out-of-window draws are redrawn, bounded. `sampling` says how the learned phase draws:
+      binomial        the paper's: each block identity with the learned identity probability
+                      (vitas.solve_identity_prob); depth is binomial, so deep networks are rare
+      depth-balanced  beyond the paper: the depth uniform among the depths the window admits, its
+                      real blocks at random positions, widths and patch size uniform
+      stratified      beyond the paper: a (patch size, depth) cell of the window uniformly, then
+                      as depth-balanced, so every patch size and every depth is trained alike
+    (the cell-based samplers draw every cell of the space in the uniform phase). With `sandwich` N
+    (beyond v1) a step trains the largest and the smallest network (reported_archs) and N drawn
+    ones; with `identity_shift` (v2) every draw has its identities moved to the end, so block k
+    trains only when the depth is at least k. The archs of global step s come from a generator
     seeded by (seed, s)."""
 
-    def __init__(self, space, seed, uniform_epochs, flops_min=None, flops_max=None, identity_prob=None, max_tries=100,
-                 sandwich=None, identity_shift=False, cost=None, depth_balanced=False):
+    def __init__(self, space, seed, uniform_epochs, window=None, identity_prob=None, max_tries=100, sandwich=None,
+                 identity_shift=False, cost=None, sampling="binomial"):
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         self.space, self.seed, self.uniform_epochs, self.max_tries = space, seed, uniform_epochs, max_tries
-        self.sandwich, self.identity_shift = sandwich, identity_shift
-        self.calibration_record = None   # a throughput window's calibration (infra.calibrate_throughput)
-        # the window is in FLOPs, or in the units of `cost` (a LatencyModel: seconds per image)
+        self.sandwich, self.identity_shift, self.sampling = sandwich, identity_shift, sampling
+        self.throughput_calibration = None   # a throughput window's (infra.calibrate_throughput)
+        # the window (lo, hi; None: open) is in FLOPs, or in the units of `cost` (a LatencyModel: seconds per image)
         self.cost = cost or (lambda a: vitas.flops(a, space))
-        self.window = None if flops_min is None and flops_max is None else (flops_min or 0, flops_max or self.cost(space.max_arch()))
+        lo, hi = window or (None, None)
+        self.window = None if lo is None and hi is None else (lo or 0, hi or self.cost(space.max_arch()))
         self.identity_prob = identity_prob
         if self.window is not None and identity_prob is None:
-            self.identity_prob = vitas.solve_identity_prob(space, *self.window, cost=cost,
-                                                           what="FLOPs" if cost is None else "seconds-per-image")
+            try:
+                self.identity_prob = vitas.solve_identity_prob(space, *self.window, cost=cost,
+                                                               what="FLOPs" if cost is None else "seconds-per-image")
+            except ValueError as e:   # an empty or unreachable window: the user's to fix
+                raise UserError(str(e)) from None
         self.reports = reported_archs(space, self.window, cost)
         self.ends = [self.reports["largest"], self.reports["smallest"]]
-        self.depths = self.reachable_depths() if depth_balanced else None
+        self.uniform_cells = self.cells = None
+        if sampling != "binomial":
+            self.uniform_cells = all_cells(space, by_patch=sampling == "stratified")
+            self.cells = self.uniform_cells if self.window is None else window_cells(
+                space, self.inside, sampling == "stratified", seed)
 
-    def calibration(self, n=1000):
-        """Fraction of networks inside the window: raw draws at the learned p, and as trained."""
+    def window_check(self, n=1000):
+        """Fraction of networks inside the window: raw draws at the learned p, and as trained; and
+        their mean FLOPs."""
         rng = np.random.default_rng([self.seed, 2])
         raw = np.mean([self.inside(self.space.sample(rng, self.identity_prob)) for _ in range(n)])
         drawn = [self.draw(rng, learned=True) for _ in range(n)]
@@ -111,25 +158,21 @@ class ArchSampler:
         return epoch >= self.uniform_epochs and self.window is not None
 
     def prob(self, epoch):
-        """Identity probability in force at `epoch` (1/2 in the uniform phase)."""
-        return self.identity_prob if self.learned(epoch) else 0.5
-
-    def reachable_depths(self, n=200):
-        """Depths (numbers of real blocks) at which at least 2% of drawn networks lie in the window."""
-        every = range(1, self.space.depth + 1)
-        if self.window is None:
-            return list(every)
-        rng = np.random.default_rng([self.seed, 6])
-        return [d for d in every if np.mean([self.inside(with_depth(self.space.sample(rng, 0.0), d, rng)) for _ in range(n)]) >= 0.02]
+        """Identity probability in force at `epoch` (1/2 in the uniform phase; None in the learned
+        phase of a cell-based sampler, where the cell, not the identity probability, sets the depth)."""
+        if not self.learned(epoch):
+            return 0.5
+        return self.identity_prob if self.cells is None else None
 
     def draw(self, rng, learned):
-        if self.depths is not None:   # the depth first, once: redraws below keep it
-            depth = int(rng.choice(self.depths if learned else range(1, self.space.depth + 1)))
+        if self.cells is not None:   # the cell first, once: redraws below keep it
+            cells = self.cells if learned else self.uniform_cells
+            cell = cells[rng.integers(len(cells))]
         for _ in range(self.max_tries if learned else 1):   # bounded resampling; the last draw stands if none fits
-            if self.depths is None:   # each block identity with the identity probability (1/2 when uniform)
+            if self.cells is None:   # each block identity with the identity probability (1/2 when uniform)
                 arch = self.space.sample(rng, self.identity_prob if learned else None)
             else:
-                arch = with_depth(self.space.sample(rng, 0.0), depth, rng)
+                arch = draw_in_cell(self.space, rng, cell)
             if not learned or self.inside(arch):
                 break
         return vitas.shift_identities(arch) if self.identity_shift else arch
@@ -142,15 +185,37 @@ class ArchSampler:
         return self.ends + [self.draw(rng, self.learned(epoch)) for _ in range(self.sandwich)]
 
 
-def with_depth(arch, depth, rng):
-    """`arch` (every block real) with all but `depth` blocks, chosen at random, made identities."""
-    keep = set(rng.choice(len(arch.blocks), depth, replace=False).tolist())
-    return vitas.Arch(arch.patch_size, arch.embed_dim, tuple(b if i in keep else None for i, b in enumerate(arch.blocks)))
+def epoch_sums(space):
+    """An epoch's running sums: loss, FLOPs, steps, and what the steps trained (the sampler
+    statistics): per block position and per patch size the steps that trained it, per depth
+    0..D the drawn networks that had it. Plain values: they go into the checkpoint."""
+    return {"loss": 0.0, "flops": 0.0, "n": 0, "blocks": [0] * space.depth,
+            "patches": {str(p): 0 for p in space.patch_sizes}, "depths": [0] * (space.depth + 1)}
+
+
+def add_step(sums, loss, flops, archs, space):
+    """Add one step (its mean loss and FLOPs, and its archs) to epoch_sums, in place."""
+    sums["loss"] += loss
+    sums["flops"] += flops
+    sums["n"] += 1
+    for i in range(space.depth):
+        sums["blocks"][i] += any(a.blocks[i] is not None for a in archs)
+    for p in space.patch_sizes:
+        sums["patches"][str(p)] += any(a.patch_size == p for a in archs)
+    for a in archs:
+        sums["depths"][a.depth] += 1
+
+
+def sampler_statistics(sums):
+    """The share of steps that trained each block position and each patch size, and the share of
+    drawn networks of each depth 0..D: who the sampler trains, and who it starves."""
+    steps, archs = max(sums["n"], 1), max(sum(sums["depths"]), 1)
+    return {"block_share": [c / steps for c in sums["blocks"]], "patch_share": {p: c / steps for p, c in sums["patches"].items()},
+            "depth_share": [c / archs for c in sums["depths"]]}
 
 
 class FixedArch:
     """A retrain's sampler: the one arch it trains, every step (its plain ViT takes no arch)."""
-    identity_prob = calibration_record = None
 
     def __init__(self, arch):
         self.reports = {"model": arch}
@@ -167,18 +232,18 @@ def make_sampler(args, space, d, calibration=None):
     checked; `calibration`: a resumed run's throughput calibration, reused as it is."""
     log, cost, window = d.log, None, (args.flops_min, args.flops_max)
     if args.throughput_min is not None or args.throughput_max is not None:
-        calibration = calibration or infra.calibrate_throughput(args, space, d, log)
+        calibration = calibration or infra.calibrate_throughput(args, space, d)
         fast, slow = calibration["fastest"], calibration["slowest"]
         tmin, tmax = args.throughput_min or slow[0] / 2, args.throughput_max or fast[0] * 2
         if tmin > fast[0] or tmax < slow[0]:
             raise UserError(f"throughput window [{tmin:g}, {tmax:g}] images/s is out of reach on {calibration['device']}: the "
                             f"fastest measured arch does {fast[0]:,.0f} ({fast[1]}), the slowest {slow[0]:,.0f} ({slow[1]})")
         cost, window = vitas.LatencyModel(space, calibration["coef"]), (1.0 / tmax, 1.0 / tmin)   # seconds per image
-    sampler = ArchSampler(space, args.seed, args.uniform_epochs, *window, sandwich=args.sandwich,
-                          identity_shift=args.identity_shift, cost=cost, depth_balanced=args.depth_balanced)
-    sampler.calibration_record = calibration
+    sampler = ArchSampler(space, args.seed, args.uniform_epochs, window, sandwich=args.sandwich,
+                          identity_shift=args.identity_shift == "train", cost=cost, sampling=args.sampling)
+    sampler.throughput_calibration = calibration
     if sampler.window is not None:
-        raw, inside, mean = sampler.calibration()
+        raw, inside, mean = sampler.window_check()
         what = "FLOPs window" if cost is None else "throughput window (predicted)"
         log(f"learned identity probability {sampler.identity_prob:.3f} for the {what}: {100 * raw:.0f}% of raw draws "
             f"inside, {100 * inside:.0f}% after resampling, mean {mean / 1e6:.2f} MFLOPs")
@@ -293,14 +358,14 @@ class Run:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
                 "step": self.step, "epoch": self.step // self.steps_per_epoch, "epoch_sums": self.sums, "record": self.record,
                 "rng": states, "args": vars(self.args), "space": self.space.to_dict(), "world": self.d.world,
-                "identity_prob": self.sampler.identity_prob, "throughput_calibration": self.sampler.calibration_record,
+                **({} if self.arch is not None else {"identity_prob": self.sampler.identity_prob,
+                                                     "throughput_calibration": self.sampler.throughput_calibration}),
                 "arch": None if self.arch is None else self.arch.to_dict(), "mode": "super" if self.arch is None else "retrain"})
 
-    def resume(self):
-        """Continue from the checkpoint in --out, if there is one, refusing one of another run."""
-        if not os.path.exists(self.path):
+    def resume(self, ck):
+        """Continue from `ck`, the checkpoint in --out (None: there is none), refusing one of another run."""
+        if ck is None:
             return
-        ck = infra.load_checkpoint(self.path)
         if ck.get("arch") != (None if self.arch is None else self.arch.to_dict()):
             raise UserError(f"{self.path} belongs to another run (arch differs); use another --out or delete it")
         changed = [k for k in RECIPE_KEYS if ck["args"].get(k, RECIPES["v1"].get(k)) != getattr(self.args, k)]
@@ -311,20 +376,18 @@ class Run:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.schedule.load_state_dict(ck["schedule"])
         self.step, self.sums, self.record = ck["step"], ck["epoch_sums"], ck["record"]
-        self.sampler.identity_prob = ck["identity_prob"]
+        if self.arch is None:
+            self.sampler.identity_prob = ck["identity_prob"]
         infra.set_rng_state(ck["rng"][min(self.d.rank, len(ck["rng"]) - 1)])
         self.d.log(f"resumed from {self.path} at step {self.step} (epoch {self.step // self.steps_per_epoch})")
 
 
-def run_space(args, log):
-    """The --space preset, or for --init-from the space of the checkpoint whose weights are inherited
-    (an explicit --space that differs from it is refused)."""
-    if not args.init_from:
+def run_space(args, init, log):
+    """The --space preset, or for --init-from (`init`, its checkpoint) the space of the checkpoint
+    whose weights are inherited (an explicit --space that differs from it is refused)."""
+    if init is None:
         args.space = args.space or "tiny"
         return vitas.SearchSpace.preset(args.space)
-    if not args.arch:
-        raise UserError("--init-from inherits weights for a retrain: give the arch to retrain with --arch")
-    init = infra.load_checkpoint(args.init_from)
     name = init["args"].get("space")
     if args.space is not None and args.space != name:
         raise UserError(f"--space {args.space} differs from the space of --init-from {args.init_from} ({name}); leave "
@@ -334,44 +397,41 @@ def run_space(args, log):
     return vitas.SearchSpace(**init["space"])
 
 
-def build_model(args, space, arch, d):
+def build_model(args, space, arch, init, d):
     """The SuperTransformer, or for a retrain the plain ViT of `arch`, from scratch or (--init-from)
-    with the weights it inherits from a super-transformer checkpoint."""
+    with the weights it inherits from a super-transformer checkpoint (`init`)."""
     if arch is None:
         return vitas.SuperTransformer(space, drop_path=args.drop_path)
-    if args.init_from:
-        init = infra.load_checkpoint(args.init_from)
-        supernet = vitas.SuperTransformer(space)
-        supernet.load_state_dict(init["model"])
-        side = vitas.SHARINGS[init["args"].get("sharing", "bilateral")][0]
+    if init is not None:
+        supernet, sides = infra.supernet_of(init)
+        side = sides[0]
         d.log(f"retrain {arch} from the weights inherited from {args.init_from} ({side} slice)")
         return vitas.export(supernet, arch, side, drop_path=args.drop_path)
     d.log(f"retrain {arch} from scratch")
     return vitas.ViT(arch, space, drop_path=args.drop_path)
 
 
-def stored_calibration(args):
-    """The throughput calibration of a run being resumed from --out, if it has one."""
-    path = os.path.join(args.out, "checkpoint.pt")
-    return infra.load_checkpoint(path).get("throughput_calibration") if os.path.exists(path) else None
-
-
 def build_run(args, d):
     """Space, data, model (DDP-wrapped where distributed), sampler, optimiser and schedule; resumed
     from --out where a checkpoint is there."""
     log = d.log
-    space = run_space(args, log)
+    if args.init_from and not args.arch:
+        raise UserError("--init-from inherits weights for a retrain: give the arch to retrain with --arch")
+    init = infra.load_checkpoint(args.init_from, "--init-from") if args.init_from else None
+    own = os.path.join(args.out, "checkpoint.pt")
+    resumed = infra.load_checkpoint(own) if os.path.exists(own) else None   # read once: resume, calibration
+    space = run_space(args, init, log)
     data = infra.build_datasets(args, space.image_size)
     if space.num_classes != data.num_classes:   # the data's class count wins
         log(f"data has {data.num_classes} classes, the search space {space.num_classes}: using {data.num_classes}")
         space = dataclasses.replace(space, num_classes=data.num_classes)
     arch = infra.load_arch_file(args.arch, space) if args.arch is not None else None
-    model = build_model(args, space, arch, d).to(d.device)
+    model = build_model(args, space, arch, init, d).to(d.device)
     if arch is not None:
         log(f"  {vitas.flops(arch, space) / 1e6:.2f} MFLOPs, {vitas.params(arch, space) / 1e6:.3f} M params")
     ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
               find_unused_parameters=arch is None) if d.world > 1 else model   # a step uses slices
-    sampler = make_sampler(args, space, d, stored_calibration(args)) if arch is None else FixedArch(arch)
+    sampler = make_sampler(args, space, d, resumed and resumed.get("throughput_calibration")) if arch is None else FixedArch(arch)
     sides = vitas.SHARINGS[args.sharing] if arch is None else (None,)
 
     train_sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed, drop_last=True)
@@ -385,7 +445,7 @@ def build_run(args, d):
     run = Run(args, d, space, arch, model, ddp, optimizer, schedule, sampler, sides, data, train_sampler, val_loader,
               infra.mix_transform(args, space.num_classes), steps_per_epoch)
     os.makedirs(args.out, exist_ok=True)
-    run.resume()
+    run.resume(resumed)
     log(f"{'retrain' if arch is not None else 'super-transformer'} | {d.world} process(es) on {d.device} | batch {args.batch_size} "
         f"per process, effective {args.batch_size * d.world} | {steps_per_epoch} steps/epoch x {args.epochs} epochs | "
         f"train {len(data.train)}, held-out {len(data.holdout)}, val {len(data.val)} images")
@@ -399,7 +459,7 @@ def train_epoch(run, epoch, t_start, step0):
     args, d = run.args, run.d
     skip = run.step - epoch * run.steps_per_epoch
     if skip == 0 or run.sums is None:   # a resumed epoch keeps the sums of its first part
-        run.sums = {"loss": 0.0, "flops": 0.0, "n": 0}
+        run.sums = epoch_sums(run.space)
     run.seen, run.t_epoch = 0, time.time()
     run.model.train()
     for x, y in infra.epoch_loader(args, run.data, run.train_sampler, epoch, skip, d):
@@ -410,11 +470,11 @@ def train_epoch(run, epoch, t_start, step0):
         loss = optimizer_step(run, x, y, archs)              # 2. their passes (bilateral), one optimizer step
         flops = float(np.mean([vitas.flops(a, run.space) for a in archs]))
         run.seen += len(y) * d.world
-        run.sums = {"loss": run.sums["loss"] + loss, "flops": run.sums["flops"] + flops, "n": run.sums["n"] + 1}
+        add_step(run.sums, loss, flops, archs, run.space)
         if d.main and (run.step % args.log_every == 0 or run.step == run.total_steps):
             rate = run.seen / max(time.time() - run.t_epoch, 1e-9)
             eta = (time.time() - t_start) / (run.step - step0) * (run.total_steps - run.step)
-            p = "" if run.arch is not None else f" p {run.sampler.prob(epoch):.2f}"
+            p = "" if run.arch is not None or run.sampler.prob(epoch) is None else f" p {run.sampler.prob(epoch):.2f}"
             d.log(f"epoch {epoch + 1}/{args.epochs} step {run.step}/{run.total_steps} loss {run.sums['loss'] / run.sums['n']:.3f} "
                   f"lr {run.schedule.get_last_lr()[0]:.2e}{p} {flops / 1e6:.2f} MFLOPs {rate:.0f} img/s ETA {infra.fmt_time(eta)}")
         if args.save_every and run.step % args.save_every == 0 and run.step % run.steps_per_epoch:
@@ -433,6 +493,7 @@ def end_of_epoch(run, epoch):
               "val": {k: {"top1": v["top1"], "top5": v["top5"], "loss": v["loss"], "n": v["n"]} for k, v in evals.items()}}
     if run.arch is None:
         record["reported"] = {k: {"arch": a.to_dict(), "flops": vitas.flops(a, space)} for k, a in run.sampler.reports.items()}
+        record["sampled"] = sampler_statistics(run.sums)
     d.log("  val " + "  ".join(f"{k} top-1 {v['top1']:.1f}% top-5 {v['top5']:.1f}%" for k, v in evals.items()))
     if d.main:
         with open(os.path.join(args.out, "log.jsonl"), "a") as f:
@@ -473,18 +534,24 @@ def train(args):
 
 
 # The super-transformer's training recipe. "v1" is the paper's first version (one sampled network
-# per step, bilateral sharing with a loss per side) with this project's earlier DeiT-like
-# augmentation; "v1-code" is v1 as the authors' public code trains it (one loss on the summed left
-# and right logits; their supernet regularisation: CutMix 1.0, label smoothing 0.1, random erasing
-# 0.25, no RandAugment, no drop path). "v2", the default, adds the second version's identity
-# shifting and weak augmentation. Beyond the paper, opt-in: cyclic sharing, the sandwich,
-# distillation, depth-balanced sampling. Explicit flags override the recipe.
-RECIPE_KEYS = ("sharing", "bilateral_loss", "sandwich", "distill", "identity_shift", "depth_balanced")
-V1 = {"sharing": "bilateral", "bilateral_loss": "two", "sandwich": None, "distill": False, "identity_shift": False, "depth_balanced": False}
+# per step, bilateral sharing with a loss per side, binomial depth at the learned identity
+# probability) with this project's earlier DeiT-like augmentation; "v1-code" is v1 as the authors'
+# public code trains it (one loss on the summed left and right logits; their supernet
+# regularisation: CutMix 1.0, label smoothing 0.1, random erasing 0.25, no RandAugment, no drop
+# path). "v2", the default, adds the second version's identity shifting (our reading: identities
+# moved behind the real blocks while training) and weak augmentation. "fair" (beyond the paper)
+# trains every block position and patch size alike: stratified (patch, depth) cells, identities
+# anywhere while training and shifted only when scoring and searching, weak augmentation. Beyond
+# the paper, opt-in: cyclic sharing, the sandwich, distillation, the cell-based samplers. Explicit
+# flags override the recipe.
+RECIPE_KEYS = ("sharing", "bilateral_loss", "sandwich", "distill", "identity_shift", "sampling")
+V1 = {"sharing": "bilateral", "bilateral_loss": "two", "sandwich": None, "distill": False, "identity_shift": "off",
+      "sampling": "binomial"}
 RECIPES = {
     "v1": {**V1, "randaug": 9, "reprob": 0.25},
     "v1-code": {**V1, "bilateral_loss": "summed", "cutmix": 1.0, "randaug": 0, "reprob": 0.25},
-    "v2": {**V1, "identity_shift": True},
+    "v2": {**V1, "identity_shift": "train"},
+    "fair": {**V1, "identity_shift": "search", "sampling": "stratified"},
 }
 DEFAULT_RECIPE = "v2"
 # Augmentation and regularisation where the recipe sets none: weak while training the
@@ -569,14 +636,16 @@ def run_flags(ap):
 
 
 def sampling_flags(ap):
-    nat, pos, nonneg = NAT, POS, NONNEG
+    nat, nonneg = NAT, NONNEG
     g = ap.add_argument_group("super-transformer sampling and recipe")
     g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
                    help="v1: the paper's first version exactly: one sampled network per step, bilateral sharing "
                         "(and DeiT-like augmentation). v1-code: v1 as the authors' code trains it (one loss on the summed "
-                        "left + right logits; CutMix 1.0, erasing 0.25, no RandAugment). v2 (default; beyond v1, chosen by the grid in "
-                        "README Results): v1 plus the second version's identity shifting and weak augmentation. Cyclic sharing, "
-                        "the sandwich, distillation and depth-balanced sampling (beyond v1) are the flags below.")
+                        "left + right logits; CutMix 1.0, erasing 0.25, no RandAugment). v2 (default; beyond v1): v1 plus the "
+                        "second version's identity shifting and weak augmentation. fair (beyond the paper; a candidate default "
+                        "until README Results' grid decides): stratified sampling, identities shifted only when searching, weak "
+                        "augmentation, so every block position and patch size is trained alike. Cyclic sharing, the sandwich, "
+                        "distillation and the other samplers (beyond v1) are the flags below.")
     g.add_argument("--uniform-epochs", type=nat, default=2, help="epochs of uniform sampling before the learned identity probability")
     g.add_argument("--flops-min", type=infra.count_arg, default=None, help="FLOPs (MACs) window the learned identity probability aims at, e.g. 0.9G")
     g.add_argument("--flops-max", type=infra.count_arg, default=None, help="e.g. 1.1G; without a window sampling stays uniform")
@@ -585,8 +654,7 @@ def sampling_flags(ap):
                         "device (exported ViT, eval); a latency model is fitted to archs measured at start-up")
     g.add_argument("--throughput-max", type=number_arg(float, 0, lo_open=True), default=None, metavar="IMG/S",
                    help="upper end of the throughput window")
-    g.add_argument("--throughput-batch", type=pos, default=None, help="batch of throughput measurements (default 16 on CPU, 128 on CUDA)")
-    g.add_argument("--throughput-amp", action="store_true", help="measure throughput under bf16 autocast (CUDA)")
+    infra.throughput_measure_flags(g)
     g.add_argument("--calibration-seconds", type=nonneg, default=30,
                    help="about how long the throughput calibration measures (at least 12 archs, at most 64; default 30)")
 
@@ -605,13 +673,19 @@ def recipe_flags(ap):
     g.add_argument("--distill", default=None, action=argparse.BooleanOptionalAction,
                    help="beyond v1 (in-place distillation): the sandwich's other networks learn from the largest one's "
                         "soft predictions. " + default_text("distill"))
-    g.add_argument("--identity-shift", default=None, action=argparse.BooleanOptionalAction,
-                   help="v2: every drawn network has its identity blocks moved behind its real ones, so one network is one "
-                        "path of the super-transformer. " + default_text("identity_shift"))
-    g.add_argument("--depth-balanced", default=None, action=argparse.BooleanOptionalAction,
-                   help="beyond the paper: draw the number of real blocks uniformly among the depths the FLOPs window admits, "
-                        "then the rest as before, so deep networks are trained as often as shallow ones (the identity "
-                        "probability alone makes depth binomial and favours the shallow). " + default_text("depth_balanced"))
+    g.add_argument("--identity-shift", default=None, choices=IDENTITY_SHIFTS,
+                   help="v2's remedy for identity placements that give the same network. train (v2, our reading): every "
+                        "drawn network has its identity blocks moved behind its real ones, so one network is one path; block k "
+                        "then trains only when the depth is at least k. search (beyond the paper): training draws identities "
+                        "anywhere (every block position trained alike), scoring and searching move them behind. off (v1): "
+                        "identities anywhere, also when searching. " + default_text("identity_shift"))
+    g.add_argument("--sampling", default=None, choices=SAMPLINGS,
+                   help="how the learned phase draws a network. binomial (the paper's): each block identity with the learned "
+                        "identity probability, so depth is binomial and deep networks rare. depth-balanced (beyond the paper): "
+                        "the depth uniform among the depths the FLOPs window admits. stratified (beyond the paper): a (patch "
+                        "size, depth) cell of the window uniformly, so every patch size and depth is trained alike. Both place "
+                        "the real blocks at random positions and draw widths uniformly inside the window. "
+                        + default_text("sampling"))
 
 
 def training_flags(ap):

@@ -1,0 +1,432 @@
+"""
+How far a super-transformer's judgement can be trusted: its ranking of archs (inherited weights,
+held-out top-1) against the same archs trained alone, with the reference's own noise measured.
+
+    python search.py --ckpt runs/super/checkpoint.pt --flops-min 2M --flops-max 4M --rank-check 16
+    python search.py --out runs/search --rank-check 16       # alone, on a finished search folder
+
+Read top to bottom: rank statistics; the reference's noise (reliability, oracle bound, corrected
+tau) and the bootstrap over archs; archs chosen independently of the fitness under test; training
+archs alone (also the search's retrain of its best arch); the rank check itself.
+
+Training an arch alone is noisy too: two seeds do not give the same order. Classical test theory
+gives the reference's reliability and what it costs a fitness. From the arch x seed table: one
+seed's reliability r1 = sin(pi tau_ss / 2) (Greiner's relation, tau_ss the Kendall tau between two
+seeds' rankings), an S-seed mean's r_S = S r1 / (1 + (S - 1) r1) (Spearman-Brown), the most any
+fitness can reach against it, tau* = (2/pi) asin(sqrt(r_S)), and a fitness's tau corrected for the
+reference's noise, tau_c = (2/pi) asin(sin(pi tau / 2) / sqrt(r_S)) (clipped to [-1, 1]). tau
+between two seeds is not that bound: a fitness that knew each arch's true accuracy would beat it.
+Intervals are percentile bootstraps over the archs, tau and r1 recomputed on every resample; two
+fitnesses scored on the same archs are compared by a paired bootstrap (the same resamples for
+both). FLOPs, parameters and depth are scored alike: a fitness that does not beat them adds nothing.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import shlex
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import infra
+import train
+import vitas
+from infra import UserError, write_json
+
+# -----------------------------------------------------------------------------
+# Rank statistics
+
+
+def average_ranks(values):
+    """Ranks 1..n, ties sharing the mean of the ranks they span."""
+    v = np.asarray(values, dtype=float)
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v))
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _paired(x, y):
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"need two equally long lists of at least 2 values, got {len(x)} and {len(y)}")
+    return x, y
+
+
+def kendall_tau(x, y):
+    """Kendall's tau-b (tie-aware): (concordant - discordant) pairs over the geometric mean of the
+    pairs not tied in x and not tied in y. None where x or y is constant."""
+    x, y = _paired(x, y)
+    i, j = np.triu_indices(len(x), 1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    denom = math.sqrt(np.count_nonzero(sx) * np.count_nonzero(sy))
+    return float((sx * sy).sum() / denom) if denom else None
+
+
+def spearman_rho(x, y):
+    """Spearman's rho: Pearson correlation of the average ranks. None where x or y is constant."""
+    rx, ry = (r - r.mean() for r in map(average_ranks, _paired(x, y)))
+    denom = math.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denom) if denom else None
+
+
+# -----------------------------------------------------------------------------
+# The reference's noise
+
+
+def seed_agreement(top1_by_seed):
+    """tau_ss: Kendall tau-b between two training seeds' rankings of the same archs, the mean over
+    every pair of seeds; each pair on the archs trained with both (an arch may have fewer seeds than
+    another). top1_by_seed: per arch, its top-1 under each seed. None where no pair ranks."""
+    seeds = max(len(s) for s in top1_by_seed)
+    taus = []
+    for i in range(seeds):
+        for j in range(i + 1, seeds):
+            both = [(s[i], s[j]) for s in top1_by_seed if len(s) > j]
+            if len(both) >= 2 and (t := kendall_tau(*zip(*both))) is not None:
+                taus.append(t)
+    return float(np.mean(taus)) if taus else None
+
+
+def spearman_brown(r1, seeds):
+    """Reliability of the mean of `seeds` repeats, each of reliability r1."""
+    return seeds * r1 / (1 + (seeds - 1) * r1)
+
+
+def reliability(top1_by_seed):
+    """The reference's reliability: (r1, S, r_S): one seed's r1 = sin(pi tau_ss / 2), the seeds S
+    every arch has (the reference is their mean), r_S by Spearman-Brown. r1 and r_S are None where
+    tau_ss is undefined or not positive (seeds that do not agree leave nothing to correct by)."""
+    seeds = min(len(s) for s in top1_by_seed)
+    tau_ss = seed_agreement(top1_by_seed)
+    if tau_ss is None or tau_ss <= 0:
+        return None, seeds, None
+    r1 = math.sin(math.pi * tau_ss / 2)
+    return r1, seeds, spearman_brown(r1, seeds)
+
+
+def oracle_tau(r):
+    """tau* = (2/pi) asin(sqrt(r)): the Kendall tau that a fitness knowing every arch's true accuracy
+    reaches, in expectation, against a reference of reliability r."""
+    return 2 / math.pi * math.asin(math.sqrt(r))
+
+
+def corrected_tau(tau, r):
+    """tau_c = (2/pi) asin(sin(pi tau / 2) / sqrt(r)), clipped to [-1, 1]: tau as it would be
+    against a noiseless reference (r = 1 leaves it as it is)."""
+    return 2 / math.pi * math.asin(max(-1.0, min(1.0, math.sin(math.pi * tau / 2) / math.sqrt(r))))
+
+
+def reference_mean(top1_by_seed):
+    """Each arch's reference accuracy: the mean of the first S seeds, S the seeds every arch has."""
+    seeds = min(len(s) for s in top1_by_seed)
+    return np.array([np.mean(s[:seeds]) for s in top1_by_seed])
+
+
+# -----------------------------------------------------------------------------
+# Agreement with a bootstrap over the archs
+
+
+LEVEL, RESAMPLES = 0.9, 2000
+
+
+def percentile_interval(values, level):
+    """The central `level` percentile interval of `values`, or None where there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return float(np.quantile(values, (1 - level) / 2)), float(np.quantile(values, (1 + level) / 2))
+
+
+def resamples(n, count=RESAMPLES, seed=0):
+    """`count` resamples of n archs with replacement: the same for every statistic of one call."""
+    return np.random.default_rng(seed).integers(0, n, (count, n))
+
+
+def scores(fitness, top1_by_seed, r_s=None):
+    """{"kendall_tau", "tau_c"} of one fitness against the reference (tau_c where r_S is known)."""
+    tau = kendall_tau(fitness, reference_mean(top1_by_seed))
+    return {"kendall_tau": tau, "tau_c": None if tau is None or r_s is None else corrected_tau(tau, r_s)}
+
+
+def bootstrap(fitness, top1_by_seed, idx):
+    """Per resample (rows of idx): scores(), the reliability recomputed on the resampled archs."""
+    out = []
+    for rows in idx:
+        by_seed = [top1_by_seed[i] for i in rows]
+        fit = np.asarray(fitness, dtype=float)[rows]
+        out.append(scores(fit, by_seed, reliability(by_seed)[2]))
+    return out
+
+
+def reference_summary(top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0):
+    """The reference's noise: seed agreement tau_ss, r1, the seeds S of its mean, r_S, the oracle
+    bound tau* and a bootstrap interval of tau* over the archs."""
+    r1, seeds, r_s = reliability(top1_by_seed)
+    stars = []
+    for rows in resamples(len(top1_by_seed), count, seed):
+        r = reliability([top1_by_seed[i] for i in rows])[2]
+        stars.append(None if r is None else oracle_tau(r))
+    return {"seed_tau": seed_agreement(top1_by_seed), "r1": r1, "seeds": seeds, "reliability": r_s,
+            "tau_star": None if r_s is None else oracle_tau(r_s), "tau_star_interval": percentile_interval(stars, level)}
+
+
+def agreement(fitness, top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0):
+    """A fitness (higher: better) against the archs trained alone: Kendall tau-b and Spearman rho
+    against the reference mean, the corrected tau_c, percentile bootstrap intervals over the archs
+    for both (jointly: one set of resamples, the reliability recomputed on each), and the
+    reference's own noise (reference_summary, on the same resamples)."""
+    mean = reference_mean(top1_by_seed)
+    ref = reference_summary(top1_by_seed, level, count, seed)
+    boot = bootstrap(fitness, top1_by_seed, resamples(len(mean), count, seed))
+    return {**scores(fitness, top1_by_seed, ref["reliability"]), "spearman_rho": spearman_rho(fitness, mean),
+            "tau_interval": percentile_interval([b["kendall_tau"] for b in boot], level),
+            "tau_c_interval": percentile_interval([b["tau_c"] for b in boot], level),
+            **ref, "interval_level": level, "resamples": count, "archs": len(mean)}
+
+
+def paired_difference(fitness_a, fitness_b, top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0):
+    """tau(a) - tau(b) on the same archs and reference, with a paired bootstrap interval (the same
+    resampled archs for both): a difference whose interval holds 0 is no difference."""
+    mean = reference_mean(top1_by_seed)
+    tau = lambda f, rows: kendall_tau(np.asarray(f, dtype=float)[rows], mean[rows])
+    every = np.arange(len(mean))
+    diffs = [None if (a := tau(fitness_a, rows)) is None or (b := tau(fitness_b, rows)) is None else a - b
+             for rows in resamples(len(mean), count, seed)]
+    a, b = tau(fitness_a, every), tau(fitness_b, every)
+    return {"difference": None if a is None or b is None else a - b, "interval": percentile_interval(diffs, level),
+            "interval_level": level}
+
+
+def floor_predictors(archs, space):
+    """What ranks archs without any training, as fitnesses (higher: better): FLOPs, parameters, depth."""
+    return {"flops": [vitas.flops(a, space) for a in archs], "params": [vitas.params(a, space) for a in archs],
+            "depth": [a.depth for a in archs]}
+
+
+def rank_statistics(fitness, top1_by_seed, archs, space, level=LEVEL, count=RESAMPLES, seed=0):
+    """Everything a rank check reports: agreement() of the fitness; tau within each patch size; and
+    each floor predictor's agreement with the paired difference fitness - predictor."""
+    result = agreement(fitness, top1_by_seed, level, count, seed)
+    result["by_patch"] = {}
+    for p in sorted({a.patch_size for a in archs}):
+        rows = [i for i, a in enumerate(archs) if a.patch_size == p]
+        if len(rows) >= 2:
+            result["by_patch"][str(p)] = {"archs": len(rows), "kendall_tau": kendall_tau(
+                [fitness[i] for i in rows], reference_mean([top1_by_seed[i] for i in rows]))}
+    result["floors"] = {}
+    for name, values in floor_predictors(archs, space).items():
+        result["floors"][name] = {**scores(values, top1_by_seed, result["reliability"]),
+                                  "fitness_minus_floor": paired_difference(fitness, values, top1_by_seed, level, count, seed)}
+    return result
+
+
+def describe(r):
+    """One paragraph on a rank check's figures and how to read them."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
+    span = lambda i: "" if i is None else f" [{i[0]:.2f}, {i[1]:.2f}]"
+    level = f"{100 * r['interval_level']:.0f}%"
+    line = (f"Kendall tau-b {fmt(r['kendall_tau'])}{span(r['tau_interval'])}, Spearman rho {fmt(r['spearman_rho'])} "
+            f"over {r['archs']} archs ({level} bootstrap intervals over the archs)")
+    if r["reliability"] is None:
+        line += ("; the reference's reliability is unknown (it needs archs trained with 2 or more seeds that agree), "
+                 "so tau is not corrected")
+    else:
+        line += (f"; reference: seeds agree at tau {fmt(r['seed_tau'])}, reliability r{r['seeds']} {fmt(r['reliability'])}, "
+                 f"so no fitness can expect more than tau* {fmt(r['tau_star'])}{span(r['tau_star_interval'])}; "
+                 f"corrected tau_c {fmt(r['tau_c'])}{span(r['tau_c_interval'])}")
+    floors = r.get("floors", {})
+    if floors:
+        line += "; floors: " + ", ".join(
+            f"{name} tau {fmt(f['kendall_tau'])} (fitness - {name} {fmt(f['fitness_minus_floor']['difference'])}"
+            f"{span(f['fitness_minus_floor']['interval'])})" for name, f in floors.items())
+    return line + "; a difference whose interval holds 0 is no difference"
+
+
+# -----------------------------------------------------------------------------
+# Archs chosen independently of the fitness under test
+
+
+def stratified_archs(space, lo, hi, per_cell, seed, cost=None, tries=20000, give_up=2000):
+    """Up to `per_cell` distinct archs of the window [lo, hi] in every (patch size, depth) cell
+    (train.all_cells; a cell with none in `give_up` draws is left out): {cell: [archs]}. Widths
+    uniform, identities moved behind the real blocks (one network each). Chosen by a seeded
+    generator alone, never by a fitness: a rank check must not test a predictor on archs that the
+    predictor picked."""
+    cost = cost or (lambda a: vitas.flops(a, space))
+    cells = {}
+    for i, cell in enumerate(train.all_cells(space, by_patch=True)):
+        rng = np.random.default_rng([4000, seed, i])   # a generator per cell: its first archs whatever per_cell is
+        found = []
+        for t in range(tries):
+            arch = vitas.shift_identities(train.draw_in_cell(space, rng, cell))
+            if lo <= cost(arch) <= hi and arch not in found:
+                found.append(arch)
+            if len(found) == per_cell or (t >= give_up and not found):
+                break
+        if found:
+            cells[cell] = found
+    return cells
+
+
+def spread_archs(space, lo, hi, k, seed, cost=None):
+    """k archs for a rank check, spread evenly over the window's (patch, depth) cells: the first of
+    every cell (stratified_archs), then the second, and so on."""
+    cells = list(stratified_archs(space, lo, hi, k, seed, cost).values())
+    order = [c[i] for i in range(k) for c in cells if i < len(c)]
+    if len(order) < k:
+        raise UserError(f"the window [{lo:,}, {hi:,}] holds only {len(order)} distinct archs; lower --rank-check to at "
+                        f"most {len(order)} or widen the window")
+    return order[:k]
+
+
+# -----------------------------------------------------------------------------
+# Archs trained alone: the reference, and the search's retrain of its best arch
+
+# train.py flags a user may pass through to every arch trained alone (the rest follows the checkpoint)
+ALONE_FLAGS = ("--smoothing", "--mixup", "--cutmix", "--randaug", "--reprob", "--drop-path")
+
+
+def retrain_flags_arg(text):
+    """--retrain-flags: train.py augmentation and regularisation flags, checked by train.py's own
+    parser now, so a typo fails before any search."""
+    tokens = shlex.split(text)
+    unknown = [t for t in tokens if t.startswith("-") and t.split("=")[0] not in ALONE_FLAGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{' '.join(unknown)} cannot be passed to archs trained alone; expected only "
+                                         f"{', '.join(ALONE_FLAGS)} with their values")
+
+    def refuse(message):   # train.py's parser would exit; here its message names --retrain-flags
+        raise argparse.ArgumentTypeError(f"{text!r}: {message}")
+
+    probe = train.get_parser()
+    probe.error = refuse
+    probe.parse_args(["--arch", "ARCH.json", *tokens])
+    return tokens
+
+
+def alone_argv(ck, epochs, device, world, seed=0, flags=()):
+    """train.py flags that train an arch alone on the checkpoint's data, held-out split, optimiser
+    and effective batch (split over this job's `world` processes, so the result does not depend on
+    how many there are); augmentation and regularisation are retrain mode's defaults unless `flags`
+    (--retrain-flags) set them. `seed` j > 0 changes only the training (initialisation, data
+    order): --seed is the checkpoint's plus j, --data-seed stays the checkpoint's."""
+    ck_args = ck["args"]
+    batch = ck_args["batch_size"] * ck.get("world", 1)
+    if batch % world:
+        raise UserError(f"the checkpoint's effective batch {batch} does not split over {world} processes; "
+                        f"run with a process count that divides it")
+    keep = {"space": "--space", "data": "--data", "data_root": "--data-root",
+            "synthetic_size": "--synthetic-size", "synthetic_classes": "--synthetic-classes", "holdout": "--holdout",
+            "lr": "--lr", "min_lr": "--min-lr", "weight_decay": "--weight-decay",
+            "warmup_epochs": "--warmup-epochs", "clip_grad": "--clip-grad", "workers": "--workers",
+            "eval_batch_size": "--eval-batch-size", "eval_limit": "--eval-limit"}
+    argv = ["--epochs", str(epochs), "--batch-size", str(batch // world), "--device", device, "--log-every", "1000",
+            "--seed", str(ck_args["seed"] + seed), "--data-seed", str(infra.data_seed(argparse.Namespace(**ck_args)))]
+    for key, flag in keep.items():
+        if ck_args.get(key) is not None:
+            argv += [flag, str(ck_args[key])]
+    return argv + (["--amp"] if ck_args.get("amp") else []) + list(flags)
+
+
+def alone_root(args):
+    """Where a search's archs trained alone go: --retrain-dir, or OUT/retrain."""
+    return args.retrain_dir or os.path.join(args.out, "retrain")
+
+
+def alone_folder(root, arch, argv):
+    """Where `arch` trained alone with `argv` goes under `root`: one folder per arch and settings,
+    so a folder shared between searches never trains the same thing twice."""
+    key = hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
+    return os.path.join(root, key)
+
+
+def train_alone(arch, out, argv, d):
+    """Train `arch` alone with train.py's retrain mode into `out`; its final val {"top1", "top5",
+    "loss", "n"}. The result is kept in out/result.json: a finished training is never redone."""
+    result_path, arch_path = os.path.join(out, "result.json"), os.path.join(out, "arch.json")
+    done = float(os.path.exists(result_path))
+    if d.world > 1:   # every rank takes the same decision, even where shared storage lags
+        done = d.all_reduce(torch.tensor(done)).item() / d.world
+    if done == 1.0:
+        with open(result_path) as f:
+            result = json.load(f)
+        if result["arch"] == arch.to_dict() and result["argv"] == argv:
+            return result["val"]
+    if d.main:
+        os.makedirs(out, exist_ok=True)
+        write_json(arch_path, arch.to_dict())
+    if d.world > 1:
+        dist.barrier()
+    d.log(f"training {arch} alone for {argv[1]} epochs into {out}")
+    val = train.train(train.parse_args(["--arch", arch_path, "--out", out, *argv]))["val"]["model"]
+    if d.main:
+        write_json(result_path, {"arch": arch.to_dict(), "argv": argv, "val": val})
+    return val
+
+
+# -----------------------------------------------------------------------------
+# The rank check
+
+FITNESS = ("top1", "loss")
+
+
+def fitness_value(scores, measure):
+    """Higher is better: held-out top-1 itself, or minus the held-out loss."""
+    return scores["top1"] if measure == "top1" else -scores["loss"]
+
+
+def rank_check(args, space, ck, score, holdout_images, d):
+    """How far the search's judgement can be trusted: --rank-check K archs of the window spread over
+    its (patch, depth) cells by a seeded draw (spread_archs: not chosen by the fitness), scored by
+    `score` (the inherited weights: {"top1", "loss"}) and trained alone for --rank-epochs with
+    --rank-seeds training seeds (train.py's retrain mode on the checkpoint's data, --retrain-flags
+    passed through). rank_check.json holds every arch's figures and rank_statistics(); resumable,
+    a finished training is never redone."""
+    archs = spread_archs(space, args.flops_min, args.flops_max, args.rank_check, args.seed)
+    argvs = [alone_argv(ck, args.rank_epochs, args.device, d.world, seed, args.retrain_flags) for seed in range(args.rank_seeds)]
+    out_path = os.path.join(args.out, "rank_check.json")
+    root = alone_root(args)
+    result = {"settings": {"k": args.rank_check, "epochs": args.rank_epochs, "seeds": args.rank_seeds, "seed": args.seed,
+                           "flops_min": args.flops_min, "flops_max": args.flops_max, "fitness": args.fitness,
+                           "holdout_images": holdout_images, "retrain_flags": args.retrain_flags, "retrain_argv": argvs,
+                           "processes": d.world, "picked": "spread over the window's (patch, depth) cells by a seeded draw"},
+              "archs": []}
+    d.log(f"rank check: {len(archs)} archs spread over the window's (patch, depth) cells, each trained alone for "
+        f"{args.rank_epochs} epochs with {args.rank_seeds} seed(s)")
+    for i, arch in enumerate(archs):
+        inherited = score(arch)
+        vals = [train_alone(arch, alone_folder(root, arch, argv), argv, d) for argv in argvs]
+        seeds = [v["top1"] for v in vals]
+        result["archs"].append({"arch": arch.to_dict(), "flops": vitas.flops(arch, space), "params": vitas.params(arch, space),
+                                "fitness": fitness_value(inherited, args.fitness), "inherited": inherited,
+                                "top1": float(np.mean(seeds)), "top1_seeds": seeds, "val_images": vals[0].get("n")})
+        if d.main:
+            write_json(out_path, result)
+        d.log(f"rank check {i + 1}/{len(archs)}: fitness {result['archs'][-1]['fitness']:.3f}, alone "
+            f"{' '.join(f'{t:.1f}' for t in seeds)}%  {arch}")
+    rows = result["archs"]
+    fitness, by_seed = [a["fitness"] for a in rows], [a["top1_seeds"] for a in rows]
+    result["statistics"] = rank_statistics(fitness, by_seed, archs, space)
+    other = [m for m in FITNESS if m != args.fitness][0]   # which measure ranks better is a question in itself
+    result["statistics"]["other_measure"] = {"fitness": other, **scores(
+        [fitness_value(a["inherited"], other) for a in rows], by_seed, result["statistics"]["reliability"]),
+        "fitness_minus_other": paired_difference(fitness, [fitness_value(a["inherited"], other) for a in rows], by_seed)}
+    if d.main:
+        write_json(out_path, result)
+    d.log(f"\nrank check ({args.fitness} of the inherited weights vs val top-1 trained alone, {len(rows)} archs):")
+    for a in sorted(rows, key=lambda a: a["fitness"]):
+        d.log(f"  fitness {a['fitness']:8.3f}  alone {a['top1']:5.1f}% ({' '.join(f'{t:.1f}' for t in a['top1_seeds'])})  "
+            f"{a['flops'] / 1e6:5.2f} MFLOPs  {vitas.Arch.from_dict(a['arch'])}")
+    d.log("  " + describe(result["statistics"]) + f"; wrote {out_path}")
+    return result
+
