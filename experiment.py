@@ -46,7 +46,8 @@ TINY = vitas.SearchSpace.preset("tiny")
 WINDOW = ["--flops-min", "2M", "--flops-max", "4M"]
 LO, HI = 2_000_000, 4_000_000
 DATA_SEED = 0
-BASE = ["--batch-size", "64", "--lr", "2e-3", "--log-every", "1000", "--device", "cpu", "--data-seed", str(DATA_SEED), *WINDOW]
+BASE = ["--batch-size", "64", "--lr", "2e-3", "--log-every", "1000", "--device", "cpu", "--data-seed", str(DATA_SEED),
+        *WINDOW]
 PASSES = 60                      # the quick start: 30 epochs x 2 passes (bilateral) a step
 # name: train.py flags. Everything but "v1" and "v1-code" goes beyond the paper's first version.
 RECIPES = {
@@ -88,8 +89,8 @@ def alone_job(arch, argv, results, scratch):
 def run_alone(job):
     arch = vitas.Arch.from_dict(job["arch"])
     val = rankcheck.train_alone(arch, job["scratch"], job["argv"], infra.Dist())
-    return {"arch": job["arch"], "argv": job["argv"], "flops": vitas.flops(arch, TINY), "params": vitas.params(arch, TINY),
-            "val": val}
+    return {"arch": job["arch"], "argv": job["argv"], "flops": vitas.flops(arch, TINY),
+            "params": vitas.params(arch, TINY), "val": val}
 
 
 def execute(job):
@@ -121,7 +122,8 @@ def run_jobs(jobs, workers):
 
     def done(i, path, seconds):
         eta = (time.time() - t0) / i * (len(todo) - i)
-        print(f"[{i}/{len(todo)}] {os.path.relpath(path)} in {infra.fmt_time(seconds)}, ETA {infra.fmt_time(eta)}", flush=True)
+        print(f"[{i}/{len(todo)}] {os.path.relpath(path)} in {infra.fmt_time(seconds)}, "
+              f"ETA {infra.fmt_time(eta)}", flush=True)
 
     if workers == 0:
         for i, job in enumerate(todo, 1):
@@ -205,7 +207,8 @@ def passes_of(flags):
 
 
 def supernet_job(name, seed, results, scratch):
-    return {"kind": "supernet", "name": f"{name} seed {seed}", "path": record_path(results, "supernets", f"{name}-s{seed}"),
+    return {"kind": "supernet", "name": f"{name} seed {seed}",
+            "path": record_path(results, "supernets", f"{name}-s{seed}"),
             "recipe": name, "seed": seed, "scratch": os.path.join(scratch, "supernets", f"{name}-s{seed}")}
 
 
@@ -223,14 +226,14 @@ def run_supernet(job):
     flags = RECIPES[job["recipe"]]
     epochs = PASSES // passes_of(flags)
     super_dir = os.path.join(job["scratch"], "super")
-    argv = ["--out", super_dir, "--seed", str(job["seed"]), "--epochs", str(epochs), "--uniform-epochs", str(epochs // 3),
-            *BASE, *flags]
+    argv = ["--out", super_dir, "--seed", str(job["seed"]), "--epochs", str(epochs),
+            "--uniform-epochs", str(epochs // 3), *BASE, *flags]
     cpu = time.process_time()
     train.train(train.parse_args(argv))
     train_cpu = (time.process_time() - cpu) / 60
     ck_path = os.path.join(super_dir, "checkpoint.pt")
-    sargv = ["--ckpt", ck_path, *WINDOW, "--population", "20", "--generations", "10", "--compare", "--seed", str(job["seed"]),
-             "--device", "cpu", "--out", os.path.join(job["scratch"], "search")]
+    sargv = ["--ckpt", ck_path, *WINDOW, "--population", "20", "--generations", "10", "--compare",
+             "--seed", str(job["seed"]), "--device", "cpu", "--out", os.path.join(job["scratch"], "search")]
     args = search.parse_args(sargv)
     summary = search.search(args)
     ck, _, fitness, n_eval = search.load_supernet(args, infra.Dist())
@@ -241,7 +244,8 @@ def run_supernet(job):
             "sampled": learned_phase_statistics(os.path.join(super_dir, "log.jsonl"), epochs // 3),
             "inherited": {name: [{"arch": a.to_dict(), **s} for a, s in zip(reference_sets()[name][0], scores)]
                           for name, scores in inherited.items()},
-            "search": {algo: {k: summary["compare"][algo][k] for k in ("arch", "top1", "loss", "flops")} for algo in search.ALGOS}}
+            "search": {algo: {k: summary["compare"][algo][k] for k in ("arch", "top1", "loss", "flops")}
+                       for algo in search.ALGOS}}
 
 
 RUNNERS = {"alone": run_alone, "supernet": run_supernet}
@@ -295,8 +299,8 @@ def supernet_rows(results):
                 continue
             fitness = {json.dumps(x["arch"]): x["top1"] for x in r["inherited"][name]}
             archs = [a for a, _ in table]
-            row[name] = rankcheck.rank_statistics([fitness[json.dumps(a.to_dict())] for a in archs], [t for _, t in table],
-                                                  archs, TINY)
+            row[name] = rankcheck.rank_statistics([fitness[json.dumps(a.to_dict())] for a in archs],
+                                                  [t for _, t in table], archs, TINY)
         rows.append(row)
     return rows
 
@@ -304,7 +308,8 @@ def supernet_rows(results):
 def table(results, markdown=False):
     """Print the reference and every super-transformer's figures from results/; returns them."""
     refs, supers = reference_rows(results), supernet_rows(results)
-    line = (lambda cells: print("| " + " | ".join(cells) + " |")) if markdown else (lambda cells: print("  ".join(cells)))
+    line = ((lambda cells: print("| " + " | ".join(cells) + " |")) if markdown
+            else (lambda cells: print("  ".join(cells))))
     print("reference (archs trained alone, 20 epochs; reliability from the archs with a second seed)")
     line(["set", "archs", "2nd seed", "top-1 range", "seed tau", "r1", "tau* (1 seed)", "90% interval"])
     for r in refs:
@@ -331,7 +336,8 @@ def table(results, markdown=False):
         line(["recipe", "seeds", "tau", "tau_c", "FLOPs tau", "train CPU-min"])
         for name, rs in by_recipe.items():
             line([name, ",".join(str(r["seed"]) for r in rs), mean_sd([r["window"]["kendall_tau"] for r in rs]),
-                  mean_sd([r["window"]["tau_c"] for r in rs]), mean_sd([r["window"]["floors"]["flops"]["kendall_tau"] for r in rs]),
+                  mean_sd([r["window"]["tau_c"] for r in rs]),
+                  mean_sd([r["window"]["floors"]["flops"]["kendall_tau"] for r in rs]),
                   mean_sd([r["cpu_minutes"] for r in rs])])
     return {"reference": refs, "supernets": supers}
 
@@ -339,11 +345,13 @@ def table(results, markdown=False):
 def main():
     ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["reference", "grid", "table"])
-    ap.add_argument("--results", default="results", help="where each finished job's record goes (tracked in git; default results)")
+    ap.add_argument("--results", default="results",
+                    help="where each finished job's record goes (tracked in git; default results)")
     ap.add_argument("--scratch", default="runs/exp", help="checkpoints and logs of the jobs (default runs/exp)")
     ap.add_argument("--workers", type=infra.number_arg(int, 0), default=os.cpu_count() or 1,
                     help="worker processes, one thread each (default: one per core; 0: in this process)")
-    ap.add_argument("--seeds", type=infra.number_arg(int, 0), nargs="+", default=[0, 1, 2, 3], help="grid: supernet seeds")
+    ap.add_argument("--seeds", type=infra.number_arg(int, 0), nargs="+", default=[0, 1, 2, 3],
+                    help="grid: supernet seeds")
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="grid: recipes")
     ap.add_argument("--markdown", action="store_true", help="table: as markdown")
     args = ap.parse_args()

@@ -64,7 +64,8 @@ def parse_count(text):
 def number_arg(kind, lo=None, hi=None, lo_open=False, hi_open=False):
     """argparse type: a finite int or float inside a range; the message names the value and the range
     (argparse adds the flag's name)."""
-    rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}"
+    rng = (f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, "
+           f"{'inf' if hi is None else hi}{')' if hi_open or hi is None else ']'}")
     what = "a whole number" if kind is int else "a number"
 
     def parse(text):
@@ -87,7 +88,8 @@ def holdout_arg(text):
     except ValueError:
         v = math.nan
     if not (0 <= v < 1 or (math.isfinite(v) and v >= 1 and v == int(v))):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction in [0, 1) (e.g. 0.1) or a whole number of images (e.g. 2000)")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction in [0, 1) (e.g. 0.1) or a whole number "
+                                         f"of images (e.g. 2000)")
     return v if v < 1 else int(v)
 
 
@@ -194,12 +196,14 @@ def synthetic_images(n, num_classes, size, seed):
     labels = torch.randint(0, num_classes, (n,), generator=g)
     freq = torch.linspace(1.5, 8.0, num_classes)[labels].view(-1, 1, 1) * 2 * math.pi / size
     angle = torch.rand(n, 1, 1, generator=g) * math.pi
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
     phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
     img = torch.sin((xs * angle.cos() + ys * angle.sin()) * freq + phase)            # (n, S, S)
     w = size * 3 // 5
     x0, y0 = (torch.randint(0, size - w + 1, (n, 1, 1), generator=g) for _ in range(2))
-    img = img * ((xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + w)) * (0.6 + 0.4 * torch.rand(n, 1, 1, generator=g))
+    img = (img * ((xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + w))
+           * (0.6 + 0.4 * torch.rand(n, 1, 1, generator=g)))
     tint = 0.4 + 0.6 * torch.rand(n, 3, 1, 1, generator=g)
     img = img.unsqueeze(1) * tint + 0.35 * torch.randn(n, 3, size, size, generator=g)  # (n, 3, S, S)
     return ((img * 0.25 + 0.5).clamp(0, 1) * 255).to(torch.uint8), labels
@@ -225,9 +229,11 @@ def image_transforms(size, train, args, real):
     from torchvision.transforms import v2 as T
     norm = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if not train or not real:
-        resize = [T.Resize(int(size / 0.875), antialias=True), T.CenterCrop(size)] if real and size > 64 else [T.Resize((size, size), antialias=True)]
+        resize = ([T.Resize(int(size / 0.875), antialias=True), T.CenterCrop(size)] if real and size > 64
+                  else [T.Resize((size, size), antialias=True)])
         return T.Compose(resize + norm)
-    crop = [T.RandomResizedCrop(size, antialias=True)] if size > 64 else [T.Resize((size, size), antialias=True), T.RandomCrop(size, padding=size // 8)]
+    crop = ([T.RandomResizedCrop(size, antialias=True)] if size > 64
+            else [T.Resize((size, size), antialias=True), T.RandomCrop(size, padding=size // 8)])
     aug = [T.RandAugment(num_ops=2, magnitude=args.randaug)] if args.randaug > 0 else []
     erase = [T.RandomErasing(p=args.reprob)] if args.reprob > 0 else []
     return T.Compose(crop + [T.RandomHorizontalFlip()] + aug + norm + erase)
@@ -346,7 +352,8 @@ def mix_transform(args, num_classes):
 def epoch_loader(args, data, train_sampler, epoch, skip, d):
     """The epoch's training batches, after the `skip` ones a resumed epoch already trained on."""
     train_sampler.set_epoch(epoch)
-    return DataLoader(data.train, batch_size=args.batch_size, sampler=ResumeSampler(train_sampler, skip * args.batch_size),
+    return DataLoader(data.train, batch_size=args.batch_size,
+                      sampler=ResumeSampler(train_sampler, skip * args.batch_size),
                       num_workers=args.workers, pin_memory=d.device.type == "cuda", drop_last=True,
                       # its own generator: creating the iterator must not draw from the global RNG,
                       # or a resumed epoch would see other augmentations than the uninterrupted one
@@ -408,7 +415,8 @@ def evaluate_checkpoint(args):
         model, sides, name = vitas.ViT(arch, space), ("model",), "eval.json"
     else:
         if not args.arch:
-            raise UserError(f"{args.eval} is a super-transformer checkpoint: give the sub-network to evaluate with --arch ARCH.json")
+            raise UserError(f"{args.eval} is a super-transformer checkpoint: give the sub-network to evaluate "
+                            f"with --arch ARCH.json")
         arch, (model, sides) = load_arch_file(args.arch, space), supernet_of(ck)
         if scores_shifted(ck["args"]):
             arch = vitas.shift_identities(arch)   # the path that scores this network
@@ -421,7 +429,8 @@ def evaluate_checkpoint(args):
     results = {"checkpoint": os.path.abspath(args.eval), "step": ck["step"], "arch": arch.to_dict()}
     for split, dataset, lim in (("val", data.val, limit), ("holdout", data.holdout, None)):
         loader = eval_loader(dataset, args.eval_batch_size, d, args.workers, limit=lim)
-        results[split] = {side: evaluate(model, loader, d, arch, None if side == "model" else side, getattr(ck_args, "amp", False))
+        results[split] = {side: evaluate(model, loader, d, arch, None if side == "model" else side,
+                                         getattr(ck_args, "amp", False))
                           for side in sides}
         d.log(f"{split:8s} " + "  ".join(f"{side}: top-1 {r['top1']:.2f}% top-5 {r['top5']:.2f}% loss {r['loss']:.4f} "
                                          f"({r['n']} images)" for side, r in results[split].items()))
@@ -470,13 +479,15 @@ def load_checkpoint(path, flag=None):
     except Exception as e:
         unsafe = unsafe_globals(path)   # what the pickle would call: weights_only refuses every such global
         if unsafe and all(g.startswith("numpy") for g in unsafe):   # format 1 pickled numpy's RNG state
-            raise UserError(f"{what} was written by an earlier vitas (format 1, which loads only by running its pickle); "
+            raise UserError(f"{what} was written by an earlier vitas "
+                            f"(format 1, which loads only by running its pickle); "
                             f"retrain it with this version (the same command into a new --out)") from None
         if unsafe:
             raise UserError(f"{what} asks to run Python code when loaded ({', '.join(unsafe[:3])}); refused: vitas "
                             f"checkpoints hold tensors and plain values only") from None
         # truncated or foreign files fail in many ways inside torch
-        raise UserError(f"{what} is corrupt or not a vitas checkpoint ({type(e).__name__}: {first_line(e)}){fix}") from None
+        raise UserError(f"{what} is corrupt or not a vitas checkpoint "
+                        f"({type(e).__name__}: {first_line(e)}){fix}") from None
     if not isinstance(ck, dict) or not {"model", "space", "args"} <= ck.keys():
         raise UserError(f"{what} is not a vitas checkpoint (it lacks the model, space and args entries){fix}")
     return ck
@@ -498,8 +509,10 @@ def rng_state():
     """Every generator's state as tensors and plain values (see CHECKPOINT_FORMAT)."""
     version, keys, gauss = random.getstate()
     kind, mt, pos, has_gauss, cached = np.random.get_state()
-    return {"python": [version, list(keys), gauss], "numpy": [kind, torch.from_numpy(mt.astype(np.int64)), pos, has_gauss, cached],
-            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {"python": [version, list(keys), gauss],
+            "numpy": [kind, torch.from_numpy(mt.astype(np.int64)), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(s):
@@ -583,7 +596,8 @@ def calibrate_throughput(args, space, d):
     if d.main:
         meter = vitas.ThroughputMeter(space, d.device, batch, args.throughput_amp, max_seconds=1.0)
         rng = np.random.default_rng([args.seed, 4])
-        archs, start = [space.max_arch(), vitas.Arch(space.patch_sizes[-1], space.embed_dims[0], (None,) * space.depth)], time.time()
+        archs, start = [space.max_arch(),
+                        vitas.Arch(space.patch_sizes[-1], space.embed_dims[0], (None,) * space.depth)], time.time()
         speeds = [meter(a) for a in archs]
         while len(archs) < 12 or (len(archs) < 64 and time.time() - start < args.calibration_seconds):
             archs.append(space.sample(rng, identity_prob=rng.uniform(0, 0.9)))   # every depth, not only p = 1/2
@@ -596,7 +610,8 @@ def calibrate_throughput(args, space, d):
     if d.world > 1:
         dist.broadcast_object_list(record, src=0)
     record = record[0]
-    d.log(f"throughput calibration on {record['device']} (batch {record['batch']}): {record['measured']} archs measured in "
+    d.log(f"throughput calibration on {record['device']} (batch {record['batch']}): "
+        f"{record['measured']} archs measured in "
         f"{record['seconds']:.0f} s, {record['slowest'][0]:,.0f} to {record['fastest'][0]:,.0f} images/s")
     return record
 
@@ -606,7 +621,8 @@ def check_throughput_window(sampler, calibration, window, d):
     lie in `window`: how well the fitted latency model steers sampling on this device."""
     inside = [None]
     if d.main:
-        meter = vitas.ThroughputMeter(sampler.space, calibration["device"], calibration["batch"], calibration["amp"], max_seconds=1.0)
+        meter = vitas.ThroughputMeter(sampler.space, calibration["device"], calibration["batch"], calibration["amp"],
+                                      max_seconds=1.0)
         rng = np.random.default_rng([sampler.seed, 5])
         inside = [float(np.mean([window[0] <= meter(sampler.draw(rng, learned=True)) <= window[1] for _ in range(16)]))]
     if d.world > 1:

@@ -86,7 +86,8 @@ def plot_search(records, front, png_path, best=None, retrained=None, baseline_re
                         cmap="viridis", label="evaluated (shade: generation)")
     fig.colorbar(points, ax=ax, label="generation")
     front = sorted(front, key=lambda r: r["flops"])
-    ax.plot(mflops(front), [r["top1"] for r in front], color="black", lw=1.2, drawstyle="steps-post", label="Pareto front")
+    ax.plot(mflops(front), [r["top1"] for r in front], color="black", lw=1.2, drawstyle="steps-post",
+            label="Pareto front")
     if best is not None:
         ax.scatter([best["flops"] / 1e6], [best["top1"]], marker="*", s=220, color="red", edgecolor="black", zorder=5,
                    label="best (search fitness)")

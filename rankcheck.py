@@ -177,7 +177,8 @@ def reference_summary(top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0):
         r = reliability([top1_by_seed[i] for i in rows])[2]
         stars.append(None if r is None else oracle_tau(r))
     return {"seed_tau": seed_agreement(top1_by_seed), "r1": r1, "seeds": seeds, "reliability": r_s,
-            "tau_star": None if r_s is None else oracle_tau(r_s), "tau_star_interval": percentile_interval(stars, level)}
+            "tau_star": None if r_s is None else oracle_tau(r_s),
+            "tau_star_interval": percentile_interval(stars, level)}
 
 
 def agreement(fitness, top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0):
@@ -226,7 +227,8 @@ def rank_statistics(fitness, top1_by_seed, archs, space, level=LEVEL, count=RESA
     result["floors"] = {}
     for name, values in floor_predictors(archs, space).items():
         result["floors"][name] = {**scores(values, top1_by_seed, result["reliability"]),
-                                  "fitness_minus_floor": paired_difference(fitness, values, top1_by_seed, level, count, seed)}
+                                  "fitness_minus_floor": paired_difference(fitness, values, top1_by_seed, level,
+                                                                           count, seed)}
     return result
 
 
@@ -241,7 +243,8 @@ def describe(r):
         line += ("; the reference's reliability is unknown (it needs archs trained with 2 or more seeds that agree), "
                  "so tau is not corrected")
     else:
-        line += (f"; reference: seeds agree at tau {fmt(r['seed_tau'])}, reliability r{r['seeds']} {fmt(r['reliability'])}, "
+        line += (f"; reference: seeds agree at tau {fmt(r['seed_tau'])}, "
+                 f"reliability r{r['seeds']} {fmt(r['reliability'])}, "
                  f"so no fitness can expect more than tau* {fmt(r['tau_star'])}{span(r['tau_star_interval'])}; "
                  f"corrected tau_c {fmt(r['tau_c'])}{span(r['tau_c_interval'])}")
     floors = r.get("floors", {})
@@ -393,13 +396,15 @@ def rank_check(args, space, ck, score, holdout_images, d):
     passed through). rank_check.json holds every arch's figures and rank_statistics(); resumable,
     a finished training is never redone."""
     archs = spread_archs(space, args.flops_min, args.flops_max, args.rank_check, args.seed)
-    argvs = [alone_argv(ck, args.rank_epochs, args.device, d.world, seed, args.retrain_flags) for seed in range(args.rank_seeds)]
+    argvs = [alone_argv(ck, args.rank_epochs, args.device, d.world, seed, args.retrain_flags)
+             for seed in range(args.rank_seeds)]
     out_path = os.path.join(args.out, "rank_check.json")
     root = alone_root(args)
-    result = {"settings": {"k": args.rank_check, "epochs": args.rank_epochs, "seeds": args.rank_seeds, "seed": args.seed,
-                           "flops_min": args.flops_min, "flops_max": args.flops_max, "fitness": args.fitness,
-                           "holdout_images": holdout_images, "retrain_flags": args.retrain_flags, "retrain_argv": argvs,
-                           "processes": d.world, "picked": "spread over the window's (patch, depth) cells by a seeded draw"},
+    result = {"settings": {"k": args.rank_check, "epochs": args.rank_epochs, "seeds": args.rank_seeds,
+                           "seed": args.seed, "flops_min": args.flops_min, "flops_max": args.flops_max,
+                           "fitness": args.fitness, "holdout_images": holdout_images,
+                           "retrain_flags": args.retrain_flags, "retrain_argv": argvs, "processes": d.world,
+                           "picked": "spread over the window's (patch, depth) cells by a seeded draw"},
               "archs": []}
     d.log(f"rank check: {len(archs)} archs spread over the window's (patch, depth) cells, each trained alone for "
         f"{args.rank_epochs} epochs with {args.rank_seeds} seed(s)")
@@ -407,7 +412,8 @@ def rank_check(args, space, ck, score, holdout_images, d):
         inherited = score(arch)
         vals = [train_alone(arch, alone_folder(root, arch, argv), argv, d) for argv in argvs]
         seeds = [v["top1"] for v in vals]
-        result["archs"].append({"arch": arch.to_dict(), "flops": vitas.flops(arch, space), "params": vitas.params(arch, space),
+        result["archs"].append({"arch": arch.to_dict(), "flops": vitas.flops(arch, space),
+                                "params": vitas.params(arch, space),
                                 "fitness": fitness_value(inherited, args.fitness), "inherited": inherited,
                                 "top1": float(np.mean(seeds)), "top1_seeds": seeds, "val_images": vals[0].get("n")})
         if d.main:
@@ -420,12 +426,14 @@ def rank_check(args, space, ck, score, holdout_images, d):
     other = [m for m in FITNESS if m != args.fitness][0]   # which measure ranks better is a question in itself
     result["statistics"]["other_measure"] = {"fitness": other, **scores(
         [fitness_value(a["inherited"], other) for a in rows], by_seed, result["statistics"]["reliability"]),
-        "fitness_minus_other": paired_difference(fitness, [fitness_value(a["inherited"], other) for a in rows], by_seed)}
+        "fitness_minus_other": paired_difference(fitness, [fitness_value(a["inherited"], other) for a in rows],
+                                                 by_seed)}
     if d.main:
         write_json(out_path, result)
     d.log(f"\nrank check ({args.fitness} of the inherited weights vs val top-1 trained alone, {len(rows)} archs):")
     for a in sorted(rows, key=lambda a: a["fitness"]):
-        d.log(f"  fitness {a['fitness']:8.3f}  alone {a['top1']:5.1f}% ({' '.join(f'{t:.1f}' for t in a['top1_seeds'])})  "
+        d.log(f"  fitness {a['fitness']:8.3f}  alone {a['top1']:5.1f}% "
+            f"({' '.join(f'{t:.1f}' for t in a['top1_seeds'])})  "
             f"{a['flops'] / 1e6:5.2f} MFLOPs  {vitas.Arch.from_dict(a['arch'])}")
     d.log("  " + describe(result["statistics"]) + f"; wrote {out_path}")
     return result

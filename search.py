@@ -189,7 +189,8 @@ class Evolution:
             raise infra.UserError(
                 f"generation {self.generation}: only {len(fresh)} of {self.population} new candidates inside the "
                 f"FLOPs window [{self.flops_min:,}, {self.flops_max:,}]{budget} in {self.max_tries} tries; the "
-                f"window is too narrow (or its networks are used up): widen it, lower the population or raise max_tries")
+                f"window is too narrow (or its networks are used up): widen it, lower the population or "
+                f"raise max_tries")
         return fresh
 
     def record(self, archs, fitnesses, extras=None):
@@ -302,7 +303,8 @@ def deit_arch(space, target_flops, flops_min, flops_max):
     def designed(arch):
         b, c = arch.blocks[0], arch.embed_dim
         return (b.attn_dim == nearest(space.attn_dims, c) and b.mlp_dim == nearest(space.mlp_dims, 4 * c)
-                and b.heads == min((h for h in space.heads if b.attn_dim % h == 0), key=lambda h: (abs(b.attn_dim / h - 64), h)))
+                and b.heads == min((h for h in space.heads if b.attn_dim % h == 0),
+                                   key=lambda h: (abs(b.attn_dim / h - 64), h)))
     return designed_arch(space, target_flops, flops_min, flops_max, designed, tie=lambda arch: -arch.depth)
 
 
@@ -326,7 +328,8 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
             with open(state_path) as f:
                 state = json.load(f)
             if state.get("fitness", "top1") != args.fitness:
-                raise ValueError(f"it was searched with --fitness {state.get('fitness', 'top1')}, this run has {args.fitness}")
+                raise ValueError(f"it was searched with --fitness {state.get('fitness', 'top1')}, "
+                                 f"this run has {args.fitness}")
             evo.load_state_dict(state)
             if meter is not None:   # the figures the interrupted run measured: the same decisions again
                 meter.load_state_dict(state.get("throughput", []))
@@ -345,13 +348,15 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
                                     **({} if meter is None else {"throughput": meter.state_dict()})})
         best = evo.best
         eta = (time.time() - t0) / (evo.generation - g0) * (args.generations - evo.generation)
-        log(f"[{algo}] generation {evo.generation}/{args.generations}: best top-1 {best['top1']:.2f}% loss {best['loss']:.3f} "
-            f"({best['flops'] / 1e6:.2f} MFLOPs), generation mean top-1 {np.mean([sc['top1'] for sc in scores]):.2f}%, "
+        log(f"[{algo}] generation {evo.generation}/{args.generations}: best top-1 {best['top1']:.2f}% "
+            f"loss {best['loss']:.3f} ({best['flops'] / 1e6:.2f} MFLOPs), "
+            f"generation mean top-1 {np.mean([sc['top1'] for sc in scores]):.2f}%, "
             f"{len(evo.history)} evaluated, ETA {infra.fmt_time(eta)}")
     if write:
         write_json(os.path.join(out, "pareto.json"), pareto_front(evo.history))
         if meter is not None:
-            write_json(os.path.join(out, "pareto_throughput.json"), pareto_front(evo.history, cost=lambda r: -r["throughput"]))
+            write_json(os.path.join(out, "pareto_throughput.json"),
+                       pareto_front(evo.history, cost=lambda r: -r["throughput"]))
         write_json(os.path.join(out, "best_arch.json"), evo.best["arch"])
     return evo
 
@@ -386,12 +391,12 @@ def throughput_meter(args, space, identity_prob, d):
         if args.flops_min <= vitas.flops(a, space) <= args.flops_max:
             probe.append(a)
     speeds = sorted((meter(a), str(a)) for a in probe)
-    d.log(f"throughput on {device} (batch {batch}{', bf16' if args.throughput_amp else ''}) of {len(probe)} archs in the "
-        f"window: {speeds[0][0]:,.0f} to {speeds[-1][0]:,.0f} images/s")
+    d.log(f"throughput on {device} (batch {batch}{', bf16' if args.throughput_amp else ''}) of {len(probe)} archs "
+        f"in the window: {speeds[0][0]:,.0f} to {speeds[-1][0]:,.0f} images/s")
     if args.throughput_min > speeds[-1][0]:
-        raise infra.UserError(f"--throughput-min {args.throughput_min:g} images/s is out of reach in the FLOPs window: the fastest "
-                              f"measured arch does {speeds[-1][0]:,.0f} ({speeds[-1][1]}), the slowest {speeds[0][0]:,.0f} "
-                              f"({speeds[0][1]}); lower it or move the window")
+        raise infra.UserError(f"--throughput-min {args.throughput_min:g} images/s is out of reach in the FLOPs window: "
+                              f"the fastest measured arch does {speeds[-1][0]:,.0f} ({speeds[-1][1]}), "
+                              f"the slowest {speeds[0][0]:,.0f} ({speeds[0][1]}); lower it or move the window")
     return meter
 
 
@@ -409,7 +414,8 @@ def compare_retrained(args, space, best, ck, d):
     results = {}
     for name, arch in archs.items():
         res = rankcheck.train_alone(arch, rankcheck.alone_folder(rankcheck.alone_root(args), arch, argv), argv, d)
-        results[name] = {"arch": arch.to_dict(), "flops": vitas.flops(arch, space), "params": vitas.params(arch, space), **res}
+        results[name] = {"arch": arch.to_dict(), "flops": vitas.flops(arch, space),
+                         "params": vitas.params(arch, space), **res}
     d.log(f"\nretrained {args.retrain_epochs} epochs, val accuracy:")
     for name, r in results.items():
         d.log(f"  {name:9s} top-1 {r['top1']:5.1f}%  top-5 {r['top5']:5.1f}%  {r['flops'] / 1e6:6.2f} MFLOPs  "
@@ -429,8 +435,10 @@ def resolve_from_folder(args):
     held-out images scored, unless --eval-size is given) come from its search.json."""
     path = os.path.join(args.out, "search.json")
     if not args.rank_check or not os.path.exists(path):
-        missing = [f for f, v in (("--ckpt", args.ckpt), ("--flops-min", args.flops_min), ("--flops-max", args.flops_max)) if v is None]
-        raise infra.UserError(f"{', '.join(missing)} required (or --rank-check K with --out a search folder holding search.json)")
+        missing = [f for f, v in (("--ckpt", args.ckpt), ("--flops-min", args.flops_min),
+                                  ("--flops-max", args.flops_max)) if v is None]
+        raise infra.UserError(f"{', '.join(missing)} required "
+                              f"(or --rank-check K with --out a search folder holding search.json)")
     with open(path) as f:
         summary = json.load(f)
     settings = summary["settings"]
@@ -450,7 +458,8 @@ def load_supernet(args, d):
     supernet.to(d.device).eval()
     data = infra.build_datasets(argparse.Namespace(**{**ck_args, "download": False}), space.image_size)
     if len(data.holdout) == 0:
-        raise infra.UserError(f"{args.ckpt} was trained with --holdout 0: there are no held-out images to score archs on")
+        raise infra.UserError(f"{args.ckpt} was trained with --holdout 0: "
+                              f"there are no held-out images to score archs on")
     loader = infra.eval_loader(data.holdout, args.batch_size, d, ck_args.get("workers", 0), limit=args.eval_size)
     n_eval = min(len(data.holdout), args.eval_size or len(data.holdout))
     d.log(f"fitness: {args.fitness} on {n_eval} held-out images (one image = {100 / n_eval:.2f} points of top-1; "
@@ -487,10 +496,13 @@ def search(args):
         if not alone:
             history = runs[args.algo].history
             other = [evo.history for algo, evo in runs.items() if algo != args.algo]
-            plots.plot_search(history, pareto_front(history), os.path.join(args.out, "pareto.png"), best=summary["best"],
-                              retrained=summary.get("retrain"), baseline_records=other[0] if other else None,
-                              title=f"{args.algo} search, fitness {args.fitness}, {summary['holdout_images']} held-out images")
-        log(f"wrote {args.out}/search.json" + ("" if alone else ", best_arch.json, candidates.jsonl, pareto.json, pareto.png"))
+            plots.plot_search(history, pareto_front(history), os.path.join(args.out, "pareto.png"),
+                              best=summary["best"], retrained=summary.get("retrain"),
+                              baseline_records=other[0] if other else None,
+                              title=f"{args.algo} search, fitness {args.fitness}, "
+                                    f"{summary['holdout_images']} held-out images")
+        log(f"wrote {args.out}/search.json"
+            + ("" if alone else ", best_arch.json, candidates.jsonl, pareto.json, pareto.png"))
     return summary
 
 
@@ -500,12 +512,14 @@ def search_algorithms(args, space, ck, fitness, summary, d):
     Completes `summary`; returns {algo: Evolution}."""
     log = d.log
     shift = infra.scores_shifted(ck["args"])
-    p = ck["identity_prob"] if ck["identity_prob"] is not None else vitas.solve_identity_prob(space, args.flops_min, args.flops_max)
+    p = (ck["identity_prob"] if ck["identity_prob"] is not None
+         else vitas.solve_identity_prob(space, args.flops_min, args.flops_max))
     meter = None if args.throughput_min is None else throughput_meter(args, space, p, d)
     if meter is not None:
         summary["throughput"] = {"device": device_name(d.device), "batch": meter.batch,
                                  "dtype": "bfloat16" if meter.amp else "float32", "min": args.throughput_min}
-    runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], shift, args.algo, args.out, log, d.main, meter)}
+    runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], shift, args.algo, args.out, log, d.main,
+                                  meter)}
     if args.compare:
         other = "random" if args.algo == "evolution" else "evolution"
         os.makedirs(os.path.join(args.out, other), exist_ok=True)
@@ -523,7 +537,8 @@ def search_algorithms(args, space, ck, fitness, summary, d):
 def rank_k_arg(text):
     k = infra.number_arg(int, 0)(text)
     if k == 1:
-        raise argparse.ArgumentTypeError("1: a rank agreement needs at least 2 archs; expected 0 (off) or a whole number >= 2")
+        raise argparse.ArgumentTypeError("1: a rank agreement needs at least 2 archs; "
+                                         "expected 0 (off) or a whole number >= 2")
     return k
 
 
@@ -531,52 +546,61 @@ def get_parser():
     nat, pos = infra.number_arg(int, 0), infra.number_arg(int, 1)
     ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_argument_group("search")
-    g.add_argument("--ckpt", default=None, help="super-transformer checkpoint.pt from train.py (space, data and held-out split "
-                                                "come from it); required unless --rank-check runs alone on a search folder")
-    g.add_argument("--flops-min", type=infra.count_arg, default=None, help="e.g. 0.9G, 900M or a plain number (MACs); required with --ckpt")
+    g.add_argument("--ckpt", default=None,
+                   help="super-transformer checkpoint.pt from train.py (space, data and held-out split come from it); "
+                        "required unless --rank-check runs alone on a search folder")
+    g.add_argument("--flops-min", type=infra.count_arg, default=None,
+                   help="e.g. 0.9G, 900M or a plain number (MACs); required with --ckpt")
     g.add_argument("--flops-max", type=infra.count_arg, default=None, help="e.g. 1.1G; required with --ckpt")
     g.add_argument("--params-max", type=infra.count_arg, default=None, help="optional parameter budget, e.g. 6M")
     g.add_argument("--throughput-min", type=infra.number_arg(float, 0, lo_open=True), default=None, metavar="IMG/S",
-                   help="optional speed budget: candidates whose exported ViT does fewer images/s on this device (eval, "
-                        "no grad) are rejected before evaluation; each arch measured once (candidates.jsonl gains "
-                        "'throughput', pareto_throughput.json is written)")
+                   help="optional speed budget: candidates whose exported ViT does fewer images/s on this device "
+                        "(eval, no grad) are rejected before evaluation; each arch measured once (candidates.jsonl "
+                        "gains 'throughput', pareto_throughput.json is written)")
     infra.throughput_measure_flags(g)
     g.add_argument("--algo", default="evolution", choices=ALGOS)
-    g.add_argument("--compare", action="store_true", help="also run the other algorithm with the same number of evaluations")
+    g.add_argument("--compare", action="store_true",
+                   help="also run the other algorithm with the same number of evaluations")
     g.add_argument("--population", type=infra.number_arg(int, 2), default=50)
     g.add_argument("--generations", type=pos, default=20)
     g.add_argument("--parents", type=infra.number_arg(int, 2), default=None,
-                   help="top-k of all evaluated archs that breed (<= population; default 10, or the population if smaller)")
-    g.add_argument("--mutate-prob", type=infra.number_arg(float, 0, 1), default=0.1, help="probability each gene is re-drawn in a mutation")
+                   help="top-k of all evaluated archs that breed "
+                        "(<= population; default 10, or the population if smaller)")
+    g.add_argument("--mutate-prob", type=infra.number_arg(float, 0, 1), default=0.1,
+                   help="probability each gene is re-drawn in a mutation")
     g.add_argument("--fitness", default="top1", choices=FITNESS,
                    help="top1: held-out top-1 of the inherited weights (the paper's); loss: minus their held-out "
                         "cross-entropy (finer on a small held-out split; beyond the paper). Both are recorded.")
-    g.add_argument("--eval-size", type=pos, default=None, help="score on the first N held-out images (default: all of them; "
-                                                                "train.py --holdout sets how many there are)")
+    g.add_argument("--eval-size", type=pos, default=None,
+                   help="score on the first N held-out images (default: all of them; "
+                        "train.py --holdout sets how many there are)")
     g.add_argument("--batch-size", type=pos, default=256, help="evaluation batch per process")
     g.add_argument("--seed", type=nat, default=0)
     g.add_argument("--out", default="runs/search", help="output folder; re-running the same command resumes")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g = ap.add_argument_group("after the search")
     g.add_argument("--retrain-epochs", type=nat, default=0,
-                   help="retrain the best arch and two hand-designed baselines of the nearest FLOPs (uniform blocks; DeiT "
-                        "proportions) this many epochs each and compare (0: off)")
+                   help="retrain the best arch and two hand-designed baselines of the nearest FLOPs (uniform blocks; "
+                        "DeiT proportions) this many epochs each and compare (0: off)")
     g.add_argument("--rank-check", type=rank_k_arg, default=0, metavar="K",
                    help="train K archs of the window alone, spread over its (patch size, depth) cells by a seeded draw "
                         "(not chosen by the fitness under test), and report how well the inherited weights rank them: "
                         "Kendall tau-b, the reference's reliability and the oracle bound tau*, tau corrected for the "
-                        "reference's noise, bootstrap intervals, FLOPs/params/depth as floors (rank_check.json). Runs after "
-                        "the search, or alone with --out a finished search folder. Finished trainings are reused. (0: off)")
-    g.add_argument("--rank-epochs", type=pos, default=20, help="epochs each rank-check arch is trained alone (default 20)")
+                        "reference's noise, bootstrap intervals, FLOPs/params/depth as floors (rank_check.json). Runs "
+                        "after the search, or alone with --out a finished search folder. Finished trainings are "
+                        "reused. (0: off)")
+    g.add_argument("--rank-epochs", type=pos, default=20,
+                   help="epochs each rank-check arch is trained alone (default 20)")
     g.add_argument("--rank-seeds", type=pos, default=2,
-                   help="training seeds each rank-check arch is trained alone with (default 2): tau is taken against their "
-                        "mean, and their agreement measures the reference's reliability (1: reliability unknown)")
+                   help="training seeds each rank-check arch is trained alone with (default 2): tau is taken against "
+                        "their mean, and their agreement measures the reference's reliability (1: reliability unknown)")
     g.add_argument("--retrain-flags", type=rankcheck.retrain_flags_arg, default=[], metavar="'FLAGS'",
                    help="train.py augmentation and regularisation flags for every arch trained alone (rank check, "
                         "--retrain-epochs), e.g. '--randaug 0 --reprob 0' (default: retrain mode's own: smoothing 0.1, "
                         "RandAugment 9 and erasing 0.25 on real images); recorded in search.json and rank_check.json")
-    g.add_argument("--retrain-dir", default=None, help="where archs trained alone go (default OUT/retrain, a folder per "
-                                                       "arch and settings); share it between searches to reuse them")
+    g.add_argument("--retrain-dir", default=None,
+                   help="where archs trained alone go (default OUT/retrain, a folder per arch and settings); "
+                        "share it between searches to reuse them")
     return ap
 
 
@@ -586,7 +610,8 @@ def parse_args(argv=None):
     if args.parents is None:
         args.parents = min(10, args.population)
     if args.parents > args.population:
-        ap.error(f"argument --parents: {args.parents} exceeds --population {args.population}; expected at most the population")
+        ap.error(f"argument --parents: {args.parents} exceeds --population {args.population}; "
+                 f"expected at most the population")
     if args.ckpt is not None and (args.flops_min is None or args.flops_max is None):
         ap.error("--ckpt needs the FLOPs window too: give --flops-min and --flops-max (e.g. 2M and 4M)")
     infra.check_flops_window(ap, args)

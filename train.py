@@ -56,7 +56,8 @@ def reported_archs(space, window=None, cost=None):
         mid = lambda xs: xs[len(xs) // 2]
         h = mid(space.heads)
         a = mid(space._attn_for[h])
-        middle = vitas.Arch(mid(space.patch_sizes), mid(space.embed_dims), (vitas.Block(h, a, mid(space.mlp_dims)),) * space.depth)
+        middle = vitas.Arch(mid(space.patch_sizes), mid(space.embed_dims),
+                            (vitas.Block(h, a, mid(space.mlp_dims)),) * space.depth)
         return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}
     lo, hi = window
     cost = cost or (lambda a: vitas.flops(a, space))
@@ -76,7 +77,8 @@ IDENTITY_SHIFTS = ("off", "train", "search")
 def with_depth(arch, depth, rng):
     """`arch` (every block real) with all but `depth` blocks, chosen at random, made identities."""
     keep = set(rng.choice(len(arch.blocks), depth, replace=False).tolist())
-    return vitas.Arch(arch.patch_size, arch.embed_dim, tuple(b if i in keep else None for i, b in enumerate(arch.blocks)))
+    return vitas.Arch(arch.patch_size, arch.embed_dim,
+                      tuple(b if i in keep else None for i, b in enumerate(arch.blocks)))
 
 
 def draw_in_cell(space, rng, cell):
@@ -96,7 +98,8 @@ def window_cells(space, inside, by_patch, seed=0, n=200, min_share=0.02):
     """The cells of all_cells whose draws (draw_in_cell) land inside the window (`inside`) at least
     `min_share` of the time: the cells a window-bound sampler can train without endless redraws."""
     rng = np.random.default_rng([seed, 6])
-    return [c for c in all_cells(space, by_patch) if np.mean([inside(draw_in_cell(space, rng, c)) for _ in range(n)]) >= min_share]
+    return [c for c in all_cells(space, by_patch)
+            if np.mean([inside(draw_in_cell(space, rng, c)) for _ in range(n)]) >= min_share]
 
 
 class ArchSampler:
@@ -210,7 +213,8 @@ def sampler_statistics(sums):
     """The share of steps that trained each block position and each patch size, and the share of
     drawn networks of each depth 0..D: who the sampler trains, and who it starves."""
     steps, archs = max(sums["n"], 1), max(sum(sums["depths"]), 1)
-    return {"block_share": [c / steps for c in sums["blocks"]], "patch_share": {p: c / steps for p, c in sums["patches"].items()},
+    return {"block_share": [c / steps for c in sums["blocks"]],
+            "patch_share": {p: c / steps for p, c in sums["patches"].items()},
             "depth_share": [c / archs for c in sums["depths"]]}
 
 
@@ -236,8 +240,9 @@ def make_sampler(args, space, d, calibration=None):
         fast, slow = calibration["fastest"], calibration["slowest"]
         tmin, tmax = args.throughput_min or slow[0] / 2, args.throughput_max or fast[0] * 2
         if tmin > fast[0] or tmax < slow[0]:
-            raise UserError(f"throughput window [{tmin:g}, {tmax:g}] images/s is out of reach on {calibration['device']}: the "
-                            f"fastest measured arch does {fast[0]:,.0f} ({fast[1]}), the slowest {slow[0]:,.0f} ({slow[1]})")
+            raise UserError(f"throughput window [{tmin:g}, {tmax:g}] images/s is out of reach on "
+                            f"{calibration['device']}: the fastest measured arch does {fast[0]:,.0f} ({fast[1]}), "
+                            f"the slowest {slow[0]:,.0f} ({slow[1]})")
         cost, window = vitas.LatencyModel(space, calibration["coef"]), (1.0 / tmax, 1.0 / tmin)   # seconds per image
     sampler = ArchSampler(space, args.seed, args.uniform_epochs, window, sandwich=args.sandwich,
                           identity_shift=args.identity_shift == "train", cost=cost, sampling=args.sampling)
@@ -250,8 +255,10 @@ def make_sampler(args, space, d, calibration=None):
         if inside < 0.5:
             raise UserError(f"only {100 * inside:.0f}% of sampled networks reach the {what}; widen it")
         if cost is not None and "inside" not in calibration:
-            calibration["inside"] = infra.check_throughput_window(sampler, calibration, (1 / window[1], 1 / window[0]), d)
-            log(f"check: {100 * calibration['inside']:.0f}% of 16 freshly drawn archs measure inside the throughput window")
+            calibration["inside"] = infra.check_throughput_window(sampler, calibration,
+                                                                  (1 / window[1], 1 / window[0]), d)
+            log(f"check: {100 * calibration['inside']:.0f}% of 16 freshly drawn archs measure inside "
+                f"the throughput window")
     log("reported each epoch" + (" (and the sandwich's ends)" if args.sandwich is not None else "") + ": " +
         ", ".join(f"{k} {a} ({vitas.flops(a, space) / 1e6:.2f} MFLOPs)" for k, a in sampler.reports.items()))
     return sampler
@@ -355,12 +362,14 @@ class Run:
             states = [infra.rng_state()]
         if self.d.main:
             infra.save_checkpoint(self.path, {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                "step": self.step, "epoch": self.step // self.steps_per_epoch, "epoch_sums": self.sums, "record": self.record,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "step": self.step,
+                "epoch": self.step // self.steps_per_epoch, "epoch_sums": self.sums, "record": self.record,
                 "rng": states, "args": vars(self.args), "space": self.space.to_dict(), "world": self.d.world,
                 **({} if self.arch is not None else {"identity_prob": self.sampler.identity_prob,
                                                      "throughput_calibration": self.sampler.throughput_calibration}),
-                "arch": None if self.arch is None else self.arch.to_dict(), "mode": "super" if self.arch is None else "retrain"})
+                "arch": None if self.arch is None else self.arch.to_dict(),
+                "mode": "super" if self.arch is None else "retrain"})
 
     def resume(self, ck):
         """Continue from `ck`, the checkpoint in --out (None: there is none), refusing one of another run."""
@@ -370,7 +379,8 @@ class Run:
             raise UserError(f"{self.path} belongs to another run (arch differs); use another --out or delete it")
         changed = [k for k in RECIPE_KEYS if ck["args"].get(k, RECIPES["v1"].get(k)) != getattr(self.args, k)]
         if self.arch is None and changed:
-            raise UserError(f"{self.path} was trained with other {', '.join('--' + k.replace('_', '-') for k in changed)}; "
+            raise UserError(f"{self.path} was trained with other "
+                            f"{', '.join('--' + k.replace('_', '-') for k in changed)}; "
                             f"resume with the same recipe, or use another --out")
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -431,13 +441,16 @@ def build_run(args, d):
         log(f"  {vitas.flops(arch, space) / 1e6:.2f} MFLOPs, {vitas.params(arch, space) / 1e6:.3f} M params")
     ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
               find_unused_parameters=arch is None) if d.world > 1 else model   # a step uses slices
-    sampler = make_sampler(args, space, d, resumed and resumed.get("throughput_calibration")) if arch is None else FixedArch(arch)
+    sampler = (make_sampler(args, space, d, resumed and resumed.get("throughput_calibration")) if arch is None
+               else FixedArch(arch))
     sides = vitas.SHARINGS[args.sharing] if arch is None else (None,)
 
-    train_sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed, drop_last=True)
+    train_sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed,
+                                       drop_last=True)
     steps_per_epoch = len(train_sampler) // args.batch_size
     if steps_per_epoch == 0:
-        raise UserError(f"--batch-size {args.batch_size} x {d.world} processes exceeds the {len(data.train)} training images")
+        raise UserError(f"--batch-size {args.batch_size} x {d.world} processes exceeds the {len(data.train)} "
+                        f"training images")
     optimizer = torch.optim.AdamW(infra.param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, infra.warmup_cosine(
         args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch, args.min_lr / args.lr))
@@ -446,8 +459,9 @@ def build_run(args, d):
               infra.mix_transform(args, space.num_classes), steps_per_epoch)
     os.makedirs(args.out, exist_ok=True)
     run.resume(resumed)
-    log(f"{'retrain' if arch is not None else 'super-transformer'} | {d.world} process(es) on {d.device} | batch {args.batch_size} "
-        f"per process, effective {args.batch_size * d.world} | {steps_per_epoch} steps/epoch x {args.epochs} epochs | "
+    log(f"{'retrain' if arch is not None else 'super-transformer'} | {d.world} process(es) on {d.device} | "
+        f"batch {args.batch_size} per process, effective {args.batch_size * d.world} | "
+        f"{steps_per_epoch} steps/epoch x {args.epochs} epochs | "
         f"train {len(data.train)}, held-out {len(data.holdout)}, val {len(data.val)} images")
     if arch is None:
         log(f"recipe {args.recipe}: " + ", ".join(f"{k.replace('_', '-')} {getattr(args, k)}" for k in RECIPE_KEYS))
@@ -475,8 +489,9 @@ def train_epoch(run, epoch, t_start, step0):
             rate = run.seen / max(time.time() - run.t_epoch, 1e-9)
             eta = (time.time() - t_start) / (run.step - step0) * (run.total_steps - run.step)
             p = "" if run.arch is not None or run.sampler.prob(epoch) is None else f" p {run.sampler.prob(epoch):.2f}"
-            d.log(f"epoch {epoch + 1}/{args.epochs} step {run.step}/{run.total_steps} loss {run.sums['loss'] / run.sums['n']:.3f} "
-                  f"lr {run.schedule.get_last_lr()[0]:.2e}{p} {flops / 1e6:.2f} MFLOPs {rate:.0f} img/s ETA {infra.fmt_time(eta)}")
+            d.log(f"epoch {epoch + 1}/{args.epochs} step {run.step}/{run.total_steps} "
+                  f"loss {run.sums['loss'] / run.sums['n']:.3f} lr {run.schedule.get_last_lr()[0]:.2e}{p} "
+                  f"{flops / 1e6:.2f} MFLOPs {rate:.0f} img/s ETA {infra.fmt_time(eta)}")
         if args.save_every and run.step % args.save_every == 0 and run.step % run.steps_per_epoch:
             run.save()
 
@@ -485,14 +500,17 @@ def end_of_epoch(run, epoch):
     """Evaluate the reported archs (a retrain: its model) on val; the epoch's record, appended to
     log.jsonl (one JSON object per epoch) and drawn in curves.png."""
     args, d, space = run.args, run.d, run.space
-    evals = {k: infra.evaluate(run.model, run.val_loader, d, a, run.sides[0], args.amp) for k, a in run.sampler.reports.items()}
+    evals = {k: infra.evaluate(run.model, run.val_loader, d, a, run.sides[0], args.amp)
+             for k, a in run.sampler.reports.items()}
     n = max(run.sums["n"], 1)
     record = {"epoch": epoch + 1, "step": run.step, "loss": run.sums["loss"] / n, "lr": run.schedule.get_last_lr()[0],
               "identity_prob": run.sampler.prob(epoch), "mean_flops": run.sums["flops"] / n,
               "images_per_s": run.seen / max(time.time() - run.t_epoch, 1e-9),
-              "val": {k: {"top1": v["top1"], "top5": v["top5"], "loss": v["loss"], "n": v["n"]} for k, v in evals.items()}}
+              "val": {k: {"top1": v["top1"], "top5": v["top5"], "loss": v["loss"], "n": v["n"]}
+                      for k, v in evals.items()}}
     if run.arch is None:
-        record["reported"] = {k: {"arch": a.to_dict(), "flops": vitas.flops(a, space)} for k, a in run.sampler.reports.items()}
+        record["reported"] = {k: {"arch": a.to_dict(), "flops": vitas.flops(a, space)}
+                              for k, a in run.sampler.reports.items()}
         record["sampled"] = sampler_statistics(run.sums)
     d.log("  val " + "  ".join(f"{k} top-1 {v['top1']:.1f}% top-5 {v['top5']:.1f}%" for k, v in evals.items()))
     if d.main:
@@ -581,7 +599,8 @@ def resolve_recipe(args):
             if getattr(args, key) is None:
                 setattr(args, key, recipe[key])
         if args.distill and args.sandwich is None:
-            raise UserError("--distill needs the sandwich (--sandwich N): the largest network of each step is the teacher")
+            raise UserError("--distill needs the sandwich (--sandwich N): "
+                            "the largest network of each step is the teacher")
     return args
 
 
@@ -593,8 +612,10 @@ def sandwich_arg(text):
 def default_text(key):
     """How --help states a flag's default in each mode."""
     sup = {name: RECIPES[name].get(key, REGULARISATION["super"].get(key)) for name in RECIPES}
-    sup = f"{sup[DEFAULT_RECIPE]}" + "".join(f", --recipe {n}: {v}" for n, v in sup.items() if n != DEFAULT_RECIPE and v != sup[DEFAULT_RECIPE])
-    return f"default: {sup}" if key in RECIPE_KEYS else f"default: super-transformer {sup}; retrain {REGULARISATION['retrain'][key]}"
+    sup = f"{sup[DEFAULT_RECIPE]}" + "".join(f", --recipe {n}: {v}" for n, v in sup.items()
+                                             if n != DEFAULT_RECIPE and v != sup[DEFAULT_RECIPE])
+    return (f"default: {sup}" if key in RECIPE_KEYS
+            else f"default: super-transformer {sup}; retrain {REGULARISATION['retrain'][key]}")
 
 
 NAT, POS, NONNEG = number_arg(int, 0), number_arg(int, 1), number_arg(float, 0)
@@ -614,21 +635,24 @@ def run_flags(ap):
                    help="search-space preset (default tiny; with --init-from, the checkpoint's)")
     g.add_argument("--out", default="runs/super", help="output folder: checkpoint.pt, log.jsonl (default runs/super)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    g.add_argument("--seed", type=nat, default=0, help="initialisation, data order, sampled archs (and the data, unless --data-seed)")
+    g.add_argument("--seed", type=nat, default=0,
+                   help="initialisation, data order, sampled archs (and the data, unless --data-seed)")
     g.add_argument("--data-seed", type=nat, default=None,
-                   help="seed of the synthetic data and of the held-out split (default: --seed); fix it to train the same "
-                        "network on the same data with other --seed values")
+                   help="seed of the synthetic data and of the held-out split (default: --seed); fix it to train the "
+                        "same network on the same data with other --seed values")
     g.add_argument("--epochs", type=pos, default=15)
     g.add_argument("--save-every", type=nat, default=0, help="also checkpoint every N steps (0: each epoch only)")
     g.add_argument("--log-every", type=pos, default=20, help="progress line every N steps")
     g = ap.add_argument_group("data")
-    g.add_argument("--data", default="synthetic", help="synthetic | cifar10 | cifar100 | ImageFolder root with train/ and val/")
+    g.add_argument("--data", default="synthetic",
+                   help="synthetic | cifar10 | cifar100 | ImageFolder root with train/ and val/")
     g.add_argument("--data-root", default="data", help="where cifar10/cifar100 live (default ./data)")
     g.add_argument("--download", action="store_true", help="download cifar10/cifar100 into --data-root")
     g.add_argument("--holdout", type=infra.holdout_arg, default=0.1,
                    help="training images kept out for the search to score archs on: a fraction below 1 or a count "
                         "(default 0.1: 600 of the 6,000 synthetic images, so one image is 0.17 points)")
-    g.add_argument("--synthetic-size", type=number_arg(int, 10), default=6000, help="synthetic training images (val: a fifth, at least 100)")
+    g.add_argument("--synthetic-size", type=number_arg(int, 10), default=6000,
+                   help="synthetic training images (val: a fifth, at least 100)")
     g.add_argument("--synthetic-classes", type=number_arg(int, 2), default=10)
     g.add_argument("--workers", type=nat, default=0, help="data-loader workers per process")
     g.add_argument("--eval-batch-size", type=pos, default=256)
@@ -640,15 +664,19 @@ def sampling_flags(ap):
     g = ap.add_argument_group("super-transformer sampling and recipe")
     g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
                    help="v1: the paper's first version exactly: one sampled network per step, bilateral sharing "
-                        "(and DeiT-like augmentation). v1-code: v1 as the authors' code trains it (one loss on the summed "
-                        "left + right logits; CutMix 1.0, erasing 0.25, no RandAugment). v2 (default; beyond v1): v1 plus the "
-                        "second version's identity shifting and weak augmentation. fair (beyond the paper; a candidate default "
-                        "until README Results' grid decides): stratified sampling, identities shifted only when searching, weak "
-                        "augmentation, so every block position and patch size is trained alike. Cyclic sharing, the sandwich, "
-                        "distillation and the other samplers (beyond v1) are the flags below.")
-    g.add_argument("--uniform-epochs", type=nat, default=2, help="epochs of uniform sampling before the learned identity probability")
-    g.add_argument("--flops-min", type=infra.count_arg, default=None, help="FLOPs (MACs) window the learned identity probability aims at, e.g. 0.9G")
-    g.add_argument("--flops-max", type=infra.count_arg, default=None, help="e.g. 1.1G; without a window sampling stays uniform")
+                        "(and DeiT-like augmentation). v1-code: v1 as the authors' code trains it (one loss on the "
+                        "summed left + right logits; CutMix 1.0, erasing 0.25, no RandAugment). v2 (default; beyond "
+                        "v1): v1 plus the second version's identity shifting and weak augmentation. fair (beyond the "
+                        "paper; a candidate default until README Results' grid decides): stratified sampling, "
+                        "identities shifted only when searching, weak augmentation, so every block position and patch "
+                        "size is trained alike. Cyclic sharing, the sandwich, distillation and the other samplers "
+                        "(beyond v1) are the flags below.")
+    g.add_argument("--uniform-epochs", type=nat, default=2,
+                   help="epochs of uniform sampling before the learned identity probability")
+    g.add_argument("--flops-min", type=infra.count_arg, default=None,
+                   help="FLOPs (MACs) window the learned identity probability aims at, e.g. 0.9G")
+    g.add_argument("--flops-max", type=infra.count_arg, default=None,
+                   help="e.g. 1.1G; without a window sampling stays uniform")
     g.add_argument("--throughput-min", type=number_arg(float, 0, lo_open=True), default=None, metavar="IMG/S",
                    help="instead of a FLOPs window: aim sampling at networks doing at least this many images/s on this "
                         "device (exported ViT, eval); a latency model is fitted to archs measured at start-up")
@@ -656,35 +684,41 @@ def sampling_flags(ap):
                    help="upper end of the throughput window")
     infra.throughput_measure_flags(g)
     g.add_argument("--calibration-seconds", type=nonneg, default=30,
-                   help="about how long the throughput calibration measures (at least 12 archs, at most 64; default 30)")
+                   help="about how long the throughput calibration measures "
+                        "(at least 12 archs, at most 64; default 30)")
 
 
 def recipe_flags(ap):
     g = ap.add_argument_group("super-transformer recipe: flags that override --recipe")
     g.add_argument("--sharing", default=None, choices=sorted(vitas.SHARINGS),
-                   help="left: the first channels; bilateral (v1): left and right slices each step, each with its own loss; "
-                        "cyclic (v2, one pass a step): embedding channels as a ring, each width its own window. " + default_text("sharing"))
+                   help="left: the first channels; bilateral (v1): left and right slices each step, each with its own "
+                        "loss; cyclic (v2, one pass a step): embedding channels as a ring, each width its own window. "
+                        + default_text("sharing"))
     g.add_argument("--bilateral-loss", default=None, choices=["two", "summed"],
-                   help="with bilateral sharing: two (a loss per side, gradients summed: the paper's text) or summed (one loss "
-                        "on the summed left + right logits, as the authors' code does). " + default_text("bilateral_loss"))
+                   help="with bilateral sharing: two (a loss per side, gradients summed: the paper's text) or summed "
+                        "(one loss on the summed left + right logits, as the authors' code does). "
+                        + default_text("bilateral_loss"))
     g.add_argument("--sandwich", type=sandwich_arg, default=None, metavar="N|off",
-                   help="beyond v1 (BigNAS): each step trains the largest and the smallest network (inside the FLOPs window) "
-                        "and N drawn ones, gradients summed before one optimizer step. " + default_text("sandwich"))
+                   help="beyond v1 (BigNAS): each step trains the largest and the smallest network (inside the FLOPs "
+                        "window) and N drawn ones, gradients summed before one optimizer step. "
+                        + default_text("sandwich"))
     g.add_argument("--distill", default=None, action=argparse.BooleanOptionalAction,
                    help="beyond v1 (in-place distillation): the sandwich's other networks learn from the largest one's "
                         "soft predictions. " + default_text("distill"))
     g.add_argument("--identity-shift", default=None, choices=IDENTITY_SHIFTS,
-                   help="v2's remedy for identity placements that give the same network. train (v2, our reading): every "
-                        "drawn network has its identity blocks moved behind its real ones, so one network is one path; block k "
-                        "then trains only when the depth is at least k. search (beyond the paper): training draws identities "
-                        "anywhere (every block position trained alike), scoring and searching move them behind. off (v1): "
-                        "identities anywhere, also when searching. " + default_text("identity_shift"))
+                   help="v2's remedy for identity placements that give the same network. train (v2, our reading): "
+                        "every drawn network has its identity blocks moved behind its real ones, so one network is one "
+                        "path; block k then trains only when the depth is at least k. search (beyond the paper): "
+                        "training draws identities anywhere (every block position trained alike), scoring and "
+                        "searching move them behind. off (v1): identities anywhere, also when searching. "
+                        + default_text("identity_shift"))
     g.add_argument("--sampling", default=None, choices=SAMPLINGS,
-                   help="how the learned phase draws a network. binomial (the paper's): each block identity with the learned "
-                        "identity probability, so depth is binomial and deep networks rare. depth-balanced (beyond the paper): "
-                        "the depth uniform among the depths the FLOPs window admits. stratified (beyond the paper): a (patch "
-                        "size, depth) cell of the window uniformly, so every patch size and depth is trained alike. Both place "
-                        "the real blocks at random positions and draw widths uniformly inside the window. "
+                   help="how the learned phase draws a network. binomial (the paper's): each block identity with the "
+                        "learned identity probability, so depth is binomial and deep networks rare. depth-balanced "
+                        "(beyond the paper): the depth uniform among the depths the FLOPs window admits. stratified "
+                        "(beyond the paper): a (patch size, depth) cell of the window uniformly, so every patch size "
+                        "and depth is trained alike. Both place the real blocks at random positions and draw widths "
+                        "uniformly inside the window. "
                         + default_text("sampling"))
 
 
@@ -695,20 +729,26 @@ def training_flags(ap):
     g.add_argument("--init-from", default=None, help="super-transformer checkpoint to inherit the arch's weights from")
     g = ap.add_argument_group("evaluate")
     g.add_argument("--eval", default=None, metavar="CKPT",
-                   help="evaluate a checkpoint without training: top-1/top-5/loss on val and on the held-out split, written "
-                        "to eval.json beside it (a super-transformer checkpoint needs --arch: eval-ARCH.json)")
+                   help="evaluate a checkpoint without training: top-1/top-5/loss on val and on the held-out split, "
+                        "written to eval.json beside it (a super-transformer checkpoint needs --arch: eval-ARCH.json)")
     g = ap.add_argument_group("optimisation, augmentation, regularisation")
     g.add_argument("--batch-size", type=pos, default=64, help="per process")
     g.add_argument("--lr", type=number_arg(float, 0, lo_open=True), default=2e-3)
     g.add_argument("--min-lr", type=nonneg, default=1e-5, help="end of the cosine (at most --lr)")
     g.add_argument("--weight-decay", type=nonneg, default=0.05)
     g.add_argument("--warmup-epochs", type=nonneg, default=1)
-    g.add_argument("--smoothing", type=number_arg(float, 0, 1, hi_open=True), default=None, help="label smoothing; " + default_text("smoothing"))
-    g.add_argument("--mixup", type=nonneg, default=None, help="MixUp alpha (DeiT: 0.8; 0: off); " + default_text("mixup"))
-    g.add_argument("--cutmix", type=nonneg, default=None, help="CutMix alpha (DeiT: 1.0; 0: off); " + default_text("cutmix"))
-    g.add_argument("--randaug", type=number_arg(int, 0, 30), default=None, help="RandAugment magnitude on real data (0: off); " + default_text("randaug"))
-    g.add_argument("--reprob", type=number_arg(float, 0, 1), default=None, help="random-erasing probability on real data; " + default_text("reprob"))
-    g.add_argument("--drop-path", type=number_arg(float, 0, 1, hi_open=True), default=None, help="stochastic depth (DeiT retrain: 0.1); " + default_text("drop_path"))
+    g.add_argument("--smoothing", type=number_arg(float, 0, 1, hi_open=True), default=None,
+                   help="label smoothing; " + default_text("smoothing"))
+    g.add_argument("--mixup", type=nonneg, default=None,
+                   help="MixUp alpha (DeiT: 0.8; 0: off); " + default_text("mixup"))
+    g.add_argument("--cutmix", type=nonneg, default=None,
+                   help="CutMix alpha (DeiT: 1.0; 0: off); " + default_text("cutmix"))
+    g.add_argument("--randaug", type=number_arg(int, 0, 30), default=None,
+                   help="RandAugment magnitude on real data (0: off); " + default_text("randaug"))
+    g.add_argument("--reprob", type=number_arg(float, 0, 1), default=None,
+                   help="random-erasing probability on real data; " + default_text("reprob"))
+    g.add_argument("--drop-path", type=number_arg(float, 0, 1, hi_open=True), default=None,
+                   help="stochastic depth (DeiT retrain: 0.1); " + default_text("drop_path"))
     g.add_argument("--clip-grad", type=nonneg, default=5.0, help="gradient-norm clip (0: off)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (for CUDA; slower on most CPUs)")
 
@@ -717,13 +757,17 @@ def parse_args(argv=None):
     ap = get_parser()
     args = ap.parse_args(argv)
     if args.min_lr > args.lr:
-        ap.error(f"argument --min-lr: {args.min_lr:g} exceeds --lr {args.lr:g}; expected at most the peak learning rate")
+        ap.error(f"argument --min-lr: {args.min_lr:g} exceeds --lr {args.lr:g}; "
+                 f"expected at most the peak learning rate")
     infra.check_flops_window(ap, args)
     throughput = args.throughput_min is not None or args.throughput_max is not None
     if throughput and (args.flops_min is not None or args.flops_max is not None):
-        ap.error("give a FLOPs window (--flops-min/--flops-max) or a throughput window (--throughput-min/--throughput-max), not both")
-    if throughput and args.throughput_min is not None and args.throughput_max is not None and args.throughput_min > args.throughput_max:
-        ap.error(f"the throughput window is empty: --throughput-min {args.throughput_min:g} > --throughput-max {args.throughput_max:g}")
+        ap.error("give a FLOPs window (--flops-min/--flops-max) or a throughput window "
+                 "(--throughput-min/--throughput-max), not both")
+    if (throughput and args.throughput_min is not None and args.throughput_max is not None
+            and args.throughput_min > args.throughput_max):
+        ap.error(f"the throughput window is empty: --throughput-min {args.throughput_min:g} > "
+                 f"--throughput-max {args.throughput_max:g}")
     return args
 
 
