@@ -3,16 +3,17 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
 
   (a) the analytical FLOPs counter's archs/s on vitas-1g archs;
   (b) one forward+backward step of the super-transformer at an arch (one side) over the same step
-      of its exported plain ViT, and the bilateral (left + right) step over the plain step,
-      interleaved, median of repeats after warm-up;
+      of its exported plain ViT, and the bilateral (left + right) step over the plain step, side
+      by side for each arch:
+        time: fp32, interleaved, median of repeats after warm-up (needs an otherwise idle machine);
+        kernels launched: fp32 and bf16 autocast, counted by torch.profiler (see kernel_count).
+        Launches, not FLOPs, are what a small step on a GPU pays for; the counts are
+        deterministic and do not depend on the batch;
   (c) with --throughput N: how well FLOPs order N random archs of each preset by measured
-      images/s (Spearman rho), beside a latency model fitted to half of them (vitas.LatencyModel);
-  (d) with --kernels: kernels launched by one step (plain, one side, bilateral; fp32 and bf16
-      autocast), counted by torch.profiler (see kernel_count). Launches, not FLOPs, are what a
-      small step on a GPU pays for; the counts are deterministic and do not depend on the batch.
+      images/s (Spearman rho), beside a latency model fitted to half of them (vitas.LatencyModel).
 
-    python bench.py                 # CPU, fp32
-    python bench.py --kernels       # (d) kernels per step, CPU aten ops (CUDA kernels with --device cuda)
+    python bench.py                 # CPU: time and kernels (CPU aten ops; CUDA kernels with --device cuda)
+    python bench.py --kernels       # kernels only: deterministic, any time, beside other work
     python bench.py --device cuda   # add --repeats 50 for steadier GPU figures
     python bench.py --throughput 100                 # (c) FLOPs as a proxy for measured images/s
 """
@@ -167,21 +168,11 @@ def main():
     ap.add_argument("--throughput", type=int, default=0, metavar="N",
                     help="instead: rank agreement of FLOPs with measured images/s over N random archs of each preset")
     ap.add_argument("--amp", action="store_true", help="with --throughput on CUDA: measure under bf16 autocast")
-    ap.add_argument("--kernels", action="store_true", help="instead: kernels per step, fp32 and bf16 autocast")
+    ap.add_argument("--kernels", action="store_true", help="kernels per step only, no timing (deterministic: needs no idle machine)")
     args = ap.parse_args()
     tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")
     cases = [("tiny largest", tiny, tiny.max_arch(), args.tiny_batch), ("tiny mid", tiny, TINY_MID, args.tiny_batch),
              ("vitas-1g ViTAS-C", big, VITAS_C, 4)]
-    if args.kernels:
-        what = "CUDA kernels" if args.device.startswith("cuda") else "CPU aten ops that do work"
-        print(f"kernels per forward+backward step ({what}); ratios over plain")
-        print(f"{'arch':18s} {'dtype':5s} {'plain':>6s} {'one side':>15s} {'bilateral':>15s}")
-        for name, space, arch, _ in cases:
-            for amp in (False, True):
-                plain, one, both = kernel_counts(space, arch, args.device, amp)
-                print(f"{name:18s} {'bf16' if amp else 'fp32':5s} {plain:6d} {one:7d} ({one / plain:4.2f}x) "
-                      f"{both:7d} ({both / plain:4.2f}x)", flush=True)
-        return
     if args.throughput:
         cuda = args.device.startswith("cuda")
         device = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"
@@ -194,11 +185,22 @@ def main():
                   f"{slow:7,.0f}-{fast:<9,.0f} ({secs:.0f} s)", flush=True)
         return
 
-    print(f"FLOPs counter: {counter_speed():,.0f} archs/s (vitas-1g, one core)")
-    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>8s} {'plain step':>11s} {'one side':>9s} {'bilateral':>9s}")
+    if not args.kernels:
+        print(f"FLOPs counter: {counter_speed():,.0f} archs/s (vitas-1g, one core)")
+    what = "CUDA kernels" if args.device.startswith("cuda") else "CPU aten ops that do work"
+    print(f"one forward+backward step: plain ViT, and the super-transformer's one side and bilateral over it;\n"
+          f"time fp32 (median of {args.repeats} interleaved), kernels launched ({what}) fp32 and bf16 autocast")
+    print(f"{'':32s} {'time':^28s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
+    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(3)))
     for name, space, arch, batch in cases:
-        plain, one, both = step_ratios(space, arch, batch, args.device, args.repeats)
-        print(f"{name:18s} {batch:5d} {vitas.flops(arch, space) / 1e6:8.1f} {plain * 1e3:9.1f}ms {one:8.3f}x {both:8.3f}x")
+        kernels = [kernel_counts(space, arch, args.device, amp) for amp in (False, True)]
+        if args.kernels:
+            timed = f"{'-':>8s} {'-':>8s} {'-':>9s}"
+        else:
+            plain, one, both = step_ratios(space, arch, batch, args.device, args.repeats)
+            timed = f"{plain * 1e3:6.1f}ms {one:7.3f}x {both:8.3f}x"
+        print(f"{name:18s} {batch:5d} {vitas.flops(arch, space) / 1e6:7.1f} {timed}   " +
+              "   ".join(f"{p:8d} {o / p:7.2f}x {b / p:8.2f}x" for p, o, b in kernels), flush=True)
 
 
 if __name__ == "__main__":

@@ -1571,7 +1571,7 @@ def kept(width, full, side, embed=False):
 
 def by_hand(net, arch, side):
     """The plain ViT's parameters that export must give, sliced by hand from the documented layouts
-    (SuperBlock.rows and .entries, SuperTokens and SuperHead rows), not with vitas.take."""
+    (SuperBlock.qk, .rows and .entries, SuperTokens and SuperHead rows), not with vitas.take."""
     C, A, M = TINY.embed_dims[-1], TINY.attn_dims[-1], TINY.mlp_dims[-1]
     ce = kept(arch.embed_dim, C, side, embed=True)
     tok = net.tokens[f"p{arch.patch_size}"]
@@ -1582,7 +1582,8 @@ def by_hand(net, arch, side):
     for i, (blk, b) in enumerate(zip(net.blocks, arch.blocks)):
         if b is None:
             continue
-        ca, cm, h = kept(b.attn_dim, A, side), kept(b.mlp_dim, M, side), b.heads
+        ca, cm, qk = kept(b.attn_dim, A, side), kept(b.mlp_dim, M, side), blk.qk[str(b.heads)]
+        rq, rk = ca, [A + j for j in ca]        # rows of the head count's qk: Q's, then K's
 
         def rows(*parts):       # rows of blk.weight: (part, its channels kept), end to end
             return [blk.rows[n].start + j for n, ch in parts for j in ch]
@@ -1592,8 +1593,8 @@ def by_hand(net, arch, side):
 
         w = blk.weight[:, ce]
         out.update({f"blocks.{i}.{k}": v for k, v in {
-            "attn.qkv.weight": w[rows((f"q{h}", ca), (f"k{h}", ca), ("v", ca))],
-            "attn.qkv.bias": ents((f"q{h}.bias", ca), (f"k{h}.bias", ca), ("v.bias", ca)),
+            "attn.qkv.weight": torch.cat([qk.weight[rq + rk][:, ce], w[rows(("v", ca))]]),
+            "attn.qkv.bias": torch.cat([qk.bias[rq + rk], ents(("v.bias", ca))]),
             "attn.proj.weight": w[rows(("proj", ca))].T, "attn.proj.bias": ents(("proj.bias", ce)),
             "fc1.weight": w[rows(("fc1", cm))], "fc1.bias": ents(("fc1.bias", cm)),
             "fc2.weight": w[rows(("fc2", cm))].T, "fc2.bias": ents(("fc2.bias", ce)),
@@ -1645,34 +1646,76 @@ def test_super_gradients_are_the_exported_vits_mapped_back_to_the_slice(side):
 
 
 def test_largest_arch_trains_every_part_of_its_branch():
-    """Every part (SuperBlock.rows / entries) of the largest arch's branch gets a gradient; the
-    private Q and K of the other head counts and the other patch sizes' tokens none."""
+    """Every part (SuperBlock.rows / entries, the drawn head count's Q and K) of the largest arch's
+    branch gets a gradient; the private Q and K of the other head counts and the other patch
+    sizes' tokens none at all (None: the optimizer skips them)."""
     net = perturb(vitas.SuperTransformer(TINY))
     arch = TINY.max_arch()
     F.cross_entropy(net(torch.randn(8, 3, 32, 32), arch), torch.arange(8)).backward()
     h = arch.blocks[0].heads
     for name, p in net.named_parameters():
-        if name.startswith("tokens.") and not name.startswith(f"tokens.p{arch.patch_size}."):
+        other_tokens = name.startswith("tokens.") and not name.startswith(f"tokens.p{arch.patch_size}.")
+        other_qk = ".qk." in name and f".qk.{h}." not in name
+        if other_tokens or other_qk:
             assert p.grad is None, name
         else:
             assert p.grad is not None and p.grad.any(), name
+    assert sum(".qk." in name for name, _ in net.named_parameters()) == 2 * len(TINY.heads) * TINY.depth
+    A = TINY.attn_dims[-1]
     for blk in net.blocks:
         for part, r in [*blk.rows.items(), *blk.entries.items()]:
             g = blk.weight.grad[r.start:r.stop] if part in blk.rows else blk.vector.grad[r.start:r.stop]
-            private = part[0] in "qk" and part.split(".")[0] not in (f"q{h}", f"k{h}")
-            assert bool(g.any()) != private, part
+            assert g.any(), part
+        qk = blk.qk[str(h)]
+        for g in (qk.weight.grad[:A], qk.weight.grad[A:], qk.bias.grad[:A], qk.bias.grad[A:]):   # Q's, K's
+            assert g.any()
+
+
+def test_adamw_leaves_the_qk_of_a_head_count_a_step_does_not_draw_exactly_as_it_was():
+    """The optimizer's treatment of what a step does not draw: a head count's private Q and K get
+    no gradient from a step that does not draw it, so a real AdamW step (weight decay on, as
+    train.py builds it, after a step that did draw it, so momentum is there) leaves them exactly
+    as they were; the undrawn channels of a drawn shared matrix get a zero gradient and are
+    decayed (and moved by their momentum, none here: never drawn). Compared with values saved
+    before the step."""
+    torch.manual_seed(0)
+    net = vitas.SuperTransformer(TINY)
+    lr, wd = 1e-2, 0.05
+    opt = torch.optim.AdamW(infra.param_groups(net, wd), lr=lr, betas=(0.9, 0.999))
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    four, two = (Arch(8, 48, (Block(h, 32, 64),) * TINY.depth) for h in (4, 2))
+    for arch in (four, two):                    # heads 4 drawn, then a step that draws only heads 2
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x, arch), y).backward()
+        opt.step()
+    after = dict(net.named_parameters())
+    for i, blk in enumerate(net.blocks):
+        for part in ("weight", "bias"):
+            name = f"blocks.{i}.qk.4.{part}"
+            assert after[name].grad is None and opt.state[after[name]]["exp_avg"].any()   # momentum it did not use
+            assert torch.equal(after[name].detach(), before[name]), name
+            assert not torch.equal(after[f"blocks.{i}.qk.2.{part}"].detach(), before[f"blocks.{i}.qk.2.{part}"])
+        fc1 = blk.rows["fc1"]
+        unused = slice(fc1.start + 64, fc1.stop)     # fc1 rows past the drawn MLP width 64: zero gradient, decayed
+        assert not blk.weight.grad[unused].any()
+        torch.testing.assert_close(blk.weight.detach()[unused], before[f"blocks.{i}.weight"][unused] * (1 - lr * wd))
 
 
 def test_stacked_parameters_keep_weight_decay_off_norms_and_biases_and_each_init():
     """Matrices >= 2-D, norms, biases and embeddings 1-D (train.param_groups goes by p.ndim); each
-    stacked part initialised as the plain ViT's: trunc-normal(0.02), norms one, biases zero."""
+    stacked part and each head count's Q and K initialised as the plain ViT's: trunc-normal(0.02),
+    norms one, biases zero."""
     torch.manual_seed(0)
     net = vitas.SuperTransformer(TINY)
     for name, p in net.named_parameters():
         assert (p.ndim >= 2) == name.endswith(".weight"), name
-    for m in [*net.tokens.values(), *net.blocks, net.head]:
+    qks = [qk for blk in net.blocks for qk in blk.qk.values()]
+    assert all(torch.equal(qk.bias.detach(), torch.zeros(2 * TINY.attn_dims[-1])) for qk in qks)
+    for m in [*net.tokens.values(), *net.blocks, net.head, *qks]:
         w = m.weight.detach()
         assert abs(w.std().item() - 0.02) < 0.002 and w.abs().max() < 0.02 * 6
+    for m in [*net.tokens.values(), *net.blocks, net.head]:
         for part, r in m.entries.items():
             v = m.vector.detach()[r.start:r.stop]
             if part in ("cls_token", "pos_embed"):

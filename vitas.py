@@ -441,18 +441,26 @@ class ViT(nn.Module):
 #
 # How the slices are taken, and why: at the sizes searched here a training step on a GPU costs
 # per kernel launched about as much as per FLOP, and slicing is where a super-transformer
-# launches more kernels than the plain ViT of the same arch. The gradient of a sliced parameter
-# is a full-size zero tensor with the slice written into it (two kernels, where the plain ViT's
-# gradient costs none), and torch's indexing pays that once per sliced dimension. Hence:
-#   - take() slices a parameter in all its dimensions at once: one zero tensor, one write;
-#   - each module of the super-transformer (Sliceable) stacks its parameters into two, its
-#     matrices (`weight`) and its norms, biases and embeddings (`vector`), so that one step takes
-#     each once: a block choice is two takes, whatever its head count and widths;
-#   - Q, K and V come out of one matmul, as in the plain ViT: the rows of the drawn head
-#     count's private Q and K and of the shared V are taken together;
+# launches more kernels than the plain ViT of the same arch; on a CPU it costs the memory its
+# gradients fill. The gradient of a sliced parameter is a full-size zero tensor with the slice
+# written into it (two kernels, where the plain ViT's gradient costs none), and torch's indexing
+# pays that once per sliced dimension and per parameter. Hence one mechanism, take():
+#   - a slice is a list of parts, each some rows of one parameter at some columns; take() lays
+#     the parts end to end in one copy, however many there are and whichever parameters they
+#     come from (one cat of views);
+#   - its gradient is one zero tensor spanning the parameters the parts come from, and only
+#     those, with every taken entry written in at once; each parameter's gradient is its rows
+#     of that tensor;
+#   - each module of the super-transformer (Sliceable) keeps its shared parameters in two
+#     tensors, its matrices (`weight`) and its norms, biases and embeddings (`vector`), and a
+#     block keeps the private Q and K of each head count apart (`qk`); so a block choice is two
+#     takes (matrices, vectors), whatever its head count and widths, and a head count's Q and K
+#     get no gradient from a step that does not draw it (the optimizer leaves them alone);
+#   - Q, K and V come out of one matmul, as in the plain ViT: the drawn head count's Q and K
+#     and the shared V are parts of one take;
 #   - under autocast the taken matrices are cast once, not once per matrix.
 # sliced() of each module returns the plain ViT's parameters, named as in its state dict: forward
-# computes with them and export copies them. `python bench.py --kernels` counts kernels per step.
+# computes with them and export copies them. `python bench.py` counts kernels per step.
 
 
 def cyclic_start(width, widths):
@@ -487,31 +495,57 @@ def check_side(side):
         raise ValueError(f"side must be 'left' or 'right' (left and bilateral sharing) or 'cyclic', got {side!r}")
 
 
+def within(r, s):
+    """The positions in range r of channels s (a slice or an index tensor): a slice or an index tensor."""
+    if isinstance(s, slice):
+        r = r[s]
+        return slice(r.start, r.stop)
+    return s + r.start
+
+
 class _Take(torch.autograd.Function):
+    """take(): `parts` index `params`; `where` is where they lie in all of params, end to end."""
+
     @staticmethod
-    def forward(ctx, param, index):
-        ctx.shape, ctx.index = param.shape, index
-        return param[index]
+    def forward(ctx, parts, cols, where, *params):
+        ctx.sizes, ctx.where = [p.shape[0] for p in params], where
+        ctx.shape = (sum(ctx.sizes), *params[0].shape[1:])
+        pieces = [params[i][rows if cols is None else (rows, cols)] for i, rows in parts]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     @staticmethod
     def backward(ctx, grad):
         full = grad.new_zeros(ctx.shape)
-        full[ctx.index] = grad
-        return full, None
+        full[ctx.where] = grad
+        return None, None, None, *full.split(ctx.sizes)
 
 
-def take(param, *index):
-    """param[index] (one slice or 1-D index tensor per leading dimension; index tensors, which
-    must not repeat an entry, combine as an outer product like numpy.ix_ and must be adjacent),
-    whose gradient is one zero tensor of param's shape with the taken entries written in: two
-    kernels however many dimensions are sliced. `param` itself where nothing is sliced."""
-    if all(isinstance(i, slice) and i == slice(None) for i in index):
-        return param
-    tensors = [i for i in index if torch.is_tensor(i)]
-    if len(tensors) > 1:
-        mesh = iter(t.view([-1 if j == k else 1 for j in range(len(tensors))]) for k, t in enumerate(tensors))
-        index = [next(mesh) if torch.is_tensor(i) else i for i in index]
-    return _Take.apply(param, tuple(index))
+def take(parts, cols=None):
+    """The rows that parts = [(param, rows), ...] select, end to end, each at columns `cols`.
+
+    rows: a slice or a 1-D index tensor of param's first dimension; cols: likewise of the second,
+    the same for every part (None: all); not both index tensors, and no two parts overlap. The
+    parameters agree past their first dimension. Forward: one copy, a cat of views (none for a
+    lone part that slicing views); gradient: one zero tensor spanning the distinct parameters end
+    to end, only those, with every taken entry written in at once; each parameter's gradient is
+    its rows of it, so a parameter no part takes from gets none. A lone part that takes all of
+    its parameter is the parameter itself."""
+    (first, rows), device = parts[0], parts[0][0].device
+    if len(parts) == 1 and all(i is None or isinstance(i, slice) and i == slice(None) for i in (rows, cols)):
+        return first
+    params = list({id(p): p for p, _ in parts}.values())            # distinct, in order
+    slot = {id(p): i for i, p in enumerate(params)}
+    on = [(slot[id(p)], rows.to(device) if torch.is_tensor(rows) else rows) for p, rows in parts]
+    cols = cols.to(device) if torch.is_tensor(cols) else cols
+    if len(parts) == 1:                 # written back where it was read
+        where = on[0][1] if cols is None else (on[0][1], cols)
+    else:                               # the rows' positions in all of params, from the host
+        start = np.cumsum([0] + [p.shape[0] for p in params])
+        pos = torch.from_numpy(np.concatenate([
+            start[slot[id(p)]] + (np.arange(p.shape[0])[rows] if isinstance(rows, slice) else rows.cpu().numpy())
+            for p, rows in parts])).to(device, non_blocking=True)
+        where = pos if cols is None else (pos[:, None] if torch.is_tensor(cols) else pos, cols)
+    return _Take.apply(on, cols, where, *params)
 
 
 def layout(sizes):
@@ -520,14 +554,9 @@ def layout(sizes):
     return {name: range(start, start + size) for (name, size), start in zip(sizes.items(), starts)}
 
 
-def positions(parts):
-    """The positions that (range, channels) parts select, end to end (numpy)."""
-    return np.concatenate([np.asarray(r)[s if isinstance(s, slice) else np.asarray(s)] for r, s in parts])
-
-
 class Sliceable(nn.Module):
-    """A module of the super-transformer. Its parameters are stacked so that one step takes each
-    once: `weight`, its matrices (weight decay), and `vector`, 1-D, its norms, biases and
+    """A module of the super-transformer. Its shared parameters are stacked so that one step takes
+    each once: `weight`, its matrices (weight decay), and `vector`, 1-D, its norms, biases and
     embeddings (no weight decay; train.param_groups goes by p.ndim); `entries` names the parts
     of `vector` as the plain ViT names them, and sliced() returns the plain ViT's parameters."""
 
@@ -559,8 +588,8 @@ class SuperTokens(Sliceable):
     def sliced(self, sc):
         """The parameters at embedding channels sc, named and shaped as the plain ViT's Tokens'."""
         rows = self.vector.view(-1, self.weight.shape[0])
-        bias, cls, pos = take(rows, slice(None), sc).split([1, 1, rows.shape[0] - 2])
-        return {"proj.weight": take(self.weight, sc), "proj.bias": bias.view(-1), "cls_token": cls[None], "pos_embed": pos[None]}
+        bias, cls, pos = take([(rows, slice(None))], sc).split([1, 1, rows.shape[0] - 2])
+        return {"proj.weight": take([(self.weight, sc)]), "proj.bias": bias.view(-1), "cls_token": cls[None], "pos_embed": pos[None]}
 
     def forward(self, x, sc):
         """x (B, in_chans, S, S) -> (B, N + 1, c)."""
@@ -574,23 +603,24 @@ class SuperBlock(Sliceable):
 
     Private Q and K per head-count choice ("private self-attention maps": what an attention map
     means depends on how channels are grouped into heads); V, the output projection and the MLP
-    are shared by all head counts. `rows` and `entries` say where each part lies in:
-      weight (K, C)  every matrix, one column per embedding channel: Q and K of each head count,
-                     the shared V, the output projection (A rows each), fc1 and fc2 (M each);
-                     the output projection and fc2 write the embedding channels and are stored
-                     transposed (a row per input channel), so a choice takes whole rows
-      vector (L,)    the LayerNorm weights and biases and every bias, end to end (1-D: norms
-                     and biases, no weight decay)"""
+    are shared by all head counts. Parameters, one column per embedding channel:
+      qk[str(h)]     the private Q and K of head count h, held as an nn.Linear(C, 2A) holds them
+                     (never called, only sliced): weight (2A, C), Q's rows then K's, and bias (2A)
+      weight (K, C)  the shared matrices: V, the output projection (A rows each), fc1 and fc2 (M
+                     each), where `rows` says; the output projection and fc2 write the embedding
+                     channels and are stored transposed (a row per input channel), so a choice
+                     takes whole rows
+      vector (L,)    the LayerNorm weights and biases and the shared biases, end to end, where
+                     `entries` says (1-D: norms and biases, no weight decay)"""
 
     def __init__(self, space, drop_path_rate=0.0):
         super().__init__()
         c, a, m = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
         self.full, self.embed_dims, self.drop_path, self.fused_attn = (c, a, m), space.embed_dims, drop_path_rate, True
-        qk = {f"{x}{h}": a for x in "qk" for h in space.heads}
-        self.rows = layout({**qk, "v": a, "proj": a, "fc1": m, "fc2": m})
+        self.qk = nn.ModuleDict({str(h): nn.Linear(c, 2 * a) for h in space.heads})
+        self.rows = layout({"v": a, "proj": a, "fc1": m, "fc2": m})
         self.entries = layout({"norm1.weight": c, "norm1.bias": c, "norm2.weight": c, "norm2.bias": c,
-                               **{f"{name}.bias": n for name, n in qk.items()}, "v.bias": a, "proj.bias": c,
-                               "fc1.bias": m, "fc2.bias": c})
+                               "v.bias": a, "proj.bias": c, "fc1.bias": m, "fc2.bias": c})
         self.weight = nn.Parameter(torch.empty(self.rows["fc2"].stop, c))
         self.vector = nn.Parameter(torch.empty(self.entries["fc2.bias"].stop))
 
@@ -602,28 +632,27 @@ class SuperBlock(Sliceable):
 
     def sliced(self, block, side, width):
         """The parameters of one block choice at embedding width `width`, named and shaped as those
-        of the plain ViTBlock (export copies them, forward computes with them): the rows and
-        columns of `weight` and the entries of `vector` it uses, each taken at once; positions
-        are computed on the host and moved in one copy. Matrices in the autocast dtype if on."""
-        se, (sa, sm), h = channels(width, self.full[0], side, self.embed_dims), self.slices(block, side), block.heads
-        rows = positions([(self.rows[n], s) for n, s in
-                          ((f"q{h}", sa), (f"k{h}", sa), ("v", sa), ("proj", sa), ("fc1", sm), ("fc2", sm))])
-        ents = positions([(self.entries[n], s) for n, s in
-                          (("norm1.weight", se), ("norm1.bias", se), ("norm2.weight", se), ("norm2.bias", se),
-                           (f"q{h}.bias", sa), (f"k{h}.bias", sa), ("v.bias", sa), ("proj.bias", se),
-                           ("fc1.bias", sm), ("fc2.bias", se))])
-        host = [rows, ents] if isinstance(se, slice) else [rows, ents, se.numpy()]
-        index = torch.from_numpy(np.concatenate(host)).to(self.weight.device, non_blocking=True).split([len(i) for i in host])
-        w = take(self.weight, index[0], se if isinstance(se, slice) else index[2])     # (4a + 2m, c)
+        of the plain ViTBlock (export copies them, forward computes with them): two takes, the
+        matrices (the drawn head count's Q and K, then the shared V, projection, fc1 and fc2 at
+        the embedding channels) and the vectors. Matrices in the autocast dtype if on."""
+        se, (sa, sm) = channels(width, self.full[0], side, self.embed_dims), self.slices(block, side)
+        qk, W, V, R, E = self.qk[str(block.heads)], self.weight, self.vector, self.rows, self.entries
+        q, k = range(self.full[1]), range(self.full[1], 2 * self.full[1])           # Q's and K's rows of qk
+        matrices = [(qk.weight, q, sa), (qk.weight, k, sa), (W, R["v"], sa), (W, R["proj"], sa), (W, R["fc1"], sm),
+                    (W, R["fc2"], sm)]
+        vectors = [*((V, E[n], se) for n in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")),
+                   (qk.bias, q, sa), (qk.bias, k, sa), (V, E["v.bias"], sa), (V, E["proj.bias"], se),
+                   (V, E["fc1.bias"], sm), (V, E["fc2.bias"], se)]
+        w = take([(p, within(r, s)) for p, r, s in matrices], se)                            # (4a + 2m, c)
         if torch.is_autocast_enabled(w.device.type):
             w = w.to(torch.get_autocast_dtype(w.device.type))
+        vec = take([(p, within(r, s)) for p, r, s in vectors])
         a, m = block.attn_dim, block.mlp_dim
         qkv, proj, fc1, fc2 = w.split([3 * a, a, m, m])
-        vec = take(self.vector, index[1]).split([width] * 4 + [3 * a, width, m, width])
         names = ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.qkv.bias", "attn.proj.bias",
                  "fc1.bias", "fc2.bias")
         return {"attn.qkv.weight": qkv, "attn.proj.weight": proj.T, "fc1.weight": fc1, "fc2.weight": fc2.T,
-                **dict(zip(names, vec))}
+                **dict(zip(names, vec.split([width] * 4 + [3 * a, width, m, width])))}
 
     def forward(self, x, block, side):
         """x (B, T, c) -> (B, T, c): the plain ViTBlock's computation on the sliced parameters."""
@@ -655,8 +684,8 @@ class SuperHead(Sliceable):
 
     def sliced(self, sc):
         """The parameters at embedding channels sc, named and shaped as the plain ViT's norm and head."""
-        weight, bias = take(self.vector.view(2, -1), slice(None), sc).unbind(0)
-        return {"norm.weight": weight, "norm.bias": bias, "head.weight": take(self.weight, slice(None), sc), "head.bias": self.bias}
+        weight, bias = take([(self.vector.view(2, -1), slice(None))], sc).unbind(0)
+        return {"norm.weight": weight, "norm.bias": bias, "head.weight": take([(self.weight, slice(None))], sc), "head.bias": self.bias}
 
     def forward(self, x, sc):
         """Class token x (B, c) -> logits (B, classes)."""
