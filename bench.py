@@ -28,6 +28,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import vitas
+from rankcheck import spearman_rho
 
 
 TINY_MID = vitas.Arch(8, 48, (vitas.Block(2, 48, 128), None, vitas.Block(4, 32, 128), None, vitas.Block(2, 48, 64), None))
@@ -137,12 +138,6 @@ def step_ratios(space, arch, batch, device, repeats, warmup=3):
     return med["plain"], med["one_side"] / med["plain"], med["bilateral"] / med["plain"]
 
 
-def rank_agreement(x, y):
-    """Spearman rho (Pearson correlation of ranks; measured speeds have no ties)."""
-    rx, ry = (np.argsort(np.argsort(v)) for v in (x, y))
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
 def flops_as_proxy(name, n, batch, device, amp, seed=0):
     """How well FLOPs rank n random archs of a preset by measured speed: Spearman rho between
     FLOPs and seconds per image (1 = FLOPs orders them exactly); and a LatencyModel fitted to
@@ -156,7 +151,7 @@ def flops_as_proxy(name, n, batch, device, amp, seed=0):
     macs = np.array([vitas.flops(a, space) for a in archs])
     model = vitas.LatencyModel(space).fit(archs[::2], 1.0 / latency[::2])
     held = np.array([model(a) for a in archs[1::2]])
-    return (rank_agreement(macs, latency), rank_agreement(macs[1::2], latency[1::2]), rank_agreement(held, latency[1::2]),
+    return (spearman_rho(macs, latency), spearman_rho(macs[1::2], latency[1::2]), spearman_rho(held, latency[1::2]),
             1 / latency.max(), 1 / latency.min(), time.perf_counter() - t)
 
 

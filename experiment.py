@@ -308,16 +308,19 @@ def supernet_rows(results):
 def table(results, markdown=False):
     """Print the reference and every super-transformer's figures from results/; returns them."""
     refs, supers = reference_rows(results), supernet_rows(results)
-    line = ((lambda cells: print("| " + " | ".join(cells) + " |")) if markdown
-            else (lambda cells: print("  ".join(cells))))
+    def line(cells, header=False):
+        print("| " + " | ".join(cells) + " |" if markdown else "  ".join(cells))
+        if markdown and header:
+            print("|---" * len(cells) + "|")
+
     print("reference (archs trained alone, 20 epochs; reliability from the archs with a second seed)")
-    line(["set", "archs", "2nd seed", "top-1 range", "seed tau", "r1", "tau* (1 seed)", "90% interval"])
+    line(["set", "archs", "2nd seed", "top-1 range", "seed tau", "r1", "tau* (1 seed)", "90% interval"], header=True)
     for r in refs:
         line([r["set"], str(r["archs"]), str(r["second_seed"]), f"{r['top1_range'][0]:.1f}-{r['top1_range'][1]:.1f}",
               fmt(r["seed_tau"]), fmt(r["r1"]), fmt(r["tau_star"]), span(r["tau_star_interval"])])
     print("\nsuper-transformers scored on the window reference (held-out top-1 of the inherited weights)")
     line(["recipe", "seed", "tau", "90% interval", "tau_c", "90% interval", "tau p4", "tau p8", "FLOPs tau",
-          "tau - FLOPs tau", "90% interval", "space tau", "blocks min/max", "patch 4/8", "train CPU-min"])
+          "tau - FLOPs tau", "90% interval", "space tau", "blocks min/max", "patch 4/8", "train CPU-min"], header=True)
     for r in supers:
         w, sp = r["window"], r.get("space")
         flops = w["floors"]["flops"]
@@ -333,7 +336,7 @@ def table(results, markdown=False):
         by_recipe.setdefault(r["recipe"], []).append(r)
     if any(len(rs) > 1 for rs in by_recipe.values()):
         print("\nper recipe, mean ± SD (ddof=1) over supernet seeds")
-        line(["recipe", "seeds", "tau", "tau_c", "FLOPs tau", "train CPU-min"])
+        line(["recipe", "seeds", "tau", "tau_c", "FLOPs tau", "train CPU-min"], header=True)
         for name, rs in by_recipe.items():
             line([name, ",".join(str(r["seed"]) for r in rs), mean_sd([r["window"]["kendall_tau"] for r in rs]),
                   mean_sd([r["window"]["tau_c"] for r in rs]),

@@ -52,7 +52,7 @@ def pick(rng, choices):
 
 def random_block(space, rng):
     heads = pick(rng, space.heads)
-    return vitas.Block(heads, pick(rng, space._attn_for[heads]), pick(rng, space.mlp_dims))
+    return vitas.Block(heads, pick(rng, space.attn_for[heads]), pick(rng, space.mlp_dims))
 
 
 def mutate(arch, space, rng, prob):
@@ -71,7 +71,7 @@ def mutate(arch, space, rng, prob):
             heads = pick(rng, space.heads) if redraw() else b.heads
             attn = b.attn_dim
             if redraw() or attn % heads:           # a width the new head count does not divide is redrawn too
-                attn = pick(rng, space._attn_for[heads])
+                attn = pick(rng, space.attn_for[heads])
             b = vitas.Block(heads, attn, pick(rng, space.mlp_dims) if redraw() else b.mlp_dim)
         blocks.append(b)
     return vitas.Arch(patch, embed, tuple(blocks))
@@ -128,7 +128,7 @@ class Evolution:
             raise infra.UserError(str(e)) from None
         self.identity_prob = solved if identity_prob is None else float(identity_prob)
         if self.params_max is not None:
-            fewest = min(vitas.params(vitas.Arch(p, space.embed_dims[0], (None,) * space.depth), space)
+            fewest = min(vitas.params(space.empty_arch(p, space.embed_dims[0]), space)
                          for p in space.patch_sizes)
             if self.params_max < fewest:
                 raise infra.UserError(f"params_max {self.params_max:,} is unreachable: the smallest network of this "

@@ -1091,7 +1091,7 @@ def cell_flops_range(space, patch, depth):
     """The fewest and the most FLOPs of a (patch, depth) cell, by brute force over its uniform archs
     (FLOPs grow with every width, so the narrowest and the widest blocks bound the cell)."""
     f = [vitas.flops(Arch(patch, c, (Block(h, a, m),) * depth + (None,) * (space.depth - depth)), space)
-         for c in space.embed_dims for h in space.heads for a in space._attn_for[h] for m in space.mlp_dims]
+         for c in space.embed_dims for h in space.heads for a in space.attn_for[h] for m in space.mlp_dims]
     return min(f), max(f)
 
 
@@ -1616,8 +1616,8 @@ def test_export_takes_the_documented_parts_of_the_stacked_parameters(side):
 @pytest.mark.parametrize("side", ["left", "right", "cyclic"])
 def test_super_gradients_are_the_exported_vits_mapped_back_to_the_slice(side):
     """Forward equal to the exported ViT's, and every parameter's gradient equal to the ViT's
-    gradients written back where export took each entry from (found by exporting entry ids), zero
-    or None elsewhere: gradient only on the slice, for the cyclic window that wraps too."""
+    gradients written back where the documented layout puts each entry (by_hand on a net of entry
+    ids, not export), zero or None elsewhere: gradient only on the slice, the wrapping cyclic window too."""
     torch.manual_seed(0)
     net = perturb(vitas.SuperTransformer(TINY)).double()
     ids, n = copy.deepcopy(net), 0
@@ -1633,10 +1633,12 @@ def test_super_gradients_are_the_exported_vits_mapped_back_to_the_slice(side):
         assert torch.allclose(out, vit(x), rtol=1e-10, atol=1e-12), (str(arch), side)
         F.cross_entropy(out, y).backward()
         F.cross_entropy(vit(x), y).backward()
-        source = torch.cat([p.flatten() for p in vitas.export(ids, arch, side).parameters()]).long()
+        hand, vit_params = by_hand(ids, arch, side), dict(vit.named_parameters())
+        assert hand.keys() == vit_params.keys()
+        source = torch.cat([v.flatten() for v in hand.values()]).long()
         assert len(source.unique()) == len(source)                     # each super entry feeds one ViT entry
         want = torch.zeros(n, dtype=torch.float64)
-        want[source] = torch.cat([p.grad.flatten() for p in vit.parameters()])
+        want[source] = torch.cat([vit_params[k].grad.flatten() for k in hand])
         got = torch.cat([torch.zeros(p.numel(), dtype=torch.float64) if p.grad is None else p.grad.flatten()
                          for p in net.parameters()])
         assert torch.allclose(got, want, rtol=1e-9, atol=1e-13), (str(arch), side)
@@ -1703,7 +1705,7 @@ def test_adamw_leaves_the_qk_of_a_head_count_a_step_does_not_draw_exactly_as_it_
 
 
 def test_stacked_parameters_keep_weight_decay_off_norms_and_biases_and_each_init():
-    """Matrices >= 2-D, norms, biases and embeddings 1-D (train.param_groups goes by p.ndim); each
+    """Matrices >= 2-D, norms, biases and embeddings 1-D (infra.param_groups goes by p.ndim); each
     stacked part and each head count's Q and K initialised as the plain ViT's: trunc-normal(0.02),
     norms one, biases zero."""
     torch.manual_seed(0)

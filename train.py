@@ -55,7 +55,7 @@ def reported_archs(space, window=None, cost=None):
     if window is None:
         mid = lambda xs: xs[len(xs) // 2]
         h = mid(space.heads)
-        a = mid(space._attn_for[h])
+        a = mid(space.attn_for[h])
         middle = vitas.Arch(mid(space.patch_sizes), mid(space.embed_dims),
                             (vitas.Block(h, a, mid(space.mlp_dims)),) * space.depth)
         return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}

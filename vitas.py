@@ -3,8 +3,10 @@ ViTAS core (Su et al., "Vision Transformer Architecture Search", arXiv 2106.1370
 
 Read top to bottom: the search space and architecture records, sampling and the learned identity
 probability, the analytical FLOPs/params counter, the plain ViT a found architecture becomes, the
-sliceable super-transformer that shares weights between all of them, and export of a slice to a
-plain ViT. Depends on torch and numpy only, so it can be copied alone into another project.
+sliceable super-transformer that shares weights between all of them, export of a slice to a
+plain ViT, and last, measured throughput (budgets by images/s on a device, and the latency model
+that lets the identity probability aim at them). Depends on torch and numpy only, so it can be
+copied alone into another project.
 
     space = SearchSpace.preset("tiny")
     arch = space.sample(torch.Generator().manual_seed(0))
@@ -139,7 +141,7 @@ class SearchSpace:
         empty = [h for h, a in attn_for.items() if not a]
         if empty:
             raise ValueError(f"search space: no attention width in {self.attn_dims} is divisible by heads {empty}")
-        object.__setattr__(self, "_attn_for", attn_for)
+        object.__setattr__(self, "attn_for", attn_for)
 
     @classmethod
     def preset(cls, name):
@@ -177,20 +179,24 @@ class SearchSpace:
             check(b.mlp_dim, self.mlp_dims, f"blocks[{i}].mlp_dim")
             if b.attn_dim % b.heads:
                 raise ValueError(f"arch blocks[{i}].attn_dim = {b.attn_dim} is not divisible by heads = {b.heads}; "
-                                 f"allowed with {b.heads} heads: {list(self._attn_for[b.heads])}")
+                                 f"allowed with {b.heads} heads: {list(self.attn_for[b.heads])}")
         return arch
 
     def max_arch(self):
         """Most FLOPs: smallest patch, every block present at the widest choices, most heads that divide."""
-        a = max(a for h in self.heads for a in self._attn_for[h])
+        a = max(a for h in self.heads for a in self.attn_for[h])
         h = max(h for h in self.heads if a % h == 0)
         return Arch(self.patch_sizes[0], self.embed_dims[-1], (Block(h, a, self.mlp_dims[-1]),) * self.depth)
 
     def min_arch(self):
         """Fewest FLOPs with every block present: largest patch, narrowest choices, fewest heads."""
-        a = min(a for h in self.heads for a in self._attn_for[h])
+        a = min(a for h in self.heads for a in self.attn_for[h])
         h = min(h for h in self.heads if a % h == 0)
         return Arch(self.patch_sizes[-1], self.embed_dims[0], (Block(h, a, self.mlp_dims[0]),) * self.depth)
+
+    def empty_arch(self, patch_size, embed_dim):
+        """The arch with every block an identity: tokens and classifier only."""
+        return Arch(patch_size, embed_dim, (None,) * self.depth)
 
     def uniform_archs(self):
         """Every arch whose present blocks are all alike and are the first d positions (d = 1..depth):
@@ -198,7 +204,7 @@ class SearchSpace:
         for p in self.patch_sizes:
             for c in self.embed_dims:
                 for h in self.heads:
-                    for a in self._attn_for[h]:
+                    for a in self.attn_for[h]:
                         for m in self.mlp_dims:
                             for d in range(1, self.depth + 1):
                                 yield Arch(p, c, (Block(h, a, m),) * d + (None,) * (self.depth - d))
@@ -227,7 +233,7 @@ class SearchSpace:
                 blocks.append(None)
                 continue
             h = pick(self.heads, uh)
-            blocks.append(Block(h, pick(self._attn_for[h], ua), pick(self.mlp_dims, um)))
+            blocks.append(Block(h, pick(self.attn_for[h], ua), pick(self.mlp_dims, um)))
         return Arch(pick(self.patch_sizes, u[0]), pick(self.embed_dims, u[1]), tuple(blocks))
 
 
@@ -289,7 +295,7 @@ def solve_identity_prob(space, flops_min, flops_max, cost=None, what="FLOPs"):
     cost = cost or (lambda a: flops(a, space))
     if flops_min > flops_max:
         raise ValueError(f"{what} window is empty: {flops_min:,} > {flops_max:,}")
-    lo = cost(Arch(space.patch_sizes[-1], space.embed_dims[0], (None,) * space.depth))
+    lo = cost(space.empty_arch(space.patch_sizes[-1], space.embed_dims[0]))
     hi = cost(space.max_arch())
     if flops_max < lo or flops_min > hi:
         raise ValueError(f"{what} window [{flops_min:,}, {flops_max:,}] is unreachable: networks of this space "
@@ -297,10 +303,10 @@ def solve_identity_prob(space, flops_min, flops_max, cost=None, what="FLOPs"):
     base, blocks = [], []
     for p in space.patch_sizes:
         for c in space.embed_dims:
-            empty = cost(Arch(p, c, (None,) * space.depth))
+            empty = cost(space.empty_arch(p, c))
             one = lambda block: cost(Arch(p, c, (block,) + (None,) * (space.depth - 1))) - empty   # noqa: E731
             base.append(empty)
-            blocks.append(np.mean([np.mean([one(Block(h, a, m)) for a in space._attn_for[h] for m in space.mlp_dims])
+            blocks.append(np.mean([np.mean([one(Block(h, a, m)) for a in space.attn_for[h] for m in space.mlp_dims])
                                    for h in space.heads]))
     keep = ((flops_min + flops_max) / 2 - np.mean(base)) / (space.depth * np.mean(blocks))
     return float(np.clip(1.0 - keep, 0.0, 1.0))
@@ -406,11 +412,11 @@ class ViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, block.mlp_dim)
         self.fc2 = nn.Linear(block.mlp_dim, dim)
-        self.drop_path = drop_path_rate
+        self.drop_path_rate = drop_path_rate
 
     def forward(self, x):
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
-        return x + drop_path(self.fc2(F.gelu(self.fc1(self.norm2(x)))), self.drop_path, self.training)
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
+        return x + drop_path(self.fc2(F.gelu(self.fc1(self.norm2(x)))), self.drop_path_rate, self.training)
 
 
 class ViT(nn.Module):
@@ -557,7 +563,7 @@ def layout(sizes):
 class Sliceable(nn.Module):
     """A module of the super-transformer. Its shared parameters are stacked so that one step takes
     each once: `weight`, its matrices (weight decay), and `vector`, 1-D, its norms, biases and
-    embeddings (no weight decay; train.param_groups goes by p.ndim); `entries` names the parts
+    embeddings (no weight decay; infra.param_groups goes by p.ndim); `entries` names the parts
     of `vector` as the plain ViT names them, and sliced() returns the plain ViT's parameters."""
 
     def reset_parameters(self):
@@ -616,7 +622,7 @@ class SuperBlock(Sliceable):
     def __init__(self, space, drop_path_rate=0.0):
         super().__init__()
         c, a, m = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
-        self.full, self.embed_dims, self.drop_path, self.fused_attn = (c, a, m), space.embed_dims, drop_path_rate, True
+        self.full, self.embed_dims, self.drop_path_rate, self.fused_attn = (c, a, m), space.embed_dims, drop_path_rate, True
         self.qk = nn.ModuleDict({str(h): nn.Linear(c, 2 * a) for h in space.heads})
         self.rows = layout({"v": a, "proj": a, "fc1": m, "fc2": m})
         self.entries = layout({"norm1.weight": c, "norm1.bias": c, "norm2.weight": c, "norm2.bias": c,
@@ -661,10 +667,10 @@ class SuperBlock(Sliceable):
         h = F.layer_norm(x, (c,), p["norm1.weight"], p["norm1.bias"])
         q, k, v = F.linear(h, p["attn.qkv.weight"], p["attn.qkv.bias"]).view(B, T, 3, block.heads, -1).permute(2, 0, 3, 1, 4)
         h = attention(q, k, v, self.fused_attn).transpose(1, 2).reshape(B, T, -1)
-        x = x + drop_path(F.linear(h, p["attn.proj.weight"], p["attn.proj.bias"]), self.drop_path, self.training)
+        x = x + drop_path(F.linear(h, p["attn.proj.weight"], p["attn.proj.bias"]), self.drop_path_rate, self.training)
         h = F.layer_norm(x, (c,), p["norm2.weight"], p["norm2.bias"])
         h = F.linear(F.gelu(F.linear(h, p["fc1.weight"], p["fc1.bias"])), p["fc2.weight"], p["fc2.bias"])
-        return x + drop_path(h, self.drop_path, self.training)
+        return x + drop_path(h, self.drop_path_rate, self.training)
 
 
 class SuperHead(Sliceable):
@@ -811,7 +817,7 @@ class LatencyModel:
 
     def features(self, arch):
         t = (self.space.image_size // arch.patch_size) ** 2 + 1
-        rest = flops(Arch(arch.patch_size, arch.embed_dim, (None,) * self.space.depth), self.space)
+        rest = flops(self.space.empty_arch(arch.patch_size, arch.embed_dim), self.space)
         f = np.array([1.0, t, 0.0, 0.0, 0.0, 0.0, rest])
         for b in arch.blocks:
             if b is not None:
@@ -831,5 +837,3 @@ class LatencyModel:
         """Predicted seconds per image (never below a microsecond)."""
         return max(float(self.features(arch) @ self.coef), 1e-6)
 
-    def throughput(self, arch):
-        return 1.0 / self(arch)
