@@ -139,6 +139,7 @@ def run_jobs(jobs, workers):
 # The reference
 
 
+@functools.lru_cache(maxsize=None)
 def data_checkpoint():
     """What rankcheck.alone_argv needs of a checkpoint, for the quick-start data (DATA_SEED)."""
     return {"args": vars(train.resolve_recipe(train.parse_args(["--seed", str(DATA_SEED), *BASE]))), "world": 1}
@@ -235,8 +236,9 @@ def run_supernet(job):
     sargv = ["--ckpt", ck_path, *WINDOW, "--population", "20", "--generations", "10", "--compare",
              "--seed", str(job["seed"]), "--device", "cpu", "--out", os.path.join(job["scratch"], "search")]
     args = search.parse_args(sargv)
-    summary = search.search(args)
-    ck, _, fitness, n_eval = search.load_supernet(args, infra.Dist())
+    os.makedirs(args.out, exist_ok=True)
+    ck, space, fitness, n_eval = search.load_supernet(args, infra.Dist())   # loaded once: search and reference
+    runs = search.search_algorithms(args, space, ck, fitness, {}, infra.Dist())
     inherited = {name: [fitness(a) for a in archs] for name, (archs, _) in reference_sets().items()}
     return {"recipe": job["recipe"], "seed": job["seed"], "train_argv": argv, "search_argv": sargv, "steps": ck["step"],
             "passes_per_step": passes_of(flags), "train_cpu_minutes": train_cpu, "holdout_images": n_eval,
@@ -244,8 +246,8 @@ def run_supernet(job):
             "sampled": learned_phase_statistics(os.path.join(super_dir, "log.jsonl"), epochs // 3),
             "inherited": {name: [{"arch": a.to_dict(), **s} for a, s in zip(reference_sets()[name][0], scores)]
                           for name, scores in inherited.items()},
-            "search": {algo: {k: summary["compare"][algo][k] for k in ("arch", "top1", "loss", "flops")}
-                       for algo in search.ALGOS}}
+            "search": {algo: {k: evo.best[k] for k in ("arch", "top1", "loss", "flops")}
+                       for algo, evo in runs.items()}}
 
 
 RUNNERS = {"alone": run_alone, "supernet": run_supernet}

@@ -158,24 +158,25 @@ def scores(fitness, top1_by_seed, r_s=None):
     return {"kendall_tau": tau, "tau_c": None if tau is None or r_s is None else corrected_tau(tau, r_s)}
 
 
-def bootstrap(fitness, top1_by_seed, idx):
-    """Per resample (rows of idx): scores(), the reliability recomputed on the resampled archs."""
-    out = []
-    for rows in idx:
-        by_seed = [top1_by_seed[i] for i in rows]
-        fit = np.asarray(fitness, dtype=float)[rows]
-        out.append(scores(fit, by_seed, reliability(by_seed)[2]))
-    return out
+def resampled_reliability(top1_by_seed, idx):
+    """r_S recomputed on each resample of the archs (rows of idx; None where undefined)."""
+    return [reliability([top1_by_seed[i] for i in rows])[2] for rows in idx]
 
 
-def reference_summary(top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0):
+def bootstrap(fitness, top1_by_seed, idx, r_s):
+    """Per resample (rows of idx, r_S of each): scores() on the resampled archs."""
+    fitness = np.asarray(fitness, dtype=float)
+    return [scores(fitness[rows], [top1_by_seed[i] for i in rows], r) for rows, r in zip(idx, r_s)]
+
+
+def reference_summary(top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0, resampled=None):
     """The reference's noise: seed agreement tau_ss, r1, the seeds S of its mean, r_S, the oracle
-    bound tau* and a bootstrap interval of tau* over the archs."""
+    bound tau* and a bootstrap interval of tau* over the archs (`resampled`: each resample's r_S,
+    where the caller has them already)."""
     r1, seeds, r_s = reliability(top1_by_seed)
-    stars = []
-    for rows in resamples(len(top1_by_seed), count, seed):
-        r = reliability([top1_by_seed[i] for i in rows])[2]
-        stars.append(None if r is None else oracle_tau(r))
+    if resampled is None:
+        resampled = resampled_reliability(top1_by_seed, resamples(len(top1_by_seed), count, seed))
+    stars = [None if r is None else oracle_tau(r) for r in resampled]
     return {"seed_tau": seed_agreement(top1_by_seed), "r1": r1, "seeds": seeds, "reliability": r_s,
             "tau_star": None if r_s is None else oracle_tau(r_s),
             "tau_star_interval": percentile_interval(stars, level)}
@@ -187,8 +188,10 @@ def agreement(fitness, top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0):
     for both (jointly: one set of resamples, the reliability recomputed on each), and the
     reference's own noise (reference_summary, on the same resamples)."""
     mean = reference_mean(top1_by_seed)
-    ref = reference_summary(top1_by_seed, level, count, seed)
-    boot = bootstrap(fitness, top1_by_seed, resamples(len(mean), count, seed))
+    idx = resamples(len(mean), count, seed)
+    resampled = resampled_reliability(top1_by_seed, idx)   # once, for tau* and for tau_c
+    ref = reference_summary(top1_by_seed, level, count, seed, resampled)
+    boot = bootstrap(fitness, top1_by_seed, idx, resampled)
     return {**scores(fitness, top1_by_seed, ref["reliability"]), "spearman_rho": spearman_rho(fitness, mean),
             "tau_interval": percentile_interval([b["kendall_tau"] for b in boot], level),
             "tau_c_interval": percentile_interval([b["tau_c"] for b in boot], level),

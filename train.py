@@ -125,7 +125,7 @@ class ArchSampler:
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         self.space, self.seed, self.uniform_epochs, self.max_tries = space, seed, uniform_epochs, max_tries
-        self.sandwich, self.identity_shift, self.sampling = sandwich, identity_shift, sampling
+        self.sandwich, self.identity_shift = sandwich, identity_shift
         self.throughput_calibration = None   # a throughput window's (infra.calibrate_throughput)
         # the window (lo, hi; None: open) is in FLOPs, or in the units of `cost` (a LatencyModel: seconds per image)
         self.cost = cost or (lambda a: vitas.flops(a, space))
@@ -488,7 +488,8 @@ def train_epoch(run, epoch, t_start, step0):
         if d.main and (run.step % args.log_every == 0 or run.step == run.total_steps):
             rate = run.seen / max(time.time() - run.t_epoch, 1e-9)
             eta = (time.time() - t_start) / (run.step - step0) * (run.total_steps - run.step)
-            p = "" if run.arch is not None or run.sampler.prob(epoch) is None else f" p {run.sampler.prob(epoch):.2f}"
+            prob = run.sampler.prob(epoch)
+            p = "" if prob is None else f" p {prob:.2f}"
             d.log(f"epoch {epoch + 1}/{args.epochs} step {run.step}/{run.total_steps} "
                   f"loss {run.sums['loss'] / run.sums['n']:.3f} lr {run.schedule.get_last_lr()[0]:.2e}{p} "
                   f"{flops / 1e6:.2f} MFLOPs {rate:.0f} img/s ETA {infra.fmt_time(eta)}")
