@@ -316,10 +316,12 @@ def table(results, markdown=False):
             print("|---" * len(cells) + "|")
 
     print("reference (archs trained alone, 20 epochs; reliability from the archs with a second seed)")
-    line(["set", "archs", "2nd seed", "top-1 range", "seed tau", "r1", "tau* (1 seed)", "90% interval"], header=True)
+    line(["set", "archs", "2nd seed", "top-1 range", "seed tau", "r1", "seeds S", "r_S", "tau*", "90% interval"],
+         header=True)
     for r in refs:
         line([r["set"], str(r["archs"]), str(r["second_seed"]), f"{r['top1_range'][0]:.1f}-{r['top1_range'][1]:.1f}",
-              fmt(r["seed_tau"]), fmt(r["r1"]), fmt(r["tau_star"]), span(r["tau_star_interval"])])
+              fmt(r["seed_tau"]), fmt(r["r1"]), str(r["seeds"]), fmt(r["reliability"]), fmt(r["tau_star"]),
+              span(r["tau_star_interval"])])
     print("\nsuper-transformers scored on the window reference (held-out top-1 of the inherited weights)")
     line(["recipe", "seed", "tau", "90% interval", "tau_c", "90% interval", "tau p4", "tau p8", "FLOPs tau",
           "tau - FLOPs tau", "90% interval", "space tau", "blocks min/max", "patch 4/8", "train CPU-min"], header=True)
