@@ -1750,6 +1750,8 @@ def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_pa
     for serial, parallel in zip(jobs(tmp_path / "serial"), jobs(tmp_path / "parallel")):
         a, b = experiment.read_record(serial["path"]), experiment.read_record(parallel["path"])
         assert a["arch"] == serial["arch"] and a["argv"] == serial["argv"]
+        # a worker process and this one may pick different fp32 kernels: the loss agrees to rounding
+        assert a["val"].pop("loss") == pytest.approx(b["val"].pop("loss"), rel=1e-5)
         assert {k: v for k, v in a.items() if k != "cpu_minutes"} == {k: v for k, v in b.items() if k != "cpu_minutes"}
     assert len({json.dumps(experiment.read_record(j["path"])["val"]) for j in jobs(tmp_path / "serial")}) == 4
     capsys.readouterr()
