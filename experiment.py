@@ -300,7 +300,34 @@ def supernet_rows(results):
             archs = [a for a, _ in table]
             row[name] = rankcheck.rank_statistics([fitness[json.dumps(a.to_dict())] for a in archs],
                                                   [t for _, t in table], archs, TINY)
+            row[name]["fitness"] = [fitness[json.dumps(a.to_dict())] for a in archs]
         rows.append(row)
+    return rows
+
+
+def recipe_rows(supers, results, baseline="v2"):
+    """Per recipe, over its supernet seeds on the window reference: mean and SD of tau, tau_c and
+    top-3 regret; its mean tau minus FLOPs' tau and minus the baseline recipe's mean tau on the
+    seeds both have, each with a paired bootstrap interval over the archs."""
+    archs, top1 = zip(*reference_table(results)["window"])
+    flops = rankcheck.floor_predictors(archs, TINY)["flops"]
+    by_recipe = {}
+    for r in supers:
+        by_recipe.setdefault(r["recipe"], {})[r["seed"]] = r
+    rows = []
+    for name, rs in by_recipe.items():
+        seeds = sorted(rs)
+        shared = [s for s in seeds if s in by_recipe.get(baseline, {})]
+        pick = lambda key: [rs[s]["window"][key] for s in seeds]
+        rows.append({"recipe": name, "seeds": seeds, "kendall_tau": pick("kendall_tau"), "tau_c": pick("tau_c"),
+                     "top3_regret": pick("top3_regret"),
+                     "minus_flops": rankcheck.paired_difference(pick("fitness"), flops, top1),
+                     "minus_baseline": None if name == baseline or not shared else {"seeds": shared,
+                         **rankcheck.paired_difference([rs[s]["window"]["fitness"] for s in shared],
+                                                       [by_recipe[baseline][s]["window"]["fitness"] for s in shared],
+                                                       top1)},
+                     "min_block_share": [min(rs[s]["sampled"]["block_share"]) for s in seeds],
+                     "cpu_minutes": [rs[s]["cpu_minutes"] for s in seeds]})
     return rows
 
 
@@ -332,18 +359,18 @@ def table(results, markdown=False):
               span(flops["fitness_minus_floor"]["interval"]), fmt(sp and sp["kendall_tau"]),
               f"{min(blocks):.2f}/{max(blocks):.2f}", "/".join(f"{patches[p]:.2f}" for p in sorted(patches, key=int)),
               fmt(r["cpu_minutes"], 1)])
-    by_recipe = {}
-    for r in supers:
-        by_recipe.setdefault(r["recipe"], []).append(r)
-    if any(len(rs) > 1 for rs in by_recipe.values()):
-        print("\nper recipe, mean ± SD (ddof=1) over supernet seeds")
-        line(["recipe", "seeds", "tau", "tau_c", "FLOPs tau", "train CPU-min"], header=True)
-        for name, rs in by_recipe.items():
-            line([name, ",".join(str(r["seed"]) for r in rs), mean_sd([r["window"]["kendall_tau"] for r in rs]),
-                  mean_sd([r["window"]["tau_c"] for r in rs]),
-                  mean_sd([r["window"]["floors"]["flops"]["kendall_tau"] for r in rs]),
-                  mean_sd([r["cpu_minutes"] for r in rs])])
-    return {"reference": refs, "supernets": supers}
+    recipes = recipe_rows(supers, results) if supers else []
+    print("\nper recipe, mean ± SD (ddof=1) over supernet seeds; differences are of the mean tau over seeds, "
+          "paired bootstrap intervals over the archs")
+    line(["recipe", "seeds", "tau", "tau_c", "top-3 regret", "tau - FLOPs tau", "90% interval", "tau - v2 tau",
+          "90% interval", "min block share", "train CPU-min"], header=True)
+    for r in recipes:
+        vs = r["minus_baseline"]
+        line([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["kendall_tau"]), mean_sd(r["tau_c"]),
+              mean_sd(r["top3_regret"]), fmt(r["minus_flops"]["difference"]), span(r["minus_flops"]["interval"]),
+              "-" if vs is None else fmt(vs["difference"]), "-" if vs is None else span(vs["interval"]),
+              mean_sd(r["min_block_share"]), mean_sd(r["cpu_minutes"])])
+    return {"reference": refs, "supernets": supers, "recipes": recipes}
 
 
 def main():

@@ -200,15 +200,31 @@ def agreement(fitness, top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0):
 
 def paired_difference(fitness_a, fitness_b, top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0):
     """tau(a) - tau(b) on the same archs and reference, with a paired bootstrap interval (the same
-    resampled archs for both): a difference whose interval holds 0 is no difference."""
+    resampled archs for both): a difference whose interval holds 0 is no difference. A fitness may
+    be several (a list of them, one per supernet seed): its tau is then their mean tau, each
+    resample the same archs for all of them."""
     mean = reference_mean(top1_by_seed)
-    tau = lambda f, rows: kendall_tau(np.asarray(f, dtype=float)[rows], mean[rows])
+    as_rows = lambda f: np.asarray(f, dtype=float).reshape(-1, len(mean))      # (fitnesses, archs)
+    fa, fb = as_rows(fitness_a), as_rows(fitness_b)
+
+    def tau(f, rows):
+        taus = [kendall_tau(one[rows], mean[rows]) for one in f]
+        return None if None in taus else float(np.mean(taus))
+
     every = np.arange(len(mean))
-    diffs = [None if (a := tau(fitness_a, rows)) is None or (b := tau(fitness_b, rows)) is None else a - b
+    diffs = [None if (a := tau(fa, rows)) is None or (b := tau(fb, rows)) is None else a - b
              for rows in resamples(len(mean), count, seed)]
-    a, b = tau(fitness_a, every), tau(fitness_b, every)
+    a, b = tau(fa, every), tau(fb, every)
     return {"difference": None if a is None or b is None else a - b, "interval": percentile_interval(diffs, level),
             "interval_level": level}
+
+
+def top_regret(fitness, top1_by_seed, k=3):
+    """Points of reference top-1 lost by keeping the best of the k archs the fitness ranks highest
+    instead of the best arch of all: 0 when the best arch is among the fitness's top k."""
+    mean = reference_mean(top1_by_seed)
+    top = np.argsort(-np.asarray(fitness, dtype=float), kind="stable")[:k]
+    return float(mean.max() - mean[top].max())
 
 
 def floor_predictors(archs, space):
@@ -218,9 +234,9 @@ def floor_predictors(archs, space):
 
 
 def rank_statistics(fitness, top1_by_seed, archs, space, level=LEVEL, count=RESAMPLES, seed=0):
-    """Everything a rank check reports: agreement() of the fitness; tau within each patch size; and
-    each floor predictor's agreement with the paired difference fitness - predictor."""
-    result = agreement(fitness, top1_by_seed, level, count, seed)
+    """Everything a rank check reports: agreement() of the fitness; its top-3 regret; tau within each
+    patch size; and each floor predictor's agreement with the paired difference fitness - predictor."""
+    result = {**agreement(fitness, top1_by_seed, level, count, seed), "top3_regret": top_regret(fitness, top1_by_seed)}
     result["by_patch"] = {}
     for p in sorted({a.patch_size for a in archs}):
         rows = [i for i, a in enumerate(archs) if a.patch_size == p]

@@ -1213,13 +1213,14 @@ def test_bootstrap_intervals_are_the_papers_percentiles_of_2000_paired_resamples
     other = fitness + g.normal(size=n)
     mean = [np.mean(s) for s in by_seed]
     idx = np.random.default_rng(0).integers(0, n, (2000, n))
-    taus, diffs, corrected = [], [], []
+    taus, diffs, corrected, means = [], [], [], []
     for rows in idx:
         t = brute_tau_b([fitness[i] for i in rows], [mean[i] for i in rows])
         seeds = [by_seed[i] for i in rows]
         ss = brute_tau_b([s[0] for s in seeds], [s[1] for s in seeds])
         taus.append(t)
         diffs.append(t - brute_tau_b([other[i] for i in rows], [mean[i] for i in rows]))
+        means.append(np.mean([brute_tau_b([f[i] for i in rows], [mean[i] for i in rows]) for f in (fitness, other)]))
         if ss > 0:
             r = 2 * np.sin(np.pi * ss / 2) / (1 + np.sin(np.pi * ss / 2))
             corrected.append(2 / np.pi * np.arcsin(np.clip(np.sin(np.pi * t / 2) / np.sqrt(r), -1, 1)))
@@ -1232,6 +1233,22 @@ def test_bootstrap_intervals_are_the_papers_percentiles_of_2000_paired_resamples
     assert paired["interval"] == pytest.approx((np.percentile(diffs, 5), np.percentile(diffs, 95)))
     same = rankcheck.paired_difference(fitness, fitness, by_seed)
     assert same["difference"] == 0 and same["interval"] == (0, 0)
+    # two supernet seeds against one: their mean tau, each resample the same archs for all three
+    seeds = rankcheck.paired_difference([fitness, other], other, by_seed)
+    assert seeds["difference"] == pytest.approx((brute_tau_b(fitness, mean) - brute_tau_b(other, mean)) / 2)
+    mean_minus_other = [m - (t - d) for m, t, d in zip(means, taus, diffs)]    # tau(other) = t - d
+    assert seeds["interval"] == pytest.approx((np.percentile(mean_minus_other, 5), np.percentile(mean_minus_other, 95)))
+
+
+def test_top_regret_is_the_best_arch_lost_by_the_fitness_top_k():
+    g = np.random.default_rng(5)
+    for _ in range(20):
+        n = int(g.integers(4, 12))
+        by_seed, fitness = g.normal(size=(n, 2)).tolist(), g.normal(size=n)
+        mean = np.mean(by_seed, 1)
+        picked = sorted(range(n), key=lambda i: -fitness[i])[:3]
+        assert rankcheck.top_regret(fitness, by_seed) == pytest.approx(mean.max() - max(mean[i] for i in picked))
+    assert rankcheck.top_regret(mean, by_seed) == 0
 
 
 def test_rank_statistics_score_floors_and_each_patch_size():
@@ -1773,11 +1790,13 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
             job = experiment.alone_job(a, experiment.alone_argv(s), results, str(tmp_path / "scratch"))
             os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
             infra.write_json(job["path"], {"arch": a.to_dict(), "argv": job["argv"], "val": {"top1": top1[a, s]}})
-    inherited = [{"arch": a.to_dict(), "top1": truth[a] + g.normal(scale=0.5), "loss": 1.0} for a in window]
     os.makedirs(tmp_path / "supernets")
-    infra.write_json(str(tmp_path / "supernets" / "v2-s0.json"), {
-        "recipe": "v2", "seed": 0, "train_cpu_minutes": 9.0, "inherited": {"window": inherited, "space": []},
-        "sampled": {"block_share": [1, .8, .4, .2, .1, .01], "patch_share": {"4": .7, "8": .3}}, "search": {}})
+    inherited = {}
+    for recipe, noise in (("v2", 0.5), ("fair", 2.0)):
+        inherited[recipe] = [{"arch": a.to_dict(), "top1": truth[a] + g.normal(scale=noise), "loss": 1.0} for a in window]
+        infra.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"), {
+            "recipe": recipe, "seed": 0, "train_cpu_minutes": 9.0, "inherited": {"window": inherited[recipe], "space": []},
+            "sampled": {"block_share": [1, .8, .4, .2, .1, .01], "patch_share": {"4": .7, "8": .3}}, "search": {}})
     out = experiment.table(results)
     ref = out["reference"][0]
     pairs = [(top1[a, 0], top1[a, 1]) for a in window if seeds[a] == (0, 1)]
@@ -1785,8 +1804,13 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     assert ref["seed_tau"] == pytest.approx(brute_tau_b(*zip(*pairs)))
     r1 = np.sin(np.pi * ref["seed_tau"] / 2)
     assert ref["tau_star"] == pytest.approx(2 / np.pi * np.arcsin(np.sqrt(2 * r1 / (1 + r1))))   # a 2-seed mean
-    w = out["supernets"][0]["window"]
-    assert w["kendall_tau"] == pytest.approx(brute_tau_b([r["top1"] for r in inherited],
-                                                      [(top1[a, 0] + top1[a, 1]) / 2 for a in window]))
+    mean = [(top1[a, 0] + top1[a, 1]) / 2 for a in window]
+    tau = {r: brute_tau_b([x["top1"] for x in inherited[r]], mean) for r in inherited}
+    w = next(r for r in out["supernets"] if r["recipe"] == "v2")["window"]
+    assert w["kendall_tau"] == pytest.approx(tau["v2"])
+    fair = next(r for r in out["recipes"] if r["recipe"] == "fair")
+    assert fair["minus_baseline"]["difference"] == pytest.approx(tau["fair"] - tau["v2"])
+    assert fair["minus_flops"]["difference"] == pytest.approx(
+        tau["fair"] - brute_tau_b([vitas.flops(a, TINY) for a in window], mean))
     printed = capsys.readouterr().out
     assert "window" in printed and f"{ref['tau_star']:.2f}" in printed and f"{w['kendall_tau']:.2f}" in printed
