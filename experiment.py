@@ -11,6 +11,11 @@ effective batch 64, lr 2e-3, one process per training.
   grid       Super-transformers per recipe and seed (every recipe the same number of sub-network
              passes), each scored on the reference archs with its inherited weights (held-out
              top-1) and searched (evolution and random search, 200 evaluations each).
+  outcome    The search's pick against hand design and chance: each supernet record's searched arch
+             (evolution) of the given recipes, the two hand-designed networks nearest the window's
+             top and 8 random window archs, each trained alone as the reference archs are (20
+             epochs, seeds 0 and 1). A searched arch wins when its mean top-1 is above both
+             hand-designed networks' and the random archs' median.
   table      Every figure from results/, without training anything.
 
 Each training is a job; jobs run in parallel worker processes (--workers, default one per core,
@@ -22,11 +27,13 @@ it against a serial run).
 
     python experiment.py reference                            # ~240 CPU-minutes, half that on 2 cores
     python experiment.py grid --recipes v2 fair --seeds 0 1 2 3
+    python experiment.py outcome --recipes v2 fair            # after the grid: its searched archs
     python experiment.py table --markdown
 """
 import argparse
 import contextlib
 import functools
+import glob
 import hashlib
 import json
 import multiprocessing
@@ -251,6 +258,72 @@ RUNNERS = {"alone": run_alone, "supernet": run_supernet}
 
 
 # -----------------------------------------------------------------------------
+# The outcome: does the searched arch beat hand design and chance?
+
+RANDOM_ARCHS = 8
+
+
+@functools.lru_cache(maxsize=None)
+def comparison_archs():
+    """What a searched arch is compared with, the same for every recipe and supernet seed: the two
+    hand-designed networks (search.BASELINES) nearest the window's top (a designer given the
+    budget spends it), and RANDOM_ARCHS distinct archs of the window drawn as random search draws
+    them (the window's identity probability, identities behind the real blocks)."""
+    archs = {name: design(TINY, HI, LO, HI) for name, design in search.BASELINES.items()}
+    rng, p = np.random.default_rng([5000, 0]), vitas.solve_identity_prob(TINY, LO, HI)
+    found = []
+    while len(found) < RANDOM_ARCHS:
+        arch = vitas.shift_identities(TINY.sample(rng, p))
+        if LO <= vitas.flops(arch, TINY) <= HI and arch not in found:
+            found.append(arch)
+    return {**archs, **{f"random {i}": a for i, a in enumerate(found)}}
+
+
+def searched_archs(results, recipes):
+    """{(recipe, supernet seed): the arch its evolutionary search picked}, from the supernet records there are."""
+    out = {}
+    for r in map(read_record, sorted(glob.glob(os.path.join(results, "supernets", "*.json")))):
+        if r["recipe"] in recipes:
+            out[r["recipe"], r["seed"]] = vitas.Arch.from_dict(r["search"]["evolution"]["arch"])
+    return out
+
+
+def outcome_jobs(results, scratch, recipes):
+    """Every arch of the outcome trained alone as the reference is (REFERENCE_SEEDS): the comparison
+    archs, then each searched arch; an arch already trained (in the reference, or picked twice)
+    is trained once."""
+    archs = [*comparison_archs().values(), *searched_archs(results, recipes).values()]
+    archs = list(dict.fromkeys(archs))
+    return [alone_job(a, alone_argv(s), results, scratch) for s in REFERENCE_SEEDS for a in archs]
+
+
+def alone_mean(results, arch):
+    """An arch's top-1 trained alone, mean over REFERENCE_SEEDS; None until every seed has a record."""
+    paths = [record_path(results, "alone", alone_key(arch, alone_argv(s))) for s in REFERENCE_SEEDS]
+    return float(np.mean([read_record(p)["val"]["top1"] for p in paths])) if all(map(os.path.exists, paths)) else None
+
+
+def outcome_rows(results, recipes):
+    """Per recipe and supernet seed: the searched arch's top-1 trained alone beside each baseline's
+    and the random archs' median (means over the training seeds), and whether it wins: above both
+    baselines and the random median."""
+    base = {name: alone_mean(results, a) for name, a in comparison_archs().items()}
+    designs = [base[name] for name in search.BASELINES]
+    randoms = [v for name, v in base.items() if name.startswith("random")]
+    if None in designs or None in randoms:
+        return []
+    median = float(np.median(randoms))
+    rows = []
+    for (recipe, seed), arch in sorted(searched_archs(results, recipes).items()):
+        top1 = alone_mean(results, arch)
+        if top1 is not None:
+            rows.append({"recipe": recipe, "seed": seed, "arch": arch.to_dict(), "flops": vitas.flops(arch, TINY),
+                         "top1": top1, **{name: base[name] for name in search.BASELINES}, "random_median": median,
+                         "wins": top1 > max(designs) and top1 > median})
+    return rows
+
+
+# -----------------------------------------------------------------------------
 # The table: every figure from results/
 
 
@@ -359,23 +432,32 @@ def table(results, markdown=False):
               span(flops["fitness_minus_floor"]["interval"]), fmt(sp and sp["kendall_tau"]),
               f"{min(blocks):.2f}/{max(blocks):.2f}", "/".join(f"{patches[p]:.2f}" for p in sorted(patches, key=int)),
               fmt(r["cpu_minutes"], 1)])
-    recipes = recipe_rows(supers, results) if supers else []
+    per_recipe = recipe_rows(supers, results) if supers else []
     print("\nper recipe, mean ± SD (ddof=1) over supernet seeds; differences are of the mean tau over seeds, "
           "paired bootstrap intervals over the archs")
     line(["recipe", "seeds", "tau", "tau_c", "top-3 regret", "tau - FLOPs tau", "90% interval", "tau - v2 tau",
           "90% interval", "min block share", "train CPU-min"], header=True)
-    for r in recipes:
+    for r in per_recipe:
         vs = r["minus_baseline"]
         line([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["kendall_tau"]), mean_sd(r["tau_c"]),
               mean_sd(r["top3_regret"]), fmt(r["minus_flops"]["difference"]), span(r["minus_flops"]["interval"]),
               "-" if vs is None else fmt(vs["difference"]), "-" if vs is None else span(vs["interval"]),
               mean_sd(r["min_block_share"]), mean_sd(r["cpu_minutes"])])
-    return {"reference": refs, "supernets": supers, "recipes": recipes}
+    outcome = outcome_rows(results, list(RECIPES))
+    if outcome:
+        print(f"\noutcome: each searched arch (evolution) trained alone, {REFERENCE_EPOCHS} epochs, mean top-1 over "
+              f"training seeds {', '.join(map(str, REFERENCE_SEEDS))}; wins = above both hand-designed networks and "
+              f"the median of {RANDOM_ARCHS} random window archs")
+        line(["recipe", "seed", "searched", "MFLOPs", *search.BASELINES, "random median", "wins"], header=True)
+        for r in outcome:
+            line([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6), *(fmt(r[n], 1) for n in search.BASELINES),
+                  fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
+    return {"reference": refs, "supernets": supers, "recipes": per_recipe, "outcome": outcome}
 
 
 def main():
     ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["reference", "grid", "table"])
+    ap.add_argument("command", choices=["reference", "grid", "outcome", "table"])
     ap.add_argument("--results", default="results",
                     help="where each finished job's record goes (tracked in git; default results)")
     ap.add_argument("--scratch", default="runs/exp", help="checkpoints and logs of the jobs (default runs/exp)")
@@ -383,14 +465,18 @@ def main():
                     help="worker processes, one thread each (default: one per core; 0: in this process)")
     ap.add_argument("--seeds", type=infra.number_arg(int, 0), nargs="+", default=[0, 1, 2, 3],
                     help="grid: supernet seeds")
-    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="grid: recipes")
+    ap.add_argument("--recipes", nargs="+", choices=list(RECIPES),
+                    help="grid: the recipes (default all); outcome: the recipes whose searched archs are retrained "
+                         "(default v2 fair)")
     ap.add_argument("--markdown", action="store_true", help="table: as markdown")
     args = ap.parse_args()
     if args.command == "reference":
         run_jobs(reference_jobs(args.results, args.scratch), args.workers)
     elif args.command == "grid":
-        run_jobs([supernet_job(name, seed, args.results, args.scratch) for seed in args.seeds for name in args.recipes],
-                 args.workers)
+        run_jobs([supernet_job(name, seed, args.results, args.scratch) for seed in args.seeds
+                  for name in args.recipes or RECIPES], args.workers)
+    elif args.command == "outcome":
+        run_jobs(outcome_jobs(args.results, args.scratch, args.recipes or ["v2", "fair"]), args.workers)
     table(args.results, args.markdown)
 
 

@@ -1776,6 +1776,34 @@ def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_pa
     assert "4 of 4 jobs already have a record; running 0" in capsys.readouterr().out
 
 
+def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "train", None)                 # nothing may train
+    results, scratch = str(tmp_path), str(tmp_path / "scratch")
+    compared = experiment.comparison_archs()
+    assert len(compared) == 2 + experiment.RANDOM_ARCHS and len(set(compared.values())) == len(compared)
+    assert all(experiment.LO <= vitas.flops(a, TINY) <= experiment.HI for a in compared.values())
+    g = np.random.default_rng(1)
+    searched = {"v2": compared["random 3"], "fair": TINY.max_arch()}      # v2 picked one of the random archs
+    os.makedirs(tmp_path / "supernets")
+    for recipe, arch in searched.items():
+        infra.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"),
+                         {"recipe": recipe, "seed": 0, "search": {"evolution": {"arch": arch.to_dict()}}})
+    jobs = experiment.outcome_jobs(results, scratch, ["v2", "fair"])
+    assert len(jobs) == len(experiment.REFERENCE_SEEDS) * (len(compared) + 1)       # the shared arch trained once
+    top1 = {}
+    for job in jobs:
+        top1.setdefault(json.dumps(job["arch"]), []).append(float(g.uniform(60, 90)))
+        os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
+        infra.write_json(job["path"], {"val": {"top1": top1[json.dumps(job["arch"])][-1]}})
+    mean = lambda a: np.mean(top1[json.dumps(a.to_dict())])
+    rows = {r["recipe"]: r for r in experiment.outcome_rows(results, ["v2", "fair"])}
+    median = np.median([mean(a) for name, a in compared.items() if name.startswith("random")])
+    for recipe, arch in searched.items():
+        assert rows[recipe]["top1"] == pytest.approx(mean(arch))
+        assert rows[recipe]["wins"] == (mean(arch) > max(mean(compared["uniform"]), mean(compared["deit"]), median))
+    assert rows["fair"]["random_median"] == pytest.approx(median)
+
+
 def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, capsys):
     """The table of made-up records: the reference's reliability and a supernet's tau recomputed here."""
     monkeypatch.setattr(train, "train", None)                 # nothing may train
