@@ -15,6 +15,7 @@ copied alone into another project.
     vit = export(net, arch, side="left")        # a plain nn.Module with the inherited weights
     print(flops(arch, space), params(arch, space))
 """
+import functools
 import statistics
 import time
 from dataclasses import dataclass, fields
@@ -455,8 +456,9 @@ class ViT(nn.Module):
 #     the parts end to end in one copy, however many there are and whichever parameters they
 #     come from (one cat of views);
 #   - its gradient is one zero tensor spanning the parameters the parts come from, and only
-#     those, with every taken entry written in at once; each parameter's gradient is its rows
-#     of that tensor;
+#     those, with every taken row written in at once (index_copy_); each parameter's gradient
+#     is its rows of that tensor; where the rows lie is computed once per slice and cached
+#     (on a CPU, building it on the host every step cost more than the copy it guides);
 #   - each module of the super-transformer (Sliceable) keeps its shared parameters in two
 #     tensors, its matrices (`weight`) and its norms, biases and embeddings (`vector`), and a
 #     block keeps the private Q and K of each head count apart (`qk`); so a block choice is two
@@ -510,7 +512,7 @@ def within(r, s):
 
 
 class _Take(torch.autograd.Function):
-    """take(): `parts` index `params`; `where` is where they lie in all of params, end to end."""
+    """take(): `parts` index `params`; `where` = (rows, cols) is where they lie in all of params, end to end."""
 
     @staticmethod
     def forward(ctx, parts, cols, where, *params):
@@ -521,8 +523,15 @@ class _Take(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        full = grad.new_zeros(ctx.shape)
-        full[ctx.where] = grad
+        full, (rows, cols) = grad.new_zeros(ctx.shape), ctx.where
+        if torch.is_tensor(cols):                       # a wrapped cyclic window: entry by entry
+            full[rows[:, None] if torch.is_tensor(rows) else rows, cols] = grad
+        else:
+            into = full if cols is None else full[:, cols]
+            if torch.is_tensor(rows):
+                into.index_copy_(0, rows, grad)         # whole rows: cheaper than entry by entry
+            else:
+                into[rows] = grad
         return None, None, None, *full.split(ctx.sizes)
 
 
@@ -544,14 +553,21 @@ def take(parts, cols=None):
     on = [(slot[id(p)], rows.to(device) if torch.is_tensor(rows) else rows) for p, rows in parts]
     cols = cols.to(device) if torch.is_tensor(cols) else cols
     if len(parts) == 1:                 # written back where it was read
-        where = on[0][1] if cols is None else (on[0][1], cols)
-    else:                               # the rows' positions in all of params, from the host
-        start = np.cumsum([0] + [p.shape[0] for p in params])
-        pos = torch.from_numpy(np.concatenate([
-            start[slot[id(p)]] + (np.arange(p.shape[0])[rows] if isinstance(rows, slice) else rows.cpu().numpy())
-            for p, rows in parts])).to(device, non_blocking=True)
-        where = pos if cols is None else (pos[:, None] if torch.is_tensor(cols) else pos, cols)
-    return _Take.apply(on, cols, where, *params)
+        rows = on[0][1]
+    else:                               # the rows' positions in all of params
+        rows = positions(tuple(p.shape[0] for p in params), tuple(
+            (slot[id(p)], range(*rows.indices(p.shape[0])) if isinstance(rows, slice) else tuple(rows.tolist()))
+            for p, rows in parts), device)
+    return _Take.apply(on, cols, (rows, cols), *params)
+
+
+@functools.lru_cache(maxsize=4096)
+def positions(sizes, parts, device):
+    """Where parts = ((param number, its rows), ...) lie in params of the given first sizes laid
+    end to end: an index tensor on `device`. Cached: training draws the same few slices again and
+    again, and building the index on the host each time costs a step more than the copy it guides."""
+    start = np.cumsum((0, *sizes))
+    return torch.from_numpy(np.concatenate([start[i] + np.asarray(rows) for i, rows in parts])).to(device)
 
 
 def layout(sizes):
