@@ -27,11 +27,13 @@ import torch.nn.functional as F
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+import infra
 import vitas
 from rankcheck import spearman_rho
 
 
-TINY_MID = vitas.Arch(8, 48, (vitas.Block(2, 48, 128), None, vitas.Block(4, 32, 128), None, vitas.Block(2, 48, 64), None))
+TINY_MID = vitas.Arch(8, 48, (vitas.Block(2, 48, 128), None, vitas.Block(4, 32, 128), None, vitas.Block(2, 48, 64),
+                               None))
 VITAS_C = vitas.Arch(16, 230, (vitas.Block(3, 144, 720),) * 12 + (None,) * 4)
 
 
@@ -156,14 +158,17 @@ def flops_as_proxy(name, n, batch, device, amp, seed=0):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--tiny-batch", type=int, default=64)
-    ap.add_argument("--throughput", type=int, default=0, metavar="N",
+    ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    ap.add_argument("--repeats", type=infra.number_arg(int, 1), default=15,
+                    help="timed steps of each kind, interleaved; the median is reported (default 15)")
+    ap.add_argument("--tiny-batch", type=infra.number_arg(int, 1), default=64,
+                    help="batch of the tiny cases (default 64)")
+    ap.add_argument("--throughput", type=infra.number_arg(int, 0), default=0, metavar="N",
                     help="instead: rank agreement of FLOPs with measured images/s over N random archs of each preset")
     ap.add_argument("--amp", action="store_true", help="with --throughput on CUDA: measure under bf16 autocast")
-    ap.add_argument("--kernels", action="store_true", help="kernels per step only, no timing (deterministic: needs no idle machine)")
+    ap.add_argument("--kernels", action="store_true",
+                    help="kernels per step only, no timing (deterministic: needs no idle machine)")
     args = ap.parse_args()
     tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")
     cases = [("tiny largest", tiny, tiny.max_arch(), args.tiny_batch), ("tiny mid", tiny, TINY_MID, args.tiny_batch),
@@ -171,11 +176,13 @@ def main():
     if args.throughput:
         cuda = args.device.startswith("cuda")
         device = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"
-        print(f"FLOPs as a proxy for speed on {device}{' (bf16)' if args.amp else ''}: Spearman rho with seconds per image")
-        print(f"{'preset':9s} {'batch':>5s} {'archs':>5s} {'rho FLOPs':>9s} {'rho FLOPs, half':>15s} {'rho latency model, half':>23s} "
-              f"{'images/s':>17s}")
+        print(f"FLOPs as a proxy for speed on {device}{' (bf16)' if args.amp else ''}: "
+              "Spearman rho with seconds per image")
+        print(f"{'preset':9s} {'batch':>5s} {'archs':>5s} {'rho FLOPs':>9s} {'rho FLOPs, half':>15s} "
+              f"{'rho latency model, half':>23s} {'images/s':>17s}")
         for name, batch in (("tiny", 128 if cuda else 16), ("vitas-1g", 64 if cuda else 4)):
-            rho, rho_half, rho_model, slow, fast, secs = flops_as_proxy(name, args.throughput, batch, args.device, args.amp)
+            rho, rho_half, rho_model, slow, fast, secs = flops_as_proxy(name, args.throughput, batch, args.device,
+                                                                        args.amp)
             print(f"{name:9s} {batch:5d} {args.throughput:5d} {rho:9.3f} {rho_half:15.3f} {rho_model:23.3f} "
                   f"{slow:7,.0f}-{fast:<9,.0f} ({secs:.0f} s)", flush=True)
         return
@@ -186,7 +193,8 @@ def main():
     print(f"one forward+backward step: plain ViT, and the super-transformer's one side and bilateral over it;\n"
           f"time fp32 (median of {args.repeats} interleaved), kernels launched ({what}) fp32 and bf16 autocast")
     print(f"{'':32s} {'time':^28s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
-    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(3)))
+    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} "
+          + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(3)))
     for name, space, arch, batch in cases:
         kernels = [kernel_counts(space, arch, args.device, amp) for amp in (False, True)]
         if args.kernels:

@@ -450,8 +450,8 @@ def table(results, markdown=False):
               f"the median of {RANDOM_ARCHS} random window archs")
         line(["recipe", "seed", "searched", "MFLOPs", *search.BASELINES, "random median", "wins"], header=True)
         for r in outcome:
-            line([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6), *(fmt(r[n], 1) for n in search.BASELINES),
-                  fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
+            line([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6),
+                  *(fmt(r[n], 1) for n in search.BASELINES), fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
     return {"reference": refs, "supernets": supers, "recipes": per_recipe, "outcome": outcome}
 
 

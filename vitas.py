@@ -82,7 +82,8 @@ class Arch:
                 blocks.append(None)
                 continue
             if not isinstance(b, dict) or set(b) != {"heads", "attn_dim", "mlp_dim"}:
-                raise ValueError(f"arch blocks[{i}]: expected null or {{\"heads\", \"attn_dim\", \"mlp_dim\"}}, got {b!r}")
+                raise ValueError(f"arch blocks[{i}]: expected null or "
+                                 f"{{\"heads\", \"attn_dim\", \"mlp_dim\"}}, got {b!r}")
             blocks.append(Block(**{k: integer(b[k], f"blocks[{i}].{k}") for k in ("heads", "attn_dim", "mlp_dim")}))
         return cls(integer(d["patch_size"], "patch_size"), integer(d["embed_dim"], "embed_dim"), tuple(blocks))
 
@@ -132,8 +133,9 @@ class SearchSpace:
         for name in ("patch_sizes", "embed_dims", "heads", "attn_dims", "mlp_dims"):
             object.__setattr__(self, name, _int_tuple(getattr(self, name), name))
         for name in ("image_size", "in_chans", "num_classes", "depth"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"search space {name}: expected a positive integer, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"search space {name}: expected a positive integer, got {value!r}")
         bad = [p for p in self.patch_sizes if self.image_size % p]
         if bad:
             raise ValueError(f"search space: image_size {self.image_size} is not divisible by patch size(s) {bad}")
@@ -222,7 +224,8 @@ class SearchSpace:
         elif isinstance(generator, np.random.Generator):
             u = generator.random(n).tolist()
         else:
-            raise TypeError(f"generator must be a torch.Generator or numpy.random.Generator, got {type(generator).__name__}")
+            raise TypeError("generator must be a torch.Generator or numpy.random.Generator, "
+                            f"got {type(generator).__name__}")
 
         def pick(choices, x):
             return choices[min(int(x * len(choices)), len(choices) - 1)]
@@ -604,14 +607,16 @@ class SuperTokens(Sliceable):
         super().__init__()
         self.patch_size = patch_size
         self.weight = nn.Parameter(torch.empty(embed_dim, in_chans, patch_size, patch_size))
-        self.entries = layout({"proj.bias": embed_dim, "cls_token": embed_dim, "pos_embed": (num_patches + 1) * embed_dim})
+        self.entries = layout({"proj.bias": embed_dim, "cls_token": embed_dim,
+                               "pos_embed": (num_patches + 1) * embed_dim})
         self.vector = nn.Parameter(torch.empty((num_patches + 3) * embed_dim))
 
     def sliced(self, sc):
         """The parameters at embedding channels sc, named and shaped as the plain ViT's Tokens'."""
         rows = self.vector.view(-1, self.weight.shape[0])
         bias, cls, pos = take([(rows, slice(None))], sc).split([1, 1, rows.shape[0] - 2])
-        return {"proj.weight": take([(self.weight, sc)]), "proj.bias": bias.view(-1), "cls_token": cls[None], "pos_embed": pos[None]}
+        return {"proj.weight": take([(self.weight, sc)]), "proj.bias": bias.view(-1), "cls_token": cls[None],
+                "pos_embed": pos[None]}
 
     def forward(self, x, sc):
         """x (B, in_chans, S, S) -> (B, N + 1, c)."""
@@ -638,7 +643,8 @@ class SuperBlock(Sliceable):
     def __init__(self, space, drop_path_rate=0.0):
         super().__init__()
         c, a, m = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
-        self.full, self.embed_dims, self.drop_path_rate, self.fused_attn = (c, a, m), space.embed_dims, drop_path_rate, True
+        self.full, self.embed_dims = (c, a, m), space.embed_dims
+        self.drop_path_rate, self.fused_attn = drop_path_rate, True
         self.qk = nn.ModuleDict({str(h): nn.Linear(c, 2 * a) for h in space.heads})
         self.rows = layout({"v": a, "proj": a, "fc1": m, "fc2": m})
         self.entries = layout({"norm1.weight": c, "norm1.bias": c, "norm2.weight": c, "norm2.bias": c,
@@ -681,7 +687,8 @@ class SuperBlock(Sliceable):
         B, T, c = x.shape
         p = self.sliced(block, side, c)
         h = F.layer_norm(x, (c,), p["norm1.weight"], p["norm1.bias"])
-        q, k, v = F.linear(h, p["attn.qkv.weight"], p["attn.qkv.bias"]).view(B, T, 3, block.heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = F.linear(h, p["attn.qkv.weight"], p["attn.qkv.bias"])                     # (B, T, 3a)
+        q, k, v = qkv.view(B, T, 3, block.heads, -1).permute(2, 0, 3, 1, 4)               # 3 x (B, heads, T, a / heads)
         h = attention(q, k, v, self.fused_attn).transpose(1, 2).reshape(B, T, -1)
         x = x + drop_path(F.linear(h, p["attn.proj.weight"], p["attn.proj.bias"]), self.drop_path_rate, self.training)
         h = F.layer_norm(x, (c,), p["norm2.weight"], p["norm2.bias"])
@@ -707,12 +714,14 @@ class SuperHead(Sliceable):
     def sliced(self, sc):
         """The parameters at embedding channels sc, named and shaped as the plain ViT's norm and head."""
         weight, bias = take([(self.vector.view(2, -1), slice(None))], sc).unbind(0)
-        return {"norm.weight": weight, "norm.bias": bias, "head.weight": take([(self.weight, slice(None))], sc), "head.bias": self.bias}
+        return {"norm.weight": weight, "norm.bias": bias, "head.weight": take([(self.weight, slice(None))], sc),
+                "head.bias": self.bias}
 
     def forward(self, x, sc):
         """Class token x (B, c) -> logits (B, classes)."""
         p = self.sliced(sc)
-        return F.linear(F.layer_norm(x, x.shape[-1:], p["norm.weight"], p["norm.bias"]), p["head.weight"], p["head.bias"])
+        x = F.layer_norm(x, x.shape[-1:], p["norm.weight"], p["norm.bias"])
+        return F.linear(x, p["head.weight"], p["head.bias"])
 
 
 class SuperTransformer(nn.Module):
@@ -726,7 +735,8 @@ class SuperTransformer(nn.Module):
         super().__init__()
         self.space = space
         c = space.embed_dims[-1]
-        self.tokens = nn.ModuleDict({f"p{p}": SuperTokens(space.in_chans, c, p, space.num_patches(p)) for p in space.patch_sizes})
+        self.tokens = nn.ModuleDict({f"p{p}": SuperTokens(space.in_chans, c, p, space.num_patches(p))
+                                     for p in space.patch_sizes})
         self.blocks = nn.ModuleList(SuperBlock(space, r) for r in drop_path_rates(drop_path, space.depth))
         self.head = SuperHead(c, space.num_classes)
         init_weights(self)
@@ -782,7 +792,8 @@ def measure_throughput(arch, space, device="cpu", batch=16, amp=False, warmup=2,
     `repeats`, stopping after max_seconds), CUDA synchronised; bf16 autocast with amp (CUDA)."""
     device = torch.device(device)
     model = ViT(arch, space).to(device).eval()
-    x = torch.randn(batch, space.in_chans, space.image_size, space.image_size, generator=torch.Generator().manual_seed(0)).to(device)
+    x = torch.randn(batch, space.in_chans, space.image_size, space.image_size,
+                    generator=torch.Generator().manual_seed(0)).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -811,7 +822,8 @@ class ThroughputMeter:
 
     def __call__(self, arch):
         if self.key(arch) not in self.cache:
-            self.cache[self.key(arch)] = measure_throughput(arch, self.space, self.device, self.batch, self.amp, **self.measure_kw)
+            self.cache[self.key(arch)] = measure_throughput(arch, self.space, self.device, self.batch, self.amp,
+                                                            **self.measure_kw)
             self.measured += 1
         return self.cache[self.key(arch)]
 
@@ -837,7 +849,8 @@ class LatencyModel:
         f = np.array([1.0, t, 0.0, 0.0, 0.0, 0.0, rest])
         for b in arch.blocks:
             if b is not None:
-                macs = (4 * t * arch.embed_dim + 2 * t * t) * b.attn_dim + 2 * t * arch.embed_dim * b.mlp_dim   # as in flops()
+                # as in flops()
+                macs = (4 * t * arch.embed_dim + 2 * t * t) * b.attn_dim + 2 * t * arch.embed_dim * b.mlp_dim
                 f += [0.0, 0.0, 1.0, t, macs, t * t * b.heads, 0.0]
         return f
 
