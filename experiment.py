@@ -358,7 +358,8 @@ def reference_rows(results):
 
 
 def supernet_rows(results):
-    """Per super-transformer record: its rank statistics against each complete reference set."""
+    """Per super-transformer record, by recipe and seed: its rank statistics against each complete
+    reference set."""
     folder = os.path.join(results, "supernets")
     refs = reference_table(results)
     rows = []
@@ -375,7 +376,9 @@ def supernet_rows(results):
                                                   [t for _, t in table], archs, TINY)
             row[name]["fitness"] = [fitness[json.dumps(a.to_dict())] for a in archs]
         rows.append(row)
-    return rows
+    order = list(RECIPES)                           # the recipes in RECIPES' order, then any other
+    return sorted(rows, key=lambda r: (order.index(r["recipe"]) if r["recipe"] in order else len(order), r["recipe"],
+                                       r["seed"]))
 
 
 def recipe_rows(supers, results, baseline="v2"):
