@@ -1789,7 +1789,7 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
         infra.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"),
                          {"recipe": recipe, "seed": 0, "search": {"evolution": {"arch": arch.to_dict()}}})
     jobs = experiment.outcome_jobs(results, scratch, ["v2", "fair"])
-    assert len(jobs) == len(experiment.REFERENCE_SEEDS) * (len(compared) + 1)       # the shared arch trained once
+    assert len(jobs) == len(experiment.OUTCOME_SEEDS) * (len(compared) + 1)       # the shared arch trained once
     top1 = {}
     for job in jobs:
         top1.setdefault(json.dumps(job["arch"]), []).append(float(g.uniform(60, 90)))
@@ -1827,12 +1827,13 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
             "sampled": {"block_share": [1, .8, .4, .2, .1, .01], "patch_share": {"4": .7, "8": .3}}, "search": {}})
     out = experiment.table(results)
     ref = out["reference"][0]
-    pairs = [(top1[a, 0], top1[a, 1]) for a in window if seeds[a] == (0, 1)]
-    assert ref["set"] == "window" and ref["archs"] == 48 and ref["second_seed"] == len(pairs) == 48
-    assert ref["seed_tau"] == pytest.approx(brute_tau_b(*zip(*pairs)))
+    assert all(seeds[a] == (0, 1, 2) for a in window)
+    assert ref["set"] == "window" and ref["archs"] == ref["second_seed"] == 48 and ref["seeds"] == 3
+    pair_taus = [brute_tau_b([top1[a, i] for a in window], [top1[a, j] for a in window]) for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert ref["seed_tau"] == pytest.approx(np.mean(pair_taus))
     r1 = np.sin(np.pi * ref["seed_tau"] / 2)
-    assert ref["tau_star"] == pytest.approx(2 / np.pi * np.arcsin(np.sqrt(2 * r1 / (1 + r1))))   # a 2-seed mean
-    mean = [(top1[a, 0] + top1[a, 1]) / 2 for a in window]
+    assert ref["tau_star"] == pytest.approx(2 / np.pi * np.arcsin(np.sqrt(3 * r1 / (1 + 2 * r1))))   # a 3-seed mean
+    mean = [(top1[a, 0] + top1[a, 1] + top1[a, 2]) / 3 for a in window]
     tau = {r: brute_tau_b([x["top1"] for x in inherited[r]], mean) for r in inherited}
     w = next(r for r in out["supernets"] if r["recipe"] == "v2")["window"]
     assert w["kendall_tau"] == pytest.approx(tau["v2"])
