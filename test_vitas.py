@@ -529,7 +529,8 @@ def counted_shares(sampler, steps, epoch):
 
 
 def test_log_holds_the_sampler_statistics_of_each_epoch_as_counted_from_the_draws(tmp_path):
-    argv = ["--out", str(tmp_path), "--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--sandwich", "1", *SMALL]
+    argv = ["--out", str(tmp_path), "--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--sandwich", "1", "--recipe",
+            "v2", *SMALL]
     args = train.parse_args(argv)
     train.train(args)
     records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
