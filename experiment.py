@@ -6,8 +6,9 @@ effective batch 64, lr 2e-3, one process per training.
   reference  The committed reference every recipe is judged against. "window": 48 archs of the
              window, stratified by (patch size, depth) cell (6 from each of its 8 cells), each
              trained alone for 20 epochs with training seeds 0, 1 and 2: the reference is the mean
-             of the seeds every arch has, and their agreement measures its reliability. "space": 12 archs spread over
-             the whole FLOPs range of the space, 2 seeds: a sanity check, where FLOPs alone ranks.
+             of the seeds every arch has, and their agreement measures its reliability. "space":
+             12 archs spread over the whole FLOPs range of the space, 2 seeds: a sanity check,
+             where FLOPs alone ranks.
   grid       Super-transformers per recipe and seed (every recipe the same number of sub-network
              passes), each scored on the reference archs with its inherited weights (held-out
              top-1) and searched (evolution and random search, 200 evaluations each).
@@ -346,10 +347,11 @@ def mean_sd(values):
     return f"{v[0]:.2f}" if v else "n/a"
 
 
-def reference_rows(results):
-    """Per reference set: its size, seeds, top-1 range and reliability (rankcheck.reference_summary)."""
+def reference_rows(refs):
+    """Per reference set (reference_table): its size, seeds, top-1 range and reliability
+    (rankcheck.reference_summary)."""
     rows = []
-    for name, table in reference_table(results).items():
+    for name, table in refs.items():
         if not table:
             continue
         by_seed = [t for _, t in table]
@@ -360,11 +362,10 @@ def reference_rows(results):
     return rows
 
 
-def supernet_rows(results):
+def supernet_rows(results, refs):
     """Per super-transformer record, by recipe and seed: its rank statistics against each complete
-    reference set."""
+    reference set (reference_table)."""
     folder = os.path.join(results, "supernets")
-    refs = reference_table(results)
     rows = []
     for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         r = read_record(os.path.join(folder, entry))
@@ -375,20 +376,20 @@ def supernet_rows(results):
                 continue
             fitness = {json.dumps(x["arch"]): x["top1"] for x in r["inherited"][name]}
             archs = [a for a, _ in table]
-            row[name] = rankcheck.rank_statistics([fitness[json.dumps(a.to_dict())] for a in archs],
-                                                  [t for _, t in table], archs, TINY)
-            row[name]["fitness"] = [fitness[json.dumps(a.to_dict())] for a in archs]
+            scores = [fitness[json.dumps(a.to_dict())] for a in archs]
+            row[name] = {**rankcheck.rank_statistics(scores, [t for _, t in table], archs, TINY), "fitness": scores}
         rows.append(row)
     order = list(RECIPES)                           # the recipes in RECIPES' order, then any other
     return sorted(rows, key=lambda r: (order.index(r["recipe"]) if r["recipe"] in order else len(order), r["recipe"],
                                        r["seed"]))
 
 
-def recipe_rows(supers, results, baseline="v2"):
-    """Per recipe, over its supernet seeds on the window reference: mean and SD of tau, tau_c and
-    top-3 regret; its mean tau minus FLOPs' tau and minus the baseline recipe's mean tau on the
-    seeds both have, each with a paired bootstrap interval over the archs."""
-    archs, top1 = zip(*reference_table(results)["window"])
+def recipe_rows(supers, window, baseline="v2"):
+    """Per recipe, over its supernet seeds on the window reference (reference_table's "window"):
+    mean and SD of tau, tau_c and top-3 regret; its mean tau minus FLOPs' tau and minus the
+    baseline recipe's mean tau on the seeds both have, each with a paired bootstrap interval over
+    the archs."""
+    archs, top1 = zip(*window)
     flops = rankcheck.floor_predictors(archs, TINY)["flops"]
     by_recipe = {}
     for r in supers:
@@ -412,7 +413,8 @@ def recipe_rows(supers, results, baseline="v2"):
 
 def table(results, markdown=False):
     """Print the reference and every super-transformer's figures from results/; returns them."""
-    refs, supers = reference_rows(results), supernet_rows(results)
+    tables = reference_table(results)                   # read once: every section scores against it
+    refs, supers = reference_rows(tables), supernet_rows(results, tables)
     def line(cells, header=False):
         print("| " + " | ".join(cells) + " |" if markdown else "  ".join(cells))
         if markdown and header:
@@ -438,7 +440,7 @@ def table(results, markdown=False):
               span(flops["fitness_minus_floor"]["interval"]), fmt(sp and sp["kendall_tau"]),
               f"{min(blocks):.2f}/{max(blocks):.2f}", "/".join(f"{patches[p]:.2f}" for p in sorted(patches, key=int)),
               fmt(r["cpu_minutes"], 1)])
-    per_recipe = recipe_rows(supers, results) if supers else []
+    per_recipe = recipe_rows(supers, tables["window"]) if supers else []
     print("\nper recipe, mean ± SD (ddof=1) over supernet seeds; differences are of the mean tau over seeds, "
           "paired bootstrap intervals over the archs")
     line(["recipe", "seeds", "tau", "tau_c", "top-3 regret", "tau - FLOPs tau", "90% interval", "tau - v2 tau",
