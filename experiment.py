@@ -388,9 +388,11 @@ def recipe_rows(supers, window, baseline="v2"):
     """Per recipe, over its supernet seeds on the window reference (reference_table's "window"):
     mean and SD of tau, tau_c and top-3 regret; its mean tau minus FLOPs' tau and minus the
     baseline recipe's mean tau on the seeds both have, each with a paired bootstrap interval over
-    the archs."""
+    the archs and ("over_seeds") a t interval over the supernet seeds: a recipe is better only
+    where both exclude 0."""
     archs, top1 = zip(*window)
     flops = rankcheck.floor_predictors(archs, TINY)["flops"]
+    flops_tau = rankcheck.kendall_tau(flops, rankcheck.reference_mean(top1))
     by_recipe = {}
     for r in supers:
         by_recipe.setdefault(r["recipe"], {})[r["seed"]] = r
@@ -401,11 +403,15 @@ def recipe_rows(supers, window, baseline="v2"):
         pick = lambda key: [rs[s]["window"][key] for s in seeds]
         rows.append({"recipe": name, "seeds": seeds, "kendall_tau": pick("kendall_tau"), "tau_c": pick("tau_c"),
                      "top3_regret": pick("top3_regret"),
-                     "minus_flops": rankcheck.paired_difference(pick("fitness"), flops, top1),
+                     "minus_flops": {**rankcheck.paired_difference(pick("fitness"), flops, top1),
+                                     "over_seeds": rankcheck.seed_difference(pick("kendall_tau"), flops_tau)},
                      "minus_baseline": None if name == baseline or not shared else {"seeds": shared,
                          **rankcheck.paired_difference([rs[s]["window"]["fitness"] for s in shared],
                                                        [by_recipe[baseline][s]["window"]["fitness"] for s in shared],
-                                                       top1)},
+                                                       top1),
+                         "over_seeds": rankcheck.seed_difference(
+                             [rs[s]["window"]["kendall_tau"] for s in shared],
+                             [by_recipe[baseline][s]["window"]["kendall_tau"] for s in shared])},
                      "min_block_share": [min(rs[s]["sampled"]["block_share"]) for s in seeds],
                      "cpu_minutes": [rs[s]["cpu_minutes"] for s in seeds]})
     return rows
@@ -442,14 +448,16 @@ def table(results, markdown=False):
               fmt(r["cpu_minutes"], 1)])
     per_recipe = recipe_rows(supers, tables["window"]) if supers else []
     print("\nper recipe, mean ± SD (ddof=1) over supernet seeds; differences are of the mean tau over seeds, "
-          "paired bootstrap intervals over the archs")
-    line(["recipe", "seeds", "tau", "tau_c", "top-3 regret", "tau - FLOPs tau", "90% interval", "tau - v2 tau",
-          "90% interval", "min block share", "train CPU-min"], header=True)
+          "with 90% intervals paired over the archs (bootstrap) and over the supernet seeds (t)")
+    line(["recipe", "seeds", "tau", "tau_c", "top-3 regret", "tau - FLOPs tau", "archs", "seeds", "tau - v2 tau",
+          "archs", "seeds", "min block share", "train CPU-min"], header=True)
     for r in per_recipe:
-        vs = r["minus_baseline"]
+        vs, vf = r["minus_baseline"], r["minus_flops"]
         line([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["kendall_tau"]), mean_sd(r["tau_c"]),
-              mean_sd(r["top3_regret"]), fmt(r["minus_flops"]["difference"]), span(r["minus_flops"]["interval"]),
-              "-" if vs is None else fmt(vs["difference"]), "-" if vs is None else span(vs["interval"]),
+              mean_sd(r["top3_regret"]), fmt(vf["difference"]), span(vf["interval"]),
+              span(vf["over_seeds"]["interval"]),
+              *(["-"] * 3 if vs is None else [fmt(vs["difference"]), span(vs["interval"]),
+                                               span(vs["over_seeds"]["interval"])]),
               mean_sd(r["min_block_share"]), mean_sd(r["cpu_minutes"])])
     outcome = outcome_rows(results, list(RECIPES))
     if outcome:

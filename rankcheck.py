@@ -219,6 +219,31 @@ def paired_difference(fitness_a, fitness_b, top1_by_seed, level=LEVEL, count=RES
             "interval_level": level}
 
 
+def t_quantile(p, df):
+    """The p-quantile of Student's t with df degrees of freedom (p > 0.5): its density integrated
+    numerically from 0 and inverted by bisection (numpy has no t distribution, and scipy is no
+    dependency of this project)."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    grid = np.linspace(0.0, 1000.0, 2_000_001) ** 2 / 1000.0            # dense near 0, up to t = 1000
+    dens = np.exp(log_c - (df + 1) / 2 * np.log1p(grid ** 2 / df))
+    cdf = 0.5 + np.concatenate([[0.0], np.cumsum((dens[1:] + dens[:-1]) / 2 * np.diff(grid))])
+    return float(np.interp(p, cdf, grid))
+
+
+def seed_difference(a, b=None, level=LEVEL):
+    """The mean of a - b over supernet seeds (a, b: one tau per seed, paired by seed; b None or a
+    number: a fixed reference) with a t interval over the seeds: where a difference is steady
+    over archs but not over seeds, the seeds decide. None interval with fewer than 2 seeds."""
+    b = np.zeros(len(a)) if b is None else np.broadcast_to(np.asarray(b, dtype=float), (len(a),))
+    d = np.asarray(a, dtype=float) - b
+    if len(d) < 2:
+        return {"difference": float(d.mean()), "sd": None, "interval": None, "interval_level": level}
+    sd = float(d.std(ddof=1))
+    half = t_quantile((1 + level) / 2, len(d) - 1) * sd / math.sqrt(len(d))
+    return {"difference": float(d.mean()), "sd": sd, "interval": (float(d.mean() - half), float(d.mean() + half)),
+            "interval_level": level}
+
+
 def top_regret(fitness, top1_by_seed, k=3):
     """Points of reference top-1 lost by keeping the best of the k archs the fitness ranks highest
     instead of the best arch of all: 0 when the best arch is among the fitness's top k."""

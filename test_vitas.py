@@ -1252,6 +1252,21 @@ def test_top_regret_is_the_best_arch_lost_by_the_fitness_top_k():
     assert rankcheck.top_regret(mean, by_seed) == 0
 
 
+def test_seed_difference_is_a_student_t_interval_over_seeds():
+    """t quantiles against a printed table (Student 1908, as in every statistics text), the
+    interval against its formula written out."""
+    for df, t95 in ((1, 6.314), (2, 2.920), (3, 2.353), (4, 2.132), (9, 1.833)):
+        assert rankcheck.t_quantile(0.95, df) == pytest.approx(t95, abs=1e-3)
+    a, b = [0.58, 0.60, 0.58, 0.55], [0.29, 0.26, 0.57, 0.40]
+    d = np.subtract(a, b)
+    half = 2.353 * np.sqrt(np.sum((d - d.mean()) ** 2) / 3) / 2
+    r = rankcheck.seed_difference(a, b)
+    assert r["difference"] == pytest.approx(d.mean()) and r["interval"] == pytest.approx((d.mean() - half, d.mean() + half),
+                                                                                        abs=1e-3)
+    assert rankcheck.seed_difference(a, 0.5)["difference"] == pytest.approx(np.mean(a) - 0.5)
+    assert rankcheck.seed_difference([0.3])["interval"] is None
+
+
 def test_rank_statistics_score_floors_and_each_patch_size():
     archs = rankcheck.spread_archs(TINY, 2_000_000, 4_000_000, 16, seed=0)
     flops = [vitas.flops(a, TINY) for a in archs]
@@ -1840,6 +1855,7 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     assert w["kendall_tau"] == pytest.approx(tau["v2"])
     fair = next(r for r in out["recipes"] if r["recipe"] == "fair")
     assert fair["minus_baseline"]["difference"] == pytest.approx(tau["fair"] - tau["v2"])
+    assert fair["minus_baseline"]["over_seeds"]["difference"] == pytest.approx(tau["fair"] - tau["v2"])
     assert fair["minus_flops"]["difference"] == pytest.approx(
         tau["fair"] - brute_tau_b([vitas.flops(a, TINY) for a in window], mean))
     printed = capsys.readouterr().out
