@@ -348,17 +348,20 @@ def mean_sd(values):
 
 
 def reference_rows(refs):
-    """Per reference set (reference_table): its size, seeds, top-1 range and reliability
-    (rankcheck.reference_summary)."""
+    """Per reference set (reference_table), and the window's archs of each patch size apart: its
+    size, seeds, top-1 range and reliability (rankcheck.reference_summary)."""
     rows = []
     for name, table in refs.items():
-        if not table:
-            continue
-        by_seed = [t for _, t in table]
-        summary = rankcheck.reference_summary(by_seed)
-        rows.append({"set": name, "archs": len(table), "second_seed": sum(len(t) > 1 for t in by_seed),
-                     "top1_range": [float(min(map(min, by_seed))), float(max(map(max, by_seed)))],
-                     **summary})
+        patches = sorted({a.patch_size for a, _ in table})
+        subsets = [(name, table)] + [(f"{name} p{p}", [(a, t) for a, t in table if a.patch_size == p])
+                                     for p in patches if len(patches) > 1 and name == "window"]
+        for label, sub in subsets:
+            if len(sub) < 2:
+                continue
+            by_seed = [t for _, t in sub]
+            rows.append({"set": label, "archs": len(sub), "second_seed": sum(len(t) > 1 for t in by_seed),
+                         "top1_range": [float(min(map(min, by_seed))), float(max(map(max, by_seed)))],
+                         **rankcheck.reference_summary(by_seed)})
     return rows
 
 
@@ -403,6 +406,8 @@ def recipe_rows(supers, window, baseline="v2"):
         pick = lambda key: [rs[s]["window"][key] for s in seeds]
         rows.append({"recipe": name, "seeds": seeds, "kendall_tau": pick("kendall_tau"), "tau_c": pick("tau_c"),
                      "top3_regret": pick("top3_regret"),
+                     "tau_c_by_patch": {p: [rs[s]["window"]["by_patch"][p]["tau_c"] for s in seeds]
+                                        for p in rs[seeds[0]]["window"]["by_patch"]},
                      "minus_flops": {**rankcheck.paired_difference(pick("fitness"), flops, top1),
                                      "over_seeds": rankcheck.seed_difference(pick("kendall_tau"), flops_tau)},
                      "minus_baseline": None if name == baseline or not shared else {"seeds": shared,
@@ -434,14 +439,16 @@ def table(results, markdown=False):
               fmt(r["seed_tau"]), fmt(r["r1"]), str(r["seeds"]), fmt(r["reliability"]), fmt(r["tau_star"]),
               span(r["tau_star_interval"])])
     print("\nsuper-transformers scored on the window reference (held-out top-1 of the inherited weights)")
-    line(["recipe", "seed", "tau", "90% interval", "tau_c", "90% interval", "tau p4", "tau p8", "FLOPs tau",
+    line(["recipe", "seed", "tau", "90% interval", "tau_c", "90% interval", "tau p4", "tau_c p4", "tau p8", "tau_c p8",
+          "FLOPs tau",
           "tau - FLOPs tau", "90% interval", "space tau", "blocks min/max", "patch 4/8", "train CPU-min"], header=True)
     for r in supers:
         w, sp = r["window"], r.get("space")
         flops = w["floors"]["flops"]
         blocks, patches = r["sampled"]["block_share"], r["sampled"]["patch_share"]
         line([r["recipe"], str(r["seed"]), fmt(w["kendall_tau"]), span(w["tau_interval"]), fmt(w["tau_c"]),
-              span(w["tau_c_interval"]), *(fmt(w["by_patch"].get(p, {}).get("kendall_tau")) for p in ("4", "8")),
+              span(w["tau_c_interval"]),
+              *(fmt(w["by_patch"].get(p, {}).get(k)) for p in ("4", "8") for k in ("kendall_tau", "tau_c")),
               fmt(flops["kendall_tau"]), fmt(flops["fitness_minus_floor"]["difference"]),
               span(flops["fitness_minus_floor"]["interval"]), fmt(sp and sp["kendall_tau"]),
               f"{min(blocks):.2f}/{max(blocks):.2f}", "/".join(f"{patches[p]:.2f}" for p in sorted(patches, key=int)),
@@ -449,13 +456,13 @@ def table(results, markdown=False):
     per_recipe = recipe_rows(supers, tables["window"]) if supers else []
     print("\nper recipe, mean ± SD (ddof=1) over supernet seeds; differences are of the mean tau over seeds, "
           "with 90% intervals paired over the archs (bootstrap) and over the supernet seeds (t)")
-    line(["recipe", "seeds", "tau", "tau_c", "top-3 regret", "tau - FLOPs tau", "archs", "seeds", "tau - v2 tau",
-          "archs", "seeds", "min block share", "train CPU-min"], header=True)
+    line(["recipe", "seeds", "tau", "tau_c", "tau_c p4", "tau_c p8", "top-3 regret", "tau - FLOPs tau", "archs",
+          "seeds", "tau - v2 tau", "archs", "seeds", "min block share", "train CPU-min"], header=True)
     for r in per_recipe:
         vs, vf = r["minus_baseline"], r["minus_flops"]
         line([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["kendall_tau"]), mean_sd(r["tau_c"]),
-              mean_sd(r["top3_regret"]), fmt(vf["difference"]), span(vf["interval"]),
-              span(vf["over_seeds"]["interval"]),
+              *(mean_sd(r["tau_c_by_patch"].get(p, [])) for p in ("4", "8")), mean_sd(r["top3_regret"]),
+              fmt(vf["difference"]), span(vf["interval"]), span(vf["over_seeds"]["interval"]),
               *(["-"] * 3 if vs is None else [fmt(vs["difference"]), span(vs["interval"]),
                                                span(vs["over_seeds"]["interval"])]),
               mean_sd(r["min_block_share"]), mean_sd(r["cpu_minutes"])])

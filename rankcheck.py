@@ -258,16 +258,24 @@ def floor_predictors(archs, space):
             "depth": [a.depth for a in archs]}
 
 
+def within_subset(fitness, top1_by_seed):
+    """tau of a fitness on a subset of the archs (one patch size), beside the subset's own reference
+    reliability, its tau* and the tau_c it gives: archs that differ little are ranked noisily by the
+    reference too, and a low tau there may be the reference's as much as the fitness's."""
+    r1, seeds, r_s = reliability(top1_by_seed)
+    return {"archs": len(fitness), **scores(fitness, top1_by_seed, r_s), "seed_tau": seed_agreement(top1_by_seed),
+            "reliability": r_s, "tau_star": None if r_s is None else oracle_tau(r_s)}
+
+
 def rank_statistics(fitness, top1_by_seed, archs, space, level=LEVEL, count=RESAMPLES, seed=0):
-    """Everything a rank check reports: agreement() of the fitness; its top-3 regret; tau within each
-    patch size; and each floor predictor's agreement with the paired difference fitness - predictor."""
+    """Everything a rank check reports: agreement() of the fitness; its top-3 regret; within_subset()
+    of each patch size; and each floor predictor's agreement with the paired difference fitness - predictor."""
     result = {**agreement(fitness, top1_by_seed, level, count, seed), "top3_regret": top_regret(fitness, top1_by_seed)}
     result["by_patch"] = {}
     for p in sorted({a.patch_size for a in archs}):
         rows = [i for i, a in enumerate(archs) if a.patch_size == p]
         if len(rows) >= 2:
-            result["by_patch"][str(p)] = {"archs": len(rows), "kendall_tau": kendall_tau(
-                [fitness[i] for i in rows], reference_mean([top1_by_seed[i] for i in rows]))}
+            result["by_patch"][str(p)] = within_subset([fitness[i] for i in rows], [top1_by_seed[i] for i in rows])
     result["floors"] = {}
     for name, values in floor_predictors(archs, space).items():
         result["floors"][name] = {**scores(values, top1_by_seed, result["reliability"]),

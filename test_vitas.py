@@ -1280,8 +1280,15 @@ def test_rank_statistics_score_floors_and_each_patch_size():
     assert r["floors"]["flops"]["fitness_minus_floor"]["interval"][1] < 0      # worse than FLOPs alone, outside the noise
     for p in ("4", "8"):
         rows = [i for i, a in enumerate(archs) if a.patch_size == int(p)]
-        assert r["by_patch"][p] == {"archs": len(rows), "kendall_tau": pytest.approx(
-            brute_tau_b([-flops[i] for i in rows], [np.mean(by_seed[i]) for i in rows]))}
+        sub = r["by_patch"][p]
+        tau = brute_tau_b([-flops[i] for i in rows], [np.mean(by_seed[i]) for i in rows])
+        tau_ss = brute_tau_b([by_seed[i][0] for i in rows], [by_seed[i][1] for i in rows])  # this patch's seeds
+        r1 = np.sin(np.pi * tau_ss / 2)
+        r_s = 2 * r1 / (1 + r1)
+        assert sub["archs"] == len(rows) and sub["kendall_tau"] == pytest.approx(tau)
+        assert sub["seed_tau"] == pytest.approx(tau_ss) and sub["reliability"] == pytest.approx(r_s)
+        assert sub["tau_star"] == pytest.approx(2 / np.pi * np.arcsin(np.sqrt(r_s)))
+        assert sub["tau_c"] == pytest.approx(2 / np.pi * np.arcsin(np.clip(np.sin(np.pi * tau / 2) / np.sqrt(r_s), -1, 1)))
 
 
 def test_rank_check_on_a_folder_without_a_search_is_a_clear_error(tmp_path, capsys):
@@ -1845,6 +1852,10 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     ref = out["reference"][0]
     assert all(seeds[a] == (0, 1, 2) for a in window)
     assert ref["set"] == "window" and ref["archs"] == ref["second_seed"] == 48 and ref["seeds"] == 3
+    p8 = next(r for r in out["reference"] if r["set"] == "window p8")                # the deep archs apart
+    deep = [a for a in window if a.patch_size == 8]
+    assert p8["archs"] == len(deep) == 24 and p8["seed_tau"] == pytest.approx(np.mean(
+        [brute_tau_b([top1[a, i] for a in deep], [top1[a, j] for a in deep]) for i, j in ((0, 1), (0, 2), (1, 2))]))
     pair_taus = [brute_tau_b([top1[a, i] for a in window], [top1[a, j] for a in window]) for i, j in ((0, 1), (0, 2), (1, 2))]
     assert ref["seed_tau"] == pytest.approx(np.mean(pair_taus))
     r1 = np.sin(np.pi * ref["seed_tau"] / 2)
