@@ -596,8 +596,7 @@ def calibrate_throughput(args, space, d):
     if d.main:
         meter = vitas.ThroughputMeter(space, d.device, batch, args.throughput_amp, max_seconds=1.0)
         rng = np.random.default_rng([args.seed, 4])
-        archs, start = [space.max_arch(),
-                        space.empty_arch(space.patch_sizes[-1], space.embed_dims[0])], time.time()
+        archs, start = [space.max_arch(), space.empty_arch()], time.time()
         speeds = [meter(a) for a in archs]
         while len(archs) < 12 or (len(archs) < 64 and time.time() - start < args.calibration_seconds):
             archs.append(space.sample(rng, identity_prob=rng.uniform(0, 0.9)))   # every depth, not only p = 1/2

@@ -91,6 +91,15 @@ def crossover(a, b, space, rng):
 ALGOS = ("evolution", "random")
 
 
+def window_identity_prob(space, lo, hi):
+    """vitas.solve_identity_prob for the search's FLOPs window; an empty or unreachable window is
+    the user's mistake (a UserError: one line, no traceback)."""
+    try:
+        return vitas.solve_identity_prob(space, lo, hi)
+    except ValueError as e:
+        raise infra.UserError(str(e)) from None
+
+
 class Evolution:
     """Proposes a generation at a time; the caller evaluates it and records the fitness.
 
@@ -122,10 +131,7 @@ class Evolution:
         self.flops_min, self.flops_max = parse_count(flops_min), parse_count(flops_max)
         self.params_max = None if params_max is None else parse_count(params_max)
         self.rng = np.random.default_rng(seed)
-        try:   # at once where the window is empty or out of the space's reach
-            solved = vitas.solve_identity_prob(space, self.flops_min, self.flops_max)
-        except ValueError as e:
-            raise infra.UserError(str(e)) from None
+        solved = window_identity_prob(space, self.flops_min, self.flops_max)   # at once: an unreachable window
         self.identity_prob = solved if identity_prob is None else float(identity_prob)
         if self.params_max is not None:
             fewest = min(vitas.params(space.empty_arch(p, space.embed_dims[0]), space)
@@ -513,7 +519,7 @@ def search_algorithms(args, space, ck, fitness, summary, d):
     log = d.log
     shift = infra.scores_shifted(ck["args"])
     p = (ck["identity_prob"] if ck["identity_prob"] is not None
-         else vitas.solve_identity_prob(space, args.flops_min, args.flops_max))
+         else window_identity_prob(space, args.flops_min, args.flops_max))
     meter = None if args.throughput_min is None else throughput_meter(args, space, p, d)
     if meter is not None:
         summary["throughput"] = {"device": device_name(d.device), "batch": meter.batch,

@@ -411,14 +411,14 @@ def build_model(args, space, arch, init, d):
     """The SuperTransformer, or for a retrain the plain ViT of `arch`, from scratch or (--init-from)
     with the weights it inherits from a super-transformer checkpoint (`init`)."""
     if arch is None:
-        return vitas.SuperTransformer(space, drop_path=args.drop_path)
+        return vitas.SuperTransformer(space, args.drop_path)
     if init is not None:
         supernet, sides = infra.supernet_of(init)
         side = sides[0]
         d.log(f"retrain {arch} from the weights inherited from {args.init_from} ({side} slice)")
-        return vitas.export(supernet, arch, side, drop_path=args.drop_path)
+        return vitas.export(supernet, arch, side, args.drop_path)
     d.log(f"retrain {arch} from scratch")
-    return vitas.ViT(arch, space, drop_path=args.drop_path)
+    return vitas.ViT(arch, space, args.drop_path)
 
 
 def build_run(args, d):

@@ -197,9 +197,11 @@ class SearchSpace:
         h = min(h for h in self.heads if a % h == 0)
         return Arch(self.patch_sizes[-1], self.embed_dims[0], (Block(h, a, self.mlp_dims[0]),) * self.depth)
 
-    def empty_arch(self, patch_size, embed_dim):
-        """The arch with every block an identity: tokens and classifier only."""
-        return Arch(patch_size, embed_dim, (None,) * self.depth)
+    def empty_arch(self, patch_size=None, embed_dim=None):
+        """The arch with every block an identity: tokens and classifier only; by default the
+        cheapest network of the space (largest patch, narrowest embedding)."""
+        return Arch(self.patch_sizes[-1] if patch_size is None else patch_size,
+                    self.embed_dims[0] if embed_dim is None else embed_dim, (None,) * self.depth)
 
     def uniform_archs(self):
         """Every arch whose present blocks are all alike and are the first d positions (d = 1..depth):
@@ -288,22 +290,22 @@ def params(arch, space):
 # Learned identity probability (arXiv 2106.13700, section 3)
 
 
-def solve_identity_prob(space, flops_min, flops_max, cost=None, what="FLOPs"):
-    """Identity probability p that centres sampled networks' FLOPs in [flops_min, flops_max].
+def solve_identity_prob(space, lo, hi, cost=None, what="FLOPs"):
+    """Identity probability p that centres sampled networks' cost in the window [lo, hi]: FLOPs,
+    or `cost`, any cost that adds up over blocks the same way (a LatencyModel's seconds per image,
+    for a throughput window).
 
-    Blocks are skipped independently, so E[FLOPs] = base + (1 - p) * depth * E[a block's FLOPs]:
-    both terms follow exactly from every patch size, embed dim and block choice as sample() draws
-    them, and p in closed form (the reference steps p by 0.01 and estimates by sampling). `cost`
-    may replace flops by any cost that adds up over blocks the same way (LatencyModel). Clipped to
+    Blocks are skipped independently, so E[cost] = base + (1 - p) * depth * E[a block's cost]: both
+    terms follow exactly from every patch size, embed dim and block choice as sample() draws them,
+    and p in closed form (the reference steps p by 0.01 and estimates by sampling). Clipped to
     [0, 1]; raises ValueError where the window lies outside what the space can reach."""
     cost = cost or (lambda a: flops(a, space))
-    if flops_min > flops_max:
-        raise ValueError(f"{what} window is empty: {flops_min:,} > {flops_max:,}")
-    lo = cost(space.empty_arch(space.patch_sizes[-1], space.embed_dims[0]))
-    hi = cost(space.max_arch())
-    if flops_max < lo or flops_min > hi:
-        raise ValueError(f"{what} window [{flops_min:,}, {flops_max:,}] is unreachable: networks of this space "
-                         f"have between {lo:,} and {hi:,}; widen or move the window")
+    if lo > hi:
+        raise ValueError(f"{what} window is empty: {lo:,} > {hi:,}")
+    least, most = cost(space.empty_arch()), cost(space.max_arch())
+    if hi < least or lo > most:
+        raise ValueError(f"{what} window [{lo:,}, {hi:,}] is unreachable: networks of this space "
+                         f"have between {least:,} and {most:,}; widen or move the window")
     base, blocks = [], []
     for p in space.patch_sizes:
         for c in space.embed_dims:
@@ -312,7 +314,7 @@ def solve_identity_prob(space, flops_min, flops_max, cost=None, what="FLOPs"):
             base.append(empty)
             blocks.append(np.mean([np.mean([one(Block(h, a, m)) for a in space.attn_for[h] for m in space.mlp_dims])
                                    for h in space.heads]))
-    keep = ((flops_min + flops_max) / 2 - np.mean(base)) / (space.depth * np.mean(blocks))
+    keep = ((lo + hi) / 2 - np.mean(base)) / (space.depth * np.mean(blocks))
     return float(np.clip(1.0 - keep, 0.0, 1.0))
 
 
@@ -427,13 +429,13 @@ class ViT(nn.Module):
     """A standalone vision transformer of one arch: ordinary Conv2d/Linear/LayerNorm, no slicing.
     Identity positions hold nn.Identity, so block indices match the arch and the super-transformer."""
 
-    def __init__(self, arch, space, drop_path=0.0):
+    def __init__(self, arch, space, drop_path_rate=0.0):
         super().__init__()
         space.validate(arch)
         self.arch, self.space = arch, space
         c = arch.embed_dim
         self.tokens = Tokens(space.in_chans, c, arch.patch_size, space.num_patches(arch.patch_size))
-        rates = drop_path_rates(drop_path, space.depth)
+        rates = drop_path_rates(drop_path_rate, space.depth)
         self.blocks = nn.Sequential(*[nn.Identity() if b is None else ViTBlock(c, b, r)
                                       for b, r in zip(arch.blocks, rates)])
         self.norm = nn.LayerNorm(c)
@@ -731,13 +733,13 @@ class SuperTransformer(nn.Module):
     token", SuperTokens). Per block position a SuperBlock; then SuperHead. forward(x, arch, side)
     runs the slice of one arch, taking each parameter it uses once."""
 
-    def __init__(self, space, drop_path=0.0):
+    def __init__(self, space, drop_path_rate=0.0):
         super().__init__()
         self.space = space
         c = space.embed_dims[-1]
         self.tokens = nn.ModuleDict({f"p{p}": SuperTokens(space.in_chans, c, p, space.num_patches(p))
                                      for p in space.patch_sizes})
-        self.blocks = nn.ModuleList(SuperBlock(space, r) for r in drop_path_rates(drop_path, space.depth))
+        self.blocks = nn.ModuleList(SuperBlock(space, r) for r in drop_path_rates(drop_path_rate, space.depth))
         self.head = SuperHead(c, space.num_classes)
         init_weights(self)
 
@@ -765,13 +767,13 @@ class SuperTransformer(nn.Module):
 
 
 @torch.no_grad()
-def export(supernet, arch, side="left", drop_path=0.0):
+def export(supernet, arch, side="left", drop_path_rate=0.0):
     """A plain ViT of `arch` carrying the super-transformer's weights for that slice and side;
     its output equals supernet(x, arch, side): its parameters are those the super-transformer's
     forward computes with (sliced() of SuperTokens, SuperBlock and SuperHead)."""
     check_side(side)
     space = supernet.space
-    vit = ViT(arch, space, drop_path=drop_path).to(supernet.head.weight.device, supernet.head.weight.dtype)
+    vit = ViT(arch, space, drop_path_rate).to(supernet.head.weight.device, supernet.head.weight.dtype)
     sc = supernet.embed_channels(arch.embed_dim, side)
     state = {f"tokens.{k}": v for k, v in supernet.tokens[f"p{arch.patch_size}"].sliced(sc).items()}
     for i, (blk, b) in enumerate(zip(supernet.blocks, arch.blocks)):
