@@ -345,7 +345,8 @@ def mean_flops_at(space, p):
         for c in space.embed_dims:
             empty = vitas.flops(Arch(patch, c, (None,) * space.depth), space)
             per_block = np.mean([np.mean([vitas.flops(Arch(patch, c, (Block(h, a, m),) * space.depth), space) - empty
-                                          for a in space.attn_dims if a % h == 0 for m in space.mlp_dims]) for h in space.heads])
+                                          for a in space.attn_dims if a % h == 0 for m in space.mlp_dims])
+                                 for h in space.heads])
             total += empty + (1 - p) * per_block          # per_block: all depth blocks present
     return total / (len(space.patch_sizes) * len(space.embed_dims))
 
@@ -366,7 +367,8 @@ def test_identity_probability_clips_at_zero_and_one():
     top = vitas.flops(TINY.max_arch(), TINY)
     assert mean_flops_at(TINY, 0.0) < 0.9 * top and vitas.solve_identity_prob(TINY, int(0.9 * top), top) == 0.0
     bottom = vitas.flops(Arch(TINY.patch_sizes[-1], TINY.embed_dims[0], (None,) * TINY.depth), TINY)
-    assert mean_flops_at(TINY, 1.0) > 1.01 * bottom and vitas.solve_identity_prob(TINY, bottom, int(1.01 * bottom)) == 1.0
+    assert (mean_flops_at(TINY, 1.0) > 1.01 * bottom
+            and vitas.solve_identity_prob(TINY, bottom, int(1.01 * bottom)) == 1.0)
 
 
 def test_unreachable_flops_window_is_a_clear_error(tmp_path, capsys):
@@ -379,8 +381,8 @@ def test_unreachable_flops_window_is_a_clear_error(tmp_path, capsys):
 def test_two_process_torchrun_trains_the_same_arch_on_every_rank(tmp_path):
     out = tmp_path / "ddp"
     # v1 as the authors' code trains it: two forwards (left, right) into one loss, one backward, under DDP
-    ranks = torchrun_watched(tmp_path, out, "--epochs", "2", "--uniform-epochs", "1", "--flops-min", "2M", "--flops-max", "4M",
-                             "--recipe", "v1-code", *SMALL)
+    ranks = torchrun_watched(tmp_path, out, "--epochs", "2", "--uniform-epochs", "1", "--flops-min", "2M",
+                             "--flops-max", "4M", "--recipe", "v1-code", *SMALL)
     assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
     assert len(set(ranks[0]["archs"])) > 10                       # a new sub-network (almost) every step
     assert all(len(step) == 1 for step in ranks[0]["archs"])      # v1: one a step
@@ -397,8 +399,9 @@ def test_two_process_torchrun_trains_the_same_arch_on_every_rank(tmp_path):
 
 def test_sandwich_trains_the_largest_and_smallest_every_step_on_every_rank(tmp_path):
     out = tmp_path / "ddp"
-    ranks = torchrun_watched(tmp_path, out, "--epochs", "2", "--uniform-epochs", "1", "--flops-min", "2M", "--flops-max", "4M",
-                             "--sandwich", "1", "--distill", "--sharing", "cyclic", "--identity-shift", "train", *SMALL)
+    ranks = torchrun_watched(tmp_path, out, "--epochs", "2", "--uniform-epochs", "1", "--flops-min", "2M",
+                             "--flops-max", "4M", "--sandwich", "1", "--distill", "--sharing", "cyclic",
+                             "--identity-shift", "train", *SMALL)
     assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
     ends = train.reported_archs(TINY, (2_000_000, 4_000_000))
     for largest, smallest, drawn in ranks[0]["archs"]:
@@ -453,7 +456,8 @@ def test_recipe_v1_is_the_plain_v1_loop_bit_for_bit(tmp_path):
     p = vitas.solve_identity_prob(TINY, lo, hi)
     order = DistributedSampler(data.train, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
     order.set_epoch(0)
-    loader = DataLoader(data.train, batch_size=32, sampler=order, drop_last=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(data.train, batch_size=32, sampler=order, drop_last=True,
+                        generator=torch.Generator().manual_seed(0))
     for step, (x, y) in enumerate(loader):
         rng = np.random.default_rng([0, 0, step])
         for _ in range(100):
@@ -505,8 +509,10 @@ def test_summed_bilateral_loss_is_one_loss_on_the_sum_of_both_slices_logits():
     expect.backward()
     assert losses == 1 and loss.item() == pytest.approx(expect.item(), rel=1e-6)
     assert all(torch.allclose(got[k], p.grad, atol=1e-6) for k, p in net.named_parameters() if p.grad is not None)
-    two = train.train_step(net, x, y, [arch], vitas.SIDES, argparse.Namespace(**{**vars(args), "bilateral_loss": "two"}), infra.Dist())
-    assert two[1] == 2 and abs(two[0].item() - loss.item()) > 1e-3        # the paper's text: two losses, another objective
+    two = train.train_step(net, x, y, [arch], vitas.SIDES,
+                           argparse.Namespace(**{**vars(args), "bilateral_loss": "two"}), infra.Dist())
+    # the paper's text: two losses, another objective
+    assert two[1] == 2 and abs(two[0].item() - loss.item()) > 1e-3
 
 
 def test_depth_balanced_sampling_draws_every_reachable_depth_alike_inside_the_window():
@@ -544,11 +550,13 @@ def test_log_holds_the_sampler_statistics_of_each_epoch_as_counted_from_the_draw
     sampler = train.ArchSampler(TINY, 0, 1, (2_000_000, 4_000_000), sandwich=1, identity_shift=True)
     steps_per_epoch = records[0]["step"]
     for epoch, r in enumerate(records):
-        blocks, patches, depths = counted_shares(sampler, range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch), epoch)
+        blocks, patches, depths = counted_shares(
+            sampler, range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch), epoch)
         assert r["sampled"]["block_share"] == pytest.approx(blocks)
         assert r["sampled"]["patch_share"] == pytest.approx(patches)
         assert r["sampled"]["depth_share"] == pytest.approx(depths)
-    assert records[1]["sampled"]["block_share"][-1] < 0.5 < records[1]["sampled"]["block_share"][0]   # v2 starves the last
+    # v2 starves the last
+    assert records[1]["sampled"]["block_share"][-1] < 0.5 < records[1]["sampled"]["block_share"][0]
 
 
 @pytest.mark.parametrize("recipe, fair", [(["--recipe", "v1", "--sampling", "depth-balanced"], True),
@@ -578,7 +586,8 @@ def test_identity_shift_search_trains_identities_anywhere_and_scores_them_shifte
 def test_data_seed_keeps_the_data_and_split_while_seed_changes_the_training():
     args = lambda *a: train.resolve_recipe(train.parse_args([*a, *SMALL]))
     ref, other = (infra.build_datasets(a, 32) for a in (args("--seed", "0"), args("--seed", "5", "--data-seed", "0")))
-    assert torch.equal(ref.train.dataset.images, other.train.dataset.images) and ref.holdout.indices == other.holdout.indices
+    assert (torch.equal(ref.train.dataset.images, other.train.dataset.images)
+            and ref.holdout.indices == other.holdout.indices)
     assert not torch.equal(ref.train.dataset.images, infra.build_datasets(args("--seed", "5"), 32).train.dataset.images)
     ck = {"args": vars(args("--seed", "3")), "world": 1}
     argv = rankcheck.alone_argv(ck, 2, "cpu", 1, seed=2)
@@ -601,8 +610,8 @@ def test_identity_shifting_draws_and_searches_real_blocks_first():
 def test_retrain_from_arch_json(tmp_path):
     arch = Arch(8, 48, (Block(2, 48, 128), None, Block(4, 32, 64), None, None, Block(2, 64, 192)))
     (tmp_path / "arch.json").write_text(json.dumps(arch.to_dict()))
-    res = train.train(train.get_parser().parse_args(["--arch", str(tmp_path / "arch.json"), "--out", str(tmp_path / "r"),
-                                                     "--epochs", "1", *SMALL]))
+    res = train.train(train.get_parser().parse_args(["--arch", str(tmp_path / "arch.json"),
+                                                     "--out", str(tmp_path / "r"), "--epochs", "1", *SMALL]))
     assert 0 <= res["val"]["model"]["top1"] <= 100
     ck = infra.load_checkpoint(tmp_path / "r" / "checkpoint.pt")
     assert ck["mode"] == "retrain" and Arch.from_dict(ck["arch"]) == arch
@@ -921,7 +930,8 @@ def test_search_outputs_and_best_arch_retrain(trained, tmp_path, capsys):
     assert sorted(map(json.dumps, front)) == sorted(json.dumps(c) for c in cands if not dominated(c, cands))
     record = json.load(open(out / "search.json"))
     assert record["settings"]["seed"] == 3 and record["checkpoint"].endswith("checkpoint.pt")
-    code, err = run_main(train, ["--arch", str(out / "best_arch.json"), "--out", str(tmp_path / "r"), "--epochs", "1", *SMALL], capsys)
+    code, err = run_main(train, ["--arch", str(out / "best_arch.json"), "--out", str(tmp_path / "r"),
+                                 "--epochs", "1", *SMALL], capsys)
     assert code == 0, err
     assert infra.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["arch"] == best["arch"]
 
@@ -950,7 +960,8 @@ def test_distributed_search_evaluation_equals_single_process(trained, tmp_path):
     argv[argv.index("--generations") + 1] = "1"
     r = torchrun("search.py", *argv)
     assert r.returncode == 0, r.stderr[-3000:]
-    single = search.search(search.get_parser().parse_args(argv[:-4] + ["--out", str(tmp_path / "one"), "--device", "cpu"]))
+    single = search.search(search.get_parser().parse_args(argv[:-4] + ["--out", str(tmp_path / "one"),
+                                                                       "--device", "cpu"]))
     ddp = [json.loads(line) for line in open(tmp_path / "ddp" / "candidates.jsonl")]
     one = [json.loads(line) for line in open(tmp_path / "one" / "candidates.jsonl")]
     # counts all-reduce exactly; the held-out loss is a float sum whose order depends on the sharding
@@ -960,7 +971,8 @@ def test_distributed_search_evaluation_equals_single_process(trained, tmp_path):
 
 
 def test_search_rejects_an_impossible_window_at_once(trained, tmp_path, capsys):
-    code, err = run_main(search, ["--ckpt", str(trained), "--flops-min", "1G", "--flops-max", "2G", "--out", str(tmp_path)], capsys)
+    code, err = run_main(search, ["--ckpt", str(trained), "--flops-min", "1G", "--flops-max", "2G",
+                                  "--out", str(tmp_path)], capsys)
     assert code == 2 and "unreachable" in err and "Traceback" not in err
     code, err = run_main(search, ["--ckpt", str(tmp_path / "none.pt"), *WINDOW, "--out", str(tmp_path)], capsys)
     assert code == 2 and "does not exist" in err
@@ -981,8 +993,9 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_p
 def test_retrain_can_start_from_the_inherited_weights(trained, tmp_path, capsys):
     arch = Arch(4, 48, (Block(2, 48, 128), None, Block(4, 32, 64), None, None, None))
     (tmp_path / "arch.json").write_text(json.dumps(arch.to_dict()))
-    code, err = run_main(train, ["--arch", str(tmp_path / "arch.json"), "--init-from", str(trained), "--out", str(tmp_path / "r"),
-                                 "--epochs", "1", "--lr", "1e-12", "--min-lr", "1e-13", *SMALL], capsys)
+    code, err = run_main(train, ["--arch", str(tmp_path / "arch.json"), "--init-from", str(trained),
+                                 "--out", str(tmp_path / "r"), "--epochs", "1", "--lr", "1e-12", "--min-lr", "1e-13",
+                                 *SMALL], capsys)
     assert code == 0, err
     ck = infra.load_checkpoint(trained)
     net = vitas.SuperTransformer(SearchSpace(**ck["space"]))
@@ -999,7 +1012,8 @@ def test_image_folder_data_and_its_class_count(tmp_path, capsys):
         for cls in ("cat", "dog", "eel"):
             os.makedirs(tmp_path / "data" / split / cls)
             for i in range(12 if split == "train" else 4):
-                Image.fromarray(g.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "data" / split / cls / f"{i}.png")
+                Image.fromarray(g.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / cls / f"{i}.png")
     code, err = run_main(train, ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
                                  "--batch-size", "8", "--device", "cpu"], capsys)
     assert code == 0, err
@@ -1011,7 +1025,8 @@ def test_hand_designed_baseline_is_the_uniform_arch_nearest_in_flops():
     lo, hi, target = 2_000_000, 4_000_000, 3_000_000
     base = search.baseline_arch(TINY, target, lo, hi)
     import itertools
-    uniform = [a for p, c, h, w, m in itertools.product(TINY.patch_sizes, TINY.embed_dims, TINY.heads, TINY.attn_dims, TINY.mlp_dims)
+    uniform = [a for p, c, h, w, m in itertools.product(TINY.patch_sizes, TINY.embed_dims, TINY.heads,
+                                                        TINY.attn_dims, TINY.mlp_dims)
                if lo <= vitas.flops(a := Arch(p, c, (Block(h, w, m),) * TINY.depth), TINY) <= hi]
     assert len(uniform) >= 5
     assert len(set(base.blocks)) == 1 and base.depth == TINY.depth and lo <= vitas.flops(base, TINY) <= hi
@@ -1032,13 +1047,15 @@ def test_deit_baseline_has_deit_proportions_and_the_nearest_flops():
                 and abs(b.mlp_dim - 4 * a.embed_dim) == nearest(TINY.mlp_dims, 4 * a.embed_dim)
                 and abs(b.attn_dim / b.heads - 64) == min(abs(b.attn_dim / h - 64) for h in heads))
 
-    for lo, hi, target in [(2_000_000, 4_000_000, 3_000_000), (2_000_000, 4_000_000, 2_100_000), (500_000, 8_000_000, 7_000_000)]:
+    for lo, hi, target in [(2_000_000, 4_000_000, 3_000_000), (2_000_000, 4_000_000, 2_100_000),
+                           (500_000, 8_000_000, 7_000_000)]:
         got = search.deit_arch(TINY, target, lo, hi)
         family = [a for a in TINY.uniform_archs() if deit_like(a) and lo <= vitas.flops(a, TINY) <= hi]
         assert got in family and len(family) >= 3
         gap = abs(vitas.flops(got, TINY) - target)
         assert gap == min(abs(vitas.flops(a, TINY) - target) for a in family)
-        assert got.depth == max(a.depth for a in family if abs(vitas.flops(a, TINY) - target) == gap)   # ties: the deeper
+        # ties: the deeper
+        assert got.depth == max(a.depth for a in family if abs(vitas.flops(a, TINY) - target) == gap)
     assert search.deit_arch(TINY, 3e12, 10**12, 2 * 10**12) is None
 
 
@@ -1112,9 +1129,11 @@ def test_rank_check_archs_are_stratified_by_cell_in_the_window_and_drawn_without
     for (p, d), archs in cells.items():
         assert len(archs) == len(set(archs)) == 6
         for a in archs:
-            assert a.patch_size == p and a.depth == d and lo <= vitas.flops(a, TINY) <= hi and a == vitas.shift_identities(a)
+            assert (a.patch_size == p and a.depth == d and lo <= vitas.flops(a, TINY) <= hi
+                    and a == vitas.shift_identities(a))
     picked = rankcheck.spread_archs(TINY, lo, hi, 10, seed=0)
-    assert picked[:8] == [archs[0] for archs in cells.values()] and picked[8:] == [archs[1] for archs in list(cells.values())[:2]]
+    assert (picked[:8] == [archs[0] for archs in cells.values()]
+            and picked[8:] == [archs[1] for archs in list(cells.values())[:2]])
     assert rankcheck.spread_archs(TINY, lo, hi, 10, seed=1) != picked            # the seed decides, nothing else
     assert rankcheck.stratified_archs(TINY, lo, hi, 3, seed=0) == {c: archs[:3] for c, archs in cells.items()}
     with pytest.raises(infra.UserError, match="lower --rank-check"):
@@ -1140,7 +1159,8 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(trained
         search.search(search.parse_args(search_argv(trained, out, "--generations", "2", "--flops-min", "2.5M", *RANK)))
     assert len(calls) == 3
     monkeypatch.setattr(train, "train", counted)
-    summary = search.search(search.parse_args(search_argv(trained, out, "--generations", "2", "--flops-min", "2.5M", *RANK)))
+    summary = search.search(search.parse_args(
+        search_argv(trained, out, "--generations", "2", "--flops-min", "2.5M", *RANK)))
     assert len(calls) == 3 + 4                              # the interrupted training and the three not yet run
     assert all(a.smoothing == 0.2 for a in calls)           # --retrain-flags reach every training alone
     rc = json.load(open(out / "rank_check.json"))
@@ -1148,13 +1168,16 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(trained
     assert archs == rankcheck.spread_archs(TINY, 2_500_000, 4_000_000, 3, seed=0)   # not picked by the fitness
     net, space, loader = holdout_loader(trained, limit=99)   # fitness: the inherited weights, recomputed here
     for a, r in zip(archs, rc["archs"]):
-        assert r["fitness"] == pytest.approx(np.mean([infra.evaluate(net, loader, infra.Dist(), a, s)["top1"] for s in vitas.SIDES]))
+        assert r["fitness"] == pytest.approx(np.mean([infra.evaluate(net, loader, infra.Dist(), a, s)["top1"]
+                                                      for s in vitas.SIDES]))
     argvs = rc["settings"]["retrain_argv"]
     assert rc["settings"]["retrain_flags"] == ["--smoothing", "0.2"] == argvs[0][-2:]
     assert json.load(open(out / "search.json"))["settings"]["retrain_flags"] == ["--smoothing", "0.2"]
-    assert len(argvs) == 2 and [a[a.index("--seed") + 1] for a in argvs] == ["0", "1"]   # the checkpoint's seed, then +1
+    # the checkpoint's seed, then +1
+    assert len(argvs) == 2 and [a[a.index("--seed") + 1] for a in argvs] == ["0", "1"]
     assert all(a[a.index("--data-seed") + 1] == "0" for a in argvs)                       # on the same data
-    for a in rc["archs"]:                                   # each seed's top-1 is the final val top-1 of its own training
+    # each seed's top-1 is the final val top-1 of its own training
+    for a in rc["archs"]:
         for argv, top1 in zip(argvs, a["top1_seeds"]):
             folder = rankcheck.alone_folder(str(out / "retrain"), Arch.from_dict(a["arch"]), argv)
             res = json.load(open(os.path.join(folder, "result.json")))
@@ -1163,7 +1186,8 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(trained
     expect = json.loads(json.dumps(rankcheck.rank_statistics(fitness, by_seed, archs, TINY)))
     assert rc["statistics"] == {**expect, "other_measure": rc["statistics"]["other_measure"]}
     assert rc["statistics"]["kendall_tau"] == brute_tau_b(fitness, np.mean(by_seed, axis=1))
-    assert json.loads(json.dumps(summary["rank_check"])) == rc["statistics"] and rc["statistics"]["other_measure"]["fitness"] == "loss"
+    assert (json.loads(json.dumps(summary["rank_check"])) == rc["statistics"]
+            and rc["statistics"]["other_measure"]["fitness"] == "loss")
     # alone on the finished folder: nothing trained again, the same figures
     again = search.search(search.parse_args(["--out", str(out), "--device", "cpu", *RANK]))
     assert len(calls) == 7 and again["rank_check"] == summary["rank_check"]
@@ -1179,14 +1203,16 @@ def test_reliability_oracle_bound_and_corrected_tau_on_hand_made_numbers():
     # archs with a second seed only in part: the pair is scored on those that have both
     ragged = [[1, 1], [2], [3, 2], [4], [5, 3]]
     assert rankcheck.seed_agreement(ragged) == pytest.approx(1.0)
-    assert rankcheck.reliability(ragged)[:2] == (1.0, 1) and rankcheck.reference_mean(ragged).tolist() == [1, 2, 3, 4, 5]
+    assert (rankcheck.reliability(ragged)[:2] == (1.0, 1)
+            and rankcheck.reference_mean(ragged).tolist() == [1, 2, 3, 4, 5])
     # r1 = sin(pi tau_ss / 2): tau_ss 1/3 -> r1 1/2; two seeds: 2 (1/2) / (1 + 1/2) = 2/3
     one_third = [[1, 1], [2, 3], [3, 2]]
     r1, seeds, r2 = rankcheck.reliability(one_third)
     assert r1 == pytest.approx(0.5) and seeds == 2 and r2 == pytest.approx(2 / 3)
     assert rankcheck.reliability([[1, 3], [2, 2], [3, 1]]) == (None, 2, None)        # seeds disagree: no correction
     assert rankcheck.spearman_brown(0.5, 1) == 0.5 and rankcheck.spearman_brown(0.5, 3) == pytest.approx(0.75)
-    assert rankcheck.oracle_tau(1.0) == 1.0 and rankcheck.oracle_tau(0.5) == pytest.approx(0.5)   # asin(sqrt(1/2)) = pi/4
+    # asin(sqrt(1/2)) = pi/4
+    assert rankcheck.oracle_tau(1.0) == 1.0 and rankcheck.oracle_tau(0.5) == pytest.approx(0.5)
     assert rankcheck.corrected_tau(0.3, 1.0) == pytest.approx(0.3)
     assert rankcheck.corrected_tau(0.5, 0.5) == pytest.approx(1.0)                   # sin(pi/4) / sqrt(1/2) = 1
     assert rankcheck.corrected_tau(0.6, 0.5) == 1.0 and rankcheck.corrected_tau(-0.6, 0.5) == -1.0   # clipped
@@ -1268,8 +1294,8 @@ def test_seed_difference_is_a_student_t_interval_over_seeds():
     d = np.subtract(a, b)
     half = 2.353 * np.sqrt(np.sum((d - d.mean()) ** 2) / 3) / 2
     r = rankcheck.seed_difference(a, b)
-    assert r["difference"] == pytest.approx(d.mean()) and r["interval"] == pytest.approx((d.mean() - half, d.mean() + half),
-                                                                                        abs=1e-3)
+    assert (r["difference"] == pytest.approx(d.mean())
+            and r["interval"] == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-3))
     assert rankcheck.seed_difference(a, 0.5)["difference"] == pytest.approx(np.mean(a) - 0.5)
     assert rankcheck.seed_difference([0.3])["interval"] is None
 
@@ -1280,11 +1306,13 @@ def test_rank_statistics_score_floors_and_each_patch_size():
     by_seed = [[f / 1e5 + (i % 3), f / 1e5 - (i % 2)] for i, f in enumerate(flops)]
     r = rankcheck.rank_statistics([-f for f in flops], by_seed, archs, TINY)   # a fitness that ranks backwards
     assert r["floors"]["flops"]["kendall_tau"] == pytest.approx(brute_tau_b(flops, np.mean(by_seed, 1)))
-    assert r["floors"]["depth"]["kendall_tau"] == pytest.approx(brute_tau_b([a.depth for a in archs], np.mean(by_seed, 1)))
+    assert r["floors"]["depth"]["kendall_tau"] == pytest.approx(
+        brute_tau_b([a.depth for a in archs], np.mean(by_seed, 1)))
     assert r["floors"]["params"]["kendall_tau"] == pytest.approx(
         brute_tau_b([vitas.params(a, TINY) for a in archs], np.mean(by_seed, 1)))
     assert r["kendall_tau"] == pytest.approx(-r["floors"]["flops"]["kendall_tau"])
-    assert r["floors"]["flops"]["fitness_minus_floor"]["interval"][1] < 0      # worse than FLOPs alone, outside the noise
+    # worse than FLOPs alone, outside the noise
+    assert r["floors"]["flops"]["fitness_minus_floor"]["interval"][1] < 0
     for p in ("4", "8"):
         rows = [i for i, a in enumerate(archs) if a.patch_size == int(p)]
         sub = r["by_patch"][p]
@@ -1295,7 +1323,8 @@ def test_rank_statistics_score_floors_and_each_patch_size():
         assert sub["archs"] == len(rows) and sub["kendall_tau"] == pytest.approx(tau)
         assert sub["seed_tau"] == pytest.approx(tau_ss) and sub["reliability"] == pytest.approx(r_s)
         assert sub["tau_star"] == pytest.approx(2 / np.pi * np.arcsin(np.sqrt(r_s)))
-        assert sub["tau_c"] == pytest.approx(2 / np.pi * np.arcsin(np.clip(np.sin(np.pi * tau / 2) / np.sqrt(r_s), -1, 1)))
+        assert sub["tau_c"] == pytest.approx(
+            2 / np.pi * np.arcsin(np.clip(np.sin(np.pi * tau / 2) / np.sqrt(r_s), -1, 1)))
 
 
 def test_rank_check_on_a_folder_without_a_search_is_a_clear_error(tmp_path, capsys):
@@ -1311,7 +1340,8 @@ def test_rank_check_on_a_folder_without_a_search_is_a_clear_error(tmp_path, caps
 
 
 def test_rank_check_under_torchrun_equals_one_process(trained, tmp_path):
-    argv = search_argv(trained, tmp_path / "ddp", "--generations", "1", "--rank-check", "2", "--rank-epochs", "1", "--rank-seeds", "1")
+    argv = search_argv(trained, tmp_path / "ddp", "--generations", "1", "--rank-check", "2", "--rank-epochs", "1",
+                       "--rank-seeds", "1")
     r = torchrun("search.py", *argv)
     assert r.returncode == 0, r.stderr[-3000:]
     argv[argv.index("--out") + 1] = str(tmp_path / "one")
@@ -1319,7 +1349,8 @@ def test_rank_check_under_torchrun_equals_one_process(trained, tmp_path):
     ddp, one = (json.load(open(tmp_path / x / "rank_check.json")) for x in ("ddp", "one"))
     assert [a["arch"] for a in ddp["archs"]] == [a["arch"] for a in one["archs"]]
     assert [a["fitness"] for a in ddp["archs"]] == [a["fitness"] for a in one["archs"]]
-    assert ddp["settings"]["retrain_argv"] != one["settings"]["retrain_argv"]    # per-process batch halved: same effective batch
+    # per-process batch halved: same effective batch
+    assert ddp["settings"]["retrain_argv"] != one["settings"]["retrain_argv"]
     for a, b in zip(ddp["archs"], one["archs"]):        # the same training up to float summation order
         assert abs(a["top1"] - b["top1"]) <= 1.0, (a, b)
 
@@ -1350,25 +1381,27 @@ def test_reported_archs_lie_in_the_window_and_are_extremes_among_uniform_archs()
 # -----------------------------------------------------------------------------
 # newcomer edges: flags checked at parse time, pictures, evaluating a checkpoint
 
-TRAIN_BAD = [("--batch-size", "0"), ("--epochs", "-1"), ("--epochs", "0"), ("--holdout", "1.5"), ("--synthetic-size", "0"),
-             ("--synthetic-classes", "1"), ("--warmup-epochs", "-2"), ("--mixup", "-1"), ("--cutmix", "-0.5"),
-             ("--drop-path", "1.5"), ("--save-every", "-3"), ("--log-every", "0"), ("--lr", "-1"), ("--lr", "0"),
-             ("--min-lr", "-1"), ("--weight-decay", "-0.1"), ("--smoothing", "1"), ("--randaug", "31"), ("--reprob", "2"),
-             ("--clip-grad", "-1"), ("--eval-batch-size", "0"), ("--eval-limit", "0"), ("--workers", "-1"),
-             ("--seed", "-5"), ("--uniform-epochs", "-1"), ("--sandwich", "-1"), ("--flops-min", "-3M"), ("--lr", "nan"),
-             ("--batch-size", "2.5"), ("--throughput-min", "0"), ("--throughput-max", "-5"), ("--calibration-seconds", "-1"),
-             ("--throughput-batch", "0")]
+TRAIN_BAD = [("--batch-size", "0"), ("--epochs", "-1"), ("--epochs", "0"), ("--holdout", "1.5"),
+             ("--synthetic-size", "0"), ("--synthetic-classes", "1"), ("--warmup-epochs", "-2"), ("--mixup", "-1"),
+             ("--cutmix", "-0.5"), ("--drop-path", "1.5"), ("--save-every", "-3"), ("--log-every", "0"), ("--lr", "-1"),
+             ("--lr", "0"), ("--min-lr", "-1"), ("--weight-decay", "-0.1"), ("--smoothing", "1"), ("--randaug", "31"),
+             ("--reprob", "2"), ("--clip-grad", "-1"), ("--eval-batch-size", "0"), ("--eval-limit", "0"),
+             ("--workers", "-1"), ("--seed", "-5"), ("--uniform-epochs", "-1"), ("--sandwich", "-1"),
+             ("--flops-min", "-3M"), ("--lr", "nan"), ("--batch-size", "2.5"), ("--throughput-min", "0"),
+             ("--throughput-max", "-5"), ("--calibration-seconds", "-1"), ("--throughput-batch", "0")]
 SEARCH_BAD = [("--population", "1"), ("--generations", "0"), ("--mutate-prob", "2"), ("--eval-size", "0"),
               ("--batch-size", "0"), ("--parents", "1"), ("--seed", "-1"), ("--retrain-epochs", "-1"),
               ("--rank-check", "1"), ("--rank-epochs", "0"), ("--params-max", "x"), ("--throughput-min", "-1"),
               ("--throughput-batch", "0")]
 
 
-@pytest.mark.parametrize("module, flag, value", [("train", *b) for b in TRAIN_BAD] + [("search", *b) for b in SEARCH_BAD])
+@pytest.mark.parametrize("module, flag, value",
+                         [("train", *b) for b in TRAIN_BAD] + [("search", *b) for b in SEARCH_BAD])
 def test_every_numeric_flag_is_checked_at_parse_time(tmp_path, capsys, module, flag, value):
     out = tmp_path / "out"
     extra = [] if module == "train" else ["--ckpt", "none.pt", *WINDOW]
-    code, err = run_main({"train": train, "search": search}[module], ["--out", str(out), *extra, f"{flag}={value}"], capsys)
+    code, err = run_main({"train": train, "search": search}[module],
+                         ["--out", str(out), *extra, f"{flag}={value}"], capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
     assert flag in err and value in err, err
@@ -1386,7 +1419,8 @@ def test_no_numeric_flag_takes_infinity_or_nan(tmp_path, capsys, module):
     for flag in flags:
         for value in ("inf", "-inf", "nan", "1e400"):
             code, err = run_main(mod, ["--out", str(tmp_path / "out"), *extra, f"{flag}={value}"], capsys)
-            assert code == 2 and len(err.strip().splitlines()) == 1 and flag in err and "Traceback" not in err, (flag, value, err)
+            assert (code == 2 and len(err.strip().splitlines()) == 1 and flag in err
+                    and "Traceback" not in err), (flag, value, err)
     assert not (tmp_path / "out").exists()
 
 
@@ -1397,7 +1431,8 @@ def test_parents_default_follows_a_small_population():
 
 def test_cross_flag_checks_at_parse_time(capsys):
     for module, argv, words in [(train, ["--lr", "1e-3", "--min-lr", "1e-2"], ["--min-lr", "--lr"]),
-                                (search, ["--ckpt", "x.pt", *WINDOW, "--population", "4", "--parents", "6"], ["--parents", "population"]),
+                                (search, ["--ckpt", "x.pt", *WINDOW, "--population", "4", "--parents", "6"],
+                                 ["--parents", "population"]),
                                 (search, ["--ckpt", "x.pt", "--flops-min", "4M", "--flops-max", "2M"], ["empty"]),
                                 (search, ["--ckpt", "x.pt"], ["--flops-min"])]:
         code, err = run_main(module, argv, capsys)
@@ -1425,11 +1460,13 @@ def test_train_draws_curves_and_search_draws_the_pareto_front(trained, tmp_path)
         assert len(cands) == 18 and record["compare"][algo] == max(cands, key=lambda c: c["fitness"])
     # ... and the retrained trio: the searched arch and both hand-designed designs at its FLOPs, as trained alone
     best = record["best"]
-    expect = {"searched": best["arch"], "uniform": search.baseline_arch(TINY, best["flops"], 2_000_000, 4_000_000).to_dict(),
+    expect = {"searched": best["arch"],
+              "uniform": search.baseline_arch(TINY, best["flops"], 2_000_000, 4_000_000).to_dict(),
               "deit": search.deit_arch(TINY, best["flops"], 2_000_000, 4_000_000).to_dict()}
     assert {k: v["arch"] for k, v in record["retrain"].items()} == expect
     for name, r in record["retrain"].items():
-        alone = [json.load(open(f)) for f in (out / "retrain").glob("*/result.json") if json.load(open(f))["arch"] == r["arch"]]
+        alone = [json.load(open(f)) for f in (out / "retrain").glob("*/result.json")
+                 if json.load(open(f))["arch"] == r["arch"]]
         assert len(alone) == 1 and alone[0]["val"]["top1"] == r["top1"] and 0 <= r["top1"] <= 100, name
         assert r["flops"] == vitas.flops(Arch.from_dict(r["arch"]), TINY) and 2_000_000 <= r["flops"] <= 4_000_000
 
@@ -1446,7 +1483,8 @@ def test_a_missing_matplotlib_is_one_note_and_never_fails_a_run(tmp_path, capsys
 def test_eval_of_a_checkpoint_equals_what_training_logged(trained, tmp_path, capsys):
     arch = Arch(8, 48, (Block(2, 48, 128), None, Block(4, 32, 64), None, None, Block(2, 64, 192)))
     (tmp_path / "arch.json").write_text(json.dumps(arch.to_dict()))
-    last = train.train(train.parse_args(["--arch", str(tmp_path / "arch.json"), "--out", str(tmp_path / "r"), "--epochs", "1", *SMALL]))
+    last = train.train(train.parse_args(["--arch", str(tmp_path / "arch.json"), "--out", str(tmp_path / "r"),
+                                         "--epochs", "1", *SMALL]))
     code, err = run_main(train, ["--eval", str(tmp_path / "r" / "checkpoint.pt"), "--device", "cpu"], capsys)
     assert code == 0, err
     res = json.load(open(tmp_path / "r" / "eval.json"))
@@ -1454,10 +1492,12 @@ def test_eval_of_a_checkpoint_equals_what_training_logged(trained, tmp_path, cap
     # a super-transformer checkpoint and one of its reported archs: the left slice as logged
     log = [json.loads(line) for line in open(trained.parent / "log.jsonl")]
     (tmp_path / "largest.json").write_text(json.dumps(log[-1]["reported"]["largest"]["arch"]))
-    code, err = run_main(train, ["--eval", str(trained), "--arch", str(tmp_path / "largest.json"), "--device", "cpu"], capsys)
+    code, err = run_main(train, ["--eval", str(trained), "--arch", str(tmp_path / "largest.json"),
+                                 "--device", "cpu"], capsys)
     assert code == 0, err
     res = json.load(open(trained.parent / "eval-largest.json"))
-    assert res["val"]["left"] == log[-1]["val"]["largest"] and set(res["val"]) == set(res["holdout"]) == {"left", "right"}
+    assert (res["val"]["left"] == log[-1]["val"]["largest"]
+            and set(res["val"]) == set(res["holdout"]) == {"left", "right"})
     assert res["holdout"]["left"]["n"] == 200
     code, err = run_main(train, ["--eval", str(trained), "--device", "cpu"], capsys)
     assert code == 2 and "--arch" in err
@@ -1465,8 +1505,8 @@ def test_eval_of_a_checkpoint_equals_what_training_logged(trained, tmp_path, cap
 
 def test_init_from_another_space_is_refused_in_one_line(trained, tmp_path, capsys):
     (tmp_path / "arch.json").write_text(json.dumps(TINY.min_arch().to_dict()))
-    code, err = run_main(train, ["--arch", str(tmp_path / "arch.json"), "--init-from", str(trained), "--space", "vitas-1g",
-                                 "--out", str(tmp_path / "r"), *SMALL], capsys)
+    code, err = run_main(train, ["--arch", str(tmp_path / "arch.json"), "--init-from", str(trained),
+                                 "--space", "vitas-1g", "--out", str(tmp_path / "r"), *SMALL], capsys)
     assert code == 2 and "--space vitas-1g differs" in err and "(tiny)" in err and len(err.strip().splitlines()) == 1
 
 
@@ -1487,7 +1527,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(trained, t
     torch.save({**ck, "args": {**ck["args"], "payload": RunsCode(f"open({str(marker)!r}, 'w').write('ran')")}}, evil)
     (tmp_path / "arch.json").write_text(json.dumps(TINY.min_arch().to_dict()))
     for module, argv in [(train, ["--eval", str(evil)]),
-                         (train, ["--arch", str(tmp_path / "arch.json"), "--init-from", str(evil), "--out", str(tmp_path / "r"), *SMALL]),
+                         (train, ["--arch", str(tmp_path / "arch.json"), "--init-from", str(evil),
+                                  "--out", str(tmp_path / "r"), *SMALL]),
                          (search, ["--ckpt", str(evil), *WINDOW, "--out", str(tmp_path / "s"), "--device", "cpu"])]:
         code, err = run_main(module, argv, capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and str(evil) in err and "refused" in err, err
@@ -1540,16 +1581,19 @@ def test_throughput_meter_measures_each_arch_once(monkeypatch):
 
 def test_search_candidates_meet_the_throughput_budget(trained, tmp_path, capsys):
     out = tmp_path / "s"
-    summary = search.search(search.parse_args(search_argv(trained, out, "--throughput-min", "1", "--throughput-batch", "8")))
+    summary = search.search(search.parse_args(search_argv(trained, out, "--throughput-min", "1",
+                                                          "--throughput-batch", "8")))
     cands = [json.loads(line) for line in open(out / "candidates.jsonl")]
     speeds = sorted(c["throughput"] for c in cands)
     limit = speeds[len(speeds) // 2]                           # a budget half of them met
     out2 = tmp_path / "s2"
-    search.search(search.parse_args(search_argv(trained, out2, "--throughput-min", str(limit), "--throughput-batch", "8")))
+    search.search(search.parse_args(search_argv(trained, out2, "--throughput-min", str(limit),
+                                                "--throughput-batch", "8")))
     cands = [json.loads(line) for line in open(out2 / "candidates.jsonl")]
     assert len(cands) == 18 and all(c["throughput"] >= limit for c in cands)
     front = json.load(open(out2 / "pareto_throughput.json"))
-    assert front and all(not any(o["throughput"] >= r["throughput"] and o["fitness"] > r["fitness"] for o in cands) for r in front)
+    assert front and all(not any(o["throughput"] >= r["throughput"] and o["fitness"] > r["fitness"] for o in cands)
+                         for r in front)
     assert summary["throughput"]["batch"] == 8 and summary["throughput"]["dtype"] == "float32"
     code, err = run_main(search, search_argv(trained, tmp_path / "s3", "--throughput-min", "1e9"), capsys)
     assert code == 2 and "out of reach" in err and "fastest" in err and "slowest" in err
@@ -1562,13 +1606,14 @@ def fake_images_per_s(arch, space, *a, **k):
     return 1.0 / (2e-5 + 4e-6 * arch.depth + 3e-12 * vitas.flops(arch, space))
 
 
-def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_measure_again(tmp_path, monkeypatch, capsys):
+def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_measure_again(tmp_path, monkeypatch,
+                                                                                           capsys):
     monkeypatch.setattr(vitas, "measure_throughput", fake_images_per_s)
     g = np.random.default_rng(9)
     probe = [fake_images_per_s(TINY.sample(g), TINY) for _ in range(200)]
     lo, hi = np.quantile(probe, [0.1, 0.35])                     # a window of slower-than-typical archs
-    argv = ["--out", str(tmp_path), "--throughput-min", f"{lo:.0f}", "--throughput-max", f"{hi:.0f}", "--calibration-seconds", "5",
-            "--uniform-epochs", "0", "--epochs", "1", "--save-every", "5", *SMALL]
+    argv = ["--out", str(tmp_path), "--throughput-min", f"{lo:.0f}", "--throughput-max", f"{hi:.0f}",
+            "--calibration-seconds", "5", "--uniform-epochs", "0", "--epochs", "1", "--save-every", "5", *SMALL]
     step = train.optimizer_step
 
     def crash_at_6(run, *a):
@@ -1593,7 +1638,8 @@ def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_mea
     monkeypatch.setattr(train, "optimizer_step", step)
     train.train(train.parse_args(argv))                         # resumed, run to the end
     assert calls == [] and infra.load_checkpoint(tmp_path / "checkpoint.pt")["throughput_calibration"] == cal
-    code, err = run_main(train, ["--out", str(tmp_path / "x"), "--throughput-min", "1e12", "--calibration-seconds", "1", *SMALL], capsys)
+    code, err = run_main(train, ["--out", str(tmp_path / "x"), "--throughput-min", "1e12",
+                                 "--calibration-seconds", "1", *SMALL], capsys)
     assert code == 2 and "out of reach" in err and "fastest" in err and "slowest" in err
 
 
@@ -1623,9 +1669,10 @@ def by_hand(net, arch, side):
     ce = kept(arch.embed_dim, C, side, embed=True)
     tok = net.tokens[f"p{arch.patch_size}"]
     rows = tok.vector.view(-1, C)[:, ce]
-    out = {"tokens.proj.weight": tok.weight[ce], "tokens.proj.bias": rows[0], "tokens.cls_token": rows[1].view(1, 1, -1),
-           "tokens.pos_embed": rows[2:][None], "norm.weight": net.head.vector.view(2, C)[0, ce],
-           "norm.bias": net.head.vector.view(2, C)[1, ce], "head.weight": net.head.weight[:, ce], "head.bias": net.head.bias}
+    out = {"tokens.proj.weight": tok.weight[ce], "tokens.proj.bias": rows[0],
+           "tokens.cls_token": rows[1].view(1, 1, -1), "tokens.pos_embed": rows[2:][None],
+           "norm.weight": net.head.vector.view(2, C)[0, ce], "norm.bias": net.head.vector.view(2, C)[1, ce],
+           "head.weight": net.head.weight[:, ce], "head.bias": net.head.bias}
     for i, (blk, b) in enumerate(zip(net.blocks, arch.blocks)):
         if b is None:
             continue
@@ -1770,7 +1817,8 @@ def test_stacked_parameters_keep_weight_decay_off_norms_and_biases_and_each_init
             if part in ("cls_token", "pos_embed"):
                 assert abs(v.std().item() - 0.02) < 0.005, part
             else:
-                assert torch.equal(v, torch.full_like(v, float(part.startswith("norm") and part.endswith(".weight")))), part
+                assert torch.equal(v, torch.full_like(v, float(part.startswith("norm")
+                                                               and part.endswith(".weight")))), part
 
 
 def test_super_step_launches_at_most_1_3x_the_plain_vits_kernels():
@@ -1790,7 +1838,8 @@ import experiment  # noqa: E402
 def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_path, capsys):
     argv = ["--epochs", "1", "--synthetic-size", "300", "--batch-size", "32", "--device", "cpu", "--log-every", "1000"]
     archs = [TINY.min_arch(), Arch(8, 48, (Block(2, 48, 128), None, Block(4, 32, 64), None, None, None))]
-    jobs = lambda root: [experiment.alone_job(a, [*argv, "--seed", str(s)], str(root / "results"), str(root / "scratch"))
+    jobs = lambda root: [experiment.alone_job(a, [*argv, "--seed", str(s)], str(root / "results"),
+                                              str(root / "scratch"))
                          for a in archs for s in (0, 1)]
     experiment.run_jobs(jobs(tmp_path / "serial"), workers=0)
     experiment.run_jobs(jobs(tmp_path / "parallel"), workers=2)
@@ -1851,9 +1900,11 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     os.makedirs(tmp_path / "supernets")
     inherited = {}
     for recipe, noise in (("v2", 0.5), ("fair", 2.0)):
-        inherited[recipe] = [{"arch": a.to_dict(), "top1": truth[a] + g.normal(scale=noise), "loss": 1.0} for a in window]
+        inherited[recipe] = [{"arch": a.to_dict(), "top1": truth[a] + g.normal(scale=noise), "loss": 1.0}
+                             for a in window]
         infra.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"), {
-            "recipe": recipe, "seed": 0, "train_cpu_minutes": 9.0, "inherited": {"window": inherited[recipe], "space": []},
+            "recipe": recipe, "seed": 0, "train_cpu_minutes": 9.0,
+            "inherited": {"window": inherited[recipe], "space": []},
             "sampled": {"block_share": [1, .8, .4, .2, .1, .01], "patch_share": {"4": .7, "8": .3}}, "search": {}})
     out = experiment.table(results)
     ref = out["reference"][0]
@@ -1863,7 +1914,8 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     deep = [a for a in window if a.patch_size == 8]
     assert p8["archs"] == len(deep) == 24 and p8["seed_tau"] == pytest.approx(np.mean(
         [brute_tau_b([top1[a, i] for a in deep], [top1[a, j] for a in deep]) for i, j in ((0, 1), (0, 2), (1, 2))]))
-    pair_taus = [brute_tau_b([top1[a, i] for a in window], [top1[a, j] for a in window]) for i, j in ((0, 1), (0, 2), (1, 2))]
+    pair_taus = [brute_tau_b([top1[a, i] for a in window], [top1[a, j] for a in window])
+                 for i, j in ((0, 1), (0, 2), (1, 2))]
     assert ref["seed_tau"] == pytest.approx(np.mean(pair_taus))
     r1 = np.sin(np.pi * ref["seed_tau"] / 2)
     assert ref["tau_star"] == pytest.approx(2 / np.pi * np.arcsin(np.sqrt(3 * r1 / (1 + 2 * r1))))   # a 3-seed mean
