@@ -1881,6 +1881,11 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
         assert rows[recipe]["top1"] == pytest.approx(mean(arch))
         assert rows[recipe]["wins"] == (mean(arch) > max(mean(compared["uniform"]), mean(compared["deit"]), median))
     assert rows["fair"]["random_median"] == pytest.approx(median)
+    margins = {m["recipe"]: m for m in experiment.outcome_margins(list(rows.values()))}
+    best = max(mean(compared["uniform"]), mean(compared["deit"]))
+    for recipe, arch in searched.items():
+        assert margins[recipe]["margin"]["difference"] == pytest.approx(mean(arch) - best)
+        assert margins[recipe]["wins"] == int(rows[recipe]["wins"]) and margins[recipe]["seeds"] == 1
 
 
 def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, capsys):
