@@ -672,7 +672,7 @@ def sampling_flags(ap):
                         "plus the second version's identity shifting while training and weak augmentation. fair "
                         "(default; beyond the paper): stratified sampling, identities shifted only when searching, "
                         "weak augmentation, so every block position and patch size is trained alike (it ranks archs "
-                        "never worse than v2 and far more steadily: README Results). Cyclic sharing, the sandwich, "
+                        "better than v2 over 4 supernet seeds: README Results). Cyclic sharing, the sandwich, "
                         "distillation and the other samplers (beyond v1) are the flags below.")
     g.add_argument("--uniform-epochs", type=nat, default=2,
                    help="epochs of uniform sampling before the learned identity probability")
