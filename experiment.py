@@ -360,6 +360,16 @@ def mean_sd(values):
     return f"{v[0]:.2f}" if v else "n/a"
 
 
+def seed_sd(top1_by_seed):
+    """One training's top-1 SD between training seeds, pooled over the archs with two or more (each
+    arch's sample variance, ddof=1, weighted by its degrees of freedom): the noise every comparison
+    of archs trained alone carries."""
+    rows = [np.asarray(t, dtype=float) for t in top1_by_seed if len(t) > 1]
+    if not rows:
+        return None
+    return float(np.sqrt(sum(((t - t.mean()) ** 2).sum() for t in rows) / sum(len(t) - 1 for t in rows)))
+
+
 def reference_rows(refs):
     """Per reference set (reference_table), and the window's archs of each patch size apart: its
     size, seeds, top-1 range and reliability (rankcheck.reference_summary)."""
@@ -374,7 +384,7 @@ def reference_rows(refs):
             by_seed = [t for _, t in sub]
             rows.append({"set": label, "archs": len(sub), "second_seed": sum(len(t) > 1 for t in by_seed),
                          "top1_range": [float(min(map(min, by_seed))), float(max(map(max, by_seed)))],
-                         **rankcheck.reference_summary(by_seed)})
+                         "top1_sd": seed_sd(by_seed), **rankcheck.reference_summary(by_seed)})
     return rows
 
 
@@ -445,12 +455,12 @@ def table(results, markdown=False):
             print("|---" * len(cells) + "|")
 
     print("reference (archs trained alone, 20 epochs; reliability from the archs with a second seed)")
-    line(["set", "archs", "2nd seed", "top-1 range", "seed tau", "r1", "seeds S", "r_S", "tau*", "90% interval"],
-         header=True)
+    line(["set", "archs", "2nd seed", "top-1 range", "seed SD", "seed tau", "r1", "seeds S", "r_S", "tau*",
+          "90% interval"], header=True)
     for r in refs:
         line([r["set"], str(r["archs"]), str(r["second_seed"]), f"{r['top1_range'][0]:.1f}-{r['top1_range'][1]:.1f}",
-              fmt(r["seed_tau"]), fmt(r["r1"]), str(r["seeds"]), fmt(r["reliability"]), fmt(r["tau_star"]),
-              span(r["tau_star_interval"])])
+              fmt(r["top1_sd"]), fmt(r["seed_tau"]), fmt(r["r1"]), str(r["seeds"]), fmt(r["reliability"]),
+              fmt(r["tau_star"]), span(r["tau_star_interval"])])
     print("\nsuper-transformers scored on the window reference (held-out top-1 of the inherited weights)")
     line(["recipe", "seed", "tau", "90% interval", "tau_c", "90% interval", "tau p4", "tau_c p4", "tau p8", "tau_c p8",
           "FLOPs tau",

@@ -1915,6 +1915,8 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     ref = out["reference"][0]
     assert all(seeds[a] == (0, 1, 2) for a in window)
     assert ref["set"] == "window" and ref["archs"] == ref["second_seed"] == 48 and ref["seeds"] == 3
+    sd = np.sqrt(np.mean([np.var([top1[a, s] for s in range(3)], ddof=1) for a in window]))  # equal seeds: plain mean
+    assert ref["top1_sd"] == pytest.approx(sd)
     p8 = next(r for r in out["reference"] if r["set"] == "window p8")                # the deep archs apart
     deep = [a for a in window if a.patch_size == 8]
     assert p8["archs"] == len(deep) == 24 and p8["seed_tau"] == pytest.approx(np.mean(
