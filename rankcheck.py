@@ -18,9 +18,12 @@ reference's noise, tau_c = (2/pi) asin(sin(pi tau / 2) / sqrt(r_S)) (clipped to 
 between two seeds is not that bound: a fitness that knew each arch's true accuracy would beat it.
 Intervals are percentile bootstraps over the archs, tau and r1 recomputed on every resample; two
 fitnesses scored on the same archs are compared by a paired bootstrap (the same resamples for
-both). FLOPs, parameters and depth are scored alike: a fitness that does not beat them adds nothing.
+both), and recipes trained with several supernet seeds also over the seeds (a t interval), the
+other source of noise. FLOPs, parameters and depth are scored alike: a fitness that does not beat
+them adds nothing.
 """
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -219,10 +222,11 @@ def paired_difference(fitness_a, fitness_b, top1_by_seed, level=LEVEL, count=RES
             "interval_level": level}
 
 
+@functools.lru_cache(maxsize=64)
 def t_quantile(p, df):
     """The p-quantile of Student's t with df degrees of freedom (p > 0.5): its density integrated
-    numerically from 0 and inverted by bisection (numpy has no t distribution, and scipy is no
-    dependency of this project)."""
+    numerically from 0 on a fine grid and the CDF inverted by interpolation (numpy has no t
+    distribution, and scipy is no dependency of this project)."""
     log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
     grid = np.linspace(0.0, 1000.0, 2_000_001) ** 2 / 1000.0            # dense near 0, up to t = 1000
     dens = np.exp(log_c - (df + 1) / 2 * np.log1p(grid ** 2 / df))
@@ -231,9 +235,10 @@ def t_quantile(p, df):
 
 
 def seed_difference(a, b=None, level=LEVEL):
-    """The mean of a - b over supernet seeds (a, b: one tau per seed, paired by seed; b None or a
-    number: a fixed reference) with a t interval over the seeds: where a difference is steady
-    over archs but not over seeds, the seeds decide. None interval with fewer than 2 seeds."""
+    """The mean of a - b over supernet seeds (a, b: one value per seed, a tau or a top-1, paired by
+    seed; b None or a number: a fixed reference) with a t interval over the seeds: where a
+    difference is steady over archs but not over seeds, the seeds decide. None interval with
+    fewer than 2 seeds."""
     b = np.zeros(len(a)) if b is None else np.broadcast_to(np.asarray(b, dtype=float), (len(a),))
     d = np.asarray(a, dtype=float) - b
     if len(d) < 2:
@@ -262,7 +267,7 @@ def within_subset(fitness, top1_by_seed):
     """tau of a fitness on a subset of the archs (one patch size), beside the subset's own reference
     reliability, its tau* and the tau_c it gives: archs that differ little are ranked noisily by the
     reference too, and a low tau there may be the reference's as much as the fitness's."""
-    r1, seeds, r_s = reliability(top1_by_seed)
+    r_s = reliability(top1_by_seed)[2]
     return {"archs": len(fitness), **scores(fitness, top1_by_seed, r_s), "seed_tau": seed_agreement(top1_by_seed),
             "reliability": r_s, "tau_star": None if r_s is None else oracle_tau(r_s)}
 
