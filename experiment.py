@@ -463,8 +463,8 @@ def table(results, markdown=False):
               fmt(r["tau_star"]), span(r["tau_star_interval"])])
     print("\nsuper-transformers scored on the window reference (held-out top-1 of the inherited weights)")
     line(["recipe", "seed", "tau", "90% interval", "tau_c", "90% interval", "tau p4", "tau_c p4", "tau p8", "tau_c p8",
-          "FLOPs tau",
-          "tau - FLOPs tau", "90% interval", "space tau", "blocks min/max", "patch 4/8", "train CPU-min"], header=True)
+          "FLOPs tau", "tau - FLOPs tau", "90% interval", "space tau", "blocks min/max", "patch 4/8", "train CPU-min"],
+         header=True)
     for r in supers:
         w, sp = r["window"], r.get("space")
         flops = w["floors"]["flops"]
@@ -490,25 +490,27 @@ def table(results, markdown=False):
                                                span(vs["over_seeds"]["interval"])]),
               mean_sd(r["min_block_share"]), mean_sd(r["cpu_minutes"])])
     outcome = outcome_rows(results, list(RECIPES))
+    margins = outcome_margins(outcome)
     if outcome:
-        print(f"\noutcome: each searched arch (evolution) trained alone, {REFERENCE_EPOCHS} epochs, mean top-1 over "
-              f"training seeds {', '.join(map(str, OUTCOME_SEEDS))}; wins = above both hand-designed networks and "
-              f"the median of {RANDOM_ARCHS} random window archs")
-        line(["recipe", "seed", "searched", "MFLOPs", *search.BASELINES, "random median", "wins"], header=True)
-        for r in outcome:
-            line([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6),
-                  *(fmt(r[n], 1) for n in search.BASELINES), fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
-        margins = outcome_margins(outcome)
-        print("\nsearched minus the better hand-designed network, points of top-1 over supernet seeds (t interval, "
-              "90%; each side a 2-seed mean, so the trainings' own noise comes on top)")
-        line(["recipe", "seeds", "wins", "searched", "margin", "90% interval"], header=True)
-        for m in margins:
-            line([m["recipe"], str(m["seeds"]), f"{m['wins']} of {m['seeds']}", mean_sd(m["searched"]),
-                  fmt(m["margin"]["difference"], 1), span(m["margin"]["interval"])])
-    else:
-        margins = []
+        print_outcome(outcome, margins, line)
     return {"reference": refs, "supernets": supers, "recipes": per_recipe, "outcome": outcome, "margins": margins}
 
+
+def print_outcome(outcome, margins, line):
+    """The outcome section of the table: each searched arch beside the designs, then per recipe."""
+    print(f"\noutcome: each searched arch (evolution) trained alone, {REFERENCE_EPOCHS} epochs, mean top-1 over "
+          f"training seeds {', '.join(map(str, OUTCOME_SEEDS))}; wins = above both hand-designed networks and "
+          f"the median of {RANDOM_ARCHS} random window archs")
+    line(["recipe", "seed", "searched", "MFLOPs", *search.BASELINES, "random median", "wins"], header=True)
+    for r in outcome:
+        line([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6),
+              *(fmt(r[n], 1) for n in search.BASELINES), fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
+    print("\nsearched minus the better hand-designed network, points of top-1 over supernet seeds (t interval, "
+          "90%; each side a 2-seed mean, so the trainings' own noise comes on top)")
+    line(["recipe", "seeds", "wins", "searched", "margin", "90% interval"], header=True)
+    for m in margins:
+        line([m["recipe"], str(m["seeds"]), f"{m['wins']} of {m['seeds']}", mean_sd(m["searched"]),
+              fmt(m["margin"]["difference"], 1), span(m["margin"]["interval"])])
 
 def main():
     ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
