@@ -422,24 +422,27 @@ def recipe_rows(supers, window, baseline="v2"):
     by_recipe = {}
     for r in supers:
         by_recipe.setdefault(r["recipe"], {})[r["seed"]] = r
+
+    def at(records, key, seeds):                    # each seed's window figure
+        return [records[s]["window"][key] for s in seeds]
+
     rows = []
     for name, rs in by_recipe.items():
         seeds = sorted(rs)
-        shared = [s for s in seeds if s in by_recipe.get(baseline, {})]
-        pick = lambda key: [rs[s]["window"][key] for s in seeds]
+        base = by_recipe.get(baseline, {})
+        shared = [s for s in seeds if s in base]
+        pick = lambda key: at(rs, key, seeds)       # noqa: E731
         rows.append({"recipe": name, "seeds": seeds, "kendall_tau": pick("kendall_tau"), "tau_c": pick("tau_c"),
                      "top3_regret": pick("top3_regret"),
-                     "tau_c_by_patch": {p: [rs[s]["window"]["by_patch"][p]["tau_c"] for s in seeds]
+                     "tau_c_by_patch": {p: [b[p]["tau_c"] for b in pick("by_patch")]
                                         for p in rs[seeds[0]]["window"]["by_patch"]},
                      "minus_flops": {**rankcheck.paired_difference(pick("fitness"), flops, top1),
                                      "over_seeds": rankcheck.seed_difference(pick("kendall_tau"), flops_tau)},
-                     "minus_baseline": None if name == baseline or not shared else {"seeds": shared,
-                         **rankcheck.paired_difference([rs[s]["window"]["fitness"] for s in shared],
-                                                       [by_recipe[baseline][s]["window"]["fitness"] for s in shared],
-                                                       top1),
-                         "over_seeds": rankcheck.seed_difference(
-                             [rs[s]["window"]["kendall_tau"] for s in shared],
-                             [by_recipe[baseline][s]["window"]["kendall_tau"] for s in shared])},
+                     "minus_baseline": None if name == baseline or not shared else {
+                         "seeds": shared,
+                         **rankcheck.paired_difference(at(rs, "fitness", shared), at(base, "fitness", shared), top1),
+                         "over_seeds": rankcheck.seed_difference(at(rs, "kendall_tau", shared),
+                                                                 at(base, "kendall_tau", shared))},
                      "min_block_share": [min(rs[s]["sampled"]["block_share"]) for s in seeds],
                      "cpu_minutes": [rs[s]["cpu_minutes"] for s in seeds]})
     return rows
@@ -511,6 +514,7 @@ def print_outcome(outcome, margins, line):
     for m in margins:
         line([m["recipe"], str(m["seeds"]), f"{m['wins']} of {m['seeds']}", mean_sd(m["searched"]),
               fmt(m["margin"]["difference"], 1), span(m["margin"]["interval"])])
+
 
 def main():
     ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
