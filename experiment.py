@@ -11,7 +11,9 @@ effective batch 64, lr 2e-3, one process per training.
              where FLOPs alone ranks.
   grid       Super-transformers per recipe and seed (every recipe the same number of sub-network
              passes), each scored on the reference archs with its inherited weights (held-out
-             top-1) and searched (evolution and random search, 200 evaluations each).
+             top-1) and searched (evolution and random search, 200 evaluations each). fair-split
+             (beyond the paper) is fair split by patch size as few-shot NAS splits a space: one
+             super-transformer per patch size on half the passes each, each arch scored on its own.
   outcome    The search's pick against hand design and chance: each supernet record's searched arch
              (evolution) of the given recipes, the two hand-designed networks nearest the window's
              top and 8 random window archs, each trained alone as the reference archs are (20
@@ -65,7 +67,12 @@ RECIPES = {
     "v1+depth": ["--recipe", "v1", "--sampling", "depth-balanced"],
     "v2+depth": ["--recipe", "v2", "--sampling", "depth-balanced"],
     "fair": ["--recipe", "fair"],
+    "fair-split": ["--recipe", "fair"],
 }
+# Recipes trained as one super-transformer per patch size, each on an equal share of the passes: the
+# space split as few-shot NAS splits it (no block weights shared between patch sizes; beyond the
+# paper); each arch is scored on, and each search runs in, its patch size's super-transformer.
+SPLIT = ("fair-split",)
 REFERENCE_EPOCHS = 20
 PER_CELL = 6
 # training seeds: the window reference's (its mean over 3 seeds left the oracle bound tau* at 0.795,
@@ -231,10 +238,10 @@ def learned_phase_statistics(log_path, uniform_epochs):
             "depth_share": np.mean([s["depth_share"] for s in stats], axis=0).tolist()}
 
 
-def run_supernet(job):
-    flags = RECIPES[job["recipe"]]
-    epochs = PASSES // passes_of(flags)
-    super_dir = os.path.join(job["scratch"], "super")
+def train_and_search(job, flags, epochs, scratch):
+    """One super-transformer of train.py `flags`, trained `epochs` in `scratch`, then searched
+    (evolution and random search) and its reference archs scored (those of its patch sizes)."""
+    super_dir = os.path.join(scratch, "super")
     argv = ["--out", super_dir, "--seed", str(job["seed"]), "--epochs", str(epochs),
             "--uniform-epochs", str(epochs // 3), *BASE, *flags]
     cpu = time.process_time()
@@ -242,20 +249,51 @@ def run_supernet(job):
     train_cpu = (time.process_time() - cpu) / 60
     ck_path = os.path.join(super_dir, "checkpoint.pt")
     sargv = ["--ckpt", ck_path, *WINDOW, "--population", "20", "--generations", "10", "--compare",
-             "--seed", str(job["seed"]), "--device", "cpu", "--out", os.path.join(job["scratch"], "search")]
+             "--seed", str(job["seed"]), "--device", "cpu", "--out", os.path.join(scratch, "search")]
     args = search.parse_args(sargv)
     os.makedirs(args.out, exist_ok=True)
     ck, space, fitness, n_eval = search.load_supernet(args, infra.Dist())   # loaded once: search and reference
     runs = search.search_algorithms(args, space, ck, fitness, {}, infra.Dist())
-    inherited = {name: [fitness(a) for a in archs] for name, (archs, _) in reference_sets().items()}
-    return {"recipe": job["recipe"], "seed": job["seed"], "train_argv": argv, "search_argv": sargv, "steps": ck["step"],
-            "passes_per_step": passes_of(flags), "train_cpu_minutes": train_cpu, "holdout_images": n_eval,
-            "identity_prob": ck["identity_prob"],
+    return {"patch_sizes": list(space.patch_sizes), "train_argv": argv, "search_argv": sargv, "steps": ck["step"],
+            "train_cpu_minutes": train_cpu, "holdout_images": n_eval, "identity_prob": ck["identity_prob"],
             "sampled": learned_phase_statistics(os.path.join(super_dir, "log.jsonl"), epochs // 3),
-            "inherited": {name: [{"arch": a.to_dict(), **s} for a, s in zip(reference_sets()[name][0], scores)]
-                          for name, scores in inherited.items()},
+            "inherited": {name: {a: fitness(a) for a in archs if a.patch_size in space.patch_sizes}
+                          for name, (archs, _) in reference_sets().items()},
             "search": {algo: {k: evo.best[k] for k in ("arch", "top1", "loss", "flops")}
                        for algo, evo in runs.items()}}
+
+
+def merge_split(parts):
+    """One record of the super-transformers of a split recipe (train_and_search's, one per patch
+    size, equal steps each): each reference arch scored by its patch size's, each search's pick
+    the one of higher held-out top-1, the sampler statistics and costs over all steps; each
+    part's own figures under "parts"."""
+    n = len(parts)
+    patches = [str(p) for part in parts for p in part["patch_sizes"]]
+    own = {p: part for part in parts for p in part["patch_sizes"]}
+    return {"steps": sum(p["steps"] for p in parts), "train_cpu_minutes": sum(p["train_cpu_minutes"] for p in parts),
+            "holdout_images": parts[0]["holdout_images"],
+            "sampled": {"block_share": np.mean([p["sampled"]["block_share"] for p in parts], axis=0).tolist(),
+                        "patch_share": {q: sum(p["sampled"]["patch_share"].get(q, 0.0) for p in parts) / n
+                                        for q in patches},
+                        "depth_share": np.mean([p["sampled"]["depth_share"] for p in parts], axis=0).tolist()},
+            "inherited": {name: {a: own[a.patch_size]["inherited"][name][a] for a in archs}
+                          for name, (archs, _) in reference_sets().items()},
+            "search": {algo: max((p["search"][algo] for p in parts), key=lambda best: best["top1"])
+                       for algo in parts[0]["search"]},
+            "parts": [{k: v for k, v in p.items() if k not in ("inherited", "search")} for p in parts]}
+
+
+def run_supernet(job):
+    flags = RECIPES[job["recipe"]]
+    split = [["--patch-sizes", str(p)] for p in TINY.patch_sizes] if job["recipe"] in SPLIT else [[]]
+    epochs = PASSES // passes_of(flags) // len(split)      # equal passes, however many super-transformers
+    parts = [train_and_search(job, [*flags, *extra], epochs, os.path.join(job["scratch"], *extra[1:]))
+             for extra in split]
+    record = merge_split(parts) if len(parts) > 1 else {k: v for k, v in parts[0].items() if k != "patch_sizes"}
+    record["inherited"] = {name: [{"arch": a.to_dict(), **record["inherited"][name][a]} for a in archs]
+                           for name, (archs, _) in reference_sets().items()}
+    return {"recipe": job["recipe"], "seed": job["seed"], "passes_per_step": passes_of(flags), **record}
 
 
 RUNNERS = {"alone": run_alone, "supernet": run_supernet}

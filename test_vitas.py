@@ -573,6 +573,21 @@ def test_fair_samplers_train_every_block_position_and_patch_size(recipe, fair):
     assert meets == fair, (blocks, patches)
 
 
+def test_patch_sizes_trains_a_super_transformer_of_those_patch_sizes_only(tmp_path, capsys):
+    out = tmp_path / "p8"
+    argv = ["--out", str(out), "--epochs", "1", "--uniform-epochs", "0", *WINDOW, "--patch-sizes", "8", *SMALL]
+    assert run_main(train, argv, capsys)[0] == 0
+    ck = infra.load_checkpoint(out / "checkpoint.pt")
+    assert SearchSpace(**ck["space"]) == SearchSpace(**{**TINY.to_dict(), "patch_sizes": [8]})
+    assert set(ck["model"]) == {k for k in vitas.SuperTransformer(TINY).state_dict() if not k.startswith("tokens.p4")}
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert log[-1]["sampled"]["patch_share"] == {"8": 1.0}
+    for bad, words in ((["--patch-sizes", "5"], "not in space tiny"), (["--patch-sizes", "0"], "--patch-sizes"),
+                       (["--patch-sizes", "8", "--arch", str(tmp_path / "a.json")], "a retrain")):
+        code, err = run_main(train, ["--out", str(tmp_path / "bad"), *bad, *SMALL], capsys)
+        assert code == 2 and words in err and "Traceback" not in err, err
+
+
 def test_identity_shift_search_trains_identities_anywhere_and_scores_them_shifted():
     args = vars(train.resolve_recipe(train.parse_args(["--recipe", "fair", *WINDOW])))
     assert args["identity_shift"] == "search" and args["sampling"] == "stratified" and infra.scores_shifted(args)
@@ -1832,6 +1847,8 @@ def test_super_step_launches_at_most_1_3x_the_plain_vits_kernels():
 # -----------------------------------------------------------------------------
 # experiment.py: parallel workers, records in results/, the table from them
 
+import itertools  # noqa: E402
+
 import experiment  # noqa: E402
 
 
@@ -1853,6 +1870,46 @@ def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_pa
     capsys.readouterr()
     experiment.run_jobs(jobs(tmp_path / "parallel"), workers=2)          # every record there: nothing runs
     assert "4 of 4 jobs already have a record; running 0" in capsys.readouterr().out
+
+
+def test_split_recipe_scores_each_arch_on_its_patch_sizes_supernet(monkeypatch):
+    """A split recipe trains one super-transformer per patch size on half the passes each; its record
+    scores each reference arch with the one of its patch size and keeps the better search pick.
+    train_and_search is replaced by made-up super-transformers (nothing trains)."""
+    g, made = np.random.default_rng(0), []
+
+    def fake(job, flags, epochs, scratch):
+        patches = [int(flags[flags.index("--patch-sizes") + 1])] if "--patch-sizes" in flags else list(TINY.patch_sizes)
+        made.append({"patch_sizes": patches, "epochs": epochs, "train_argv": flags, "search_argv": [],
+                     "steps": 10 * epochs, "train_cpu_minutes": 1.0, "holdout_images": 600, "identity_prob": 0.5,
+                     "sampled": {"block_share": g.uniform(size=6).tolist(), "depth_share": g.uniform(size=7).tolist(),
+                                 "patch_share": {str(p): 1.0 for p in patches}},
+                     "inherited": {name: {a: {"top1": float(g.uniform(50, 90)), "loss": 1.0} for a in archs
+                                          if a.patch_size in patches}
+                                   for name, (archs, _) in experiment.reference_sets().items()},
+                     "search": {"evolution": {"arch": Arch(patches[0], 32, (None,) * 6).to_dict(),
+                                              "top1": float(g.uniform(50, 90))}}})
+        return made[-1]
+
+    monkeypatch.setattr(experiment, "train_and_search", fake)
+    record = experiment.run_supernet({"recipe": "fair-split", "seed": 0, "scratch": "unused"})
+    epochs = experiment.PASSES // experiment.passes_of(experiment.RECIPES["fair-split"])
+    assert [(m["patch_sizes"], m["epochs"]) for m in made] == [([4], epochs // 2), ([8], epochs // 2)]   # equal passes
+    own = {m["patch_sizes"][0]: m for m in made}
+    for name, (archs, _) in experiment.reference_sets().items():
+        scored = record["inherited"][name]
+        assert [Arch.from_dict(x["arch"]) for x in scored] == archs                  # the reference's order
+        assert [x["top1"] for x in scored] == [own[a.patch_size]["inherited"][name][a]["top1"] for a in archs]
+    assert record["search"]["evolution"] == max((m["search"]["evolution"] for m in made), key=lambda b: b["top1"])
+    assert record["steps"] == 2 * 10 * (epochs // 2) and record["train_cpu_minutes"] == 2.0
+    assert record["sampled"]["patch_share"] == {"4": 0.5, "8": 0.5}
+    assert record["sampled"]["block_share"] == pytest.approx(
+        [(x + y) / 2 for x, y in zip(*(m["sampled"]["block_share"] for m in made))])
+    assert [p["patch_sizes"] for p in record["parts"]] == [[4], [8]]
+    made.clear()
+    whole = experiment.run_supernet({"recipe": "fair", "seed": 0, "scratch": "unused"})
+    assert [(m["patch_sizes"], m["epochs"]) for m in made] == [([4, 8], epochs)] and "parts" not in whole
+    assert whole["search"] == made[0]["search"] and whole["steps"] == made[0]["steps"]
 
 
 def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, monkeypatch):
@@ -1913,20 +1970,21 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
             "sampled": {"block_share": [1, .8, .4, .2, .1, .01], "patch_share": {"4": .7, "8": .3}}, "search": {}})
     out = experiment.table(results)
     ref = out["reference"][0]
-    assert all(seeds[a] == (0, 1, 2) for a in window)
-    assert ref["set"] == "window" and ref["archs"] == ref["second_seed"] == 48 and ref["seeds"] == 3
-    sd = np.sqrt(np.mean([np.var([top1[a, s] for s in range(3)], ddof=1) for a in window]))  # equal seeds: plain mean
+    S = len(experiment.REFERENCE_SEEDS)
+    assert S >= 2 and all(seeds[a] == tuple(range(S)) for a in window)
+    assert ref["set"] == "window" and ref["archs"] == ref["second_seed"] == 48 and ref["seeds"] == S
+    sd = np.sqrt(np.mean([np.var([top1[a, s] for s in range(S)], ddof=1) for a in window]))  # equal seeds: plain mean
     assert ref["top1_sd"] == pytest.approx(sd)
+    pairs = list(itertools.combinations(range(S), 2))
     p8 = next(r for r in out["reference"] if r["set"] == "window p8")                # the deep archs apart
     deep = [a for a in window if a.patch_size == 8]
     assert p8["archs"] == len(deep) == 24 and p8["seed_tau"] == pytest.approx(np.mean(
-        [brute_tau_b([top1[a, i] for a in deep], [top1[a, j] for a in deep]) for i, j in ((0, 1), (0, 2), (1, 2))]))
-    pair_taus = [brute_tau_b([top1[a, i] for a in window], [top1[a, j] for a in window])
-                 for i, j in ((0, 1), (0, 2), (1, 2))]
+        [brute_tau_b([top1[a, i] for a in deep], [top1[a, j] for a in deep]) for i, j in pairs]))
+    pair_taus = [brute_tau_b([top1[a, i] for a in window], [top1[a, j] for a in window]) for i, j in pairs]
     assert ref["seed_tau"] == pytest.approx(np.mean(pair_taus))
     r1 = np.sin(np.pi * ref["seed_tau"] / 2)
-    assert ref["tau_star"] == pytest.approx(2 / np.pi * np.arcsin(np.sqrt(3 * r1 / (1 + 2 * r1))))   # a 3-seed mean
-    mean = [(top1[a, 0] + top1[a, 1] + top1[a, 2]) / 3 for a in window]
+    assert ref["tau_star"] == pytest.approx(2 / np.pi * np.arcsin(np.sqrt(S * r1 / (1 + (S - 1) * r1))))  # S-seed mean
+    mean = [np.mean([top1[a, s] for s in range(S)]) for a in window]
     tau = {r: brute_tau_b([x["top1"] for x in inherited[r]], mean) for r in inherited}
     w = next(r for r in out["supernets"] if r["recipe"] == "v2")["window"]
     assert w["kendall_tau"] == pytest.approx(tau["v2"])

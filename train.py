@@ -393,11 +393,23 @@ class Run:
 
 
 def run_space(args, init, log):
-    """The --space preset, or for --init-from (`init`, its checkpoint) the space of the checkpoint
-    whose weights are inherited (an explicit --space that differs from it is refused)."""
+    """The --space preset (with --patch-sizes, only those patch sizes of it), or for --init-from
+    (`init`, its checkpoint) the space of the checkpoint whose weights are inherited (an explicit
+    --space that differs from it is refused)."""
+    if args.patch_sizes is not None and args.arch is not None:
+        raise UserError("--patch-sizes restricts a super-transformer's space; a retrain (--arch) trains one network: "
+                        "leave it out")
     if init is None:
         args.space = args.space or "tiny"
-        return vitas.SearchSpace.preset(args.space)
+        space = vitas.SearchSpace.preset(args.space)
+        if args.patch_sizes is None:
+            return space
+        other = sorted(set(args.patch_sizes) - set(space.patch_sizes))
+        if other:
+            raise UserError(f"--patch-sizes {' '.join(map(str, other))}: not in space {args.space}, whose patch sizes "
+                            f"are {' '.join(map(str, space.patch_sizes))}")
+        log(f"search space {args.space}, patch size(s) {' '.join(map(str, sorted(set(args.patch_sizes))))} only")
+        return dataclasses.replace(space, patch_sizes=tuple(sorted(set(args.patch_sizes))))
     name = init["args"].get("space")
     if args.space is not None and args.space != name:
         raise UserError(f"--space {args.space} differs from the space of --init-from {args.init_from} ({name}); leave "
@@ -675,6 +687,10 @@ def sampling_flags(ap):
                         "distillation and the other samplers (beyond v1) are the flags below.")
     g.add_argument("--uniform-epochs", type=nat, default=2,
                    help="epochs of uniform sampling before the learned identity probability")
+    g.add_argument("--patch-sizes", type=number_arg(int, 1), nargs="+", default=None, metavar="P",
+                   help="train only these patch sizes of the space (default: all). One super-transformer per patch "
+                        "size, each on its share of the steps, splits the space as few-shot NAS does: no block "
+                        "weights shared between patch sizes (beyond the paper)")
     g.add_argument("--flops-min", type=infra.count_arg, default=None,
                    help="FLOPs (MACs) window the learned identity probability aims at, e.g. 0.9G")
     g.add_argument("--flops-max", type=infra.count_arg, default=None,
