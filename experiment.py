@@ -286,10 +286,12 @@ def merge_split(parts):
 
 def run_supernet(job):
     flags = RECIPES[job["recipe"]]
-    split = [["--patch-sizes", str(p)] for p in TINY.patch_sizes] if job["recipe"] in SPLIT else [[]]
+    if job["recipe"] in SPLIT:                             # a super-transformer per patch size, in scratch/pP
+        split = [(["--patch-sizes", str(p)], os.path.join(job["scratch"], f"p{p}")) for p in TINY.patch_sizes]
+    else:
+        split = [([], job["scratch"])]
     epochs = PASSES // passes_of(flags) // len(split)      # equal passes, however many super-transformers
-    parts = [train_and_search(job, [*flags, *extra], epochs, os.path.join(job["scratch"], *extra[1:]))
-             for extra in split]
+    parts = [train_and_search(job, [*flags, *extra], epochs, scratch) for extra, scratch in split]
     record = merge_split(parts) if len(parts) > 1 else {k: v for k, v in parts[0].items() if k != "patch_sizes"}
     record["inherited"] = {name: [{"arch": a.to_dict(), **record["inherited"][name][a]} for a in archs]
                            for name, (archs, _) in reference_sets().items()}

@@ -1,4 +1,5 @@
 """Tests: python -m pytest -q test_vitas.py  (CPU, a few minutes on 2 cores)."""
+import itertools
 import json
 
 import pytest
@@ -582,6 +583,8 @@ def test_patch_sizes_trains_a_super_transformer_of_those_patch_sizes_only(tmp_pa
     assert set(ck["model"]) == {k for k in vitas.SuperTransformer(TINY).state_dict() if not k.startswith("tokens.p4")}
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     assert log[-1]["sampled"]["patch_share"] == {"8": 1.0}
+    code, err = run_main(train, [*argv[:-len(SMALL) - 2], *SMALL], capsys)     # resumed without --patch-sizes
+    assert code == 2 and "another search space" in err and "Traceback" not in err, err
     for bad, words in ((["--patch-sizes", "5"], "not in space tiny"), (["--patch-sizes", "0"], "--patch-sizes"),
                        (["--patch-sizes", "8", "--arch", str(tmp_path / "a.json")], "a retrain")):
         code, err = run_main(train, ["--out", str(tmp_path / "bad"), *bad, *SMALL], capsys)
@@ -1847,8 +1850,6 @@ def test_super_step_launches_at_most_1_3x_the_plain_vits_kernels():
 # -----------------------------------------------------------------------------
 # experiment.py: parallel workers, records in results/, the table from them
 
-import itertools  # noqa: E402
-
 import experiment  # noqa: E402
 
 
@@ -1872,7 +1873,7 @@ def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_pa
     assert "4 of 4 jobs already have a record; running 0" in capsys.readouterr().out
 
 
-def test_split_recipe_scores_each_arch_on_its_patch_sizes_supernet(monkeypatch):
+def test_split_recipe_scores_each_arch_on_its_patch_size_s_supernet(monkeypatch):
     """A split recipe trains one super-transformer per patch size on half the passes each; its record
     scores each reference arch with the one of its patch size and keeps the better search pick.
     train_and_search is replaced by made-up super-transformers (nothing trains)."""
@@ -1887,8 +1888,10 @@ def test_split_recipe_scores_each_arch_on_its_patch_sizes_supernet(monkeypatch):
                      "inherited": {name: {a: {"top1": float(g.uniform(50, 90)), "loss": 1.0} for a in archs
                                           if a.patch_size in patches}
                                    for name, (archs, _) in experiment.reference_sets().items()},
-                     "search": {"evolution": {"arch": Arch(patches[0], 32, (None,) * 6).to_dict(),
-                                              "top1": float(g.uniform(50, 90))}}})
+                     # the patch-4 one searches better by evolution, the patch-8 one by random search
+                     "search": {algo: {"arch": Arch(patches[0], 32, (None,) * 6).to_dict(),
+                                       "top1": top1 + (patches == [8]) * (20 - 40 * (algo == "evolution"))}
+                                for algo, top1 in (("evolution", 70.0), ("random", 60.0))}})
         return made[-1]
 
     monkeypatch.setattr(experiment, "train_and_search", fake)
@@ -1900,15 +1903,16 @@ def test_split_recipe_scores_each_arch_on_its_patch_sizes_supernet(monkeypatch):
         scored = record["inherited"][name]
         assert [Arch.from_dict(x["arch"]) for x in scored] == archs                  # the reference's order
         assert [x["top1"] for x in scored] == [own[a.patch_size]["inherited"][name][a]["top1"] for a in archs]
-    assert record["search"]["evolution"] == max((m["search"]["evolution"] for m in made), key=lambda b: b["top1"])
+    assert record["search"] == {"evolution": made[0]["search"]["evolution"], "random": made[1]["search"]["random"]}
     assert record["steps"] == 2 * 10 * (epochs // 2) and record["train_cpu_minutes"] == 2.0
     assert record["sampled"]["patch_share"] == {"4": 0.5, "8": 0.5}
-    assert record["sampled"]["block_share"] == pytest.approx(
-        [(x + y) / 2 for x, y in zip(*(m["sampled"]["block_share"] for m in made))])
+    for key in ("block_share", "depth_share"):                           # equal steps: the plain mean
+        assert record["sampled"][key] == pytest.approx([(x + y) / 2 for x, y in zip(*(m["sampled"][key] for m in made))])
     assert [p["patch_sizes"] for p in record["parts"]] == [[4], [8]]
     made.clear()
     whole = experiment.run_supernet({"recipe": "fair", "seed": 0, "scratch": "unused"})
-    assert [(m["patch_sizes"], m["epochs"]) for m in made] == [([4, 8], epochs)] and "parts" not in whole
+    assert [(m["patch_sizes"], m["epochs"]) for m in made] == [([4, 8], epochs)]
+    assert set(whole) == {"recipe", "seed", "passes_per_step", *made[0]} - {"patch_sizes"}      # as before the split
     assert whole["search"] == made[0]["search"] and whole["steps"] == made[0]["steps"]
 
 

@@ -377,6 +377,9 @@ class Run:
             return
         if ck.get("arch") != (None if self.arch is None else self.arch.to_dict()):
             raise UserError(f"{self.path} belongs to another run (arch differs); use another --out or delete it")
+        if ck["space"] != self.space.to_dict():
+            raise UserError(f"{self.path} was trained on another search space (--space, --patch-sizes or the data's "
+                            f"classes differ); resume with the same flags, or use another --out")
         changed = [k for k in RECIPE_KEYS if ck["args"].get(k, RECIPES["v1"].get(k)) != getattr(self.args, k)]
         if self.arch is None and changed:
             raise UserError(f"{self.path} was trained with other "
@@ -408,8 +411,9 @@ def run_space(args, init, log):
         if other:
             raise UserError(f"--patch-sizes {' '.join(map(str, other))}: not in space {args.space}, whose patch sizes "
                             f"are {' '.join(map(str, space.patch_sizes))}")
-        log(f"search space {args.space}, patch size(s) {' '.join(map(str, sorted(set(args.patch_sizes))))} only")
-        return dataclasses.replace(space, patch_sizes=tuple(sorted(set(args.patch_sizes))))
+        patches = tuple(sorted(set(args.patch_sizes)))
+        log(f"search space {args.space}, restricted to patch size(s) {' '.join(map(str, patches))}")
+        return dataclasses.replace(space, patch_sizes=patches)
     name = init["args"].get("space")
     if args.space is not None and args.space != name:
         raise UserError(f"--space {args.space} differs from the space of --init-from {args.init_from} ({name}); leave "
