@@ -1907,7 +1907,8 @@ def test_split_recipe_scores_each_arch_on_its_patch_size_s_supernet(monkeypatch)
     assert record["steps"] == 2 * 10 * (epochs // 2) and record["train_cpu_minutes"] == 2.0
     assert record["sampled"]["patch_share"] == {"4": 0.5, "8": 0.5}
     for key in ("block_share", "depth_share"):                           # equal steps: the plain mean
-        assert record["sampled"][key] == pytest.approx([(x + y) / 2 for x, y in zip(*(m["sampled"][key] for m in made))])
+        halves = zip(*(m["sampled"][key] for m in made))
+        assert record["sampled"][key] == pytest.approx([(x + y) / 2 for x, y in halves])
     assert [p["patch_sizes"] for p in record["parts"]] == [[4], [8]]
     made.clear()
     whole = experiment.run_supernet({"recipe": "fair", "seed": 0, "scratch": "unused"})
