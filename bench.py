@@ -6,6 +6,8 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
       of its exported plain ViT, and the bilateral (left + right) step over the plain step, side
       by side for each arch:
         time: fp32, interleaved, median of repeats after warm-up (needs an otherwise idle machine);
+          beside them "no takes", the one-side step given its sliced parameters as ready leaves
+          (without_takes): what is left above it is the cost of slicing;
         kernels launched: fp32 and bf16 autocast, counted by torch.profiler (see kernel_count).
         Launches, not FLOPs, are what a small step on a GPU pays for; the counts are
         deterministic and do not depend on the batch;
@@ -56,12 +58,14 @@ def step_time(fn):
 
 
 def steps(space, arch, batch, device, amp=False):
-    """The three training steps compared, as functions of no arguments: plain (the exported ViT),
-    one_side (the super-transformer's left slice) and bilateral (left and right, each its own
-    forward, loss and backward; gradients summed). amp: under bf16 autocast."""
+    """The training steps compared, as functions of no arguments: plain (the exported ViT),
+    one_side (the super-transformer's left slice), bilateral (left and right, each its own
+    forward, loss and backward; gradients summed) and no_takes (one side without_takes). amp:
+    under bf16 autocast."""
     torch.manual_seed(0)
     net = vitas.SuperTransformer(space).to(device)
     vit = vitas.export(net, arch, "left")
+    kept = without_takes(vitas.SuperTransformer(space).to(device))
     x = torch.randn(batch, space.in_chans, space.image_size, space.image_size, device=device)
     y = torch.randint(0, space.num_classes, (batch,), device=device)
 
@@ -80,7 +84,29 @@ def steps(space, arch, batch, device, amp=False):
     def bilateral():
         step(net, *vitas.SIDES)
 
-    return plain, one_side, bilateral
+    def no_takes():
+        step(kept, "left")
+
+    return plain, one_side, bilateral, no_takes
+
+
+def without_takes(net):
+    """`net` with each module's sliced() taken once per choice and kept as leaf tensors, so that its
+    step is the super-transformer's computation without vitas.take: the floor any slicing
+    mechanism can reach (a diagnostic: the leaves are copies, the parameters learn nothing)."""
+    def kept(take):
+        slices = {}
+
+        def sliced(*choice):
+            if repr(choice) not in slices:
+                slices[repr(choice)] = {name: t.detach().requires_grad_() for name, t in take(*choice).items()}
+            return slices[repr(choice)]
+        return sliced
+
+    for module in net.modules():
+        if isinstance(module, vitas.Sliceable):
+            module.sliced = kept(module.sliced)
+    return net
 
 
 # aten ops that launch no work of their own: views, metadata, allocation, no-op conversions (to, contiguous
@@ -125,19 +151,20 @@ def kernel_count(fn, device="cpu"):
 
 def kernel_counts(space, arch, device="cpu", amp=False, batch=2):
     """Kernels per step: plain, one side, bilateral (bench.steps)."""
-    return tuple(kernel_count(f, device) for f in steps(space, arch, batch, device, amp))
+    return tuple(kernel_count(f, device) for f in steps(space, arch, batch, device, amp)[:3])
 
 
 def step_ratios(space, arch, batch, device, repeats, warmup=3):
-    plain, one_side, bilateral = steps(space, arch, batch, device)
-    times = {f: [] for f in (plain, one_side, bilateral)}
+    """The plain step's median time, and one side's, bilateral's and no takes' over it."""
+    fns = steps(space, arch, batch, device)
+    times = {f: [] for f in fns}
     for i in range(warmup + repeats):
         for f in times:                        # interleaved so drift hits all three alike
             t = step_time(f)
             if i >= warmup:
                 times[f].append(t)
     med = {f.__name__: statistics.median(ts) for f, ts in times.items()}
-    return med["plain"], med["one_side"] / med["plain"], med["bilateral"] / med["plain"]
+    return med["plain"], *(med[name] / med["plain"] for name in ("one_side", "bilateral", "no_takes"))
 
 
 def flops_as_proxy(name, n, batch, device, amp, seed=0):
@@ -190,18 +217,19 @@ def main():
     if not args.kernels:
         print(f"FLOPs counter: {counter_speed():,.0f} archs/s (vitas-1g, one core)")
     what = "CUDA kernels" if args.device.startswith("cuda") else "CPU aten ops that do work"
-    print(f"one forward+backward step: plain ViT, and the super-transformer's one side and bilateral over it;\n"
+    print(f"one forward+backward step: plain ViT, and the super-transformer's one side, bilateral and one side "
+          f"without its takes over it;\n"
           f"time fp32 (median of {args.repeats} interleaved), kernels launched ({what}) fp32 and bf16 autocast")
-    print(f"{'':32s} {'time':^28s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
-    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} "
-          + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(3)))
+    print(f"{'':32s} {'time':^37s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
+    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} {'plain':>8s} {'one side':>8s} {'bilateral':>9s} "
+          f"{'no takes':>8s}   " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(2)))
     for name, space, arch, batch in cases:
         kernels = [kernel_counts(space, arch, args.device, amp) for amp in (False, True)]
         if args.kernels:
-            timed = f"{'-':>8s} {'-':>8s} {'-':>9s}"
+            timed = f"{'-':>8s} {'-':>8s} {'-':>9s} {'-':>8s}"
         else:
-            plain, one, both = step_ratios(space, arch, batch, args.device, args.repeats)
-            timed = f"{plain * 1e3:6.1f}ms {one:7.3f}x {both:8.3f}x"
+            plain, one, both, floor = step_ratios(space, arch, batch, args.device, args.repeats)
+            timed = f"{plain * 1e3:6.1f}ms {one:7.3f}x {both:8.3f}x {floor:7.3f}x"
         print(f"{name:18s} {batch:5d} {vitas.flops(arch, space) / 1e6:7.1f} {timed}   " +
               "   ".join(f"{p:8d} {o / p:7.2f}x {b / p:8.2f}x" for p, o, b in kernels), flush=True)
 

@@ -1847,6 +1847,27 @@ def test_super_step_launches_at_most_1_3x_the_plain_vits_kernels():
     assert both <= 2.2 * one, (plain, one, both)
 
 
+def test_bench_without_takes_computes_the_same_step_from_kept_slices():
+    """bench's "no takes" floor runs the super-transformer's own computation: the same logits and
+    the same gradients of the sliced parameters as the super-transformer, from slices taken once."""
+    torch.manual_seed(0)
+    net = vitas.SuperTransformer(TINY)
+    kept = bench.without_takes(copy.deepcopy(net))
+    x = torch.randn(4, 3, 32, 32)
+    for side in ("left", "right"):
+        assert torch.allclose(kept(x, bench.TINY_MID, side), net(x, bench.TINY_MID, side), atol=1e-6)
+    block, choice = kept.blocks[0], bench.TINY_MID.blocks[0]
+    leaves = block.sliced(choice, "left", 48)
+    assert block.sliced(choice, "left", 48) is leaves and all(t.is_leaf for t in leaves.values())   # taken once
+    kept(x, bench.TINY_MID, "left").sum().backward()
+    sliced = net.blocks[0].sliced(choice, "left", 48)
+    net(x, bench.TINY_MID, "left").sum().backward()
+    fc1 = sliced["fc1.weight"]
+    grad = net.blocks[0].weight.grad[net.blocks[0].rows["fc1"].start:][:fc1.shape[0], :48]
+    assert torch.allclose(leaves["fc1.weight"].grad, grad, atol=1e-5)
+    assert all(p.grad is None for p in kept.parameters())                    # nothing reaches the parameters
+
+
 # -----------------------------------------------------------------------------
 # experiment.py: parallel workers, records in results/, the table from them
 
