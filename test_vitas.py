@@ -576,14 +576,14 @@ def test_fair_samplers_train_every_block_position_and_patch_size(recipe, fair):
 
 def test_patch_sizes_trains_a_super_transformer_of_those_patch_sizes_only(tmp_path, capsys):
     out = tmp_path / "p8"
-    argv = ["--out", str(out), "--epochs", "1", "--uniform-epochs", "0", *WINDOW, "--patch-sizes", "8", *SMALL]
-    assert run_main(train, argv, capsys)[0] == 0
+    argv = ["--out", str(out), "--epochs", "1", "--uniform-epochs", "0", *WINDOW, *SMALL, "--synthetic-size", "320"]
+    assert run_main(train, [*argv, "--patch-sizes", "8"], capsys)[0] == 0
     ck = infra.load_checkpoint(out / "checkpoint.pt")
     assert SearchSpace(**ck["space"]) == SearchSpace(**{**TINY.to_dict(), "patch_sizes": [8]})
     assert set(ck["model"]) == {k for k in vitas.SuperTransformer(TINY).state_dict() if not k.startswith("tokens.p4")}
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     assert log[-1]["sampled"]["patch_share"] == {"8": 1.0}
-    code, err = run_main(train, [*argv[:-len(SMALL) - 2], *SMALL], capsys)     # resumed without --patch-sizes
+    code, err = run_main(train, argv, capsys)                                  # resumed without --patch-sizes
     assert code == 2 and "another search space" in err and "Traceback" not in err, err
     for bad, words in ((["--patch-sizes", "5"], "not in space tiny"), (["--patch-sizes", "0"], "--patch-sizes"),
                        (["--patch-sizes", "8", "--arch", str(tmp_path / "a.json")], "a retrain")):
