@@ -577,7 +577,7 @@ def train(args):
 # the real blocks while training) and weak augmentation. "fair", the default (beyond the paper),
 # trains every block position and patch size alike: stratified (patch, depth) cells, identities
 # anywhere while training and shifted only when scoring and searching, weak augmentation; its
-# supernets rank the window reference at Kendall tau 0.64 +- 0.03, v2's at 0.39 +- 0.19 (4 seeds,
+# supernets rank the window reference at Kendall tau 0.67 +- 0.02, v2's at 0.41 +- 0.21 (4 seeds,
 # README Results). Beyond the paper, opt-in: cyclic sharing, the sandwich, distillation, the
 # cell-based samplers. Explicit flags override the recipe.
 RECIPE_KEYS = ("sharing", "bilateral_loss", "sandwich", "distill", "identity_shift", "sampling")
