@@ -159,7 +159,7 @@ def step_ratios(space, arch, batch, device, repeats, warmup=3):
     fns = steps(space, arch, batch, device)
     times = {f: [] for f in fns}
     for i in range(warmup + repeats):
-        for f in times:                        # interleaved so drift hits all three alike
+        for f in times:                        # interleaved so drift hits every step alike
             t = step_time(f)
             if i >= warmup:
                 times[f].append(t)
