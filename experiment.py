@@ -450,12 +450,13 @@ def supernet_rows(results, refs):
                                        r["seed"]))
 
 
-def recipe_rows(supers, window, baseline="v2"):
+def recipe_rows(supers, window, baselines=("v2",)):
     """Per recipe, over its supernet seeds on the window reference (reference_table's "window"):
-    mean and SD of tau, tau_c and top-3 regret; its mean tau minus FLOPs' tau and minus the
-    baseline recipe's mean tau on the seeds both have, each with a paired bootstrap interval over
-    the archs and ("over_seeds") a t interval over the supernet seeds: a recipe is better only
-    where both exclude 0."""
+    mean and SD of tau, tau_c and top-3 regret; its mean tau minus FLOPs' tau and ("minus", by
+    baseline recipe; None for the baseline itself or where no seed is shared) minus each
+    baseline's mean tau on the seeds both have, each with a paired bootstrap interval over the
+    archs and ("over_seeds") a t interval over the supernet seeds: a recipe is better only where
+    both exclude 0."""
     archs, top1 = zip(*window)
     flops = rankcheck.floor_predictors(archs, TINY)["flops"]
     flops_tau = rankcheck.kendall_tau(flops, rankcheck.reference_mean(top1))
@@ -466,11 +467,18 @@ def recipe_rows(supers, window, baseline="v2"):
     def at(records, key, seeds):                    # each seed's window figure
         return [records[s]["window"][key] for s in seeds]
 
+    def minus(rs, baseline):                        # rs's figures minus the baseline's, on the seeds both have
+        base = by_recipe.get(baseline, {})
+        shared = [s for s in sorted(rs) if s in base]
+        if rs is base or not shared:
+            return None
+        return {"seeds": shared,
+                **rankcheck.paired_difference(at(rs, "fitness", shared), at(base, "fitness", shared), top1),
+                "over_seeds": rankcheck.seed_difference(at(rs, "kendall_tau", shared), at(base, "kendall_tau", shared))}
+
     rows = []
     for name, rs in by_recipe.items():
         seeds = sorted(rs)
-        base = by_recipe.get(baseline, {})
-        shared = [s for s in seeds if s in base]
         pick = lambda key: at(rs, key, seeds)       # noqa: E731
         rows.append({"recipe": name, "seeds": seeds, "kendall_tau": pick("kendall_tau"), "tau_c": pick("tau_c"),
                      "top3_regret": pick("top3_regret"),
@@ -478,11 +486,7 @@ def recipe_rows(supers, window, baseline="v2"):
                                         for p in rs[seeds[0]]["window"]["by_patch"]},
                      "minus_flops": {**rankcheck.paired_difference(pick("fitness"), flops, top1),
                                      "over_seeds": rankcheck.seed_difference(pick("kendall_tau"), flops_tau)},
-                     "minus_baseline": None if name == baseline or not shared else {
-                         "seeds": shared,
-                         **rankcheck.paired_difference(at(rs, "fitness", shared), at(base, "fitness", shared), top1),
-                         "over_seeds": rankcheck.seed_difference(at(rs, "kendall_tau", shared),
-                                                                 at(base, "kendall_tau", shared))},
+                     "minus": {b: minus(rs, b) for b in baselines},
                      "min_block_share": [min(rs[s]["sampled"]["block_share"]) for s in seeds],
                      "cpu_minutes": [rs[s]["cpu_minutes"] for s in seeds]})
     return rows
@@ -519,28 +523,26 @@ def table(results, markdown=False):
               span(flops["fitness_minus_floor"]["interval"]), fmt(sp and sp["kendall_tau"]),
               f"{min(blocks):.2f}/{max(blocks):.2f}", "/".join(f"{patches[p]:.2f}" for p in sorted(patches, key=int)),
               fmt(r["cpu_minutes"], 1)])
-    per_recipe = recipe_rows(supers, tables["window"]) if supers else []
+    default = train.DEFAULT_RECIPE                      # a remedy must beat the default, not only v2
+    per_recipe = recipe_rows(supers, tables["window"], ("v2", default)) if supers else []
     print("\nper recipe, mean ± SD (ddof=1) over supernet seeds; differences are of the mean tau over seeds, "
           "with 90% intervals paired over the archs (bootstrap) and over the supernet seeds (t)")
     line(["recipe", "seeds", "tau", "tau_c", "tau_c p4", "tau_c p8", "top-3 regret", "tau - FLOPs tau", "archs",
           "seeds", "tau - v2 tau", "archs", "seeds", "min block share", "train CPU-min"], header=True)
     for r in per_recipe:
-        vs, vf = r["minus_baseline"], r["minus_flops"]
+        vs, vf = r["minus"]["v2"], r["minus_flops"]
         line([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["kendall_tau"]), mean_sd(r["tau_c"]),
               *(mean_sd(r["tau_c_by_patch"].get(p, [])) for p in ("4", "8")), mean_sd(r["top3_regret"]),
               fmt(vf["difference"]), span(vf["interval"]), span(vf["over_seeds"]["interval"]),
               *(["-"] * 3 if vs is None else [fmt(vs["difference"]), span(vs["interval"]),
                                                span(vs["over_seeds"]["interval"])]),
               mean_sd(r["min_block_share"]), mean_sd(r["cpu_minutes"])])
-    default = train.DEFAULT_RECIPE                      # a remedy must beat the default, not only v2
-    versus = [r for r in (recipe_rows(supers, tables["window"], baseline=default) if supers else [])
-              if r["minus_baseline"] is not None]
+    versus = [{"recipe": r["recipe"], **r["minus"][default]} for r in per_recipe if r["minus"][default] is not None]
     if versus:
         print(f"\nagainst the default recipe {default}: the mean tau over the seeds both have, the same intervals")
         line(["recipe", "seeds", f"tau - {default} tau", "archs", "seeds"], header=True)
-        for r in versus:
-            vs = r["minus_baseline"]
-            line([r["recipe"], ",".join(map(str, vs["seeds"])), fmt(vs["difference"]), span(vs["interval"]),
+        for vs in versus:
+            line([vs["recipe"], ",".join(map(str, vs["seeds"])), fmt(vs["difference"]), span(vs["interval"]),
                   span(vs["over_seeds"]["interval"])])
     outcome = outcome_rows(results, list(RECIPES))
     margins = outcome_margins(outcome)

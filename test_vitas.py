@@ -2015,11 +2015,11 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     w = next(r for r in out["supernets"] if r["recipe"] == "v2")["window"]
     assert w["kendall_tau"] == pytest.approx(tau["v2"])
     fair = next(r for r in out["recipes"] if r["recipe"] == "fair")
-    assert fair["minus_baseline"]["difference"] == pytest.approx(tau["fair"] - tau["v2"])
-    assert fair["minus_baseline"]["over_seeds"]["difference"] == pytest.approx(tau["fair"] - tau["v2"])
+    assert fair["minus"]["v2"]["difference"] == pytest.approx(tau["fair"] - tau["v2"])
+    assert fair["minus"]["v2"]["over_seeds"]["difference"] == pytest.approx(tau["fair"] - tau["v2"])
     v2 = next(r for r in out["versus_default"] if r["recipe"] == "v2")               # and v2 against the default
-    assert experiment.train.DEFAULT_RECIPE == "fair" and v2["minus_baseline"]["difference"] == pytest.approx(
-        tau["v2"] - tau["fair"])
+    assert experiment.train.DEFAULT_RECIPE == "fair" and v2["difference"] == pytest.approx(tau["v2"] - tau["fair"])
+    assert fair["minus"]["fair"] is None and [r["recipe"] for r in out["versus_default"]] == ["v2"]
     assert fair["minus_flops"]["difference"] == pytest.approx(
         tau["fair"] - brute_tau_b([vitas.flops(a, TINY) for a in window], mean))
     printed = capsys.readouterr().out
