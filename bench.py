@@ -196,7 +196,10 @@ def main():
     ap.add_argument("--amp", action="store_true", help="with --throughput on CUDA: measure under bf16 autocast")
     ap.add_argument("--kernels", action="store_true",
                     help="kernels per step only, no timing (deterministic: needs no idle machine)")
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="time with glibc's default malloc thresholds, not infra.reuse_freed_memory as training runs")
     args = ap.parse_args()
+    kept = not args.glibc_defaults and infra.reuse_freed_memory()
     tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")
     cases = [("tiny largest", tiny, tiny.max_arch(), args.tiny_batch), ("tiny mid", tiny, TINY_MID, args.tiny_batch),
              ("vitas-1g ViTAS-C", big, VITAS_C, 4)]
@@ -219,7 +222,9 @@ def main():
     what = "CUDA kernels" if args.device.startswith("cuda") else "CPU aten ops that do work"
     print(f"one forward+backward step: plain ViT, and the super-transformer's one side, bilateral and one side "
           f"without its takes over it;\n"
-          f"time fp32 (median of {args.repeats} interleaved), kernels launched ({what}) fp32 and bf16 autocast")
+          f"time fp32 (median of {args.repeats} interleaved; freed memory "
+          f"{'kept, as training runs' if kept else 'handed back to the OS (glibc defaults)'}), "
+          f"kernels launched ({what}) fp32 and bf16 autocast")
     print(f"{'':32s} {'time':^37s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
     print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} {'plain':>8s} {'one side':>8s} {'bilateral':>9s} "
           f"{'no takes':>8s}   " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(2)))

@@ -1682,7 +1682,7 @@ def kept(width, full, side, embed=False):
 
 def by_hand(net, arch, side):
     """The plain ViT's parameters that export must give, sliced by hand from the documented layouts
-    (SuperBlock.qk, .rows and .entries, SuperTokens and SuperHead rows), not with vitas.take."""
+    (SuperBlock.qk, .rows and .entries, SuperTokens and SuperHead rows), not with vitas.Take."""
     C, A, M = TINY.embed_dims[-1], TINY.attn_dims[-1], TINY.mlp_dims[-1]
     ce = kept(arch.embed_dim, C, side, embed=True)
     tok = net.tokens[f"p{arch.patch_size}"]
@@ -1845,6 +1845,60 @@ def test_super_step_launches_at_most_1_3x_the_plain_vits_kernels():
     plain, one, both = bench.kernel_counts(TINY, bench.TINY_MID)
     assert one <= 1.3 * plain, (plain, one, both)
     assert both <= 2.2 * one, (plain, one, both)
+
+
+def test_prepared_takes_follow_the_parameters_they_are_given_and_stay_bounded():
+    """A choice's Takes are prepared once and hold no parameter: after load_state_dict(assign=True)
+    puts new parameter tensors in, the super-transformer computes with the new ones (its logits are
+    those of the net the weights came from, and the gradient reaches the new tensors); a module
+    keeps at most PLANS choices, dropping the oldest."""
+    torch.manual_seed(0)
+    net, other = vitas.SuperTransformer(TINY), perturb(vitas.SuperTransformer(TINY))
+    x = torch.randn(2, 3, 32, 32)
+    for side in ("left", "cyclic"):
+        net(x, WRAPS, side)                                           # prepared on the old tensors
+    blk, choice = net.blocks[0], WRAPS.blocks[0]
+    prepared = blk.plan((choice, "left", WRAPS.embed_dim), None)      # kept: not prepared again
+    assert blk.plan((choice, "left", WRAPS.embed_dim), None) is prepared
+    net.load_state_dict(copy.deepcopy(other.state_dict()), assign=True)
+    for side in ("left", "cyclic"):
+        out = net(x, WRAPS, side)
+        assert torch.allclose(out, other(x, WRAPS, side), atol=1e-6), side
+    out.sum().backward()
+    assert blk.weight.grad is not None and blk.vector.grad is not None
+    blk.PLANS = 3
+    choices = [(Block(h, a, 64), "left", 48) for h in TINY.heads for a in TINY.attn_dims]
+    for b, side, width in choices:
+        blk.sliced(b, side, width)
+        assert len(blk.plans) <= 3
+    assert [k[:3] for k in blk.plans] == choices[-3:]
+
+
+def test_reuse_freed_memory_ends_the_page_faults_of_super_transformer_steps():
+    """infra.reuse_freed_memory, as train.py's CPU runs set it: the steps of a super-transformer with
+    stacked parameters of vitas-1g's widths (7 MB a block) touch memory already mapped, where
+    glibc's defaults page-fault again every step (the kernel's count of minor faults over three
+    steps after two, each way in a fresh process)."""
+    code = """if 1:
+        import resource, sys, torch, torch.nn.functional as F, infra, vitas
+        kept = sys.argv[1] == "kept" and infra.reuse_freed_memory()
+        space = vitas.SearchSpace(32, 3, 10, (8,), 4, (192, 384), (4, 8), (240, 480), (720, 1440))
+        net, arch = vitas.SuperTransformer(space), vitas.Arch(8, 192, (vitas.Block(4, 240, 720),) * 4)
+        def step():
+            net.zero_grad(set_to_none=True)
+            F.cross_entropy(net(torch.randn(2, 3, 32, 32), arch), torch.arange(2)).backward()
+        step(), step()
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step(), step(), step()
+        print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)"""
+    runs = {}
+    for how in ("kept", "defaults"):
+        out = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, check=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.split()
+        runs[how] = (out[0] == "True", int(out[1]))
+    if not runs["kept"][0]:
+        pytest.skip("not glibc: reuse_freed_memory does nothing here")
+    assert runs["defaults"][1] > 3000 and runs["kept"][1] < 0.02 * runs["defaults"][1], runs
 
 
 def test_bench_without_takes_computes_the_same_step_from_kept_slices():

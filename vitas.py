@@ -456,14 +456,17 @@ class ViT(nn.Module):
 # launches more kernels than the plain ViT of the same arch; on a CPU it costs the memory its
 # gradients fill. The gradient of a sliced parameter is a full-size zero tensor with the slice
 # written into it (two kernels, where the plain ViT's gradient costs none), and torch's indexing
-# pays that once per sliced dimension and per parameter. Hence one mechanism, take():
-#   - a slice is a list of parts, each some rows of one parameter at some columns; take() lays
+# pays that once per sliced dimension and per parameter. Hence one mechanism, Take:
+#   - a slice is a list of parts, each some rows of one parameter at some columns; a Take lays
 #     the parts end to end in one copy, however many there are and whichever parameters they
 #     come from (one cat of views);
 #   - its gradient is one zero tensor spanning the parameters the parts come from, and only
 #     those, with every taken row written in at once (index_copy_); each parameter's gradient
-#     is its rows of that tensor; where the rows lie is computed once per slice and cached
-#     (on a CPU, building it on the host every step cost more than the copy it guides);
+#     is its rows of that tensor;
+#   - a Take is prepared once per choice (Sliceable.plan) and then applied to the parameters
+#     every step: on a CPU the host-side work of working out where the rows lie, done every
+#     step, cost a small step more than the copies it guides; a lone part sliced along one
+#     dimension is torch's own indexing (as many kernels, and its backward runs no Python);
 #   - each module of the super-transformer (Sliceable) keeps its shared parameters in two
 #     tensors, its matrices (`weight`) and its norms, biases and embeddings (`vector`), and a
 #     block keeps the private Q and K of each head count apart (`qk`); so a block choice is two
@@ -472,6 +475,8 @@ class ViT(nn.Module):
 #   - Q, K and V come out of one matmul, as in the plain ViT: the drawn head count's Q and K
 #     and the shared V are parts of one take;
 #   - under autocast the taken matrices are cast once, not once per matrix.
+# The zero-filled gradients are as large as the stacked parameters: on a CPU, training keeps
+# freed memory for reuse (infra.reuse_freed_memory) so that they do not page-fault every step.
 # sliced() of each module returns the plain ViT's parameters, named as in its state dict: forward
 # computes with them and export copies them. `python bench.py` counts kernels per step.
 
@@ -517,7 +522,7 @@ def within(r, s):
 
 
 class _Take(torch.autograd.Function):
-    """take(): `parts` index `params`; `where` = (rows, cols) is where they lie in all of params, end to end."""
+    """Take.__call__: `parts` index `params`; `where` = (rows, cols) is where they lie in all of params, end to end."""
 
     @staticmethod
     def forward(ctx, parts, cols, where, *params):
@@ -540,39 +545,42 @@ class _Take(torch.autograd.Function):
         return None, None, None, *full.split(ctx.sizes)
 
 
-def take(parts, cols=None):
-    """The rows that parts = [(param, rows), ...] select, end to end, each at columns `cols`.
+class Take:
+    """A slice of some parameters, prepared once and then taken every step: Take(sizes, parts,
+    cols, device)(*params) is the rows that parts = [(param number, rows), ...] select from
+    params (first dimensions `sizes`, on `device`), end to end, each at columns `cols`.
 
-    rows: a slice or a 1-D index tensor of param's first dimension; cols: likewise of the second,
-    the same for every part (None: all); not both index tensors, and no two parts overlap. The
-    parameters agree past their first dimension. Forward: one copy, a cat of views (none for a
-    lone part that slicing views); gradient: one zero tensor spanning the distinct parameters end
+    rows: a slice or a 1-D index tensor of the param's first dimension; cols: likewise of the
+    second, the same for every part (None: all); not both index tensors, and no two parts overlap.
+    The parameters agree past their first dimension. Forward: one copy, a cat of views (none for
+    a lone part that slicing views); gradient: one zero tensor spanning the given parameters end
     to end, only those, with every taken entry written in at once; each parameter's gradient is
-    its rows of it, so a parameter no part takes from gets none. A lone part that takes all of
-    its parameter is the parameter itself."""
-    (first, rows), device = parts[0], parts[0][0].device
-    if len(parts) == 1 and all(i is None or isinstance(i, slice) and i == slice(None) for i in (rows, cols)):
-        return first
-    params = list({id(p): p for p, _ in parts}.values())            # distinct, in order
-    slot = {id(p): i for i, p in enumerate(params)}
-    on = [(slot[id(p)], rows.to(device) if torch.is_tensor(rows) else rows) for p, rows in parts]
-    cols = cols.to(device) if torch.is_tensor(cols) else cols
-    if len(parts) == 1:                 # written back where it was read
-        rows = on[0][1]
-    else:                               # the rows' positions in all of params
-        rows = positions(tuple(p.shape[0] for p in params), tuple(
-            (slot[id(p)], range(*rows.indices(p.shape[0])) if isinstance(rows, slice) else tuple(rows.tolist()))
-            for p, rows in parts), device)
-    return _Take.apply(on, cols, (rows, cols), *params)
+    its rows of it. A lone part that takes all of its parameter is the parameter itself."""
 
+    def __init__(self, sizes, parts, cols, device):
+        def to(i):
+            return i.to(device) if torch.is_tensor(i) else i
 
-@functools.lru_cache(maxsize=4096)
-def positions(sizes, parts, device):
-    """Where parts = ((param number, its rows), ...) lie in params of the given first sizes laid
-    end to end: an index tensor on `device`. Cached: training draws the same few slices again and
-    again, and building the index on the host each time costs a step more than the copy it guides."""
-    start = np.cumsum((0, *sizes))
-    return torch.from_numpy(np.concatenate([start[i] + np.asarray(rows) for i, rows in parts])).to(device)
+        self.parts, self.cols = [(i, to(rows)) for i, rows in parts], to(cols)
+        whole = [i is None or isinstance(i, slice) and i == slice(None) for i in (parts[0][1], cols)]
+        self.alias = len(parts) == 1 and all(whole)
+        # a lone part sliced along one dimension: torch's own indexing, as many kernels, no Python backward
+        self.index = None if len(parts) > 1 or not any(whole) else \
+            self.parts[0][1] if whole[1] else (slice(None), self.cols)
+        if len(parts) == 1:             # written back where it was read
+            rows = self.parts[0][1]
+        else:                           # the rows' positions in all of params, end to end
+            start = np.cumsum((0, *sizes))
+            rows = torch.from_numpy(np.concatenate([start[i] + np.arange(sizes[i])[r.numpy() if torch.is_tensor(r) else r]
+                                                    for i, r in parts])).to(device)
+        self.where = (rows, self.cols)
+
+    def __call__(self, *params):
+        if self.alias:
+            return params[0]
+        if self.index is not None:
+            return params[0][self.index]
+        return _Take.apply(self.parts, self.cols, self.where, *params)
 
 
 def layout(sizes):
@@ -585,7 +593,27 @@ class Sliceable(nn.Module):
     """A module of the super-transformer. Its shared parameters are stacked so that one step takes
     each once: `weight`, its matrices (weight decay), and `vector`, 1-D, its norms, biases and
     embeddings (no weight decay; infra.param_groups goes by p.ndim); `entries` names the parts
-    of `vector` as the plain ViT names them, and sliced() returns the plain ViT's parameters."""
+    of `vector` as the plain ViT names them, and sliced() returns the plain ViT's parameters.
+    `embed_dims`: the embedding width choices (cyclic sharing rings them)."""
+
+    PLANS = 512         # choices whose Takes a module keeps (the tiny space has 108 per block)
+
+    def __init__(self, embed_dims):
+        super().__init__()
+        self.embed_dims, self.plans = embed_dims, {}
+
+    def plan(self, choice, prepare):
+        """The Takes of one choice, prepare(device), prepared the first time the choice is sliced
+        on the parameters' device and kept (the oldest dropped past PLANS)."""
+        key = (*choice, self.vector.device)
+        if key not in self.plans:
+            if len(self.plans) >= self.PLANS:
+                del self.plans[next(iter(self.plans))]
+            self.plans[key] = prepare(self.vector.device)
+        return self.plans[key]
+
+    def embed_channels(self, width, side):
+        return channels(width, self.embed_dims[-1], side, self.embed_dims)
 
     def reset_parameters(self):
         """Each part as init_weights treats it in the plain ViT: matrices, class token and position
@@ -605,24 +633,29 @@ class SuperTokens(Sliceable):
     weight (C, in_chans, p, p), and its bias, the class token and the N + 1 position embeddings as
     the N + 3 rows of C channels of `vector`."""
 
-    def __init__(self, in_chans, embed_dim, patch_size, num_patches):
-        super().__init__()
-        self.patch_size = patch_size
-        self.weight = nn.Parameter(torch.empty(embed_dim, in_chans, patch_size, patch_size))
-        self.entries = layout({"proj.bias": embed_dim, "cls_token": embed_dim,
-                               "pos_embed": (num_patches + 1) * embed_dim})
-        self.vector = nn.Parameter(torch.empty((num_patches + 3) * embed_dim))
+    def __init__(self, in_chans, embed_dims, patch_size, num_patches):
+        super().__init__(embed_dims)
+        c, self.patch_size = embed_dims[-1], patch_size
+        self.weight = nn.Parameter(torch.empty(c, in_chans, patch_size, patch_size))
+        self.entries = layout({"proj.bias": c, "cls_token": c, "pos_embed": (num_patches + 1) * c})
+        self.vector = nn.Parameter(torch.empty((num_patches + 3) * c))
 
-    def sliced(self, sc):
-        """The parameters at embedding channels sc, named and shaped as the plain ViT's Tokens'."""
+    def sliced(self, width, side):
+        """The parameters at the embedding channels of `width`, named and shaped as the plain ViT's Tokens'."""
         rows = self.vector.view(-1, self.weight.shape[0])
-        bias, cls, pos = take([(rows, slice(None))], sc).split([1, 1, rows.shape[0] - 2])
-        return {"proj.weight": take([(self.weight, sc)]), "proj.bias": bias.view(-1), "cls_token": cls[None],
+
+        def prepare(device):
+            sc = self.embed_channels(width, side)
+            return Take(None, [(0, sc)], None, device), Take(None, [(0, slice(None))], sc, device)
+
+        conv, vec = self.plan((width, side), prepare)
+        bias, cls, pos = vec(rows).split([1, 1, rows.shape[0] - 2])
+        return {"proj.weight": conv(self.weight), "proj.bias": bias.view(-1), "cls_token": cls[None],
                 "pos_embed": pos[None]}
 
-    def forward(self, x, sc):
-        """x (B, in_chans, S, S) -> (B, N + 1, c)."""
-        p = self.sliced(sc)
+    def forward(self, x, width, side):
+        """x (B, in_chans, S, S) -> (B, N + 1, width)."""
+        p = self.sliced(width, side)
         x = F.conv2d(x, p["proj.weight"], p["proj.bias"], stride=self.patch_size).flatten(2).transpose(1, 2)
         return torch.cat([p["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + p["pos_embed"]
 
@@ -643,9 +676,9 @@ class SuperBlock(Sliceable):
                      `entries` says (1-D: norms and biases, no weight decay)"""
 
     def __init__(self, space, drop_path_rate=0.0):
-        super().__init__()
+        super().__init__(space.embed_dims)
         c, a, m = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
-        self.full, self.embed_dims = (c, a, m), space.embed_dims
+        self.full = (c, a, m)
         self.drop_path_rate, self.fused_attn = drop_path_rate, True
         self.qk = nn.ModuleDict({str(h): nn.Linear(c, 2 * a) for h in space.heads})
         self.rows = layout({"v": a, "proj": a, "fc1": m, "fc2": m})
@@ -660,23 +693,30 @@ class SuperBlock(Sliceable):
         inner = "left" if side == "cyclic" else side
         return channels(block.attn_dim, self.full[1], inner), channels(block.mlp_dim, self.full[2], inner)
 
+    def prepare(self, block, side, width, device):
+        """The two Takes of one block choice: the matrices, of (the head count's qk.weight, weight):
+        its Q and K, then the shared V, projection, fc1 and fc2, at the embedding channels; and
+        the vectors, of (vector, the head count's qk.bias)."""
+        se, (sa, sm), (E, R) = self.embed_channels(width, side), self.slices(block, side), (self.entries, self.rows)
+        q, k = range(self.full[1]), range(self.full[1], 2 * self.full[1])           # Q's and K's rows of qk
+        matrices = [(0, q, sa), (0, k, sa), (1, R["v"], sa), (1, R["proj"], sa), (1, R["fc1"], sm), (1, R["fc2"], sm)]
+        vectors = [*((0, E[n], se) for n in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")),
+                   (1, q, sa), (1, k, sa), (0, E["v.bias"], sa), (0, E["proj.bias"], se), (0, E["fc1.bias"], sm),
+                   (0, E["fc2.bias"], se)]
+        qk = (2 * self.full[1],)
+        return (Take((*qk, len(self.weight)), [(i, within(r, s)) for i, r, s in matrices], se, device),
+                Take((len(self.vector), *qk), [(i, within(r, s)) for i, r, s in vectors], None, device))
+
     def sliced(self, block, side, width):
         """The parameters of one block choice at embedding width `width`, named and shaped as those
         of the plain ViTBlock (export copies them, forward computes with them): two takes, the
-        matrices (the drawn head count's Q and K, then the shared V, projection, fc1 and fc2 at
-        the embedding channels) and the vectors. Matrices in the autocast dtype if on."""
-        se, (sa, sm) = channels(width, self.full[0], side, self.embed_dims), self.slices(block, side)
-        qk, W, V, R, E = self.qk[str(block.heads)], self.weight, self.vector, self.rows, self.entries
-        q, k = range(self.full[1]), range(self.full[1], 2 * self.full[1])           # Q's and K's rows of qk
-        matrices = [(qk.weight, q, sa), (qk.weight, k, sa), (W, R["v"], sa), (W, R["proj"], sa), (W, R["fc1"], sm),
-                    (W, R["fc2"], sm)]
-        vectors = [*((V, E[n], se) for n in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")),
-                   (qk.bias, q, sa), (qk.bias, k, sa), (V, E["v.bias"], sa), (V, E["proj.bias"], se),
-                   (V, E["fc1.bias"], sm), (V, E["fc2.bias"], se)]
-        w = take([(p, within(r, s)) for p, r, s in matrices], se)                            # (4a + 2m, c)
+        matrices and the vectors (prepare). Matrices in the autocast dtype if on."""
+        matrices, vectors = self.plan((block, side, width), functools.partial(self.prepare, block, side, width))
+        qk = self.qk[str(block.heads)]
+        w = matrices(qk.weight, self.weight)                                          # (4a + 2m, c)
         if torch.is_autocast_enabled(w.device.type):
             w = w.to(torch.get_autocast_dtype(w.device.type))
-        vec = take([(p, within(r, s)) for p, r, s in vectors])
+        vec = vectors(self.vector, qk.bias)
         a, m = block.attn_dim, block.mlp_dim
         qkv, proj, fc1, fc2 = w.split([3 * a, a, m, m])
         names = ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.qkv.bias", "attn.proj.bias",
@@ -702,26 +742,30 @@ class SuperHead(Sliceable):
     """Final LayerNorm and classifier: `weight` (classes, C), `bias`, and the norm's weight and
     bias as the two rows of C channels of `vector`."""
 
-    def __init__(self, embed_dim, num_classes):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+    def __init__(self, embed_dims, num_classes):
+        super().__init__(embed_dims)
+        self.weight = nn.Parameter(torch.empty(num_classes, embed_dims[-1]))
         self.bias = nn.Parameter(torch.empty(num_classes))
-        self.entries = layout({"norm.weight": embed_dim, "norm.bias": embed_dim})
-        self.vector = nn.Parameter(torch.empty(2 * embed_dim))
+        self.entries = layout({"norm.weight": embed_dims[-1], "norm.bias": embed_dims[-1]})
+        self.vector = nn.Parameter(torch.empty(2 * embed_dims[-1]))
 
     def reset_parameters(self):
         super().reset_parameters()
         nn.init.zeros_(self.bias)
 
-    def sliced(self, sc):
-        """The parameters at embedding channels sc, named and shaped as the plain ViT's norm and head."""
-        weight, bias = take([(self.vector.view(2, -1), slice(None))], sc).unbind(0)
-        return {"norm.weight": weight, "norm.bias": bias, "head.weight": take([(self.weight, slice(None))], sc),
-                "head.bias": self.bias}
+    def sliced(self, width, side):
+        """The parameters at the embedding channels of `width`, named and shaped as the plain ViT's norm and head."""
+        def prepare(device):
+            sc = self.embed_channels(width, side)
+            return Take(None, [(0, slice(None))], sc, device), Take(None, [(0, slice(None))], sc, device)
 
-    def forward(self, x, sc):
+        norm, head = self.plan((width, side), prepare)
+        weight, bias = norm(self.vector.view(2, -1)).unbind(0)
+        return {"norm.weight": weight, "norm.bias": bias, "head.weight": head(self.weight), "head.bias": self.bias}
+
+    def forward(self, x, side):
         """Class token x (B, c) -> logits (B, classes)."""
-        p = self.sliced(sc)
+        p = self.sliced(x.shape[-1], side)
         x = F.layer_norm(x, x.shape[-1:], p["norm.weight"], p["norm.bias"])
         return F.linear(x, p["head.weight"], p["head.bias"])
 
@@ -736,30 +780,21 @@ class SuperTransformer(nn.Module):
     def __init__(self, space, drop_path_rate=0.0):
         super().__init__()
         self.space = space
-        c = space.embed_dims[-1]
-        self.tokens = nn.ModuleDict({f"p{p}": SuperTokens(space.in_chans, c, p, space.num_patches(p))
+        self.tokens = nn.ModuleDict({f"p{p}": SuperTokens(space.in_chans, space.embed_dims, p, space.num_patches(p))
                                      for p in space.patch_sizes})
         self.blocks = nn.ModuleList(SuperBlock(space, r) for r in drop_path_rates(drop_path_rate, space.depth))
-        self.head = SuperHead(c, space.num_classes)
+        self.head = SuperHead(space.embed_dims, space.num_classes)
         init_weights(self)
-
-    def embed_channels(self, width, side):
-        """The embedding (residual-stream) channels of `width`: a slice, or an index tensor on the
-        weights' device where a cyclic window wraps around the ring."""
-        sc = channels(width, self.space.embed_dims[-1], side, self.space.embed_dims)
-        return sc if isinstance(sc, slice) else sc.to(self.head.weight.device, non_blocking=True)
 
     def forward(self, x, arch, side="left"):
         check_side(side)
         self.space.validate(arch)
         check_images(x, self.space)
-        c = arch.embed_dim
-        sc = self.embed_channels(c, side)
-        x = self.tokens[f"p{arch.patch_size}"](x, sc)                  # (B, T, c)
+        x = self.tokens[f"p{arch.patch_size}"](x, arch.embed_dim, side)      # (B, T, c)
         for blk, b in zip(self.blocks, arch.blocks):
             if b is not None:
                 x = blk(x, b, side)
-        return self.head(x[:, 0], sc)                                   # class token -> (B, classes)
+        return self.head(x[:, 0], side)                                 # class token -> (B, classes)
 
 
 # -----------------------------------------------------------------------------
@@ -774,12 +809,12 @@ def export(supernet, arch, side="left", drop_path_rate=0.0):
     check_side(side)
     space = supernet.space
     vit = ViT(arch, space, drop_path_rate).to(supernet.head.weight.device, supernet.head.weight.dtype)
-    sc = supernet.embed_channels(arch.embed_dim, side)
-    state = {f"tokens.{k}": v for k, v in supernet.tokens[f"p{arch.patch_size}"].sliced(sc).items()}
+    c = arch.embed_dim
+    state = {f"tokens.{k}": v for k, v in supernet.tokens[f"p{arch.patch_size}"].sliced(c, side).items()}
     for i, (blk, b) in enumerate(zip(supernet.blocks, arch.blocks)):
         if b is not None:
             state.update({f"blocks.{i}.{k}": v for k, v in blk.sliced(b, side, arch.embed_dim).items()})
-    vit.load_state_dict({**state, **supernet.head.sliced(sc)})          # strict: every parameter of the ViT
+    vit.load_state_dict({**state, **supernet.head.sliced(c, side)})          # strict: every parameter of the ViT
     use_fused_attention(vit, all(getattr(m, "fused_attn", True) for m in supernet.modules()))
     return vit.train(supernet.training)
 
