@@ -545,6 +545,14 @@ class _Take(torch.autograd.Function):
         return None, None, None, *full.split(ctx.sizes)
 
 
+def positions(sizes, parts):
+    """Where parts = [(param number, its rows), ...] lie in params of the given first sizes laid end
+    to end: a CPU index tensor."""
+    start = np.cumsum((0, *sizes))
+    rows = [np.arange(sizes[i])[r.numpy() if torch.is_tensor(r) else r] for i, r in parts]
+    return torch.from_numpy(np.concatenate([start[i] + r for (i, _), r in zip(parts, rows)]))
+
+
 class Take:
     """A slice of some parameters, prepared once and then taken every step: Take(sizes, parts,
     cols, device)(*params) is the rows that parts = [(param number, rows), ...] select from
@@ -567,13 +575,9 @@ class Take:
         # a lone part sliced along one dimension: torch's own indexing, as many kernels, no Python backward
         self.index = None if len(parts) > 1 or not any(whole) else \
             self.parts[0][1] if whole[1] else (slice(None), self.cols)
-        if len(parts) == 1:             # written back where it was read
-            rows = self.parts[0][1]
-        else:                           # the rows' positions in all of params, end to end
-            start = np.cumsum((0, *sizes))
-            rows = torch.from_numpy(np.concatenate([start[i] + np.arange(sizes[i])[r.numpy() if torch.is_tensor(r) else r]
-                                                    for i, r in parts])).to(device)
-        self.where = (rows, self.cols)
+        # where the gradient is written: back where it was read (a lone part), or where the rows
+        # lie in all of params, end to end
+        self.where = (self.parts[0][1] if len(parts) == 1 else positions(sizes, parts).to(device), self.cols)
 
     def __call__(self, *params):
         if self.alias:
@@ -596,7 +600,8 @@ class Sliceable(nn.Module):
     of `vector` as the plain ViT names them, and sliced() returns the plain ViT's parameters.
     `embed_dims`: the embedding width choices (cyclic sharing rings them)."""
 
-    PLANS = 512         # choices whose Takes a module keeps (the tiny space has 108 per block)
+    PLANS = 128         # choices whose Takes a module keeps: the tiny space has 108 per block; at vitas-1g
+                        # a block's are ~40 KB of indices each, and it has tens of thousands of choices
 
     def __init__(self, embed_dims):
         super().__init__()
