@@ -1858,8 +1858,8 @@ def test_prepared_takes_follow_the_parameters_they_are_given_and_stay_bounded():
     for side in ("left", "cyclic"):
         net(x, WRAPS, side)                                           # prepared on the old tensors
     blk, choice = net.blocks[0], WRAPS.blocks[0]
-    prepared = blk.plan((choice, "left", WRAPS.embed_dim), None)      # kept: not prepared again
-    assert blk.plan((choice, "left", WRAPS.embed_dim), None) is prepared
+    prepared = blk.plan(choice, "left", WRAPS.embed_dim)              # kept: not prepared again
+    assert blk.plan(choice, "left", WRAPS.embed_dim) is prepared
     net.load_state_dict(copy.deepcopy(other.state_dict()), assign=True)
     for side in ("left", "cyclic"):
         out = net(x, WRAPS, side)

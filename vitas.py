@@ -15,7 +15,6 @@ copied alone into another project.
     vit = export(net, arch, side="left")        # a plain nn.Module with the inherited weights
     print(flops(arch, space), params(arch, space))
 """
-import functools
 import statistics
 import time
 from dataclasses import dataclass, fields
@@ -607,14 +606,14 @@ class Sliceable(nn.Module):
         super().__init__()
         self.embed_dims, self.plans = embed_dims, {}
 
-    def plan(self, choice, prepare):
-        """The Takes of one choice, prepare(device), prepared the first time the choice is sliced
-        on the parameters' device and kept (the oldest dropped past PLANS)."""
+    def plan(self, *choice):
+        """The Takes of one choice, self.prepare(*choice, device), prepared the first time the
+        choice is sliced on the parameters' device and kept (the oldest dropped past PLANS)."""
         key = (*choice, self.vector.device)
         if key not in self.plans:
             if len(self.plans) >= self.PLANS:
                 del self.plans[next(iter(self.plans))]
-            self.plans[key] = prepare(self.vector.device)
+            self.plans[key] = self.prepare(*key)
         return self.plans[key]
 
     def embed_channels(self, width, side):
@@ -645,15 +644,15 @@ class SuperTokens(Sliceable):
         self.entries = layout({"proj.bias": c, "cls_token": c, "pos_embed": (num_patches + 1) * c})
         self.vector = nn.Parameter(torch.empty((num_patches + 3) * c))
 
+    def prepare(self, width, side, device):
+        """The Takes of the embedding channels of `width`: the conv's rows, and the vector's columns."""
+        sc = self.embed_channels(width, side)
+        return Take(None, [(0, sc)], None, device), Take(None, [(0, slice(None))], sc, device)
+
     def sliced(self, width, side):
         """The parameters at the embedding channels of `width`, named and shaped as the plain ViT's Tokens'."""
         rows = self.vector.view(-1, self.weight.shape[0])
-
-        def prepare(device):
-            sc = self.embed_channels(width, side)
-            return Take(None, [(0, sc)], None, device), Take(None, [(0, slice(None))], sc, device)
-
-        conv, vec = self.plan((width, side), prepare)
+        conv, vec = self.plan(width, side)
         bias, cls, pos = vec(rows).split([1, 1, rows.shape[0] - 2])
         return {"proj.weight": conv(self.weight), "proj.bias": bias.view(-1), "cls_token": cls[None],
                 "pos_embed": pos[None]}
@@ -716,7 +715,7 @@ class SuperBlock(Sliceable):
         """The parameters of one block choice at embedding width `width`, named and shaped as those
         of the plain ViTBlock (export copies them, forward computes with them): two takes, the
         matrices and the vectors (prepare). Matrices in the autocast dtype if on."""
-        matrices, vectors = self.plan((block, side, width), functools.partial(self.prepare, block, side, width))
+        matrices, vectors = self.plan(block, side, width)
         qk = self.qk[str(block.heads)]
         w = matrices(qk.weight, self.weight)                                          # (4a + 2m, c)
         if torch.is_autocast_enabled(w.device.type):
@@ -758,15 +757,15 @@ class SuperHead(Sliceable):
         super().reset_parameters()
         nn.init.zeros_(self.bias)
 
+    def prepare(self, width, side, device):
+        """The Take of the embedding channels of `width`, the columns of both `vector` (two rows) and `weight`."""
+        return Take(None, [(0, slice(None))], self.embed_channels(width, side), device)
+
     def sliced(self, width, side):
         """The parameters at the embedding channels of `width`, named and shaped as the plain ViT's norm and head."""
-        def prepare(device):
-            sc = self.embed_channels(width, side)
-            return Take(None, [(0, slice(None))], sc, device), Take(None, [(0, slice(None))], sc, device)
-
-        norm, head = self.plan((width, side), prepare)
-        weight, bias = norm(self.vector.view(2, -1)).unbind(0)
-        return {"norm.weight": weight, "norm.bias": bias, "head.weight": head(self.weight), "head.bias": self.bias}
+        columns = self.plan(width, side)
+        weight, bias = columns(self.vector.view(2, -1)).unbind(0)
+        return {"norm.weight": weight, "norm.bias": bias, "head.weight": columns(self.weight), "head.bias": self.bias}
 
     def forward(self, x, side):
         """Class token x (B, c) -> logits (B, classes)."""
@@ -818,8 +817,8 @@ def export(supernet, arch, side="left", drop_path_rate=0.0):
     state = {f"tokens.{k}": v for k, v in supernet.tokens[f"p{arch.patch_size}"].sliced(c, side).items()}
     for i, (blk, b) in enumerate(zip(supernet.blocks, arch.blocks)):
         if b is not None:
-            state.update({f"blocks.{i}.{k}": v for k, v in blk.sliced(b, side, arch.embed_dim).items()})
-    vit.load_state_dict({**state, **supernet.head.sliced(c, side)})          # strict: every parameter of the ViT
+            state.update({f"blocks.{i}.{k}": v for k, v in blk.sliced(b, side, c).items()})
+    vit.load_state_dict({**state, **supernet.head.sliced(c, side)})      # strict: every parameter of the ViT
     use_fused_attention(vit, all(getattr(m, "fused_attn", True) for m in supernet.modules()))
     return vit.train(supernet.training)
 
