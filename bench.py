@@ -5,7 +5,8 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
   (b) one forward+backward step of the super-transformer at an arch (one side) over the same step
       of its exported plain ViT, and the bilateral (left + right) step over the plain step, side
       by side for each arch:
-        time: fp32, interleaved, median of repeats after warm-up (needs an otherwise idle machine);
+        time: fp32, after warm-up, the kinds taking turns in rounds in a random order, each ratio
+          the median over rounds and its quartiles (step_ratios; needs an otherwise idle machine);
           beside them "no takes", the one-side step given its sliced parameters as ready leaves
           (without_takes): what is left above it is the cost of slicing;
         kernels launched: fp32 and bf16 autocast, counted by torch.profiler (see kernel_count).
@@ -16,10 +17,11 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
 
     python bench.py                 # CPU: time and kernels (CPU aten ops; CUDA kernels with --device cuda)
     python bench.py --kernels       # kernels only: deterministic, any time, beside other work
-    python bench.py --device cuda   # add --repeats 50 for steadier GPU figures
+    python bench.py --device cuda   # add --repeats 100 for steadier GPU figures
     python bench.py --throughput 100                 # (c) FLOPs as a proxy for measured images/s
 """
 import argparse
+import random
 import statistics
 import time
 
@@ -154,17 +156,29 @@ def kernel_counts(space, arch, device="cpu", amp=False, batch=2):
     return tuple(kernel_count(f, device) for f in steps(space, arch, batch, device, amp)[:3])
 
 
-def step_ratios(space, arch, batch, device, repeats, warmup=3):
-    """The plain step's median time, and one side's, bilateral's and no takes' over it."""
+ROUND = 5    # timed steps of each kind in a round
+
+
+def step_ratios(space, arch, batch, device, repeats, warmup=3, seed=0):
+    """The plain step's median time, and for one side, bilateral and no takes their ratio to the
+    plain step: (median, lower quartile, upper quartile) over rounds. A round times each kind
+    ROUND times, the kinds taking turns in a fresh random order, and divides the kinds' medians
+    by the plain step's: so drift, and which step follows which, fall alike on every kind, and the
+    quartiles show how far a ratio moves from one round to the next."""
     fns = steps(space, arch, batch, device)
-    times = {f: [] for f in fns}
-    for i in range(warmup + repeats):
-        for f in times:                        # interleaved so drift hits every step alike
-            t = step_time(f)
-            if i >= warmup:
-                times[f].append(t)
-    med = {f.__name__: statistics.median(ts) for f, ts in times.items()}
-    return med["plain"], *(med[name] / med["plain"] for name in ("one_side", "bilateral", "no_takes"))
+    for f in fns:
+        for _ in range(warmup):
+            step_time(f)
+    rng, rounds = random.Random(seed), []
+    for _ in range(-(-repeats // ROUND)):
+        order, times = rng.sample(fns, len(fns)), {f.__name__: [] for f in fns}
+        for _ in range(ROUND):
+            for f in order:
+                times[f.__name__].append(step_time(f))
+        rounds.append({name: statistics.median(ts) for name, ts in times.items()})
+    ratios = [np.percentile([r[name] / r["plain"] for r in rounds], (50, 25, 75))
+              for name in ("one_side", "bilateral", "no_takes")]
+    return statistics.median(r["plain"] for r in rounds), *ratios
 
 
 def flops_as_proxy(name, n, batch, device, amp, seed=0):
@@ -187,8 +201,9 @@ def flops_as_proxy(name, n, batch, device, amp, seed=0):
 def main():
     ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    ap.add_argument("--repeats", type=infra.number_arg(int, 1), default=15,
-                    help="timed steps of each kind, interleaved; the median is reported (default 15)")
+    ap.add_argument("--repeats", type=infra.number_arg(int, 1), default=40,
+                    help=f"timed steps of each kind, in rounds of {ROUND} (rounded up); a ratio is the median "
+                         "over rounds, with its quartiles (default 40)")
     ap.add_argument("--tiny-batch", type=infra.number_arg(int, 1), default=64,
                     help="batch of the tiny cases (default 64)")
     ap.add_argument("--throughput", type=infra.number_arg(int, 0), default=0, metavar="N",
@@ -222,19 +237,20 @@ def main():
     what = "CUDA kernels" if args.device.startswith("cuda") else "CPU aten ops that do work"
     print(f"one forward+backward step: plain ViT, and the super-transformer's one side, bilateral and one side "
           f"without its takes over it;\n"
-          f"time fp32 (median of {args.repeats} interleaved; freed memory "
+          f"time fp32 ({args.repeats} of each in rounds of {ROUND}, taking turns in a random order: the median "
+          f"ratio over rounds (quartiles); freed memory "
           f"{'kept, as training runs' if kept else 'handed back to the OS (glibc defaults)'}), "
           f"kernels launched ({what}) fp32 and bf16 autocast")
-    print(f"{'':32s} {'time':^37s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
-    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} {'plain':>8s} {'one side':>8s} {'bilateral':>9s} "
-          f"{'no takes':>8s}   " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(2)))
+    print(f"{'':32s} {'time':^65s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
+    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} {'plain':>8s} {'one side':>18s} {'bilateral':>18s} "
+          f"{'no takes':>18s}   " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(2)))
     for name, space, arch, batch in cases:
         kernels = [kernel_counts(space, arch, args.device, amp) for amp in (False, True)]
         if args.kernels:
-            timed = f"{'-':>8s} {'-':>8s} {'-':>9s} {'-':>8s}"
+            timed = f"{'-':>8s} {'-':>18s} {'-':>18s} {'-':>18s}"
         else:
-            plain, one, both, floor = step_ratios(space, arch, batch, args.device, args.repeats)
-            timed = f"{plain * 1e3:6.1f}ms {one:7.3f}x {both:8.3f}x {floor:7.3f}x"
+            plain, *ratios = step_ratios(space, arch, batch, args.device, args.repeats)
+            timed = f"{plain * 1e3:6.1f}ms " + " ".join(f"{m:6.3f}x ({lo:.2f}-{hi:.2f})" for m, lo, hi in ratios)
         print(f"{name:18s} {batch:5d} {vitas.flops(arch, space) / 1e6:7.1f} {timed}   " +
               "   ".join(f"{p:8d} {o / p:7.2f}x {b / p:8.2f}x" for p, o, b in kernels), flush=True)
 

@@ -1922,6 +1922,41 @@ def test_bench_without_takes_computes_the_same_step_from_kept_slices():
     assert all(p.grad is None for p in kept.parameters())                    # nothing reaches the parameters
 
 
+def test_bench_step_ratios_are_medians_over_rounds_taken_in_turns(monkeypatch):
+    """step_ratios times each kind in rounds of ROUND, the kinds in a fresh order per round, and
+    reports each kind's per-round median over the plain step's: the median and quartiles over
+    rounds, checked against the same figures worked out by hand from the recorded times."""
+    calls = []
+
+    def kind(name, base):
+        def f():
+            calls.append(name)
+            return base * (1 + 0.01 * (len(calls) % 7))     # a deterministic drift through the run
+        f.__name__ = name
+        return f
+
+    fns = [kind("plain", 1.0), kind("one_side", 1.1), kind("bilateral", 2.2), kind("no_takes", 0.9)]
+    monkeypatch.setattr(bench, "steps", lambda *a: fns)
+    monkeypatch.setattr(bench, "step_time", lambda f: f())
+    plain, *ratios = bench.step_ratios(None, None, 1, "cpu", repeats=12, warmup=2)
+    rounds = -(-12 // bench.ROUND)
+    assert len(calls) == 4 * (2 + rounds * bench.ROUND)
+    timed, cost = calls[8:], {f.__name__: f for f in fns}
+    turns = [timed[r * 4 * bench.ROUND:(r + 1) * 4 * bench.ROUND][:4] for r in range(rounds)]
+    assert all(sorted(t) == sorted(cost) for t in turns) and len({tuple(t) for t in turns}) > 1  # fresh orders
+    base = {"plain": 1.0, "one_side": 1.1, "bilateral": 2.2, "no_takes": 0.9}
+    per_round = []
+    for r in range(rounds):
+        times = {k: [] for k in base}
+        for i, name in enumerate(timed[r * 4 * bench.ROUND:(r + 1) * 4 * bench.ROUND]):
+            times[name].append(base[name] * (1 + 0.01 * ((9 + r * 4 * bench.ROUND + i) % 7)))
+        per_round.append({k: float(np.median(v)) for k, v in times.items()})
+    assert plain == pytest.approx(np.median([r["plain"] for r in per_round]))
+    for name, got in zip(("one_side", "bilateral", "no_takes"), ratios):
+        want = np.percentile([r[name] / r["plain"] for r in per_round], (50, 25, 75))
+        assert np.allclose(got, want) and got[1] <= got[0] <= got[2]
+
+
 # -----------------------------------------------------------------------------
 # experiment.py: parallel workers, records in results/, the table from them
 
