@@ -160,7 +160,8 @@ def reuse_freed_memory():
     it touches. A super-transformer step allocates gradients as large as the stacked parameters
     they slice (vitas.Take: zero-filled, all of a block's V, projection and MLP), about 90 MB at
     vitas-1g: ViTAS-C's step took 23,600 page faults where its plain ViT took 4,500 (`python
-    bench.py`); with the blocks kept, both about none."""
+    bench.py`); with the blocks kept, both about none. The same holds for numpy's arrays (the
+    bootstrap of `python experiment.py table`)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

@@ -68,11 +68,25 @@ def _paired(x, y):
 def kendall_tau(x, y):
     """Kendall's tau-b (tie-aware): (concordant - discordant) pairs over the geometric mean of the
     pairs not tied in x and not tied in y. None where x or y is constant."""
-    x, y = _paired(x, y)
-    i, j = np.triu_indices(len(x), 1)
-    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    denom = math.sqrt(np.count_nonzero(sx) * np.count_nonzero(sy))
-    return float((sx * sy).sum() / denom) if denom else None
+    return kendall_taus(*(v[None] for v in _paired(x, y)))[0]
+
+
+def kendall_taus(x, y, pairs_at_once=2_000_000):
+    """kendall_tau of each row of x against the same row of y ((R, n) arrays), all rows at once, as a
+    list (None where undefined); a pair of entries with a NaN in either row counts in neither
+    (entries a row lacks). Rows go through together, so that the thousands of resamples of a
+    bootstrap cost a few array operations, not a Python loop each."""
+    i, j = np.triu_indices(x.shape[1], 1)
+    rows, out = max(1, pairs_at_once // max(1, len(i))), []
+    for r in range(0, len(x), rows):
+        xs, ys = x[r:r + rows], y[r:r + rows]
+        sx, sy = np.sign(xs[:, i] - xs[:, j]), np.sign(ys[:, i] - ys[:, j])
+        if np.isnan(xs).any() or np.isnan(ys).any():
+            known = ~(np.isnan(sx) | np.isnan(sy))
+            sx, sy = np.where(known, sx, 0.0), np.where(known, sy, 0.0)
+        denom = np.sqrt(np.count_nonzero(sx, axis=1) * np.count_nonzero(sy, axis=1))
+        out += [float(t / d) if d else None for t, d in zip((sx * sy).sum(axis=1), denom)]
+    return out
 
 
 def spearman_rho(x, y):
@@ -86,18 +100,18 @@ def spearman_rho(x, y):
 # The reference's noise
 
 
-def seed_agreement(top1_by_seed):
+def seed_agreement(top1_by_seed, idx=None):
     """tau_ss: Kendall tau-b between two training seeds' rankings of the same archs, the mean over
     every pair of seeds; each pair on the archs trained with both (an arch may have fewer seeds than
-    another). top1_by_seed: per arch, its top-1 under each seed. None where no pair ranks."""
+    another). top1_by_seed: per arch, its top-1 under each seed. None where no pair ranks. With
+    idx (rows of arch numbers: resamples), a list: tau_ss of each row's archs."""
     seeds = max(len(s) for s in top1_by_seed)
-    taus = []
-    for i in range(seeds):
-        for j in range(i + 1, seeds):
-            both = [(s[i], s[j]) for s in top1_by_seed if len(s) > j]
-            if len(both) >= 2 and (t := kendall_tau(*zip(*both))) is not None:
-                taus.append(t)
-    return float(np.mean(taus)) if taus else None
+    table = np.array([list(s) + [np.nan] * (seeds - len(s)) for s in top1_by_seed], dtype=float)  # NaN: not trained
+    rows = np.arange(len(table))[None] if idx is None else np.asarray(idx)
+    taus = [kendall_taus(table[rows, i], table[rows, j]) for i in range(seeds) for j in range(i + 1, seeds)]
+    means = [float(np.mean(ts)) if (ts := [t for t in row if t is not None]) else None
+             for row in zip(*taus)] if taus else [None] * len(rows)
+    return means[0] if idx is None else means
 
 
 def spearman_brown(r1, seeds):
@@ -109,8 +123,11 @@ def reliability(top1_by_seed):
     """The reference's reliability: (r1, S, r_S): one seed's r1 = sin(pi tau_ss / 2), the seeds S
     every arch has (the reference is their mean), r_S by Spearman-Brown. r1 and r_S are None where
     tau_ss is undefined or not positive (seeds that do not agree leave nothing to correct by)."""
-    seeds = min(len(s) for s in top1_by_seed)
-    tau_ss = seed_agreement(top1_by_seed)
+    return reliability_of(seed_agreement(top1_by_seed), min(len(s) for s in top1_by_seed))
+
+
+def reliability_of(tau_ss, seeds):
+    """reliability() from the seed agreement tau_ss and the seeds S of the reference's mean."""
     if tau_ss is None or tau_ss <= 0:
         return None, seeds, None
     r1 = math.sin(math.pi * tau_ss / 2)
@@ -129,10 +146,11 @@ def corrected_tau(tau, r):
     return 2 / math.pi * math.asin(max(-1.0, min(1.0, math.sin(math.pi * tau / 2) / math.sqrt(r))))
 
 
-def reference_mean(top1_by_seed):
-    """Each arch's reference accuracy: the mean of the first S seeds, S the seeds every arch has."""
-    seeds = min(len(s) for s in top1_by_seed)
-    return np.array([np.mean(s[:seeds]) for s in top1_by_seed])
+def reference_mean(top1_by_seed, seeds=None):
+    """Each arch's reference accuracy: the mean of its first S seeds, S the seeds every arch has
+    (or `seeds`: NaN for an arch with fewer)."""
+    seeds = min(len(s) for s in top1_by_seed) if seeds is None else seeds
+    return np.array([np.mean(s[:seeds]) if len(s) >= seeds else np.nan for s in top1_by_seed])
 
 
 # -----------------------------------------------------------------------------
@@ -157,19 +175,27 @@ def resamples(n, count=RESAMPLES, seed=0):
 
 def scores(fitness, top1_by_seed, r_s=None):
     """{"kendall_tau", "tau_c"} of one fitness against the reference (tau_c where r_S is known)."""
-    tau = kendall_tau(fitness, reference_mean(top1_by_seed))
+    return scored(kendall_tau(fitness, reference_mean(top1_by_seed)), r_s)
+
+
+def scored(tau, r_s):
     return {"kendall_tau": tau, "tau_c": None if tau is None or r_s is None else corrected_tau(tau, r_s)}
 
 
 def resampled_reliability(top1_by_seed, idx):
     """r_S recomputed on each resample of the archs (rows of idx; None where undefined)."""
-    return [reliability([top1_by_seed[i] for i in rows])[2] for rows in idx]
+    seeds = np.array([len(s) for s in top1_by_seed])[idx].min(axis=1)          # every resampled arch has
+    return [reliability_of(t, int(s))[2] for t, s in zip(seed_agreement(top1_by_seed, idx), seeds)]
 
 
 def bootstrap(fitness, top1_by_seed, idx, r_s):
-    """Per resample (rows of idx, r_S of each): scores() on the resampled archs."""
-    fitness = np.asarray(fitness, dtype=float)
-    return [scores(fitness[rows], [top1_by_seed[i] for i in rows], r) for rows, r in zip(idx, r_s)]
+    """Per resample (rows of idx, r_S of each): scores() on the resampled archs, each resample's
+    reference the mean of the seeds all of its archs have."""
+    seeds = np.array([len(s) for s in top1_by_seed])[idx].min(axis=1)
+    means = {S: reference_mean(top1_by_seed, S) for S in set(seeds.tolist())}
+    reference = np.stack([means[S][rows] for S, rows in zip(seeds.tolist(), idx)])
+    taus = kendall_taus(np.asarray(fitness, dtype=float)[idx], reference)
+    return [scored(t, r) for t, r in zip(taus, r_s)]
 
 
 def reference_summary(top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0, resampled=None):
@@ -210,15 +236,17 @@ def paired_difference(fitness_a, fitness_b, top1_by_seed, level=LEVEL, count=RES
     as_rows = lambda f: np.asarray(f, dtype=float).reshape(-1, len(mean))      # (fitnesses, archs)
     fa, fb = as_rows(fitness_a), as_rows(fitness_b)
 
-    def tau(f, rows):
-        taus = [kendall_tau(one[rows], mean[rows]) for one in f]
-        return None if None in taus else float(np.mean(taus))
+    def taus(f, rows):      # per row of rows, the mean tau of the fitnesses f (NaN: undefined)
+        return np.array([[np.nan if t is None else t for t in kendall_taus(one[rows], mean[rows])]
+                         for one in f]).mean(axis=0)
 
-    every = np.arange(len(mean))
-    diffs = [None if (a := tau(fa, rows)) is None or (b := tau(fb, rows)) is None else a - b
-             for rows in resamples(len(mean), count, seed)]
-    a, b = tau(fa, every), tau(fb, every)
-    return {"difference": None if a is None or b is None else a - b, "interval": percentile_interval(diffs, level),
+    def known(v):
+        return None if np.isnan(v) else float(v)
+
+    idx = resamples(len(mean), count, seed)
+    diffs = [known(d) for d in taus(fa, idx) - taus(fb, idx)]
+    (a,), (b,) = (taus(f, np.arange(len(mean))[None]) for f in (fa, fb))
+    return {"difference": known(a - b), "interval": percentile_interval(diffs, level),
             "interval_level": level}
 
 

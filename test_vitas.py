@@ -1130,6 +1130,37 @@ def test_rank_statistics_edge_cases():
         rankcheck.kendall_tau([1, 2], [1, 2, 3])
 
 
+def test_bootstrap_rows_at_once_equal_one_resample_at_a_time():
+    """kendall_taus takes every row at once (in chunks): each row's tau-b is the brute-force one
+    over the entries known in both rows (NaN: lacking). The bootstrap built on it gives exactly
+    what one resample at a time gives: seed agreement and reliability with archs of unequal
+    seed counts, scores on each resample's own reference, and the paired difference."""
+    g = np.random.default_rng(0)
+    x, y = g.integers(0, 4, (9, 7)).astype(float), g.integers(0, 4, (9, 7)).astype(float)   # ties
+    x[2, 3] = y[5, 0] = y[5, 6] = np.nan
+    y[8] = x[8] = [1, 2, np.nan, np.nan, np.nan, np.nan, np.nan]                             # one pair left
+    y[7] = 3.0                                                                                # constant: undefined
+    for chunk in (1, 40, 10 ** 6):
+        got = rankcheck.kendall_taus(x, y, pairs_at_once=chunk)
+        for row, (a, b) in enumerate(zip(x, y)):
+            keep = ~(np.isnan(a) | np.isnan(b))
+            assert (got[row] is None) == (row == 7)
+            assert row == 7 or got[row] == pytest.approx(brute_tau_b(a[keep], b[keep]))
+    top1 = [list(70 + g.normal(size=2 + (k > 0))) for k in range(12)]   # 3 seeds, one arch 2: resamples without it: 3
+    fitness = g.normal(size=12)
+    idx = rankcheck.resamples(12, count=50, seed=1)
+    assert rankcheck.seed_agreement(top1, idx) == [rankcheck.seed_agreement([top1[i] for i in rows]) for rows in idx]
+    r_s = rankcheck.resampled_reliability(top1, idx)
+    assert r_s == [rankcheck.reliability([top1[i] for i in rows])[2] for rows in idx]
+    assert rankcheck.bootstrap(fitness, top1, idx, r_s) == [
+        rankcheck.scores(fitness[rows], [top1[i] for i in rows], r) for rows, r in zip(idx, r_s)]
+    other = [fitness + g.normal(size=12), fitness + g.normal(size=12)]
+    mean, diff = rankcheck.reference_mean(top1), rankcheck.paired_difference(fitness, other, top1, count=50, seed=1)
+    one_at_a_time = [rankcheck.kendall_tau(fitness[rows], mean[rows]) -
+                     np.mean([rankcheck.kendall_tau(o[rows], mean[rows]) for o in other]) for rows in idx]
+    assert diff["interval"] == rankcheck.percentile_interval(one_at_a_time, rankcheck.LEVEL)
+
+
 def cell_flops_range(space, patch, depth):
     """The fewest and the most FLOPs of a (patch, depth) cell, by brute force over its uniform archs
     (FLOPs grow with every width, so the narrowest and the widest blocks bound the cell)."""
