@@ -179,21 +179,27 @@ def scores(fitness, top1_by_seed, r_s=None):
 
 
 def scored(tau, r_s):
+    """scores() of a tau already computed."""
     return {"kendall_tau": tau, "tau_c": None if tau is None or r_s is None else corrected_tau(tau, r_s)}
+
+
+def resampled_seeds(top1_by_seed, idx):
+    """Per resample (rows of idx), the seeds every arch in it has: those its reference averages."""
+    return np.array([len(s) for s in top1_by_seed])[idx].min(axis=1).tolist()
 
 
 def resampled_reliability(top1_by_seed, idx):
     """r_S recomputed on each resample of the archs (rows of idx; None where undefined)."""
-    seeds = np.array([len(s) for s in top1_by_seed])[idx].min(axis=1)          # every resampled arch has
-    return [reliability_of(t, int(s))[2] for t, s in zip(seed_agreement(top1_by_seed, idx), seeds)]
+    return [reliability_of(t, s)[2] for t, s in zip(seed_agreement(top1_by_seed, idx),
+                                                    resampled_seeds(top1_by_seed, idx))]
 
 
 def bootstrap(fitness, top1_by_seed, idx, r_s):
     """Per resample (rows of idx, r_S of each): scores() on the resampled archs, each resample's
     reference the mean of the seeds all of its archs have."""
-    seeds = np.array([len(s) for s in top1_by_seed])[idx].min(axis=1)
-    means = {S: reference_mean(top1_by_seed, S) for S in set(seeds.tolist())}
-    reference = np.stack([means[S][rows] for S, rows in zip(seeds.tolist(), idx)])
+    seeds = resampled_seeds(top1_by_seed, idx)
+    means = {S: reference_mean(top1_by_seed, S) for S in set(seeds)}
+    reference = np.stack([means[S][rows] for S, rows in zip(seeds, idx)])
     taus = kendall_taus(np.asarray(fitness, dtype=float)[idx], reference)
     return [scored(t, r) for t, r in zip(taus, r_s)]
 
