@@ -235,12 +235,13 @@ def main():
     if not args.kernels:
         print(f"FLOPs counter: {counter_speed():,.0f} archs/s (vitas-1g, one core)")
     what = "CUDA kernels" if args.device.startswith("cuda") else "CPU aten ops that do work"
-    print(f"one forward+backward step: plain ViT, and the super-transformer's one side, bilateral and one side "
-          f"without its takes over it;\n"
-          f"time fp32 ({args.repeats} of each in rounds of {ROUND}, taking turns in a random order: the median "
-          f"ratio over rounds (quartiles); freed memory "
-          f"{'kept, as training runs' if kept else 'handed back to the OS (glibc defaults)'}), "
-          f"kernels launched ({what}) fp32 and bf16 autocast")
+    print("one forward+backward step: plain ViT, and the super-transformer's one side, bilateral and one side "
+          "without its takes over it;\n"
+          + ("time not measured (--kernels), " if args.kernels else
+             f"time fp32 ({args.repeats} of each in rounds of {ROUND}, taking turns in a random order: the median "
+             f"ratio over rounds (quartiles); freed memory "
+             f"{'kept, as training runs' if kept else 'handed back to the OS (glibc defaults)'}), ")
+          + f"kernels launched ({what}) fp32 and bf16 autocast")
     print(f"{'':32s} {'time':^65s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
     print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} {'plain':>8s} {'one side':>18s} {'bilateral':>18s} "
           f"{'no takes':>18s}   " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(2)))
