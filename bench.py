@@ -160,8 +160,9 @@ ROUND = 5    # timed steps of each kind in a round
 
 
 def step_ratios(space, arch, batch, device, repeats, warmup=3, seed=0):
-    """The plain step's median time, and for one side, bilateral and no takes their ratio to the
-    plain step: (median, lower quartile, upper quartile) over rounds. A round times each kind
+    """The plain step's time (the median over rounds of its medians in each round), and for one
+    side, bilateral and no takes their ratio to the plain step: (median, lower quartile, upper
+    quartile) over rounds. A round times each kind
     ROUND times, the kinds taking turns in a fresh random order, and divides the kinds' medians
     by the plain step's: so drift, and which step follows which, fall alike on every kind, and the
     quartiles show how far a ratio moves from one round to the next."""
@@ -242,13 +243,13 @@ def main():
              f"ratio over rounds (quartiles); freed memory "
              f"{'kept, as training runs' if kept else 'handed back to the OS (glibc defaults)'}), ")
           + f"kernels launched ({what}) fp32 and bf16 autocast")
-    print(f"{'':32s} {'time':^65s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
-    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} {'plain':>8s} {'one side':>18s} {'bilateral':>18s} "
-          f"{'no takes':>18s}   " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(2)))
+    print(f"{'':32s} {'time':^68s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
+    print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} {'plain':>8s} {'one side':>19s} {'bilateral':>19s} "
+          f"{'no takes':>19s}   " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(2)))
     for name, space, arch, batch in cases:
         kernels = [kernel_counts(space, arch, args.device, amp) for amp in (False, True)]
         if args.kernels:
-            timed = f"{'-':>8s} {'-':>18s} {'-':>18s} {'-':>18s}"
+            timed = f"{'-':>8s} {'-':>19s} {'-':>19s} {'-':>19s}"
         else:
             plain, *ratios = step_ratios(space, arch, batch, args.device, args.repeats)
             timed = f"{plain * 1e3:6.1f}ms " + " ".join(f"{m:6.3f}x ({lo:.2f}-{hi:.2f})" for m, lo, hi in ratios)

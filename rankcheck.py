@@ -71,17 +71,17 @@ def kendall_tau(x, y):
     return kendall_taus(*(v[None] for v in _paired(x, y)))[0]
 
 
-def kendall_taus(x, y, pairs_at_once=2_000_000):
+def kendall_taus(x, y, missing=False, pairs_at_once=2_000_000):
     """kendall_tau of each row of x against the same row of y ((R, n) arrays), all rows at once, as a
-    list (None where undefined); a pair of entries with a NaN in either row counts in neither
-    (entries a row lacks). Rows go through together, so that the thousands of resamples of a
-    bootstrap cost a few array operations, not a Python loop each."""
+    list (None where undefined); with `missing`, NaN marks an entry a row lacks and a pair with a
+    NaN in either row counts in neither. Rows go through together, so that the thousands of
+    resamples of a bootstrap cost a few array operations, not a Python loop each."""
     i, j = np.triu_indices(x.shape[1], 1)
     rows, out = max(1, pairs_at_once // max(1, len(i))), []
     for r in range(0, len(x), rows):
         xs, ys = x[r:r + rows], y[r:r + rows]
         sx, sy = np.sign(xs[:, i] - xs[:, j]), np.sign(ys[:, i] - ys[:, j])
-        if np.isnan(xs).any() or np.isnan(ys).any():
+        if missing:
             known = ~(np.isnan(sx) | np.isnan(sy))
             sx, sy = np.where(known, sx, 0.0), np.where(known, sy, 0.0)
         denom = np.sqrt(np.count_nonzero(sx, axis=1) * np.count_nonzero(sy, axis=1))
@@ -108,7 +108,8 @@ def seed_agreement(top1_by_seed, idx=None):
     seeds = max(len(s) for s in top1_by_seed)
     table = np.array([list(s) + [np.nan] * (seeds - len(s)) for s in top1_by_seed], dtype=float)  # NaN: not trained
     rows = np.arange(len(table))[None] if idx is None else np.asarray(idx)
-    taus = [kendall_taus(table[rows, i], table[rows, j]) for i in range(seeds) for j in range(i + 1, seeds)]
+    taus = [kendall_taus(table[rows, i], table[rows, j], missing=True)
+            for i in range(seeds) for j in range(i + 1, seeds)]
     means = [float(np.mean(ts)) if (ts := [t for t in row if t is not None]) else None
              for row in zip(*taus)] if taus else [None] * len(rows)
     return means[0] if idx is None else means
@@ -243,8 +244,8 @@ def paired_difference(fitness_a, fitness_b, top1_by_seed, level=LEVEL, count=RES
     fa, fb = as_rows(fitness_a), as_rows(fitness_b)
 
     def taus(f, rows):      # per row of rows, the mean tau of the fitnesses f (NaN: undefined)
-        return np.array([[np.nan if t is None else t for t in kendall_taus(one[rows], mean[rows])]
-                         for one in f]).mean(axis=0)
+        per = np.array([[np.nan if t is None else t for t in kendall_taus(one[rows], mean[rows])] for one in f])
+        return np.ascontiguousarray(per.T).mean(axis=1)     # each row's taus summed as np.mean sums a list
 
     def known(v):
         return None if np.isnan(v) else float(v)

@@ -1133,33 +1133,47 @@ def test_rank_statistics_edge_cases():
 
 def test_bootstrap_rows_at_once_equal_one_resample_at_a_time():
     """kendall_taus takes every row at once (in chunks): each row's tau-b is the brute-force one
-    over the entries known in both rows (NaN: lacking). The bootstrap built on it gives exactly
-    what one resample at a time gives: seed agreement and reliability with archs of unequal
-    seed counts, scores on each resample's own reference, and the paired difference."""
+    over the entries known in both rows (NaN: lacking, with missing=True). The bootstrap built on
+    it gives what one resample at a time gives: seed agreement (brute force) and reliability with
+    archs of unequal seed counts, scores on each resample's own reference, and the paired
+    difference, also where a fitness ties all the archs of some resamples (no tau there)."""
     g = np.random.default_rng(0)
     x, y = g.integers(0, 4, (9, 7)).astype(float), g.integers(0, 4, (9, 7)).astype(float)   # ties
     x[2, 3] = y[5, 0] = y[5, 6] = np.nan
     y[8] = x[8] = [1, 2, np.nan, np.nan, np.nan, np.nan, np.nan]                             # one pair left
     y[7] = 3.0                                                                                # constant: undefined
-    for chunk in (1, 40, 10 ** 6):
-        got = rankcheck.kendall_taus(x, y, pairs_at_once=chunk)
+    for chunk in (1, 50, 10 ** 6):                            # rows one by one, two at a time (one left), all
+        got = rankcheck.kendall_taus(x, y, missing=True, pairs_at_once=chunk)
         for row, (a, b) in enumerate(zip(x, y)):
             keep = ~(np.isnan(a) | np.isnan(b))
             assert (got[row] is None) == (row == 7)
             assert row == 7 or got[row] == pytest.approx(brute_tau_b(a[keep], b[keep]))
+    assert np.isnan(rankcheck.kendall_taus(x[2:3], y[2:3])[0])   # unless asked, a NaN is a NaN, as it always was
+
+    def brute_agreement(table):
+        seeds = max(len(s) for s in table)
+        return np.mean([brute_tau_b(*zip(*[(s[i], s[j]) for s in table if len(s) > j]))
+                        for i in range(seeds) for j in range(i + 1, seeds)])
+
     top1 = [list(70 + g.normal(size=2 + (k > 0))) for k in range(12)]   # 3 seeds, one arch 2: resamples without it: 3
     fitness = g.normal(size=12)
     idx = rankcheck.resamples(12, count=50, seed=1)
-    assert rankcheck.seed_agreement(top1, idx) == [rankcheck.seed_agreement([top1[i] for i in rows]) for rows in idx]
+    brute = [brute_agreement([top1[i] for i in rows]) for rows in idx]
+    assert rankcheck.seed_agreement(top1, idx) == pytest.approx(brute)
     r_s = rankcheck.resampled_reliability(top1, idx)
     assert r_s == [rankcheck.reliability([top1[i] for i in rows])[2] for rows in idx]
     assert rankcheck.bootstrap(fitness, top1, idx, r_s) == [
         rankcheck.scores(fitness[rows], [top1[i] for i in rows], r) for rows, r in zip(idx, r_s)]
-    other = [fitness + g.normal(size=12), fitness + g.normal(size=12)]
-    mean, diff = rankcheck.reference_mean(top1), rankcheck.paired_difference(fitness, other, top1, count=50, seed=1)
-    one_at_a_time = [rankcheck.kendall_tau(fitness[rows], mean[rows]) -
-                     np.mean([rankcheck.kendall_tau(o[rows], mean[rows]) for o in other]) for rows in idx]
-    assert diff["interval"] == rankcheck.percentile_interval(one_at_a_time, rankcheck.LEVEL)
+    mean = rankcheck.reference_mean(top1)
+    tau = lambda f, rows: rankcheck.kendall_tau(f[rows], mean[rows])
+    tied = np.r_[np.zeros(11), 1.0]                           # constant on every resample without the last arch
+    for other in ([fitness + g.normal(size=12), fitness + g.normal(size=12)], [tied, fitness + g.normal(size=12)]):
+        diff = rankcheck.paired_difference(fitness, other, top1, count=50, seed=1)
+        one_at_a_time = [None if None in (t := [tau(o, rows) for o in other]) else tau(fitness, rows) - np.mean(t)
+                         for rows in idx]
+        assert diff["interval"] == rankcheck.percentile_interval(one_at_a_time, rankcheck.LEVEL)
+        assert diff["difference"] == tau(fitness, np.arange(12)) - np.mean([tau(o, np.arange(12)) for o in other])
+    assert None in one_at_a_time                              # the tied fitness left some resamples out
 
 
 def cell_flops_range(space, patch, depth):
