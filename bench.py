@@ -94,7 +94,7 @@ def steps(space, arch, batch, device, amp=False):
 
 def without_takes(net):
     """`net` with each module's sliced() taken once per choice and kept as leaf tensors, so that its
-    step is the super-transformer's computation without vitas.take: the floor any slicing
+    step is the super-transformer's computation without vitas.Take: the floor any slicing
     mechanism can reach (a diagnostic: the leaves are copies, the parameters learn nothing)."""
     def kept(take):
         slices = {}

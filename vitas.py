@@ -748,10 +748,11 @@ class SuperHead(Sliceable):
 
     def __init__(self, embed_dims, num_classes):
         super().__init__(embed_dims)
-        self.weight = nn.Parameter(torch.empty(num_classes, embed_dims[-1]))
+        c = embed_dims[-1]
+        self.weight = nn.Parameter(torch.empty(num_classes, c))
         self.bias = nn.Parameter(torch.empty(num_classes))
-        self.entries = layout({"norm.weight": embed_dims[-1], "norm.bias": embed_dims[-1]})
-        self.vector = nn.Parameter(torch.empty(2 * embed_dims[-1]))
+        self.entries = layout({"norm.weight": c, "norm.bias": c})
+        self.vector = nn.Parameter(torch.empty(2 * c))
 
     def reset_parameters(self):
         super().reset_parameters()
