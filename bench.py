@@ -7,8 +7,9 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
       by side for each arch:
         time: fp32, after warm-up, the kinds taking turns in rounds in a random order, each ratio
           the median over rounds and its quartiles (step_ratios; needs an otherwise idle machine);
-          beside them "no takes", the one-side step given its sliced parameters as ready leaves
-          (without_takes): what is left above it is the cost of slicing;
+          beside them "no slicing", the one-side step given its sliced parameters as ready leaves
+          (without_slicing): what is left above it is the cost of taking the slices (their copies
+          forward, and backward the full-size gradients each slice writes into);
         kernels launched: fp32 and bf16 autocast, counted by torch.profiler (see kernel_count).
         Launches, not FLOPs, are what a small step on a GPU pays for; the counts are
         deterministic and do not depend on the batch;
@@ -19,10 +20,12 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
     python bench.py --kernels       # kernels only: deterministic, any time, beside other work
     python bench.py --device cuda   # add --repeats 100 for steadier GPU figures
     python bench.py --throughput 100                 # (c) FLOPs as a proxy for measured images/s
+    python bench.py --record results/bench/cpu-step.json   # as RESULTS.md shows it (experiment.py table)
 """
 import argparse
 import random
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -62,12 +65,12 @@ def step_time(fn):
 def steps(space, arch, batch, device, amp=False):
     """The training steps compared, as functions of no arguments: plain (the exported ViT),
     one_side (the super-transformer's left slice), bilateral (left and right, each its own
-    forward, loss and backward; gradients summed) and no_takes (one side without_takes). amp:
+    forward, loss and backward; gradients summed) and no_slicing (one side without_slicing). amp:
     under bf16 autocast."""
     torch.manual_seed(0)
     net = vitas.SuperTransformer(space).to(device)
     vit = vitas.export(net, arch, "left")
-    kept = without_takes(vitas.SuperTransformer(space).to(device))
+    kept = without_slicing(vitas.SuperTransformer(space).to(device))
     x = torch.randn(batch, space.in_chans, space.image_size, space.image_size, device=device)
     y = torch.randint(0, space.num_classes, (batch,), device=device)
 
@@ -86,28 +89,29 @@ def steps(space, arch, batch, device, amp=False):
     def bilateral():
         step(net, *vitas.SIDES)
 
-    def no_takes():
+    def no_slicing():
         step(kept, "left")
 
-    return plain, one_side, bilateral, no_takes
+    return plain, one_side, bilateral, no_slicing
 
 
-def without_takes(net):
+def without_slicing(net):
     """`net` with each module's sliced() taken once per choice and kept as leaf tensors, so that its
-    step is the super-transformer's computation without vitas.Take: the floor any slicing
-    mechanism can reach (a diagnostic: the leaves are copies, the parameters learn nothing)."""
-    def kept(take):
+    step is the super-transformer's computation without taking the slices: the floor any slicing
+    can reach (a diagnostic: the leaves are copies, the parameters learn nothing)."""
+    def kept(sliced_of):
         slices = {}
 
         def sliced(*choice):
             if repr(choice) not in slices:
-                slices[repr(choice)] = {name: t.detach().requires_grad_() for name, t in take(*choice).items()}
+                slices[repr(choice)] = {name: t.detach().requires_grad_() for name, t in sliced_of(*choice).items()}
             return slices[repr(choice)]
         return sliced
 
     for module in net.modules():
-        if isinstance(module, vitas.Sliceable):
+        if isinstance(module, (vitas.SuperTokens, vitas.SuperBlock)):
             module.sliced = kept(module.sliced)
+    net.sliced_head = kept(net.sliced_head)
     return net
 
 
@@ -161,7 +165,7 @@ ROUND = 5    # timed steps of each kind in a round
 
 def step_ratios(space, arch, batch, device, repeats, warmup=3, seed=0):
     """The plain step's time (the median over rounds of its medians in each round), and for one
-    side, bilateral and no takes their ratio to the plain step: (median, lower quartile, upper
+    side, bilateral and no slicing their ratio to the plain step: (median, lower quartile, upper
     quartile) over rounds. A round times each kind
     ROUND times, the kinds taking turns in a fresh random order, and divides the kinds' medians
     by the plain step's: so drift, and which step follows which, fall alike on every kind, and the
@@ -178,7 +182,7 @@ def step_ratios(space, arch, batch, device, repeats, warmup=3, seed=0):
                 times[f.__name__].append(step_time(f))
         rounds.append({name: statistics.median(ts) for name, ts in times.items()})
     ratios = [np.percentile([r[name] / r["plain"] for r in rounds], (50, 25, 75))
-              for name in ("one_side", "bilateral", "no_takes")]
+              for name in ("one_side", "bilateral", "no_slicing")]
     return statistics.median(r["plain"] for r in rounds), *ratios
 
 
@@ -214,6 +218,8 @@ def main():
                     help="kernels per step only, no timing (deterministic: needs no idle machine)")
     ap.add_argument("--glibc-defaults", action="store_true",
                     help="time with glibc's default malloc thresholds, not infra.reuse_freed_memory as training runs")
+    ap.add_argument("--record", metavar="FILE.json",
+                    help="also write the figures to FILE.json (results/bench/ holds those RESULTS.md shows)")
     args = ap.parse_args()
     kept = not args.glibc_defaults and infra.reuse_freed_memory()
     tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")
@@ -221,23 +227,29 @@ def main():
              ("vitas-1g ViTAS-C", big, VITAS_C, 4)]
     if args.throughput:
         cuda = args.device.startswith("cuda")
-        device = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} threads"
+        device = device_name(args.device)
         print(f"FLOPs as a proxy for speed on {device}{' (bf16)' if args.amp else ''}: "
               "Spearman rho with seconds per image")
         print(f"{'preset':9s} {'batch':>5s} {'archs':>5s} {'rho FLOPs':>9s} {'rho FLOPs, half':>15s} "
               f"{'rho latency model, half':>23s} {'images/s':>17s}")
+        rows = []
         for name, batch in (("tiny", 128 if cuda else 16), ("vitas-1g", 64 if cuda else 4)):
             rho, rho_half, rho_model, slow, fast, secs = flops_as_proxy(name, args.throughput, batch, args.device,
                                                                         args.amp)
             print(f"{name:9s} {batch:5d} {args.throughput:5d} {rho:9.3f} {rho_half:15.3f} {rho_model:23.3f} "
                   f"{slow:7,.0f}-{fast:<9,.0f} ({secs:.0f} s)", flush=True)
+            rows.append({"preset": name, "batch": batch, "archs": args.throughput, "rho_flops": rho,
+                         "rho_flops_half": rho_half, "rho_latency_model_half": rho_model, "images_per_s": [slow, fast]})
+        record(args.record, {"kind": "throughput", "device": device, "precision": "bf16" if args.amp else "fp32",
+                             "rows": rows})
         return
 
-    if not args.kernels:
-        print(f"FLOPs counter: {counter_speed():,.0f} archs/s (vitas-1g, one core)")
+    speed = None if args.kernels else counter_speed()
+    if speed:
+        print(f"FLOPs counter: {speed:,.0f} archs/s (vitas-1g, one core)")
     what = "CUDA kernels" if args.device.startswith("cuda") else "CPU aten ops that do work"
     print("one forward+backward step: plain ViT, and the super-transformer's one side, bilateral and one side "
-          "without its takes over it;\n"
+          "without slicing over it;\n"
           + ("time not measured (--kernels), " if args.kernels else
              f"time fp32 ({args.repeats} of each in rounds of {ROUND}, taking turns in a random order: the median "
              f"ratio over rounds (quartiles); freed memory "
@@ -245,16 +257,39 @@ def main():
           + f"kernels launched ({what}) fp32 and bf16 autocast")
     print(f"{'':32s} {'time':^68s}   {'kernels, fp32':^25s}   {'kernels, bf16 autocast':^25s}")
     print(f"{'arch':18s} {'batch':>5s} {'MFLOPs':>7s} {'plain':>8s} {'one side':>19s} {'bilateral':>19s} "
-          f"{'no takes':>19s}   " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(2)))
+          f"{'no slicing':>19s}   " + "   ".join(f"{'plain':>8s} {'one side':>8s} {'bilateral':>9s}" for _ in range(2)))
+    rows = []
     for name, space, arch, batch in cases:
         kernels = [kernel_counts(space, arch, args.device, amp) for amp in (False, True)]
+        row = {"arch": name, "batch": batch, "mflops": vitas.flops(arch, space) / 1e6,
+               "kernels": {"fp32": kernels[0], "bf16": kernels[1]}}
         if args.kernels:
             timed = f"{'-':>8s} {'-':>19s} {'-':>19s} {'-':>19s}"
         else:
             plain, *ratios = step_ratios(space, arch, batch, args.device, args.repeats)
             timed = f"{plain * 1e3:6.1f}ms " + " ".join(f"{m:6.3f}x ({lo:.2f}-{hi:.2f})" for m, lo, hi in ratios)
+            row.update({"plain_ms": plain * 1e3, **{k: [float(v) for v in r] for k, r in
+                                                    zip(("one_side", "bilateral", "no_slicing"), ratios)}})
         print(f"{name:18s} {batch:5d} {vitas.flops(arch, space) / 1e6:7.1f} {timed}   " +
               "   ".join(f"{p:8d} {o / p:7.2f}x {b / p:8.2f}x" for p, o, b in kernels), flush=True)
+        rows.append(row)
+    record(args.record, {"kind": "step", "device": device_name(args.device), "repeats": args.repeats,
+                         "freed_memory_kept": bool(kept), "counter_archs_per_s": speed, "rows": rows})
+
+
+def device_name(device):
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu, {torch.get_num_threads()} threads"
+
+
+def record(path, figures):
+    """--record: the figures as JSON (python experiment.py table --markdown renders them), with when
+    and what measured them."""
+    if path:
+        infra.write_json(path, {**figures, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
+                                "command": "python bench.py " + " ".join(sys.argv[1:])})
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@ the optimiser's parameter groups and schedule, and throughput calibration. Nothi
 itself; vitas.py holds the model and the search space, train.py the training method.
 """
 import argparse
+import contextlib
 import ctypes
 import dataclasses
+import errno
+import fcntl
 import json
 import math
 import numbers
 import os
 import random
+import socket
 import sys
 import time
 from contextlib import nullcontext
@@ -157,11 +161,11 @@ def reuse_freed_memory():
     (Linux with glibc; elsewhere a no-op returning False), as PyTorch's CPU tuning guide has
     jemalloc or tcmalloc do. By default glibc maps each block of more than about 128 KB to 32 MB
     afresh and unmaps it when freed, so the next tensor that size pays a page fault for every 4 KB
-    it touches. A super-transformer step allocates gradients as large as the stacked parameters
-    they slice (vitas.Take: zero-filled, all of a block's V, projection and MLP), about 90 MB at
-    vitas-1g: ViTAS-C's step took 23,600 page faults where its plain ViT took 4,500 (`python
-    bench.py`); with the blocks kept, both about none. The same holds for numpy's arrays (the
-    bootstrap of `python experiment.py table`)."""
+    it touches. A super-transformer step allocates a full-size gradient for every parameter it
+    slices (zero-filled, the slice written in), about 90 MB a step at vitas-1g, where its plain
+    ViT's gradients are the size of the slice: kept, ViTAS-C's one-side step costs 1.07-1.08x
+    the plain step's, with glibc's defaults 1.10x (`python bench.py`, `--glibc-defaults`). The
+    same holds for numpy's arrays (the bootstrap of `python experiment.py table`)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -462,6 +466,91 @@ def evaluate_checkpoint(args):
 
 
 # -----------------------------------------------------------------------------
+# Run folders: one live run each
+
+
+@contextlib.contextmanager
+def run_folder(folder, d):
+    """Hold `folder` for this run while the block runs: rank 0 takes an exclusive lock on
+    folder/.lock (flock, which the kernel releases when the process dies, so the lock of a run that
+    died is simply taken; NFS clients map it to a lock the server keeps) and writes its pid and host
+    there. A second run into the folder, in this process or another, on any host sharing the
+    folder, is refused on every rank with one line naming the holder, before it writes anything."""
+    held, refusal = None, None
+    if d.main:
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, ".lock")
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            f.truncate(0)
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}) + "\n")
+            f.flush()
+            held = f
+        except OSError as e:
+            f.close()
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            refusal = f"output folder {folder!r} is in use by another run ({lock_holder(path)}); wait for it to end, " \
+                      f"or use another --out"
+    if d.world > 1:
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0)
+        refusal = shared[0]
+    if refusal:
+        raise UserError(refusal)
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.close()                 # releases the lock; the file stays (a later run takes it)
+
+
+def lock_holder(path):
+    """'pid P on host H' from a lock file, or what is known."""
+    try:
+        with open(path) as f:
+            who = json.loads(f.read())
+        return f"pid {who['pid']} on host {who['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder not recorded yet"
+
+
+def keep_log_lines(path, done, key="epoch"):
+    """A resumed run's JSON-lines log cut back to what its checkpoint holds: the records with `key`
+    <= done, each once, in order (a crash after a record was appended and before the checkpoint
+    leaves a record the rerun writes again; a crash mid-append, a torn last line). Rewritten
+    atomically, and only where something goes."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    keep, seen = [], set()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get(key, done + 1) <= done and record[key] not in seen:
+            seen.add(record[key])
+            keep.append(record)
+    if len(keep) != len(lines):
+        write_json(path, sorted(keep, key=lambda r: r[key]), lines=True)
+
+
+def set_aside(path):
+    """Move an earlier run's file out of a fresh run's way (log.jsonl -> log.before-<time>.jsonl);
+    returns the new path, or None where there was none."""
+    if not os.path.exists(path):
+        return None
+    stem, ext = os.path.splitext(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
+    new = f"{stem}.before-{stamp}{ext}"
+    os.replace(path, new)
+    return new
+
+
+# -----------------------------------------------------------------------------
 # Checkpoints
 
 
@@ -478,10 +567,18 @@ def scores_shifted(ck_args):
 
 
 def save_checkpoint(path, state):
-    """Atomic: a crash mid-write leaves the previous checkpoint intact."""
+    """Atomic: a crash or a full disk mid-write leaves the previous checkpoint intact (a failed write
+    is one line: UserError)."""
     tmp = f"{path}.tmp"
-    torch.save({**state, "format": CHECKPOINT_FORMAT}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({**state, "format": CHECKPOINT_FORMAT}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:        # torch reports a failed write as RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        kept = "the previous checkpoint is kept" if os.path.exists(path) else "no checkpoint was written"
+        raise UserError(f"could not write checkpoint {path!r} ({type(e).__name__}: {first_line(e)}); {kept}; "
+                        f"free disk space and rerun the same command to resume") from None
 
 
 def load_checkpoint(path, flag=None):
@@ -505,11 +602,16 @@ def load_checkpoint(path, flag=None):
         if unsafe:
             raise UserError(f"{what} asks to run Python code when loaded ({', '.join(unsafe[:3])}); refused: vitas "
                             f"checkpoints hold tensors and plain values only") from None
-        # truncated or foreign files fail in many ways inside torch
-        raise UserError(f"{what} is corrupt or not a vitas checkpoint "
-                        f"({type(e).__name__}: {first_line(e)}){fix}") from None
+        # truncated or foreign files fail in many ways inside torch, whose messages may advise
+        # loading unsafely (weights_only=False): only the kind of failure is passed on
+        raise UserError(f"{what} is not a readable vitas checkpoint (corrupt, truncated or another kind of file: "
+                        f"{type(e).__name__}){fix}") from None
     if not isinstance(ck, dict) or not {"model", "space", "args"} <= ck.keys():
         raise UserError(f"{what} is not a vitas checkpoint (it lacks the model, space and args entries){fix}")
+    if ck.get("mode") == "super" and any(k.endswith(".vector") for k in ck["model"]):
+        raise UserError(f"{what} holds a super-transformer in the stacked layout of vitas before 2026-12-02 "
+                        f"(blocks.N.weight / .vector); the super-transformer's parameters are now named as the "
+                        f"plain ViT's: train it again with this version (the same command into a new --out)")
     return ck
 
 

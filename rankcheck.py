@@ -212,10 +212,13 @@ def reference_summary(top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0, resamp
     r1, seeds, r_s = reliability(top1_by_seed)
     if resampled is None:
         resampled = resampled_reliability(top1_by_seed, resamples(len(top1_by_seed), count, seed))
-    stars = [None if r is None else oracle_tau(r) for r in resampled]
+    # a resample whose seeds do not agree (tau_ss <= 0) is a reference that cannot rank: tau* 0 (and
+    # tau_c undefined: the share of such resamples, left out of tau_c's interval, is reported)
+    stars = [0.0 if r is None else oracle_tau(r) for r in resampled]
     return {"seed_tau": seed_agreement(top1_by_seed), "r1": r1, "seeds": seeds, "reliability": r_s,
-            "tau_star": None if r_s is None else oracle_tau(r_s),
-            "tau_star_interval": percentile_interval(stars, level)}
+            "tau_star": 0.0 if r_s is None else oracle_tau(r_s),
+            "tau_star_interval": percentile_interval(stars, level),
+            "disagreeing_resamples": sum(r is None for r in resampled) / len(resampled)}
 
 
 def agreement(fitness, top1_by_seed, level=LEVEL, count=RESAMPLES, seed=0):
@@ -286,7 +289,8 @@ def seed_difference(a, b=None, level=LEVEL):
 
 def top_regret(fitness, top1_by_seed, k=3):
     """Points of reference top-1 lost by keeping the best of the k archs the fitness ranks highest
-    instead of the best arch of all: 0 when the best arch is among the fitness's top k."""
+    instead of the best arch of all: 0 when the best arch is among the fitness's top k. Archs the
+    fitness ties at the cut are taken in their order in the list (a stable sort)."""
     mean = reference_mean(top1_by_seed)
     top = np.argsort(-np.asarray(fitness, dtype=float), kind="stable")[:k]
     return float(mean.max() - mean[top].max())
@@ -304,7 +308,7 @@ def within_subset(fitness, top1_by_seed):
     reference too, and a low tau there may be the reference's as much as the fitness's."""
     r_s = reliability(top1_by_seed)[2]
     return {"archs": len(fitness), **scores(fitness, top1_by_seed, r_s), "seed_tau": seed_agreement(top1_by_seed),
-            "reliability": r_s, "tau_star": None if r_s is None else oracle_tau(r_s)}
+            "reliability": r_s, "tau_star": 0.0 if r_s is None else oracle_tau(r_s)}
 
 
 def rank_statistics(fitness, top1_by_seed, archs, space, level=LEVEL, count=RESAMPLES, seed=0):
@@ -339,6 +343,9 @@ def describe(r):
                  f"reliability r{r['seeds']} {fmt(r['reliability'])}, "
                  f"so no fitness can expect more than tau* {fmt(r['tau_star'])}{span(r['tau_star_interval'])}; "
                  f"corrected tau_c {fmt(r['tau_c'])}{span(r['tau_c_interval'])}")
+        if r.get("disagreeing_resamples"):
+            line += (f" ({100 * r['disagreeing_resamples']:.0f}% of the resamples' seeds disagree: tau* 0 there, "
+                     f"tau_c undefined and left out of its interval)")
     floors = r.get("floors", {})
     if floors:
         line += "; floors: " + ", ".join(

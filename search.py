@@ -341,7 +341,11 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
                 meter.load_state_dict(state.get("throughput", []))
         except (json.JSONDecodeError, ValueError) as e:
             raise infra.UserError(f"cannot resume from {state_path}: {e}; use another --out or delete it") from None
+        if write:   # a crash between the two files left candidates of a generation the state does not hold
+            write_json(os.path.join(out, "candidates.jsonl"), evo.history, lines=True)
         log(f"[{algo}] resumed at generation {evo.generation}/{args.generations}")
+    elif write and (aside := infra.set_aside(os.path.join(out, "candidates.jsonl"))):
+        log(f"[{algo}] candidates.jsonl was an earlier search's (no state.json beside it): moved to {aside}")
     t0, g0 = time.time(), evo.generation
     while evo.generation < args.generations:
         archs = evo.propose()
@@ -478,6 +482,11 @@ def search(args):
     arch beside hand-designed ones, and the rank check); or, with no --ckpt, the rank check alone on
     a finished search folder."""
     d = infra.setup_distributed(args.device)
+    with infra.run_folder(args.out, d):         # one live run per output folder
+        return search_in_folder(args, d)
+
+
+def search_in_folder(args, d):
     log = d.log
     alone = args.ckpt is None
     summary = resolve_from_folder(args) if alone else None

@@ -261,9 +261,13 @@ def test_plain_vit_attention_matches_torch_multihead_attention():
 # train.py: sampling, distributed training, resume, retrain, bad input
 
 import argparse
+import errno
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler
@@ -656,6 +660,144 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys, setup, argv, words):
     assert code == 2 and "Traceback" not in err, err
     for w in words:
         assert w in err, err
+
+
+@pytest.mark.parametrize("content", [os.urandom(256), b"PK\x03\x04 not a zip", b""], ids=["random", "zip", "empty"])
+def test_an_unreadable_checkpoint_is_one_line_without_unsafe_advice(tmp_path, capsys, content):
+    (tmp_path / "x.pt").write_bytes(content)
+    code, err = run_main(train, ["--eval", str(tmp_path / "x.pt")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "not a readable vitas checkpoint" in err and "expected a checkpoint.pt" in err
+    assert "weights_only" not in err and "succeed" not in err, err
+
+
+# ---- run folders (issue 33): one live run each, logs consistent with the checkpoint
+
+RUN = ["--epochs", "2", "--uniform-epochs", "1", *WINDOW, *SMALL, "--synthetic-size", "320"]
+
+
+def files_of(folder):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+def holder(folder, seconds):
+    """Another process holding `folder` as a run does (infra.run_folder), ready when it prints."""
+    code = (f"import sys, time, infra; sys.stdout.reconfigure(line_buffering=True)\n"
+            f"with infra.run_folder({str(folder)!r}, infra.Dist()):\n    print('held'); time.sleep({seconds})")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_run_into_a_live_runs_folder_is_refused_and_a_dead_runs_lock_taken(tmp_path, capsys):
+    out = tmp_path / "run"
+    train.train(train.get_parser().parse_args(["--out", str(out), *RUN, "--epochs", "1"]))
+    p = holder(out, 60)                                  # a live run in another process
+    before = files_of(out)
+    try:
+        for module, argv in ((train, ["--out", str(out), *RUN]),
+                             (search, ["--ckpt", str(out / "checkpoint.pt"), "--out", str(out), *WINDOW])):
+            code, err = run_main(module, argv, capsys)
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert str(out) in err and f"pid {p.pid} on host {socket.gethostname()}" in err, err
+        assert files_of(out) == before                   # nothing written, the holder's lock file included
+    finally:
+        p.kill()
+        p.wait()
+    # the holder died (kill -9) and left its lock file: the next run takes it without a question
+    assert json.loads((out / ".lock").read_text())["pid"] == p.pid
+    assert train.train(train.get_parser().parse_args(["--out", str(out), *RUN]))["epoch"] == 2
+    assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
+    with infra.run_folder(str(out), infra.Dist()):       # in this very process, too
+        with pytest.raises(infra.UserError, match="in use by another run"):
+            with infra.run_folder(str(out), infra.Dist()):
+                pass
+
+
+def test_a_crash_between_the_log_and_the_checkpoint_logs_each_epoch_once(tmp_path, monkeypatch):
+    """Killed after epoch 2's line is appended and before its checkpoint is written: the rerun trains
+    epoch 2 again and the log holds epochs 1, 2, 3 once each, as an uninterrupted run's; a torn
+    last line goes too. A fresh run into the folder (checkpoint deleted) starts its own log."""
+    argv = ["--out", str(tmp_path), *RUN, "--epochs", "3"]
+    save = train.Run.save
+
+    def die_at_epoch_2(run):
+        if run.step == 2 * run.steps_per_epoch:
+            with open(tmp_path / "log.jsonl", "a") as f:
+                f.write('{"epoch": 3, "tor')             # and a torn line, as a kill mid-append leaves
+            raise KeyboardInterrupt
+        save(run)
+    monkeypatch.setattr(train.Run, "save", die_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train.get_parser().parse_args(argv))
+    monkeypatch.undo()
+
+    def epochs():
+        return [json.loads(line)["epoch"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert infra.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    train.train(train.get_parser().parse_args(argv))
+    assert epochs() == [1, 2, 3]
+    old = (tmp_path / "log.jsonl").read_text()
+    (tmp_path / "checkpoint.pt").unlink()
+    train.train(train.get_parser().parse_args([*argv[:-1], "1"]))
+    assert epochs() == [1]
+    aside = list(tmp_path.glob("log.before-*.jsonl"))
+    assert len(aside) == 1 and aside[0].read_text() == old
+
+
+def worker_pids(agent):
+    """The processes torchrun's agent (pid `agent`) started: its workers."""
+    pids = []
+    for t in os.listdir(f"/proc/{agent}/task"):
+        with open(f"/proc/{agent}/task/{t}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers in /proc")
+def test_torchrun_restarts_a_killed_worker_into_the_uninterrupted_runs_weights(tmp_path):
+    """torchrun --max-restarts=1 with the agent's store not shared with the workers (the README's
+    command: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; shared, gloo's restarted workers connect to the
+    dead ones' addresses): a worker killed with -9 after the first epoch; the restarted workers
+    resume from the checkpoint and end with the weights of a run nobody killed, each epoch logged once."""
+    def launch(out):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+               "train.py", "--out", str(out), "--epochs", "4", "--uniform-epochs", "1", *WINDOW, *SMALL,
+               "--workers", "0"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+        return subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    whole, killed = launch(tmp_path / "a"), launch(tmp_path / "b")
+    ck, start = tmp_path / "b" / "checkpoint.pt", time.time()
+    while not ck.exists() and time.time() - start < 120:        # the first epoch's
+        time.sleep(0.02)
+    os.kill(worker_pids(killed.pid)[-1], signal.SIGKILL)
+    outs = [p.communicate(timeout=300)[0] for p in (whole, killed)]
+    assert whole.returncode == killed.returncode == 0, outs[1][-3000:]
+    assert "resumed from" in outs[1] and "resumed from" not in outs[0]
+    a, b = (infra.load_checkpoint(tmp_path / x / "checkpoint.pt") for x in "ab")
+    assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3, 4]
+
+
+def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint_loadable(tmp_path, monkeypatch, capsys):
+    """A full disk while the second checkpoint is written (torch.save writes part of it, then
+    fails): one line naming the file and the fix, exit 2, no .tmp left, the first one loads."""
+    real_save, calls = torch.save, []
+
+    def full_disk(obj, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            with open(path, "wb") as f:
+                f.write(b"\x80\x02partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *a, **k)
+    monkeypatch.setattr(torch, "save", full_disk)
+    code, err = run_main(train, ["--out", str(tmp_path), *RUN], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "No space left" in err, err
+    assert "previous checkpoint is kept" in err and "rerun" in err
+    assert not list(tmp_path.glob("*.tmp"))
+    assert infra.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
 # -----------------------------------------------------------------------------
@@ -1707,7 +1849,7 @@ def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_mea
     assert code == 2 and "out of reach" in err and "fastest" in err and "slowest" in err
 
 
-# ---- kernel economy (issue 17)
+# ---- the readable super-transformer (issue 30), checked against a forward written out here
 import copy  # noqa: E402
 
 import bench  # noqa: E402
@@ -1715,120 +1857,131 @@ import bench  # noqa: E402
 WRAPS = Arch(4, 48, (Block(2, 32, 128), None, Block(4, 48, 64), None, None, Block(2, 64, 192)))   # cyclic 48 wraps
 
 
-def kept(width, full, side, embed=False):
-    """The channels a slice keeps, written out: the first or the last `width`, or (cyclic, embedding
-    channels) the ring window after the narrower widths laid end to end; in the order taken."""
+def kept(width, full, side, widths=None):
+    """The channels a slice keeps, written out as a list: the first or the last `width`, or (cyclic,
+    embedding channels: `widths` the choices) the ring window after the narrower widths laid end
+    to end, in ring order."""
     if width == full:
         return list(range(full))
-    if side == "cyclic" and embed:
-        start = sum(e for e in TINY.embed_dims if e < width)
+    if side == "cyclic" and widths:
+        start = sum(w for w in widths if w < width)
         return [(start + j) % full for j in range(width)]
     return list(range(full - width, full)) if side == "right" else list(range(width))
 
 
-def by_hand(net, arch, side):
-    """The plain ViT's parameters that export must give, sliced by hand from the documented layouts
-    (SuperBlock.qk, .rows and .entries, SuperTokens and SuperHead rows), not with vitas.Take."""
-    C, A, M = TINY.embed_dims[-1], TINY.attn_dims[-1], TINY.mlp_dims[-1]
-    ce = kept(arch.embed_dim, C, side, embed=True)
-    tok = net.tokens[f"p{arch.patch_size}"]
-    rows = tok.vector.view(-1, C)[:, ce]
-    out = {"tokens.proj.weight": tok.weight[ce], "tokens.proj.bias": rows[0],
-           "tokens.cls_token": rows[1].view(1, 1, -1), "tokens.pos_embed": rows[2:][None],
-           "norm.weight": net.head.vector.view(2, C)[0, ce], "norm.bias": net.head.vector.view(2, C)[1, ce],
-           "head.weight": net.head.weight[:, ce], "head.bias": net.head.bias}
-    for i, (blk, b) in enumerate(zip(net.blocks, arch.blocks)):
+def written_out(params, space, x, arch, side):
+    """The sub-network's logits computed here from the super-transformer's parameters by name
+    (`params`: name -> tensor), every slice an explicit list of channels (kept), attention as
+    softmax(Q K^T / sqrt(d)) V per head: no vitas code but the arch records."""
+    C, A, M = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
+    inner = "left" if side == "cyclic" else side
+    e = kept(arch.embed_dim, C, side, space.embed_dims)
+
+    def linear(h, w, b, rows, cols):            # rows: output channels kept, cols: input channels kept
+        return h @ w[rows][:, cols].T + b[rows]
+
+    def norm(h, prefix):
+        return F.layer_norm(h, (len(e),), params[prefix + ".weight"][e], params[prefix + ".bias"][e])
+
+    t, P = f"tokens.p{arch.patch_size}.", arch.patch_size
+    x = F.conv2d(x, params[t + "proj.weight"][e], params[t + "proj.bias"][e], stride=P).flatten(2).transpose(1, 2)
+    x = torch.cat([params[t + "cls_token"][:, :, e].expand(len(x), -1, -1), x], 1) + params[t + "pos_embed"][:, :, e]
+    B, T, _ = x.shape
+    for i, b in enumerate(arch.blocks):
         if b is None:
             continue
-        ca, cm, qk = kept(b.attn_dim, A, side), kept(b.mlp_dim, M, side), blk.qk[str(b.heads)]
-        rq, rk = ca, [A + j for j in ca]        # rows of the head count's qk: Q's, then K's
-
-        def rows(*parts):       # rows of blk.weight: (part, its channels kept), end to end
-            return [blk.rows[n].start + j for n, ch in parts for j in ch]
-
-        def ents(*parts):       # entries of blk.vector, likewise
-            return blk.vector[[blk.entries[n].start + j for n, ch in parts for j in ch]]
-
-        w = blk.weight[:, ce]
-        out.update({f"blocks.{i}.{k}": v for k, v in {
-            "attn.qkv.weight": torch.cat([qk.weight[rq + rk][:, ce], w[rows(("v", ca))]]),
-            "attn.qkv.bias": torch.cat([qk.bias[rq + rk], ents(("v.bias", ca))]),
-            "attn.proj.weight": w[rows(("proj", ca))].T, "attn.proj.bias": ents(("proj.bias", ce)),
-            "fc1.weight": w[rows(("fc1", cm))], "fc1.bias": ents(("fc1.bias", cm)),
-            "fc2.weight": w[rows(("fc2", cm))].T, "fc2.bias": ents(("fc2.bias", ce)),
-            "norm1.weight": ents(("norm1.weight", ce)), "norm1.bias": ents(("norm1.bias", ce)),
-            "norm2.weight": ents(("norm2.weight", ce)), "norm2.bias": ents(("norm2.bias", ce))}.items()})
-    return out
+        p = {k[len(f"blocks.{i}."):]: v for k, v in params.items() if k.startswith(f"blocks.{i}.")}
+        a, m = kept(b.attn_dim, A, inner), kept(b.mlp_dim, M, inner)
+        h = norm(x, f"blocks.{i}.norm1")
+        qk_w, qk_b = p[f"attn.qk.{b.heads}.weight"], p[f"attn.qk.{b.heads}.bias"]
+        q, k, v = (linear(h, qk_w, qk_b, a, e), linear(h, qk_w, qk_b, [A + j for j in a], e),
+                   linear(h, p["attn.v.weight"], p["attn.v.bias"], a, e))
+        q, k, v = (z.view(B, T, b.heads, -1).transpose(1, 2) for z in (q, k, v))       # (B, heads, T, d)
+        h = ((q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5).softmax(-1) @ v
+        x = x + linear(h.transpose(1, 2).reshape(B, T, -1), p["attn.proj.weight"], p["attn.proj.bias"], e, a)
+        h = F.gelu(linear(norm(x, f"blocks.{i}.norm2"), p["fc1.weight"], p["fc1.bias"], m, e))
+        x = x + linear(h, p["fc2.weight"], p["fc2.bias"], e, m)
+    return linear(norm(x[:, 0], "norm"), params["head.weight"], params["head.bias"], list(range(space.num_classes)), e)
 
 
-@pytest.mark.parametrize("side", ["left", "right", "cyclic"])
-def test_export_takes_the_documented_parts_of_the_stacked_parameters(side):
-    net = perturb(vitas.SuperTransformer(TINY))
-    for arch in (WRAPS, TINY.max_arch(), TINY.min_arch()):
-        got, want = vitas.export(net, arch, side).state_dict(), by_hand(net, arch, side)
-        assert got.keys() == want.keys()
-        for k in got:
-            assert torch.equal(got[k], want[k]), (str(arch), side, k)
+SIDES3 = ("left", "right", "cyclic")
 
 
-@pytest.mark.parametrize("side", ["left", "right", "cyclic"])
-def test_super_gradients_are_the_exported_vits_mapped_back_to_the_slice(side):
-    """Forward equal to the exported ViT's, and every parameter's gradient equal to the ViT's
-    gradients written back where the documented layout puts each entry (by_hand on a net of entry
-    ids, not export), zero or None elsewhere: gradient only on the slice, the wrapping cyclic window too."""
+@pytest.mark.parametrize("side", SIDES3)
+def test_super_transformer_equals_the_forward_written_out_from_parameter_names(side):
+    """Tiny archs of every patch size (identities anywhere, the wrapping cyclic window, the extremes)
+    and, one side each, a few vitas-1g archs: SuperTransformer(x, arch, side) equals written_out."""
+    torch.manual_seed(0)
+    net = perturb(vitas.SuperTransformer(TINY)).double().eval()
+    params = dict(net.named_parameters())
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    archs = [WRAPS, TINY.max_arch(), TINY.min_arch(), *random_archs(TINY, 6, seed=7)]
+    assert {a.patch_size for a in archs} == set(TINY.patch_sizes)
+    with torch.no_grad():
+        for arch in archs:
+            torch.testing.assert_close(net(x, arch, side), written_out(params, TINY, x, arch, side),
+                                       rtol=1e-10, atol=1e-10, msg=f"{arch} {side}")
+        big = perturb(vitas.SuperTransformer(BIG), scale=0.02).eval()
+        x = torch.randn(1, 3, 224, 224)
+        for arch in [VITAS_C, *random_archs(BIG, 1, seed={"left": 1, "right": 2, "cyclic": 3}[side])]:
+            torch.testing.assert_close(big(x, arch, side), written_out(dict(big.named_parameters()), BIG, x, arch,
+                                                                       side), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("side", SIDES3)
+def test_super_gradients_equal_those_of_the_written_out_forward(side):
+    """Every parameter's gradient equals the written-out forward's (autograd through its own list
+    indexing), zero or None off the slice: a step trains exactly the channels its arch uses."""
     torch.manual_seed(0)
     net = perturb(vitas.SuperTransformer(TINY)).double()
-    ids, n = copy.deepcopy(net), 0
-    with torch.no_grad():
-        for p in ids.parameters():
-            p.copy_(torch.arange(n, n + p.numel(), dtype=torch.float64).view_as(p))
-            n += p.numel()
     x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.arange(4)
     for arch in (WRAPS, TINY.max_arch(), Arch(8, 32, (None, Block(4, 64, 64)) + (None,) * 4)):
         net.zero_grad(set_to_none=True)
-        vit = vitas.export(net, arch, side)
-        out = net(x, arch, side)
-        assert torch.allclose(out, vit(x), rtol=1e-10, atol=1e-12), (str(arch), side)
-        F.cross_entropy(out, y).backward()
-        F.cross_entropy(vit(x), y).backward()
-        hand, vit_params = by_hand(ids, arch, side), dict(vit.named_parameters())
-        assert hand.keys() == vit_params.keys()
-        source = torch.cat([v.flatten() for v in hand.values()]).long()
-        assert len(source.unique()) == len(source)                     # each super entry feeds one ViT entry
-        want = torch.zeros(n, dtype=torch.float64)
-        want[source] = torch.cat([vit_params[k].grad.flatten() for k in hand])
-        got = torch.cat([torch.zeros(p.numel(), dtype=torch.float64) if p.grad is None else p.grad.flatten()
-                         for p in net.parameters()])
-        assert torch.allclose(got, want, rtol=1e-9, atol=1e-13), (str(arch), side)
-        used = torch.zeros(n, dtype=torch.bool)
-        used[source] = True
-        assert not got[~used].any() and got[used].any()
+        F.cross_entropy(net(x, arch, side), y).backward()
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+        F.cross_entropy(written_out(leaves, TINY, x, arch, side), y).backward()
+        for name, p in net.named_parameters():
+            want = leaves[name].grad
+            if want is None or not want.any():
+                assert p.grad is None or not p.grad.any(), (name, str(arch))
+            else:
+                torch.testing.assert_close(p.grad, want, rtol=1e-9, atol=1e-12, msg=f"{name} {arch} {side}")
+
+
+def test_state_dict_keys_are_the_plain_vits_with_private_tokens_and_qk():
+    """tokens. -> tokens.p<P>. for every patch size, attn.qkv. -> attn.qk.<h>. for every head count
+    plus attn.v.; every other key as in the plain ViT of the largest arch."""
+    for space in (TINY, BIG):
+        with torch.device("meta"):
+            plain = vitas.ViT(space.max_arch(), space).state_dict().keys()
+            got = set(vitas.SuperTransformer(space).state_dict())
+        want = set()
+        for k in plain:
+            if k.startswith("tokens."):
+                want |= {k.replace("tokens.", f"tokens.p{p}.") for p in space.patch_sizes}
+            elif ".attn.qkv." in k:
+                want |= {k.replace(".qkv.", f".qk.{h}.") for h in space.heads} | {k.replace(".qkv.", ".v.")}
+            else:
+                want.add(k)
+        assert got == want
 
 
 def test_largest_arch_trains_every_part_of_its_branch():
-    """Every part (SuperBlock.rows / entries, the drawn head count's Q and K) of the largest arch's
-    branch gets a gradient; the private Q and K of the other head counts and the other patch
-    sizes' tokens none at all (None: the optimizer skips them)."""
+    """The largest arch's step gives every parameter of its branch a gradient (Q's and K's rows of
+    the drawn head count's qk both); the other head counts' Q and K and the other patch sizes'
+    tokens none at all (None: the optimizer skips them)."""
     net = perturb(vitas.SuperTransformer(TINY))
     arch = TINY.max_arch()
     F.cross_entropy(net(torch.randn(8, 3, 32, 32), arch), torch.arange(8)).backward()
-    h = arch.blocks[0].heads
+    h, A = arch.blocks[0].heads, TINY.attn_dims[-1]
     for name, p in net.named_parameters():
         other_tokens = name.startswith("tokens.") and not name.startswith(f"tokens.p{arch.patch_size}.")
-        other_qk = ".qk." in name and f".qk.{h}." not in name
-        if other_tokens or other_qk:
+        if other_tokens or (".qk." in name and f".qk.{h}." not in name):
             assert p.grad is None, name
         else:
             assert p.grad is not None and p.grad.any(), name
-    assert sum(".qk." in name for name, _ in net.named_parameters()) == 2 * len(TINY.heads) * TINY.depth
-    A = TINY.attn_dims[-1]
-    for blk in net.blocks:
-        for part, r in [*blk.rows.items(), *blk.entries.items()]:
-            g = blk.weight.grad[r.start:r.stop] if part in blk.rows else blk.vector.grad[r.start:r.stop]
-            assert g.any(), part
-        qk = blk.qk[str(h)]
-        for g in (qk.weight.grad[:A], qk.weight.grad[A:], qk.bias.grad[:A], qk.bias.grad[A:]):   # Q's, K's
-            assert g.any()
+            if f".qk.{h}." in name:
+                assert p.grad[:A].any() and p.grad[A:].any(), name        # Q's rows and K's
 
 
 def test_adamw_leaves_the_qk_of_a_head_count_a_step_does_not_draw_exactly_as_it_was():
@@ -1850,122 +2003,64 @@ def test_adamw_leaves_the_qk_of_a_head_count_a_step_does_not_draw_exactly_as_it_
         F.cross_entropy(net(x, arch), y).backward()
         opt.step()
     after = dict(net.named_parameters())
-    for i, blk in enumerate(net.blocks):
+    for i in range(TINY.depth):
         for part in ("weight", "bias"):
-            name = f"blocks.{i}.qk.4.{part}"
+            name = f"blocks.{i}.attn.qk.4.{part}"
             assert after[name].grad is None and opt.state[after[name]]["exp_avg"].any()   # momentum it did not use
             assert torch.equal(after[name].detach(), before[name]), name
-            assert not torch.equal(after[f"blocks.{i}.qk.2.{part}"].detach(), before[f"blocks.{i}.qk.2.{part}"])
-        fc1 = blk.rows["fc1"]
-        unused = slice(fc1.start + 64, fc1.stop)     # fc1 rows past the drawn MLP width 64: zero gradient, decayed
-        assert not blk.weight.grad[unused].any()
-        torch.testing.assert_close(blk.weight.detach()[unused], before[f"blocks.{i}.weight"][unused] * (1 - lr * wd))
+            assert not torch.equal(after[f"blocks.{i}.attn.qk.2.{part}"].detach(), before[f"blocks.{i}.attn.qk.2.{part}"])
+        fc1 = after[f"blocks.{i}.fc1.weight"]       # rows past the drawn MLP width 64: zero gradient, decayed
+        assert not fc1.grad[64:].any()
+        torch.testing.assert_close(fc1.detach()[64:], before[f"blocks.{i}.fc1.weight"][64:] * (1 - lr * wd))
 
 
-def test_stacked_parameters_keep_weight_decay_off_norms_and_biases_and_each_init():
-    """Matrices >= 2-D, norms, biases and embeddings 1-D (infra.param_groups goes by p.ndim); each
-    stacked part and each head count's Q and K initialised as the plain ViT's: trunc-normal(0.02),
-    norms one, biases zero."""
+def test_no_weight_decay_on_norms_biases_class_tokens_and_position_embeddings_and_plain_init():
+    """infra.param_groups on the super-transformer, against the rule written out by name; every
+    parameter initialised as the plain ViT's: matrices, tokens trunc-normal(0.02), norms one,
+    biases zero."""
     torch.manual_seed(0)
     net = vitas.SuperTransformer(TINY)
+    decay, no_decay = (set(map(id, g["params"])) for g in infra.param_groups(net, 0.05))
     for name, p in net.named_parameters():
-        assert (p.ndim >= 2) == name.endswith(".weight"), name
-    qks = [qk for blk in net.blocks for qk in blk.qk.values()]
-    assert all(torch.equal(qk.bias.detach(), torch.zeros(2 * TINY.attn_dims[-1])) for qk in qks)
-    for m in [*net.tokens.values(), *net.blocks, net.head, *qks]:
-        w = m.weight.detach()
-        assert abs(w.std().item() - 0.02) < 0.002 and w.abs().max() < 0.02 * 6
-    for m in [*net.tokens.values(), *net.blocks, net.head]:
-        for part, r in m.entries.items():
-            v = m.vector.detach()[r.start:r.stop]
-            if part in ("cls_token", "pos_embed"):
-                assert abs(v.std().item() - 0.02) < 0.005, part
-            else:
-                assert torch.equal(v, torch.full_like(v, float(part.startswith("norm")
-                                                               and part.endswith(".weight")))), part
+        free = ".norm" in name or name.startswith("norm.") or name.endswith((".bias", "cls_token", "pos_embed"))
+        assert (id(p) in no_decay, id(p) in decay) == (free, not free), name
+        w = p.detach()
+        if name.endswith(".bias"):
+            assert not w.any(), name
+        elif "norm" in name:
+            assert torch.equal(w, torch.ones_like(w)), name
+        else:
+            assert abs(w.std().item() - 0.02) < 0.005 and w.abs().max() < 0.02 * 6, name
 
 
-def test_super_step_launches_at_most_1_3x_the_plain_vits_kernels():
-    """bench.kernel_counts on the tiny mid arch, fp32: one side <= 1.3x plain (2.38x before
-    issue 17: 286 against 120), bilateral about twice one side."""
-    plain, one, both = bench.kernel_counts(TINY, bench.TINY_MID)
-    assert one <= 1.3 * plain, (plain, one, both)
-    assert both <= 2.2 * one, (plain, one, both)
+def test_a_checkpoint_of_the_stacked_layout_is_refused_in_one_line(tmp_path, capsys):
+    """Super-transformer checkpoints from before the named parameters (blocks.N.weight and
+    .vector) fail with one line naming the change, wherever a checkpoint is read."""
+    ck = {"model": {"blocks.0.weight": torch.zeros(2, 2), "blocks.0.vector": torch.zeros(4)},
+          "space": TINY.to_dict(), "args": {}, "mode": "super"}
+    path = tmp_path / "old.pt"
+    infra.save_checkpoint(str(path), ck)
+    with pytest.raises(infra.UserError, match=r"stacked.*(retrain|train it again)") as e:
+        infra.load_checkpoint(path, "--ckpt")
+    assert "\n" not in str(e.value)
 
 
-def test_prepared_takes_follow_the_parameters_they_are_given_and_stay_bounded():
-    """A choice's Takes are prepared once and hold no parameter: after load_state_dict(assign=True)
-    puts new parameter tensors in, the super-transformer computes with the new ones (its logits are
-    those of the net the weights came from, and the gradient reaches the new tensors); a module
-    keeps at most PLANS choices, dropping the oldest."""
-    torch.manual_seed(0)
-    net, other = vitas.SuperTransformer(TINY), perturb(vitas.SuperTransformer(TINY))
-    x = torch.randn(2, 3, 32, 32)
-    for side in ("left", "cyclic"):
-        net(x, WRAPS, side)                                           # prepared on the old tensors
-    blk, choice = net.blocks[0], WRAPS.blocks[0]
-    prepared = blk.plan(choice, "left", WRAPS.embed_dim)              # kept: not prepared again
-    assert blk.plan(choice, "left", WRAPS.embed_dim) is prepared
-    net.load_state_dict(copy.deepcopy(other.state_dict()), assign=True)
-    for side in ("left", "cyclic"):
-        out = net(x, WRAPS, side)
-        assert torch.allclose(out, other(x, WRAPS, side), atol=1e-6), side
-    out.sum().backward()
-    assert blk.weight.grad is not None and blk.vector.grad is not None
-    blk.PLANS = 3
-    choices = [(Block(h, a, 64), "left", 48) for h in TINY.heads for a in TINY.attn_dims]
-    for b, side, width in choices:
-        blk.sliced(b, side, width)
-        assert len(blk.plans) <= 3
-    assert [k[:3] for k in blk.plans] == choices[-3:]
-
-
-def test_reuse_freed_memory_ends_the_page_faults_of_super_transformer_steps():
-    """infra.reuse_freed_memory, as train.py's CPU runs set it: the steps of a super-transformer with
-    stacked parameters of vitas-1g's widths (7 MB a block) touch memory already mapped, where
-    glibc's defaults page-fault again every step (the kernel's count of minor faults over three
-    steps after two, each way in a fresh process)."""
-    code = """if 1:
-        import resource, sys, torch, torch.nn.functional as F, infra, vitas
-        kept = sys.argv[1] == "kept" and infra.reuse_freed_memory()
-        space = vitas.SearchSpace(32, 3, 10, (8,), 4, (192, 384), (4, 8), (240, 480), (720, 1440))
-        net, arch = vitas.SuperTransformer(space), vitas.Arch(8, 192, (vitas.Block(4, 240, 720),) * 4)
-        def step():
-            net.zero_grad(set_to_none=True)
-            F.cross_entropy(net(torch.randn(2, 3, 32, 32), arch), torch.arange(2)).backward()
-        step(), step()
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        step(), step(), step()
-        print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)"""
-    runs = {}
-    for how in ("kept", "defaults"):
-        out = subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True, check=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.split()
-        runs[how] = (out[0] == "True", int(out[1]))
-    if not runs["kept"][0]:
-        pytest.skip("not glibc: reuse_freed_memory does nothing here")
-    assert runs["defaults"][1] > 3000 and runs["kept"][1] < 0.1 * runs["defaults"][1], runs
-
-
-def test_bench_without_takes_computes_the_same_step_from_kept_slices():
-    """bench's "no takes" floor runs the super-transformer's own computation: the same logits and
-    the same gradients of the sliced parameters as the super-transformer, from slices taken once."""
+def test_bench_without_slicing_computes_the_same_step_from_kept_slices():
+    """bench's "no slicing" floor runs the super-transformer's own computation: the same logits and
+    the same gradients of the sliced parameters, from slices taken once and kept as leaves."""
     torch.manual_seed(0)
     net = vitas.SuperTransformer(TINY)
-    kept = bench.without_takes(copy.deepcopy(net))
+    kept_net = bench.without_slicing(copy.deepcopy(net))
     x = torch.randn(4, 3, 32, 32)
     for side in ("left", "right"):
-        assert torch.allclose(kept(x, bench.TINY_MID, side), net(x, bench.TINY_MID, side), atol=1e-6)
-    block, choice = kept.blocks[0], bench.TINY_MID.blocks[0]
-    leaves = block.sliced(choice, "left", 48)
-    assert block.sliced(choice, "left", 48) is leaves and all(t.is_leaf for t in leaves.values())   # taken once
-    kept(x, bench.TINY_MID, "left").sum().backward()
-    sliced = net.blocks[0].sliced(choice, "left", 48)
+        assert torch.allclose(kept_net(x, bench.TINY_MID, side), net(x, bench.TINY_MID, side), atol=1e-6)
+    e, choice = slice(0, 48), bench.TINY_MID.blocks[0]
+    leaves = kept_net.blocks[0].sliced(e, choice, "left")
+    assert kept_net.blocks[0].sliced(e, choice, "left") is leaves and all(t.is_leaf for t in leaves.values())
+    kept_net(x, bench.TINY_MID, "left").sum().backward()
     net(x, bench.TINY_MID, "left").sum().backward()
-    fc1 = sliced["fc1.weight"]
-    grad = net.blocks[0].weight.grad[net.blocks[0].rows["fc1"].start:][:fc1.shape[0], :48]
-    assert torch.allclose(leaves["fc1.weight"].grad, grad, atol=1e-5)
-    assert all(p.grad is None for p in kept.parameters())                    # nothing reaches the parameters
+    torch.testing.assert_close(leaves["fc1.weight"].grad, net.blocks[0].fc1.weight.grad[:128, :48])
+    assert all(p.grad is None for p in kept_net.parameters())                  # nothing reaches the parameters
 
 
 def test_bench_step_ratios_are_medians_over_rounds_taken_in_turns(monkeypatch):
@@ -1981,7 +2076,7 @@ def test_bench_step_ratios_are_medians_over_rounds_taken_in_turns(monkeypatch):
         f.__name__ = name
         return f
 
-    fns = [kind("plain", 1.0), kind("one_side", 1.1), kind("bilateral", 2.2), kind("no_takes", 0.9)]
+    fns = [kind("plain", 1.0), kind("one_side", 1.1), kind("bilateral", 2.2), kind("no_slicing", 0.9)]
     monkeypatch.setattr(bench, "steps", lambda *a: fns)
     monkeypatch.setattr(bench, "step_time", lambda f: f())
     plain, *ratios = bench.step_ratios(None, None, 1, "cpu", repeats=12, warmup=2)
@@ -1990,7 +2085,7 @@ def test_bench_step_ratios_are_medians_over_rounds_taken_in_turns(monkeypatch):
     timed, cost = calls[8:], {f.__name__: f for f in fns}
     turns = [timed[r * 4 * bench.ROUND:(r + 1) * 4 * bench.ROUND][:4] for r in range(rounds)]
     assert all(sorted(t) == sorted(cost) for t in turns) and len({tuple(t) for t in turns}) > 1  # fresh orders
-    base = {"plain": 1.0, "one_side": 1.1, "bilateral": 2.2, "no_takes": 0.9}
+    base = {"plain": 1.0, "one_side": 1.1, "bilateral": 2.2, "no_slicing": 0.9}
     per_round = []
     for r in range(rounds):
         times = {k: [] for k in base}
@@ -1998,7 +2093,7 @@ def test_bench_step_ratios_are_medians_over_rounds_taken_in_turns(monkeypatch):
             times[name].append(base[name] * (1 + 0.01 * ((9 + r * 4 * bench.ROUND + i) % 7)))
         per_round.append({k: float(np.median(v)) for k, v in times.items()})
     assert plain == pytest.approx(np.median([r["plain"] for r in per_round]))
-    for name, got in zip(("one_side", "bilateral", "no_takes"), ratios):
+    for name, got in zip(("one_side", "bilateral", "no_slicing"), ratios):
         want = np.percentile([r[name] / r["plain"] for r in per_round], (50, 25, 75))
         assert np.allclose(got, want) and got[1] <= got[0] <= got[2]
 

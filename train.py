@@ -475,6 +475,7 @@ def build_run(args, d):
               infra.mix_transform(args, space.num_classes), steps_per_epoch)
     os.makedirs(args.out, exist_ok=True)
     run.resume(resumed)
+    start_log(run, resumed is not None)
     log(f"{'retrain' if arch is not None else 'super-transformer'} | {d.world} process(es) on {d.device} | "
         f"batch {args.batch_size} per process, effective {args.batch_size * d.world} | "
         f"{steps_per_epoch} steps/epoch x {args.epochs} epochs | "
@@ -482,6 +483,19 @@ def build_run(args, d):
     if arch is None:
         log(f"recipe {args.recipe}: " + ", ".join(f"{k.replace('_', '-')} {getattr(args, k)}" for k in RECIPE_KEYS))
     return run
+
+
+def start_log(run, resumed):
+    """log.jsonl as the checkpoint has it: a resumed run keeps the epochs its checkpoint completed,
+    each once (an epoch logged just before a crash, and not saved, is trained and logged again); a
+    fresh run starts its own, an earlier run's log set aside as log.before-<time>.jsonl."""
+    path = os.path.join(run.args.out, "log.jsonl")
+    if not run.d.main:
+        return
+    if resumed:
+        infra.keep_log_lines(path, run.step // run.steps_per_epoch)
+    elif aside := infra.set_aside(path):
+        run.d.log(f"{path} was an earlier run's (no checkpoint beside it): moved to {aside}")
 
 
 def train_epoch(run, epoch, t_start, step0):
@@ -553,13 +567,14 @@ def train(args):
     seed_everything(args.seed)
     if args.amp and d.device.type == "cpu":
         d.log("note: bf16 autocast on this CPU may be slower than fp32")
-    run = build_run(args, d)                     # space, data, model, sampler, optimiser; resumed from --out
-    t_start, step0 = time.time(), run.step
-    while run.step < run.total_steps:
-        epoch = run.step // run.steps_per_epoch
-        train_epoch(run, epoch, t_start, step0)  # each step: 1. draw sub-networks, 2. train their passes
-        run.record = end_of_epoch(run, epoch)    # 3. evaluate the reported archs, log the epoch
-        run.save()
+    with infra.run_folder(args.out, d):         # one live run per output folder
+        run = build_run(args, d)                 # space, data, model, sampler, optimiser; resumed from --out
+        t_start, step0 = time.time(), run.step
+        while run.step < run.total_steps:
+            epoch = run.step // run.steps_per_epoch
+            train_epoch(run, epoch, t_start, step0)  # each step: 1. draw sub-networks, 2. train their passes
+            run.record = end_of_epoch(run, epoch)    # 3. evaluate the reported archs, log the epoch
+            run.save()
     d.log(f"done: {run.step} steps in {infra.fmt_time(time.time() - t_start)}; checkpoint {run.path}")
     return run.record
 

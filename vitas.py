@@ -354,8 +354,7 @@ def check_images(x, space):
 
 
 def init_weights(module):
-    """timm-style: trunc-normal(0.02) weights, zero biases, unit norms; in the super-transformer's
-    stacked parameters each part as it would be alone (Sliceable.reset_parameters)."""
+    """timm-style: trunc-normal(0.02) weights and tokens, zero biases, unit norms."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.trunc_normal_(m.weight, std=0.02)
@@ -364,8 +363,6 @@ def init_weights(module):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, Sliceable):
-            m.reset_parameters()
         elif isinstance(m, Tokens):
             nn.init.trunc_normal_(m.cls_token, std=0.02)
             nn.init.trunc_normal_(m.pos_embed, std=0.02)
@@ -448,36 +445,15 @@ class ViT(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# Super-transformer: every arch of the space is a slice of it
+# Super-transformer: every arch of the space is a slice of it (arXiv 2106.13700, section 3)
 #
-# How the slices are taken, and why: at the sizes searched here a training step on a GPU costs
-# per kernel launched about as much as per FLOP, and slicing is where a super-transformer
-# launches more kernels than the plain ViT of the same arch; on a CPU it costs the memory its
-# gradients fill. The gradient of a sliced parameter is a full-size zero tensor with the slice
-# written into it (two kernels, where the plain ViT's gradient costs none), and torch's indexing
-# pays that once per sliced dimension and per parameter. Hence one mechanism, Take:
-#   - a slice is a list of parts, each some rows of one parameter at some columns; a Take lays
-#     the parts end to end in one copy, however many there are and whichever parameters they
-#     come from (one cat of views);
-#   - its gradient is one zero tensor spanning the parameters the parts come from, and only
-#     those, with every taken row written in at once (index_copy_); each parameter's gradient
-#     is its rows of that tensor;
-#   - a Take is prepared once per choice (Sliceable.plan) and then applied to the parameters
-#     every step: on a CPU the host-side work of working out where the rows lie, done every
-#     step, cost a small step more than the copies it guides; a lone part sliced along one
-#     dimension is torch's own indexing (as many kernels, and its backward runs no Python);
-#   - each module of the super-transformer (Sliceable) keeps its shared parameters in two
-#     tensors, its matrices (`weight`) and its norms, biases and embeddings (`vector`), and a
-#     block keeps the private Q and K of each head count apart (`qk`); so a block choice is two
-#     takes (matrices, vectors), whatever its head count and widths, and a head count's Q and K
-#     get no gradient from a step that does not draw it (the optimizer leaves them alone);
-#   - Q, K and V come out of one matmul, as in the plain ViT: the drawn head count's Q and K
-#     and the shared V are parts of one take;
-#   - under autocast the taken matrices are cast once, not once per matrix.
-# The zero-filled gradients are as large as the stacked parameters: on a CPU, training keeps
-# freed memory for reuse (infra.reuse_freed_memory) so that they do not page-fault every step.
-# sliced() of each module returns the plain ViT's parameters, named as in its state dict: forward
-# computes with them and export copies them. `python bench.py` counts kernels per step.
+# Each sub-layer holds one set of parameters at the space's largest size, named as the plain ViT
+# names them; a sub-network computes with some channels of each, taken by indexing where they are
+# used. Which channels a width takes is the weight-sharing scheme (channels()): the first (left),
+# the last (right; bilateral sharing trains both) or a window on a ring (cyclic, embedding channels
+# only). Autograd writes each step's gradient into the channels taken, zero elsewhere. sliced() of
+# each module returns the plain ViT's parameters of one choice: forward computes with them, export
+# copies them.
 
 
 def cyclic_start(width, widths):
@@ -494,7 +470,7 @@ def channels(width, full, side, widths=None):
     """The channels of `full` that a sub-network of `width` uses: the first (left) or the last
     (right) ones, bilateral sharing training both so every channel is trained about equally; or
     (side "cyclic", embedding channels only, `widths` the choices) the ring window of
-    cyclic_start, a slice or, where it wraps, a CPU index tensor in ring order."""
+    cyclic_start, a slice or, where it wraps, an index tensor in ring order."""
     if width == full:
         return slice(None)
     if side == "left":
@@ -512,294 +488,120 @@ def check_side(side):
         raise ValueError(f"side must be 'left' or 'right' (left and bilateral sharing) or 'cyclic', got {side!r}")
 
 
-def within(r, s):
-    """The positions in range r of channels s (a slice or an index tensor): a slice or an index tensor."""
-    if isinstance(s, slice):
-        r = r[s]
-        return slice(r.start, r.stop)
-    return s + r.start
+class SuperTokens(Tokens):
+    """Private class token: the patch conv, class token and position embedding of one patch size,
+    at the largest embedding width (the plain ViT's Tokens); a slice uses embedding channels e."""
 
+    def sliced(self, e):
+        return {"proj.weight": self.proj.weight[e], "proj.bias": self.proj.bias[e],
+                "cls_token": self.cls_token[:, :, e], "pos_embed": self.pos_embed[:, :, e]}
 
-class _Take(torch.autograd.Function):
-    """Take.__call__: `parts` index `params`; `where` = (rows, cols) is where they lie in all of params, end to end."""
-
-    @staticmethod
-    def forward(ctx, parts, cols, where, *params):
-        ctx.sizes, ctx.where = [p.shape[0] for p in params], where
-        ctx.shape = (sum(ctx.sizes), *params[0].shape[1:])
-        pieces = [params[i][rows if cols is None else (rows, cols)] for i, rows in parts]
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-    @staticmethod
-    def backward(ctx, grad):
-        full, (rows, cols) = grad.new_zeros(ctx.shape), ctx.where
-        if torch.is_tensor(cols):                       # a wrapped cyclic window: entry by entry
-            full[rows[:, None] if torch.is_tensor(rows) else rows, cols] = grad
-        else:
-            into = full if cols is None else full[:, cols]
-            if torch.is_tensor(rows):
-                into.index_copy_(0, rows, grad)         # whole rows: cheaper than entry by entry
-            else:
-                into[rows] = grad
-        return None, None, None, *full.split(ctx.sizes)
-
-
-def positions(sizes, parts):
-    """Where parts = [(param number, its rows), ...] lie in params of the given first sizes laid end
-    to end: a CPU index tensor."""
-    start = np.cumsum((0, *sizes))
-    rows = [np.arange(sizes[i])[r.numpy() if torch.is_tensor(r) else r] for i, r in parts]
-    return torch.from_numpy(np.concatenate([start[i] + r for (i, _), r in zip(parts, rows)]))
-
-
-class Take:
-    """A slice of some parameters, prepared once and then taken every step: Take(sizes, parts,
-    cols, device)(*params) is the rows that parts = [(param number, rows), ...] select from
-    params (first dimensions `sizes`, on `device`), end to end, each at columns `cols`.
-
-    rows: a slice or a 1-D index tensor of the param's first dimension; cols: likewise of the
-    second, the same for every part (None: all); not both index tensors, and no two parts overlap.
-    The parameters agree past their first dimension. Forward: one copy, a cat of views (none for
-    a lone part that slicing views); gradient: one zero tensor spanning the given parameters end
-    to end, only those, with every taken entry written in at once; each parameter's gradient is
-    its rows of it. A lone part that takes all of its parameter is the parameter itself."""
-
-    def __init__(self, sizes, parts, cols, device):
-        def to(i):
-            return i.to(device) if torch.is_tensor(i) else i
-
-        self.parts, self.cols = [(i, to(rows)) for i, rows in parts], to(cols)
-        whole = [i is None or isinstance(i, slice) and i == slice(None) for i in (parts[0][1], cols)]
-        self.alias = len(parts) == 1 and all(whole)
-        # a lone part sliced along one dimension: torch's own indexing, as many kernels, no Python backward
-        self.index = None if len(parts) > 1 or not any(whole) else \
-            self.parts[0][1] if whole[1] else (slice(None), self.cols)
-        # where the gradient is written: back where it was read (a lone part), or where the rows
-        # lie in all of params, end to end
-        self.where = (self.parts[0][1] if len(parts) == 1 else positions(sizes, parts).to(device), self.cols)
-
-    def __call__(self, *params):
-        if self.alias:
-            return params[0]
-        if self.index is not None:
-            return params[0][self.index]
-        return _Take.apply(self.parts, self.cols, self.where, *params)
-
-
-def layout(sizes):
-    """{name: range of positions} for parts of the given sizes laid end to end."""
-    starts = np.cumsum([0, *sizes.values()])
-    return {name: range(start, start + size) for (name, size), start in zip(sizes.items(), starts)}
-
-
-class Sliceable(nn.Module):
-    """A module of the super-transformer. Its shared parameters are stacked so that one step takes
-    each once: `weight`, its matrices (weight decay), and `vector`, 1-D, its norms, biases and
-    embeddings (no weight decay; infra.param_groups goes by p.ndim); `entries` names the parts
-    of `vector` as the plain ViT names them, and sliced() returns the plain ViT's parameters.
-    `embed_dims`: the embedding width choices (cyclic sharing rings them)."""
-
-    PLANS = 128         # choices whose Takes a module keeps: the tiny space has 108 per block; at vitas-1g
-                        # a block's are ~40 KB of indices each, and it has tens of thousands of choices
-
-    def __init__(self, embed_dims):
-        super().__init__()
-        self.embed_dims, self.plans = embed_dims, {}
-
-    def plan(self, *choice):
-        """The Takes of one choice, self.prepare(*choice, device), prepared the first time the
-        choice is sliced on the parameters' device and kept (the oldest dropped past PLANS)."""
-        key = (*choice, self.vector.device)
-        if key not in self.plans:
-            if len(self.plans) >= self.PLANS:
-                del self.plans[next(iter(self.plans))]
-            self.plans[key] = self.prepare(*key)
-        return self.plans[key]
-
-    def embed_channels(self, width, side):
-        return channels(width, self.embed_dims[-1], side, self.embed_dims)
-
-    def reset_parameters(self):
-        """Each part as init_weights treats it in the plain ViT: matrices, class token and position
-        embedding trunc-normal(0.02), norm weights one, biases zero."""
-        nn.init.trunc_normal_(self.weight, std=0.02)
-        with torch.no_grad():
-            for name, r in self.entries.items():
-                part = self.vector[r.start:r.stop]
-                if name in ("cls_token", "pos_embed"):
-                    nn.init.trunc_normal_(part, std=0.02)
-                else:
-                    part.fill_(float(name.startswith("norm") and name.endswith(".weight")))
-
-
-class SuperTokens(Sliceable):
-    """Patch embedding, class token and position embedding of one patch size: the patch conv's
-    weight (C, in_chans, p, p), and its bias, the class token and the N + 1 position embeddings as
-    the N + 3 rows of C channels of `vector`."""
-
-    def __init__(self, in_chans, embed_dims, patch_size, num_patches):
-        super().__init__(embed_dims)
-        c, self.patch_size = embed_dims[-1], patch_size
-        self.weight = nn.Parameter(torch.empty(c, in_chans, patch_size, patch_size))
-        self.entries = layout({"proj.bias": c, "cls_token": c, "pos_embed": (num_patches + 1) * c})
-        self.vector = nn.Parameter(torch.empty((num_patches + 3) * c))
-
-    def prepare(self, width, side, device):
-        """The Takes of the embedding channels of `width`: the conv's rows, and the vector's columns."""
-        sc = self.embed_channels(width, side)
-        return Take(None, [(0, sc)], None, device), Take(None, [(0, slice(None))], sc, device)
-
-    def sliced(self, width, side):
-        """The parameters at the embedding channels of `width`, named and shaped as the plain ViT's Tokens'."""
-        rows = self.vector.view(-1, self.weight.shape[0])
-        conv, vec = self.plan(width, side)
-        bias, cls, pos = vec(rows).split([1, 1, rows.shape[0] - 2])
-        return {"proj.weight": conv(self.weight), "proj.bias": bias.view(-1), "cls_token": cls[None],
-                "pos_embed": pos[None]}
-
-    def forward(self, x, width, side):
-        """x (B, in_chans, S, S) -> (B, N + 1, width)."""
-        p = self.sliced(width, side)
-        x = F.conv2d(x, p["proj.weight"], p["proj.bias"], stride=self.patch_size).flatten(2).transpose(1, 2)
+    def forward(self, x, e):
+        """x (B, in_chans, S, S) -> (B, N + 1, c), c = the channels in e."""
+        p = self.sliced(e)
+        x = F.conv2d(x, p["proj.weight"], p["proj.bias"], stride=self.proj.stride).flatten(2).transpose(1, 2)
         return torch.cat([p["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + p["pos_embed"]
 
 
-class SuperBlock(Sliceable):
-    """One block position of the super-transformer: pre-norm attention and MLP of any widths.
+class SuperAttention(nn.Module):
+    """The attention's parameters at their largest size (SuperBlock computes with them). Private
+    self-attention maps: Q and K are private to each head count (qk[h], an nn.Linear(C, 2A): Q's
+    rows, then K's), since what an attention map means depends on how channels are grouped into
+    heads; V and the output projection are shared by all head counts."""
 
-    Private Q and K per head-count choice ("private self-attention maps": what an attention map
-    means depends on how channels are grouped into heads); V, the output projection and the MLP
-    are shared by all head counts. Parameters, one column per embedding channel:
-      qk[str(h)]     the private Q and K of head count h, held as an nn.Linear(C, 2A) holds them
-                     (never called, only sliced): weight (2A, C), Q's rows then K's, and bias (2A)
-      weight (K, C)  the shared matrices: V, the output projection (A rows each), fc1 and fc2 (M
-                     each), where `rows` says; the output projection and fc2 write the embedding
-                     channels and are stored transposed (a row per input channel), so a choice
-                     takes whole rows
-      vector (L,)    the LayerNorm weights and biases and the shared biases, end to end, where
-                     `entries` says (1-D: norms and biases, no weight decay)"""
+    def __init__(self, dim, heads, attn_dim):
+        super().__init__()
+        self.fused_attn = True
+        self.qk = nn.ModuleDict({str(h): nn.Linear(dim, 2 * attn_dim) for h in heads})
+        self.v = nn.Linear(dim, attn_dim)
+        self.proj = nn.Linear(attn_dim, dim)
+
+    def sliced(self, e, a, heads):
+        """The plain Attention's parameters at embedding channels e and attention channels a."""
+        qk = self.qk[str(heads)]
+        q_and_k = qk.weight.unflatten(0, (2, -1))[:, a, e].flatten(0, 1)           # (2a, c): Q's rows, K's
+        return {"qkv.weight": torch.cat([q_and_k, self.v.weight[a, e]]),
+                "qkv.bias": torch.cat([qk.bias.unflatten(0, (2, -1))[:, a].flatten(), self.v.bias[a]]),
+                "proj.weight": self.proj.weight[e, a], "proj.bias": self.proj.bias[e]}
+
+
+class SuperBlock(nn.Module):
+    """One block position: pre-norm attention and MLP at the space's largest widths, the plain
+    ViTBlock's parameters and names (attention: SuperAttention)."""
 
     def __init__(self, space, drop_path_rate=0.0):
-        super().__init__(space.embed_dims)
+        super().__init__()
         c, a, m = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
-        self.full = (c, a, m)
-        self.drop_path_rate, self.fused_attn = drop_path_rate, True
-        self.qk = nn.ModuleDict({str(h): nn.Linear(c, 2 * a) for h in space.heads})
-        self.rows = layout({"v": a, "proj": a, "fc1": m, "fc2": m})
-        self.entries = layout({"norm1.weight": c, "norm1.bias": c, "norm2.weight": c, "norm2.bias": c,
-                               "v.bias": a, "proj.bias": c, "fc1.bias": m, "fc2.bias": c})
-        self.weight = nn.Parameter(torch.empty(self.rows["fc2"].stop, c))
-        self.vector = nn.Parameter(torch.empty(self.entries["fc2.bias"].stop))
+        self.norm1 = nn.LayerNorm(c)
+        self.attn = SuperAttention(c, space.heads, a)
+        self.norm2 = nn.LayerNorm(c)
+        self.fc1 = nn.Linear(c, m)
+        self.fc2 = nn.Linear(m, c)
+        self.drop_path_rate = drop_path_rate
 
-    def slices(self, block, side):
-        """Channel slices (attention, MLP) of one block choice; cyclic sharing rings only the
-        embedding channels and slices these widths from the left."""
+    def sliced(self, e, block, side):
+        """The plain ViTBlock's parameters of one block choice at embedding channels e. Cyclic
+        sharing rings the embedding channels only; its attention and MLP widths are left slices."""
         inner = "left" if side == "cyclic" else side
-        return channels(block.attn_dim, self.full[1], inner), channels(block.mlp_dim, self.full[2], inner)
+        a = channels(block.attn_dim, self.attn.v.out_features, inner)
+        m = channels(block.mlp_dim, self.fc1.out_features, inner)
+        return {"norm1.weight": self.norm1.weight[e], "norm1.bias": self.norm1.bias[e],
+                **{f"attn.{k}": v for k, v in self.attn.sliced(e, a, block.heads).items()},
+                "norm2.weight": self.norm2.weight[e], "norm2.bias": self.norm2.bias[e],
+                "fc1.weight": self.fc1.weight[m, e], "fc1.bias": self.fc1.bias[m],
+                "fc2.weight": self.fc2.weight[e, m], "fc2.bias": self.fc2.bias[e]}
 
-    def prepare(self, block, side, width, device):
-        """The two Takes of one block choice: the matrices, of (the head count's qk.weight, weight):
-        its Q and K, then the shared V, projection, fc1 and fc2, at the embedding channels; and
-        the vectors, of (vector, the head count's qk.bias)."""
-        se, (sa, sm), (E, R) = self.embed_channels(width, side), self.slices(block, side), (self.entries, self.rows)
-        q, k = range(self.full[1]), range(self.full[1], 2 * self.full[1])           # Q's and K's rows of qk
-        matrices = [(0, q, sa), (0, k, sa), (1, R["v"], sa), (1, R["proj"], sa), (1, R["fc1"], sm), (1, R["fc2"], sm)]
-        vectors = [*((0, E[n], se) for n in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")),
-                   (1, q, sa), (1, k, sa), (0, E["v.bias"], sa), (0, E["proj.bias"], se), (0, E["fc1.bias"], sm),
-                   (0, E["fc2.bias"], se)]
-        qk = (2 * self.full[1],)
-        return (Take((*qk, len(self.weight)), [(i, within(r, s)) for i, r, s in matrices], se, device),
-                Take((len(self.vector), *qk), [(i, within(r, s)) for i, r, s in vectors], None, device))
-
-    def sliced(self, block, side, width):
-        """The parameters of one block choice at embedding width `width`, named and shaped as those
-        of the plain ViTBlock (export copies them, forward computes with them): two takes, the
-        matrices and the vectors (prepare). Matrices in the autocast dtype if on."""
-        matrices, vectors = self.plan(block, side, width)
-        qk = self.qk[str(block.heads)]
-        w = matrices(qk.weight, self.weight)                                          # (4a + 2m, c)
-        if torch.is_autocast_enabled(w.device.type):
-            w = w.to(torch.get_autocast_dtype(w.device.type))
-        vec = vectors(self.vector, qk.bias)
-        a, m = block.attn_dim, block.mlp_dim
-        qkv, proj, fc1, fc2 = w.split([3 * a, a, m, m])
-        names = ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.qkv.bias", "attn.proj.bias",
-                 "fc1.bias", "fc2.bias")
-        return {"attn.qkv.weight": qkv, "attn.proj.weight": proj.T, "fc1.weight": fc1, "fc2.weight": fc2.T,
-                **dict(zip(names, vec.split([width] * 4 + [3 * a, width, m, width])))}
-
-    def forward(self, x, block, side):
-        """x (B, T, c) -> (B, T, c): the plain ViTBlock's computation on the sliced parameters."""
+    def forward(self, x, e, block, side):
+        """x (B, T, c) -> (B, T, c): the plain ViTBlock's computation on the slice of `block`."""
         B, T, c = x.shape
-        p = self.sliced(block, side, c)
+        p = self.sliced(e, block, side)
         h = F.layer_norm(x, (c,), p["norm1.weight"], p["norm1.bias"])
         qkv = F.linear(h, p["attn.qkv.weight"], p["attn.qkv.bias"])                     # (B, T, 3a)
-        q, k, v = qkv.view(B, T, 3, block.heads, -1).permute(2, 0, 3, 1, 4)               # 3 x (B, heads, T, a / heads)
-        h = attention(q, k, v, self.fused_attn).transpose(1, 2).reshape(B, T, -1)
+        q, k, v = qkv.view(B, T, 3, block.heads, -1).permute(2, 0, 3, 1, 4)              # 3 x (B, heads, T, a / heads)
+        h = attention(q, k, v, self.attn.fused_attn).transpose(1, 2).reshape(B, T, -1)
         x = x + drop_path(F.linear(h, p["attn.proj.weight"], p["attn.proj.bias"]), self.drop_path_rate, self.training)
         h = F.layer_norm(x, (c,), p["norm2.weight"], p["norm2.bias"])
         h = F.linear(F.gelu(F.linear(h, p["fc1.weight"], p["fc1.bias"])), p["fc2.weight"], p["fc2.bias"])
         return x + drop_path(h, self.drop_path_rate, self.training)
 
 
-class SuperHead(Sliceable):
-    """Final LayerNorm and classifier: `weight` (classes, C), `bias`, and the norm's weight and
-    bias as the two rows of C channels of `vector`."""
-
-    def __init__(self, embed_dims, num_classes):
-        super().__init__(embed_dims)
-        c = embed_dims[-1]
-        self.weight = nn.Parameter(torch.empty(num_classes, c))
-        self.bias = nn.Parameter(torch.empty(num_classes))
-        self.entries = layout({"norm.weight": c, "norm.bias": c})
-        self.vector = nn.Parameter(torch.empty(2 * c))
-
-    def reset_parameters(self):
-        super().reset_parameters()
-        nn.init.zeros_(self.bias)
-
-    def prepare(self, width, side, device):
-        """The Take of the embedding channels of `width`, the columns of both `vector` (two rows) and `weight`."""
-        return Take(None, [(0, slice(None))], self.embed_channels(width, side), device)
-
-    def sliced(self, width, side):
-        """The parameters at the embedding channels of `width`, named and shaped as the plain ViT's norm and head."""
-        columns = self.plan(width, side)
-        weight, bias = columns(self.vector.view(2, -1)).unbind(0)
-        return {"norm.weight": weight, "norm.bias": bias, "head.weight": columns(self.weight), "head.bias": self.bias}
-
-    def forward(self, x, side):
-        """Class token x (B, c) -> logits (B, classes)."""
-        p = self.sliced(x.shape[-1], side)
-        x = F.layer_norm(x, x.shape[-1:], p["norm.weight"], p["norm.bias"])
-        return F.linear(x, p["head.weight"], p["head.bias"])
-
-
 class SuperTransformer(nn.Module):
-    """The over-sized ViT whose slices are all the archs of `space`.
-
-    Private per patch size: patch conv, class token and position embedding ("private class
-    token", SuperTokens). Per block position a SuperBlock; then SuperHead. forward(x, arch, side)
-    runs the slice of one arch, taking each parameter it uses once."""
+    """The over-sized ViT whose slices are all the archs of `space`: private tokens per patch size
+    (SuperTokens), a SuperBlock per block position, and the final norm and classifier, every
+    parameter named as in the plain ViT (tokens.p<P>. for tokens.). forward(x, arch, side) runs
+    the slice of one arch; an identity block is skipped."""
 
     def __init__(self, space, drop_path_rate=0.0):
         super().__init__()
-        self.space = space
-        self.tokens = nn.ModuleDict({f"p{p}": SuperTokens(space.in_chans, space.embed_dims, p, space.num_patches(p))
+        self.space, c = space, space.embed_dims[-1]
+        self.tokens = nn.ModuleDict({f"p{p}": SuperTokens(space.in_chans, c, p, space.num_patches(p))
                                      for p in space.patch_sizes})
         self.blocks = nn.ModuleList(SuperBlock(space, r) for r in drop_path_rates(drop_path_rate, space.depth))
-        self.head = SuperHead(space.embed_dims, space.num_classes)
+        self.norm = nn.LayerNorm(c)
+        self.head = nn.Linear(c, space.num_classes)
         init_weights(self)
+
+    def embed_channels(self, arch, side, device):
+        """The residual stream's channels: one slice of the embedding for every layer of the arch."""
+        e = channels(arch.embed_dim, self.space.embed_dims[-1], side, self.space.embed_dims)
+        return e.to(device) if torch.is_tensor(e) else e
+
+    def sliced_head(self, e):
+        return {"norm.weight": self.norm.weight[e], "norm.bias": self.norm.bias[e],
+                "head.weight": self.head.weight[:, e], "head.bias": self.head.bias}
 
     def forward(self, x, arch, side="left"):
         check_side(side)
         self.space.validate(arch)
         check_images(x, self.space)
-        x = self.tokens[f"p{arch.patch_size}"](x, arch.embed_dim, side)      # (B, T, c)
+        e = self.embed_channels(arch, side, x.device)
+        x = self.tokens[f"p{arch.patch_size}"](x, e)                    # (B, T, c)
         for blk, b in zip(self.blocks, arch.blocks):
             if b is not None:
-                x = blk(x, b, side)
-        return self.head(x[:, 0], side)                                 # class token -> (B, classes)
+                x = blk(x, e, b, side)
+        p = self.sliced_head(e)
+        x = F.layer_norm(x[:, 0], (arch.embed_dim,), p["norm.weight"], p["norm.bias"])     # class token (B, c)
+        return F.linear(x, p["head.weight"], p["head.bias"])
 
 
 # -----------------------------------------------------------------------------
@@ -810,16 +612,16 @@ class SuperTransformer(nn.Module):
 def export(supernet, arch, side="left", drop_path_rate=0.0):
     """A plain ViT of `arch` carrying the super-transformer's weights for that slice and side;
     its output equals supernet(x, arch, side): its parameters are those the super-transformer's
-    forward computes with (sliced() of SuperTokens, SuperBlock and SuperHead)."""
+    forward computes with (sliced() of SuperTokens, SuperBlock and the head), under the same names."""
     check_side(side)
     space = supernet.space
     vit = ViT(arch, space, drop_path_rate).to(supernet.head.weight.device, supernet.head.weight.dtype)
-    c = arch.embed_dim
-    state = {f"tokens.{k}": v for k, v in supernet.tokens[f"p{arch.patch_size}"].sliced(c, side).items()}
+    e = supernet.embed_channels(arch, side, supernet.head.weight.device)
+    state = {f"tokens.{k}": v for k, v in supernet.tokens[f"p{arch.patch_size}"].sliced(e).items()}
     for i, (blk, b) in enumerate(zip(supernet.blocks, arch.blocks)):
         if b is not None:
-            state.update({f"blocks.{i}.{k}": v for k, v in blk.sliced(b, side, c).items()})
-    vit.load_state_dict({**state, **supernet.head.sliced(c, side)})      # strict: every parameter of the ViT
+            state.update({f"blocks.{i}.{k}": v for k, v in blk.sliced(e, b, side).items()})
+    vit.load_state_dict({**state, **supernet.sliced_head(e)})      # strict: every parameter of the ViT
     use_fused_attention(vit, all(getattr(m, "fused_attn", True) for m in supernet.modules()))
     return vit.train(supernet.training)
 
