@@ -203,7 +203,7 @@ def flops_as_proxy(name, n, batch, device, amp, seed=0):
             1 / latency.max(), 1 / latency.min(), time.perf_counter() - t)
 
 
-def main():
+def get_parser():
     ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     ap.add_argument("--repeats", type=infra.number_arg(int, 1), default=40,
@@ -220,7 +220,11 @@ def main():
                     help="time with glibc's default malloc thresholds, not infra.reuse_freed_memory as training runs")
     ap.add_argument("--record", metavar="FILE.json",
                     help="also write the figures to FILE.json (results/bench/ holds those RESULTS.md shows)")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
     kept = not args.glibc_defaults and infra.reuse_freed_memory()
     tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")
     cases = [("tiny largest", tiny, tiny.max_arch(), args.tiny_batch), ("tiny mid", tiny, TINY_MID, args.tiny_batch),

@@ -1,5 +1,5 @@
 """
-The experiments behind README "Results", on the embedded synthetic data at quick-start scale: tiny
+The experiments behind RESULTS.md, on the embedded synthetic data at quick-start scale: tiny
 space, FLOPs window 2M-4M, data seed 0 (the same images and held-out split for every training),
 effective batch 64, lr 2e-3, one process per training.
 
@@ -31,7 +31,7 @@ it against a serial run).
     python experiment.py reference                            # ~540 CPU-minutes, half that on 2 cores
     python experiment.py grid --recipes v2 fair --seeds 0 1 2 3
     python experiment.py outcome --recipes v2 fair            # after the grid: its searched archs
-    python experiment.py table --markdown
+    python experiment.py table --markdown --write RESULTS.md   # and the README's summary
 """
 import argparse
 import contextlib
@@ -58,6 +58,15 @@ LO, HI = 2_000_000, 4_000_000
 DATA_SEED = 0
 BASE = ["--batch-size", "64", "--lr", "2e-3", "--log-every", "1000", "--device", "cpu", "--data-seed", str(DATA_SEED),
         *WINDOW]
+# --synthetic-size of every training (None: the quick start's data); a job carries it to its worker
+SIZE = None
+
+
+def base():
+    """train.py flags every training shares: BASE and, with --synthetic-size, the data's size."""
+    return BASE + ([] if SIZE is None else ["--synthetic-size", str(SIZE)])
+
+
 PASSES = 60                      # the quick start: 30 epochs x 2 passes (bilateral) a step
 # name: train.py flags. Everything but "v1" and "v1-code" goes beyond the paper's first version.
 RECIPES = {
@@ -68,6 +77,7 @@ RECIPES = {
     "v2+depth": ["--recipe", "v2", "--sampling", "depth-balanced"],
     "fair": ["--recipe", "fair"],
     "fair-split": ["--recipe", "fair"],
+    "v2+strat": ["--recipe", "v2", "--sampling", "stratified"],
 }
 # Recipes trained as one super-transformer per patch size, each on an equal share of the passes: the
 # space split as few-shot NAS splits it (no block weights shared between patch sizes; beyond the
@@ -101,7 +111,7 @@ def alone_job(arch, argv, results, scratch):
     """A job that trains `arch` alone with train.py flags `argv`; its record: results/alone/KEY.json."""
     key = alone_key(arch, argv)
     return {"kind": "alone", "name": f"alone {key} {arch}", "path": record_path(results, "alone", key),
-            "arch": arch.to_dict(), "argv": argv, "scratch": os.path.join(scratch, "alone", key)}
+            "arch": arch.to_dict(), "argv": argv, "scratch": os.path.join(scratch, "alone", key), "size": SIZE}
 
 
 def run_alone(job):
@@ -114,6 +124,8 @@ def run_alone(job):
 def execute(job):
     """Run one job with one thread, its output in a log file beside its scratch; write its record
     (with the CPU-minutes it took) atomically. Returns the record's path and the seconds taken."""
+    global SIZE
+    SIZE = job.get("size")
     t, cpu, threads = time.time(), time.process_time(), torch.get_num_threads()
     os.makedirs(job["scratch"], exist_ok=True)
     torch.set_num_threads(1)
@@ -157,10 +169,14 @@ def run_jobs(jobs, workers):
 # The reference
 
 
-@functools.lru_cache(maxsize=None)
 def data_checkpoint():
-    """What rankcheck.alone_argv needs of a checkpoint, for the quick-start data (DATA_SEED)."""
-    return {"args": vars(train.resolve_recipe(train.parse_args(["--seed", str(DATA_SEED), *BASE]))), "world": 1}
+    """What rankcheck.alone_argv needs of a checkpoint, for the quick-start data (DATA_SEED, SIZE)."""
+    return checkpoint_of(tuple(base()))
+
+
+@functools.lru_cache(maxsize=None)
+def checkpoint_of(flags):
+    return {"args": vars(train.resolve_recipe(train.parse_args(["--seed", str(DATA_SEED), *flags]))), "world": 1}
 
 
 def window_reference():
@@ -225,7 +241,8 @@ def passes_of(flags):
 def supernet_job(name, seed, results, scratch):
     return {"kind": "supernet", "name": f"{name} seed {seed}",
             "path": record_path(results, "supernets", f"{name}-s{seed}"),
-            "recipe": name, "seed": seed, "scratch": os.path.join(scratch, "supernets", f"{name}-s{seed}")}
+            "recipe": name, "seed": seed, "scratch": os.path.join(scratch, "supernets", f"{name}-s{seed}"),
+            "size": SIZE}
 
 
 def learned_phase_statistics(log_path, uniform_epochs):
@@ -243,7 +260,7 @@ def train_and_search(job, flags, epochs, scratch):
     (evolution and random search) and its reference archs scored (those of its patch sizes)."""
     super_dir = os.path.join(scratch, "super")
     argv = ["--out", super_dir, "--seed", str(job["seed"]), "--epochs", str(epochs),
-            "--uniform-epochs", str(epochs // 3), *BASE, *flags]
+            "--uniform-epochs", str(epochs // 3), *base(), *flags]
     cpu = time.process_time()
     train.train(train.parse_args(argv))
     train_cpu = (time.process_time() - cpu) / 60
@@ -492,84 +509,289 @@ def recipe_rows(supers, window, baselines=("v2",)):
     return rows
 
 
+class Doc:
+    """What table() prints: plain columns for a terminal, or markdown (RESULTS.md) with the prose
+    that says how to read each table (no figure in the prose: every figure comes from results/)."""
+
+    def __init__(self, markdown):
+        self.markdown, self.lines = markdown, []
+
+    def heading(self, text, level=2):
+        self.lines += ["", "#" * level + " " + text if self.markdown else text]
+
+    def para(self, text):
+        if self.markdown:
+            self.lines += ["", text]
+
+    def row(self, cells, header=False):
+        if header:
+            self.lines.append("")
+        self.lines.append("| " + " | ".join(cells) + " |" if self.markdown else "  ".join(cells))
+        if self.markdown and header:
+            self.lines.append("|---" * len(cells) + "|")
+
+    def text(self):
+        return "\n".join(self.lines).strip("\n") + "\n"
+
+
+def learning_rows(supers, window):
+    """Learning beside ranking: per super-transformer, the mean over the window archs of the held-out
+    top-1 its inherited weights give over the val top-1 the arch reaches trained alone (the
+    reference mean); per recipe, mean and SD over its seeds with a t interval."""
+    archs, top1 = zip(*window)
+    alone = rankcheck.reference_mean(top1)
+    per_seed = [{"recipe": r["recipe"], "seed": r["seed"],
+                 "ratio": float(np.mean(np.asarray(r["window"]["fitness"]) / alone))} for r in supers]
+    per_recipe = []
+    for recipe in dict.fromkeys(r["recipe"] for r in per_seed):
+        ratios = [r["ratio"] for r in per_seed if r["recipe"] == recipe]
+        per_recipe.append({"recipe": recipe, "ratios": ratios, "over_seeds": rankcheck.seed_difference(ratios)})
+    return per_seed, per_recipe
+
+
+def sampler_rows(supers):
+    """The learned phase's sampler statistics per recipe, means over its seeds."""
+    out = {}
+    for r in supers:
+        out.setdefault(r["recipe"], []).append(r["sampled"])
+    return [{"recipe": name, **{k: np.mean([s[k] for s in ss if k in s], axis=0).tolist()
+                                for k in ("block_share", "depth_share") if any(k in s for s in ss)},
+             "patch_share": {p: float(np.mean([s["patch_share"][p] for s in ss])) for p in ss[0]["patch_share"]}}
+            for name, ss in out.items()]
+
+
+def bench_records(results):
+    folder = os.path.join(results, "bench")
+    return [read_record(p) for p in sorted(glob.glob(os.path.join(folder, "*.json")))]
+
+
+INTRO = """# vitas: results
+
+Every figure here is written by `python experiment.py table --markdown --write RESULTS.md` from the
+records in `results/` (one small JSON file per training or measurement); CI checks that this file
+and the README's summary are what the records give. Setting: the embedded synthetic data at
+quick-start scale, tiny space, FLOPs window {lo}M-{hi}M, data seed {data_seed} for every training
+(the same images and held-out split), effective batch 64, lr 2e-3, one process per training on a
+CPU. Intervals are {level}%. A difference whose interval holds 0 is no difference."""
+
+
 def table(results, markdown=False):
-    """Print the reference and every super-transformer's figures from results/; returns them."""
+    """The reference, every super-transformer's ranking and learning, the outcome and the benchmarks,
+    from results/ without training anything: printed (markdown: RESULTS.md's text); returns the
+    figures and the text."""
     tables = reference_table(results)                   # read once: every section scores against it
     refs, supers = reference_rows(tables), supernet_rows(results, tables)
-    def line(cells, header=False):
-        print("| " + " | ".join(cells) + " |" if markdown else "  ".join(cells))
-        if markdown and header:
-            print("|---" * len(cells) + "|")
+    doc = Doc(markdown)
+    if markdown:
+        doc.lines.append(INTRO.format(lo=LO // 10 ** 6, hi=HI // 10 ** 6, data_seed=DATA_SEED,
+                                      level=round(100 * rankcheck.LEVEL)))
+    reference_section(doc, refs)
+    default = train.DEFAULT_RECIPE                      # a remedy must beat the default, not only v2
+    per_recipe = recipe_rows(supers, tables["window"], ("v2", default)) if supers else []
+    versus = [{"recipe": r["recipe"], **r["minus"][default]} for r in per_recipe if r["minus"][default] is not None]
+    learning = learning_rows(supers, tables["window"]) if supers else ([], [])
+    if supers:
+        sampler_section(doc, sampler_rows(supers))
+        ranking_section(doc, supers, per_recipe, versus, default)
+        learning_section(doc, *learning)
+    outcome = outcome_rows(results, list(RECIPES))
+    margins = outcome_margins(outcome)
+    if outcome:
+        outcome_section(doc, outcome, margins)
+    benches = bench_records(results)
+    if benches:
+        bench_section(doc, benches)
+    text = doc.text()
+    print(text, end="")
+    return {"reference": refs, "supernets": supers, "recipes": per_recipe, "versus_default": versus,
+            "learning": learning[1], "outcome": outcome, "margins": margins, "text": text}
 
-    print("reference (archs trained alone, 20 epochs; reliability from the archs with a second seed)")
-    line(["set", "archs", "2nd seed", "top-1 range", "seed SD", "seed tau", "r1", "seeds S", "r_S", "tau*",
-          "90% interval"], header=True)
+
+def reference_section(doc, refs):
+    doc.heading("The reference: archs trained alone, and how reliable it is")
+    doc.para(f"`python experiment.py reference`: {PER_CELL} archs from each (patch size, depth) cell of the window, "
+             f"drawn by a seeded generator (never by a fitness), each trained alone for {REFERENCE_EPOCHS} epochs "
+             "with several training seeds; and a set spread over the whole FLOPs range, where FLOPs alone rank. "
+             "One seed's reliability r1 = sin(pi tau_ss / 2) from the seeds' agreement tau_ss (mean over pairs of "
+             "seeds), the S-seed mean's r_S by Spearman-Brown, the oracle bound tau* = (2/pi) asin(sqrt(r_S)); "
+             "bootstrap over the archs. A resample whose seeds disagree (tau_ss <= 0) counts as tau* 0; its "
+             "share is the last column (tau_c is undefined there and left out of tau_c's intervals).")
+    doc.row(["set", "archs", "2nd seed", "top-1 range", "seed SD", "seed tau", "r1", "seeds S", "r_S", "tau*",
+             "90% interval", "seeds disagree"], header=True)
     for r in refs:
-        line([r["set"], str(r["archs"]), str(r["second_seed"]), f"{r['top1_range'][0]:.1f}-{r['top1_range'][1]:.1f}",
-              fmt(r["top1_sd"]), fmt(r["seed_tau"]), fmt(r["r1"]), str(r["seeds"]), fmt(r["reliability"]),
-              fmt(r["tau_star"]), span(r["tau_star_interval"])])
-    print("\nsuper-transformers scored on the window reference (held-out top-1 of the inherited weights)")
-    line(["recipe", "seed", "tau", "90% interval", "tau_c", "90% interval", "tau p4", "tau_c p4", "tau p8", "tau_c p8",
-          "FLOPs tau", "tau - FLOPs tau", "90% interval", "space tau", "blocks min/max", "patch 4/8", "train CPU-min"],
-         header=True)
+        doc.row([r["set"], str(r["archs"]), str(r["second_seed"]), f"{r['top1_range'][0]:.1f}-{r['top1_range'][1]:.1f}",
+                 fmt(r["top1_sd"]), fmt(r["seed_tau"]), fmt(r["r1"]), str(r["seeds"]), fmt(r["reliability"]),
+                 fmt(r["tau_star"]), span(r["tau_star_interval"]), f"{100 * r['disagreeing_resamples']:.0f}%"])
+
+
+def sampler_section(doc, rows):
+    doc.heading("Who gets trained: the sampler statistics of the learned phase")
+    doc.para("The share of steps that trained each block position and each patch size, and the depth histogram "
+             "of the drawn networks (`log.jsonl` \"sampled\"), mean over each recipe's supernet seeds.")
+    doc.row(["recipe", "block 1 ... 6", "patch 4 / 8", "depth 0 ... 6"], header=True)
+    for r in rows:
+        doc.row([r["recipe"], " ".join(f"{v:.2f}" for v in r["block_share"]),
+                 " / ".join(f"{r['patch_share'][p]:.2f}" for p in sorted(r["patch_share"], key=int)),
+                 " ".join(f"{v:.2f}" for v in r.get("depth_share", [])) or "n/a"])
+
+
+def ranking_section(doc, supers, per_recipe, versus, default):
+    doc.heading("Ranking: the recipe grid against the window reference")
+    doc.para("`python experiment.py grid --seeds 0 1 2 3`: a super-transformer per recipe and supernet seed at "
+             "equal sub-network passes, the window archs scored with the inherited weights (held-out top-1). "
+             "tau is Kendall tau-b against the reference mean, tau_c corrected for the reference's noise; "
+             "top-3 regret is the reference top-1 lost by keeping the best of the fitness's top 3 (ties at the "
+             "cut broken by arch order). Only the recipes `v1` and `v1-code` are the paper's first version; the "
+             "others go beyond it (README, Method).")
+    doc.row(["recipe", "seed", "tau", "90% interval", "tau_c", "90% interval", "tau p4", "tau_c p4", "tau p8",
+             "tau_c p8", "FLOPs tau", "tau - FLOPs tau", "90% interval", "space tau", "blocks min/max", "patch 4/8",
+             "train CPU-min"], header=True)
     for r in supers:
         w, sp = r["window"], r.get("space")
         flops = w["floors"]["flops"]
         blocks, patches = r["sampled"]["block_share"], r["sampled"]["patch_share"]
-        line([r["recipe"], str(r["seed"]), fmt(w["kendall_tau"]), span(w["tau_interval"]), fmt(w["tau_c"]),
-              span(w["tau_c_interval"]),
-              *(fmt(w["by_patch"].get(p, {}).get(k)) for p in ("4", "8") for k in ("kendall_tau", "tau_c")),
-              fmt(flops["kendall_tau"]), fmt(flops["fitness_minus_floor"]["difference"]),
-              span(flops["fitness_minus_floor"]["interval"]), fmt(sp and sp["kendall_tau"]),
-              f"{min(blocks):.2f}/{max(blocks):.2f}", "/".join(f"{patches[p]:.2f}" for p in sorted(patches, key=int)),
-              fmt(r["cpu_minutes"], 1)])
-    default = train.DEFAULT_RECIPE                      # a remedy must beat the default, not only v2
-    per_recipe = recipe_rows(supers, tables["window"], ("v2", default)) if supers else []
-    print("\nper recipe, mean ± SD (ddof=1) over supernet seeds; differences are of the mean tau over seeds, "
-          "with 90% intervals paired over the archs (bootstrap) and over the supernet seeds (t)")
-    line(["recipe", "seeds", "tau", "tau_c", "tau_c p4", "tau_c p8", "top-3 regret", "tau - FLOPs tau", "archs",
-          "seeds", "tau - v2 tau", "archs", "seeds", "min block share", "train CPU-min"], header=True)
+        doc.row([r["recipe"], str(r["seed"]), fmt(w["kendall_tau"]), span(w["tau_interval"]), fmt(w["tau_c"]),
+                 span(w["tau_c_interval"]),
+                 *(fmt(w["by_patch"].get(p, {}).get(k)) for p in ("4", "8") for k in ("kendall_tau", "tau_c")),
+                 fmt(flops["kendall_tau"]), fmt(flops["fitness_minus_floor"]["difference"]),
+                 span(flops["fitness_minus_floor"]["interval"]), fmt(sp and sp["kendall_tau"]),
+                 f"{min(blocks):.2f}/{max(blocks):.2f}",
+                 "/".join(f"{patches[p]:.2f}" for p in sorted(patches, key=int)), fmt(r["cpu_minutes"], 1)])
+    doc.heading("Per recipe", 3)
+    doc.para("Mean ± SD (ddof=1) over supernet seeds; a difference is of the mean tau over the seeds both recipes "
+             "have, with 90% intervals paired over the archs (bootstrap, the same resamples for both) and over "
+             "the supernet seeds (t).")
+    doc.row(["recipe", "seeds", "tau", "tau_c", "tau_c p4", "tau_c p8", "top-3 regret", "tau - FLOPs tau", "archs",
+             "seeds", "tau - v2 tau", "archs", "seeds", "min block share", "train CPU-min"], header=True)
     for r in per_recipe:
         vs, vf = r["minus"]["v2"], r["minus_flops"]
-        line([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["kendall_tau"]), mean_sd(r["tau_c"]),
-              *(mean_sd(r["tau_c_by_patch"].get(p, [])) for p in ("4", "8")), mean_sd(r["top3_regret"]),
-              fmt(vf["difference"]), span(vf["interval"]), span(vf["over_seeds"]["interval"]),
-              *(["-"] * 3 if vs is None else [fmt(vs["difference"]), span(vs["interval"]),
-                                               span(vs["over_seeds"]["interval"])]),
-              mean_sd(r["min_block_share"]), mean_sd(r["cpu_minutes"])])
-    versus = [{"recipe": r["recipe"], **r["minus"][default]} for r in per_recipe if r["minus"][default] is not None]
+        doc.row([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["kendall_tau"]), mean_sd(r["tau_c"]),
+                 *(mean_sd(r["tau_c_by_patch"].get(p, [])) for p in ("4", "8")), mean_sd(r["top3_regret"]),
+                 fmt(vf["difference"]), span(vf["interval"]), span(vf["over_seeds"]["interval"]),
+                 *(["-"] * 3 if vs is None else [fmt(vs["difference"]), span(vs["interval"]),
+                                                  span(vs["over_seeds"]["interval"])]),
+                 mean_sd(r["min_block_share"]), mean_sd(r["cpu_minutes"])])
     if versus:
-        print(f"\nagainst the default recipe {default}: the mean tau over the seeds both have, the same intervals")
-        line(["recipe", "seeds", f"tau - {default} tau", "archs", "seeds"], header=True)
+        doc.heading(f"Against the default recipe, {default}", 3)
+        doc.para(f"`{default}` became the default after this grid was run: the figures it is reported on are "
+                 "those it was chosen by. Same intervals as above.")
+        doc.row(["recipe", "seeds", f"tau - {default} tau", "archs", "seeds"], header=True)
         for vs in versus:
-            line([vs["recipe"], ",".join(map(str, vs["seeds"])), fmt(vs["difference"]), span(vs["interval"]),
-                  span(vs["over_seeds"]["interval"])])
-    outcome = outcome_rows(results, list(RECIPES))
-    margins = outcome_margins(outcome)
-    if outcome:
-        print_outcome(outcome, margins, line)
-    return {"reference": refs, "supernets": supers, "recipes": per_recipe, "versus_default": versus,
-            "outcome": outcome, "margins": margins}
+            doc.row([vs["recipe"], ",".join(map(str, vs["seeds"])), fmt(vs["difference"]), span(vs["interval"]),
+                     span(vs["over_seeds"]["interval"])])
 
 
-def print_outcome(outcome, margins, line):
-    """The outcome section of the table: each searched arch beside the designs, then per recipe."""
-    print(f"\noutcome: each searched arch (evolution) trained alone, {REFERENCE_EPOCHS} epochs, mean top-1 over "
-          f"training seeds {', '.join(map(str, OUTCOME_SEEDS))}; wins = above both hand-designed networks and "
-          f"the median of {RANDOM_ARCHS} random window archs")
-    line(["recipe", "seed", "searched", "MFLOPs", *search.BASELINES, "random median", "wins"], header=True)
+def learning_section(doc, per_seed, per_recipe):
+    doc.heading("Learning: inherited weights against the archs trained alone")
+    doc.para("Per super-transformer, the mean over the window archs of their held-out top-1 with the inherited "
+             "weights over their val top-1 trained alone (the reference mean): how much of what an arch can "
+             "learn its slice has learned. Per recipe, mean ± SD over the supernet seeds with a 90% t interval.")
+    doc.row(["recipe", "seeds", "inherited / alone", "90% interval", "per seed"], header=True)
+    for r in per_recipe:
+        seeds = [x for x in per_seed if x["recipe"] == r["recipe"]]
+        doc.row([r["recipe"], ",".join(str(x["seed"]) for x in seeds), mean_sd(r["ratios"]),
+                 span(r["over_seeds"]["interval"]), " ".join(f"{x['ratio']:.2f}" for x in seeds)])
+
+
+def outcome_section(doc, outcome, margins):
+    doc.heading("Outcome: does the searched arch beat hand design?")
+    doc.para(f"`python experiment.py outcome`: each supernet's evolutionary pick trained alone, {REFERENCE_EPOCHS} "
+             f"epochs, mean top-1 over training seeds {', '.join(map(str, OUTCOME_SEEDS))}, beside the two "
+             f"hand-designed networks nearest the window's top and {RANDOM_ARCHS} random window archs; a pick wins "
+             "when it is above both designs and the random median.")
+    doc.row(["recipe", "seed", "searched", "MFLOPs", *search.BASELINES, "random median", "wins"], header=True)
     for r in outcome:
-        line([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6),
-              *(fmt(r[n], 1) for n in search.BASELINES), fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
-    print("\nsearched minus the better hand-designed network, points of top-1 over supernet seeds (t interval, "
-          "90%; each side a 2-seed mean, so the trainings' own noise comes on top)")
-    line(["recipe", "seeds", "wins", "searched", "margin", "90% interval"], header=True)
+        doc.row([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6),
+                 *(fmt(r[n], 1) for n in search.BASELINES), fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
+    doc.para("Searched minus the better hand-designed network, points of top-1 over supernet seeds (t interval; "
+             "each side a 2-seed mean, so the trainings' own noise comes on top).")
+    doc.row(["recipe", "seeds", "wins", "searched", "margin", "90% interval"], header=True)
     for m in margins:
-        line([m["recipe"], str(m["seeds"]), f"{m['wins']} of {m['seeds']}", mean_sd(m["searched"]),
-              fmt(m["margin"]["difference"], 1), span(m["margin"]["interval"])])
+        doc.row([m["recipe"], str(m["seeds"]), f"{m['wins']} of {m['seeds']}", mean_sd(m["searched"]),
+                 fmt(m["margin"]["difference"], 1), span(m["margin"]["interval"])])
 
 
-def main():
+def bench_section(doc, benches):
+    doc.heading("Benchmarks")
+    for b in (b for b in benches if b["kind"] == "step"):
+        doc.para(f"`{b['command']}` ({b['date']}, torch {b['torch']}, {b['device']}): one training step of the "
+                 "super-transformer (one side; bilateral: both sides) over the same step of the exported plain "
+                 "ViT, the median over rounds of interleaved steps with its quartiles; \"no slicing\" is the step "
+                 "given its slices as ready leaves (what lies above it is the cost of taking them); kernels are "
+                 "CPU aten ops that do work (deterministic). FLOPs counter: "
+                 f"{b['counter_archs_per_s'] or 0:,.0f} vitas-1g archs/s on one core. The slices are taken by "
+                 "plain indexing (the readable reference); the stacked layout before it (commit 090ac7a) launched "
+                 "fewer kernels for the same step time on a CPU and was dropped; no GPU has timed either, and "
+                 "`python bench.py --device cuda --record ...` is the measurement that would decide whether a "
+                 "kernel-lean path pays back there.")
+        doc.row(["arch", "batch", "MFLOPs", "plain", "one side", "bilateral", "no slicing", "kernels fp32",
+                 "one side", "bilateral", "kernels bf16", "one side", "bilateral"], header=True)
+        for r in b["rows"]:
+            ratio = lambda k: "-" if k not in r else f"{r[k][0]:.3f} ({r[k][1]:.2f}-{r[k][2]:.2f})"   # noqa: E731
+            doc.row([r["arch"], str(r["batch"]), fmt(r["mflops"], 1), fmt(r.get("plain_ms"), 1) + " ms",
+                     ratio("one_side"), ratio("bilateral"), ratio("no_slicing"),
+                     *(f"{p}" if i == 0 else f"{v / p:.2f}" for k in ("fp32", "bf16")
+                       for p in [r["kernels"][k][0]] for i, v in enumerate(r["kernels"][k]))])
+    throughput = [b for b in benches if b["kind"] == "throughput"]
+    if throughput:
+        doc.para("FLOPs as a proxy for measured speed (`python bench.py --throughput 100`): Spearman rho between "
+                 "FLOPs and seconds per image over random archs of each preset, and a `vitas.LatencyModel` fitted to "
+                 "half of them and judged on the other half. "
+                 + " ".join(f"{b['device']} {b['precision']}: {b['source']}." for b in throughput if b.get("source")))
+        doc.row(["device", "precision", "preset", "batch", "archs", "rho FLOPs", "rho latency model (half)",
+                 "images/s", "measured"], header=True)
+        for b in throughput:
+            for r in b["rows"]:
+                ips = r["images_per_s"]
+                doc.row([b["device"], b["precision"], r["preset"], str(r["batch"]), str(r["archs"]),
+                         fmt(r["rho_flops"], 3), fmt(r["rho_latency_model_half"], 3),
+                         "n/a" if ips is None else f"{ips[0]:,.0f}-{ips[1]:,.0f}", b["date"]])
+
+
+SUMMARY = ("<!-- summary: written by python experiment.py table --markdown --write RESULTS.md -->",
+           "<!-- end of summary -->")
+
+
+def summary(figures):
+    """The README's short results summary (markdown), from table()'s figures."""
+    window = next(r for r in figures["reference"] if r["set"] == "window")
+    learning = {r["recipe"]: r for r in figures["learning"]}
+    wins = {m["recipe"]: f"{m['wins']} of {m['seeds']}" for m in figures["margins"]}
+    lines = [f"Against {window['archs']} window archs trained alone ({window['seeds']} seeds each; no fitness can "
+             f"expect more than tau* {fmt(window['tau_star'])}), per recipe over its supernet seeds (mean ± SD):", "",
+             "| recipe | tau_c (ranking) | inherited / alone (learning) | searched arch beats hand design |",
+             "|---|---|---|---|"]
+    for r in figures["recipes"]:
+        name = f"`{r['recipe']}`" + (" (default)" if r["recipe"] == train.DEFAULT_RECIPE else "")
+        lines.append(f"| {name} | {mean_sd(r['tau_c'])} | {mean_sd(learning[r['recipe']]['ratios'])} | "
+                     f"{wins.get(r['recipe'], 'not run')} |")
+    return "\n".join([SUMMARY[0], *lines, SUMMARY[1]])
+
+
+def write_docs(figures, results_md, readme, check):
+    """RESULTS.md, and the README's summary between the SUMMARY markers, as the records give them;
+    with `check`, compare instead and raise UserError naming what is stale."""
+    with open(readme) as f:
+        text = f.read()
+    if SUMMARY[0] not in text or SUMMARY[1] not in text:
+        raise infra.UserError(f"{readme} has no summary markers ({SUMMARY[0]} ... {SUMMARY[1]})")
+    head, rest = text.split(SUMMARY[0], 1)
+    new_readme = head + summary(figures) + rest.split(SUMMARY[1], 1)[1]
+    stale = []
+    for path, new in ((results_md, figures["text"]), (readme, new_readme)):
+        old = open(path).read() if os.path.exists(path) else None
+        if old != new:
+            if check:
+                stale.append(path)
+            else:
+                with open(path, "w") as f:
+                    f.write(new)
+    if stale:
+        raise infra.UserError(f"{' and '.join(stale)} differ from what results/ gives; run python experiment.py "
+                              f"table --markdown --write {results_md}")
+
+
+def get_parser():
     ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["reference", "grid", "outcome", "table"])
     ap.add_argument("--results", default="results",
@@ -582,8 +804,29 @@ def main():
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES),
                     help="grid: the recipes (default all); outcome: the recipes whose searched archs are retrained "
                          "(default v2 fair)")
-    ap.add_argument("--markdown", action="store_true", help="table: as markdown")
-    args = ap.parse_args()
+    ap.add_argument("--synthetic-size", type=infra.number_arg(int, 10), default=None, metavar="N",
+                    help="every training on N synthetic training images instead of the quick start's (use another "
+                         "--results for it, e.g. results/n1300: the table reads one setting)")
+    ap.add_argument("--markdown", action="store_true", help="table: as markdown (RESULTS.md's text)")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--write", metavar="RESULTS.md",
+                   help="table --markdown: write the file, and the README's summary beside it")
+    g.add_argument("--check", metavar="RESULTS.md",
+                   help="table --markdown: exit 2 if the file or the README's summary differ from what results/ gives")
+    return ap
+
+
+def main(argv=None):
+    ap = get_parser()
+    args = ap.parse_args(argv)
+    if (args.write or args.check) and not (args.command == "table" and args.markdown):
+        ap.error("--write and --check go with table --markdown")
+    infra.run_cli(run, args)
+
+
+def run(args):
+    global SIZE
+    SIZE = args.synthetic_size
     infra.reuse_freed_memory()      # the table's bootstrap arrays too: a third of its time went to page faults
     if args.command == "reference":
         run_jobs(reference_jobs(args.results, args.scratch), args.workers)
@@ -592,7 +835,10 @@ def main():
                   for name in args.recipes or RECIPES], args.workers)
     elif args.command == "outcome":
         run_jobs(outcome_jobs(args.results, args.scratch, args.recipes or ["v2", "fair"]), args.workers)
-    table(args.results, args.markdown)
+    figures = table(args.results, args.markdown)
+    if args.write or args.check:
+        path = args.write or args.check
+        write_docs(figures, path, os.path.join(os.path.dirname(os.path.abspath(path)), "README.md"), bool(args.check))
 
 
 if __name__ == "__main__":

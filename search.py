@@ -11,9 +11,11 @@ inherited weights (mean of left and right with bilateral sharing), evaluated sha
 every rank runs the same deterministic evolution, rank 0 writes candidates.jsonl, best_arch.json,
 pareto.json, search.json and state.json (re-running the same command resumes).
 
-The rank check trains K of the evaluated candidates alone and reports Kendall tau-b and Spearman rho
-between their search fitness and their val top-1 trained alone: how far the super-transformer's
-judgement can be trusted (NAS-Bench studies call 0.6-0.8 usable; near 0 the search is random).
+The rank check draws K archs of the window evenly over its (patch size, depth) cells (apart from the
+fitness under test), trains each alone and reports Kendall tau-b and Spearman rho between their
+fitness and their val top-1 trained alone, corrected for the noise of that reference: how far the
+super-transformer's judgement can be trusted (NAS-Bench studies call 0.6-0.8 usable; near 0 the
+search is random).
 
 The engine is pure Python + numpy: it proposes candidates inside a FLOPs window, and the caller
 evaluates them and records the fitness.

@@ -2254,3 +2254,45 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
         tau["fair"] - brute_tau_b([vitas.flops(a, TINY) for a in window], mean))
     printed = capsys.readouterr().out
     assert "window" in printed and f"{ref['tau_star']:.2f}" in printed and f"{w['kendall_tau']:.2f}" in printed
+    # RESULTS.md and the README's summary written from these figures, then checked; a changed figure is stale
+    readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
+    readme.write_text(f"intro\n{experiment.SUMMARY[0]}\nold\n{experiment.SUMMARY[1]}\nrest\n")
+    experiment.write_docs(out, str(results_md), str(readme), check=False)
+    assert results_md.read_text() == out["text"] and f"| {fmt2(fair['tau_c'])} |" in readme.read_text()
+    assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("rest\n")
+    experiment.write_docs(out, str(results_md), str(readme), check=True)
+    results_md.write_text(out["text"].replace(f"{w['kendall_tau']:.2f}", "0.99", 1))
+    with pytest.raises(infra.UserError, match="RESULTS.md differ"):
+        experiment.write_docs(out, str(results_md), str(readme), check=True)
+
+
+def fmt2(values):
+    return experiment.mean_sd(values)
+
+
+# -----------------------------------------------------------------------------
+# the docs follow the code (issue 32): flags they name exist, the test count is the suite's
+
+import re  # noqa: E402
+
+OTHER_TOOLS = {"--standalone", "--nproc_per_node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--max-restarts"}
+
+
+def flags_of(parser):
+    return {s for a in parser._actions for s in a.option_strings}
+
+
+def test_every_flag_the_docs_name_exists():
+    known = set().union(*(flags_of(m.get_parser()) for m in (train, search, experiment, bench))) | OTHER_TOOLS
+    for doc in ("README.md", "RESULTS.md"):
+        with open(os.path.join(HERE, doc)) as f:
+            named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9]+)*", f.read()))
+        assert named and named <= known, (doc, sorted(named - known))
+
+
+def test_the_readmes_test_count_is_the_suites():
+    with open(os.path.join(HERE, "README.md")) as f:
+        said = int(re.search(r"^Tests \((\d+);", f.read(), re.M).group(1))
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "test_vitas.py"], cwd=HERE,
+                         capture_output=True, text=True, timeout=120).stdout
+    assert said == int(re.search(r"^(\d+) tests? collected", out, re.M).group(1))

@@ -3,6 +3,7 @@ Train the ViTAS super-transformer (arXiv 2106.13700, section 3), or retrain one 
 
     python train.py --epochs 3 --flops-min 2M --flops-max 4M             # synthetic data, tiny space
     torchrun --standalone --nproc_per_node=2 train.py --out runs/super --flops-min 2M --flops-max 4M
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --standalone --nproc_per_node=2 --max-restarts=3 train.py ...
     torchrun --nnodes=4 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
         train.py --space vitas-1g --data /data/imagenet --flops-min 0.9G --flops-max 1.1G --amp --device cuda
     python train.py --arch runs/search/best_arch.json --out runs/retrain  # retrain a found arch from scratch
@@ -11,10 +12,13 @@ Train the ViTAS super-transformer (arXiv 2106.13700, section 3), or retrain one 
 The file follows the paper: (1) sampling: each step draws a sub-network, uniformly for
 --uniform-epochs, then with the learned identity probability that puts it in the FLOPs window;
 (2) the step: bilateral sharing trains the drawn network on its left and on its right channels;
-(3) the loop; (4) recipes and flags. --recipe v1 is the paper's first version exactly; the default,
-v2, adds the second version's identity shifting and weak augmentation (README "Results"). Cyclic
-sharing, the sandwich rule and in-place distillation (beyond v1) are opt-in flags. A retrain is
-the same loop with one fixed arch and one pass a step.
+(3) the loop; (4) recipes and flags. --recipe v1 is the paper's first version's method (one sampled
+network a step, bilateral sharing, binomial depth) with DeiT-like augmentation; with --mixup 0.8
+--cutmix 1.0 its augmentation is the published one. v1-code is v1 as the authors' code trains it;
+v2 adds the second version's identity shifting and weak augmentation; the default, fair (beyond
+the paper), trains every block position and patch size alike (RESULTS.md). Cyclic sharing, the
+sandwich rule and in-place distillation (beyond v1) are opt-in flags. A retrain is the same loop
+with one fixed arch and one pass a step.
 
 Every rank draws the same archs from a generator seeded by (seed, step): no communication, and a
 resumed run draws what the uninterrupted one would have. Re-running the same command resumes from
@@ -592,9 +596,9 @@ def train(args):
 # the real blocks while training) and weak augmentation. "fair", the default (beyond the paper),
 # trains every block position and patch size alike: stratified (patch, depth) cells, identities
 # anywhere while training and shifted only when scoring and searching, weak augmentation; its
-# supernets rank the window reference at Kendall tau 0.67 +- 0.02, v2's at 0.41 +- 0.21 (4 seeds,
-# README Results). Beyond the paper, opt-in: cyclic sharing, the sandwich, distillation, the
-# cell-based samplers. Explicit flags override the recipe.
+# supernets rank the window reference better than v2's (4 seeds; RESULTS.md, which also says how
+# much less their weights learn). Beyond the paper, opt-in: cyclic sharing, the sandwich,
+# distillation, the cell-based samplers. Explicit flags override the recipe.
 RECIPE_KEYS = ("sharing", "bilateral_loss", "sandwich", "distill", "identity_shift", "sampling")
 V1 = {"sharing": "bilateral", "bilateral_loss": "two", "sandwich": None, "distill": False, "identity_shift": "off",
       "sampling": "binomial"}
@@ -696,13 +700,14 @@ def sampling_flags(ap):
     nat, nonneg = NAT, NONNEG
     g = ap.add_argument_group("super-transformer sampling and recipe")
     g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
-                   help="v1: the paper's first version exactly: one sampled network per step, bilateral sharing "
-                        "(and DeiT-like augmentation). v1-code: v1 as the authors' code trains it (one loss on the "
+                   help="v1: the paper's first version's method: one sampled network per step, bilateral sharing "
+                        "with a loss per side, binomial depth, and DeiT-like augmentation (add --mixup 0.8 --cutmix "
+                        "1.0 for the published super-transformer augmentation). v1-code: v1 as the authors' code trains it (one loss on the "
                         "summed left + right logits; CutMix 1.0, erasing 0.25, no RandAugment). v2 (beyond v1): v1 "
                         "plus the second version's identity shifting while training and weak augmentation. fair "
                         "(default; beyond the paper): stratified sampling, identities shifted only when searching, "
                         "weak augmentation, so every block position and patch size is trained alike (it ranks archs "
-                        "better than v2 over 4 supernet seeds: README Results). Cyclic sharing, the sandwich, "
+                        "better than v2 over 4 supernet seeds, and was chosen on that grid: RESULTS.md). Cyclic sharing, the sandwich, "
                         "distillation and the other samplers (beyond v1) are the flags below.")
     g.add_argument("--uniform-epochs", type=nat, default=2,
                    help="epochs of uniform sampling before the learned identity probability")
