@@ -62,6 +62,22 @@ BASE = ["--batch-size", "64", "--lr", "2e-3", "--log-every", "1000", "--device",
 SIZE = None
 
 
+@contextlib.contextmanager
+def data_size(size):
+    """SIZE inside the block: the figures of another setting's records (table)."""
+    global SIZE
+    kept, SIZE = SIZE, size
+    try:
+        yield
+    finally:
+        SIZE = kept
+
+
+# other settings the table shows beside the quick start's: results/NAME, trained with these experiment.py
+# flags (--synthetic-size: its own reference there; --passes alone: the quick start's reference)
+SETTINGS = {"n1300": {"synthetic_size": 1300}, "half": {"passes": 30}}
+
+
 def base():
     """train.py flags every training shares: BASE and, with --synthetic-size, the data's size."""
     return BASE + ([] if SIZE is None else ["--synthetic-size", str(SIZE)])
@@ -238,11 +254,11 @@ def passes_of(flags):
     return len(vitas.SHARINGS[args.sharing]) * (1 if args.sandwich is None else 2 + args.sandwich)
 
 
-def supernet_job(name, seed, results, scratch):
+def supernet_job(name, seed, results, scratch, passes=PASSES):
     return {"kind": "supernet", "name": f"{name} seed {seed}",
             "path": record_path(results, "supernets", f"{name}-s{seed}"),
             "recipe": name, "seed": seed, "scratch": os.path.join(scratch, "supernets", f"{name}-s{seed}"),
-            "size": SIZE}
+            "size": SIZE, "passes": passes}
 
 
 def learned_phase_statistics(log_path, uniform_epochs):
@@ -271,7 +287,11 @@ def train_and_search(job, flags, epochs, scratch):
     os.makedirs(args.out, exist_ok=True)
     ck, space, fitness, n_eval = search.load_supernet(args, infra.Dist())   # loaded once: search and reference
     runs = search.search_algorithms(args, space, ck, fitness, {}, infra.Dist())
-    return {"patch_sizes": list(space.patch_sizes), "train_argv": argv, "search_argv": sargv, "steps": ck["step"],
+    with open(os.path.join(super_dir, "log.jsonl")) as f:
+        last = json.loads(f.read().splitlines()[-1])        # the reported archs at the end of training
+    reported = {k: {"arch": v["arch"], "val_top1": last["val"][k]["top1"]} for k, v in last["reported"].items()}
+    return {"reported": reported,
+            "patch_sizes": list(space.patch_sizes), "train_argv": argv, "search_argv": sargv, "steps": ck["step"],
             "train_cpu_minutes": train_cpu, "holdout_images": n_eval, "identity_prob": ck["identity_prob"],
             "sampled": learned_phase_statistics(os.path.join(super_dir, "log.jsonl"), epochs // 3),
             "inherited": {name: {a: fitness(a) for a in archs if a.patch_size in space.patch_sizes}
@@ -307,7 +327,7 @@ def run_supernet(job):
         split = [(["--patch-sizes", str(p)], os.path.join(job["scratch"], f"p{p}")) for p in TINY.patch_sizes]
     else:
         split = [([], job["scratch"])]
-    epochs = PASSES // passes_of(flags) // len(split)      # equal passes, however many super-transformers
+    epochs = job.get("passes", PASSES) // passes_of(flags) // len(split)   # equal passes, however many models
     parts = [train_and_search(job, [*flags, *extra], epochs, scratch) for extra, scratch in split]
     record = merge_split(parts) if len(parts) > 1 else {k: v for k, v in parts[0].items() if k != "patch_sizes"}
     record["inherited"] = {name: [{"arch": a.to_dict(), **record["inherited"][name][a]} for a in archs]
@@ -453,7 +473,7 @@ def supernet_rows(results, refs):
     for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         r = read_record(os.path.join(folder, entry))
         row = {"recipe": r["recipe"], "seed": r["seed"], "cpu_minutes": r["train_cpu_minutes"], "sampled": r["sampled"],
-               "search": r["search"]}
+               "search": r["search"], **({"reported": r["reported"]} if "reported" in r else {})}
         for name, table in refs.items():
             if len(table) < 2:   # not trained yet
                 continue
@@ -587,10 +607,11 @@ def table(results, markdown=False):
                                       level=round(100 * rankcheck.LEVEL)))
     reference_section(doc, refs)
     default = train.DEFAULT_RECIPE                      # a remedy must beat the default, not only v2
-    per_recipe = recipe_rows(supers, tables["window"], ("v2", default)) if supers else []
+    scored = supers and len(tables["window"]) >= 2      # the window reference trained: supernets can be scored
+    per_recipe = recipe_rows(supers, tables["window"], ("v2", default)) if scored else []
     versus = [{"recipe": r["recipe"], **r["minus"][default]} for r in per_recipe if r["minus"][default] is not None]
-    learning = learning_rows(supers, tables["window"]) if supers else ([], [])
-    if supers:
+    learning = learning_rows(supers, tables["window"]) if scored else ([], [])
+    if scored:
         sampler_section(doc, sampler_rows(supers))
         ranking_section(doc, supers, per_recipe, versus, default)
         learning_section(doc, *learning)
@@ -598,13 +619,64 @@ def table(results, markdown=False):
     margins = outcome_margins(outcome)
     if outcome:
         outcome_section(doc, outcome, margins)
+    settings = [setting_rows(results, name, per_recipe, learning[1]) for name in SETTINGS
+                if os.path.isdir(os.path.join(results, name, "supernets"))]
+    if settings and per_recipe:
+        settings_section(doc, settings)
     benches = bench_records(results)
     if benches:
         bench_section(doc, benches)
     text = doc.text()
     print(text, end="")
     return {"reference": refs, "supernets": supers, "recipes": per_recipe, "versus_default": versus,
-            "learning": learning[1], "outcome": outcome, "margins": margins, "text": text}
+            "learning": learning[1], "outcome": outcome, "margins": margins, "settings": settings, "text": text}
+
+
+def setting_rows(results, name, full_recipes, full_learning):
+    """Per recipe of another setting's records (results/NAME, SETTINGS), beside the quick start's:
+    tau_c on that setting's window reference, inherited / alone, and the best reported arch's val
+    top-1 at the end of training (mean over supernet seeds)."""
+    folder, size = os.path.join(results, name), SETTINGS[name].get("synthetic_size")
+    with data_size(size):
+        tables = reference_table(folder if size else results)
+        supers = supernet_rows(folder, tables)
+        archs = len(tables["window"])
+        per_recipe = recipe_rows(supers, tables["window"]) if archs >= 2 else []
+        learning = {r["recipe"]: r for r in learning_rows(supers, tables["window"])[1]} if archs >= 2 else {}
+    seeds = {name: min(len(s) for _, s in rows) if rows else 0 for name, rows in tables.items()}
+    full = {r["recipe"]: r for r in full_recipes}
+    full_learn = {r["recipe"]: r for r in full_learning}
+    rows = []
+    for r in per_recipe:
+        reported = [max(v["val_top1"] for v in s["reported"].values()) for s in supers   # records since 2026-12-02
+                    if s["recipe"] == r["recipe"] and "reported" in s]
+        rows.append({"recipe": r["recipe"], "seeds": r["seeds"], "tau_c": r["tau_c"],
+                     "learning": learning[r["recipe"]], "best_reported": reported,
+                     "full_tau_c": full.get(r["recipe"], {}).get("tau_c"),
+                     "full_learning": full_learn.get(r["recipe"])})
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in SETTINGS[name].items())
+    return {"folder": folder, "flags": flags, "archs": archs, "reference_seeds": seeds.get("window", 0), "rows": rows}
+
+
+def settings_section(doc, settings):
+    doc.heading("Fewer images, fewer steps: ranking and learning where data or training is scarce")
+    doc.para("Each setting's flags over the quick start's; with `--synthetic-size` its supernets are scored "
+             "against its own reference (`python experiment.py reference` with the same flags), with `--passes` "
+             "alone against the quick start's. inherited / alone as in Learning; best reported is the best of the "
+             "archs train.py reports, val top-1 at the end of super-transformer training. Mean ± SD over supernet "
+             "seeds; the learning intervals are 90% t intervals over them; beside them the quick start's figures "
+             "of the same recipe.")
+    for st in settings:
+        doc.para(f"`python experiment.py grid {st['flags']} --results {st['folder']}`: reference of "
+                 f"{st['archs']} window archs, {st['reference_seeds']} seeds each.")
+        doc.row(["recipe", "seeds", "tau_c", "inherited / alone", "90% interval", "best reported val top-1",
+                 "quick start: tau_c", "inherited / alone", "90% interval"], header=True)
+        for r in st["rows"]:
+            fl = r["full_learning"]
+            doc.row([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["tau_c"]), mean_sd(r["learning"]["ratios"]),
+                     span(r["learning"]["over_seeds"]["interval"]), mean_sd(r["best_reported"]),
+                     mean_sd(r["full_tau_c"] or []), "n/a" if fl is None else mean_sd(fl["ratios"]),
+                     "n/a" if fl is None else span(fl["over_seeds"]["interval"])])
 
 
 def reference_section(doc, refs):
@@ -807,6 +879,10 @@ def get_parser():
     ap.add_argument("--synthetic-size", type=infra.number_arg(int, 10), default=None, metavar="N",
                     help="every training on N synthetic training images instead of the quick start's (use another "
                          "--results for it, e.g. results/n1300: the table reads one setting)")
+    ap.add_argument("--passes", type=infra.number_arg(int, 1), default=PASSES,
+                    help=f"grid: sub-network passes per training step times epochs, the same for every recipe "
+                         f"(default {PASSES}, the quick start's 30 bilateral epochs; use another --results, e.g. "
+                         f"results/half for {PASSES // 2})")
     ap.add_argument("--markdown", action="store_true", help="table: as markdown (RESULTS.md's text)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--write", metavar="RESULTS.md",
@@ -831,7 +907,7 @@ def run(args):
     if args.command == "reference":
         run_jobs(reference_jobs(args.results, args.scratch), args.workers)
     elif args.command == "grid":
-        run_jobs([supernet_job(name, seed, args.results, args.scratch) for seed in args.seeds
+        run_jobs([supernet_job(name, seed, args.results, args.scratch, args.passes) for seed in args.seeds
                   for name in args.recipes or RECIPES], args.workers)
     elif args.command == "outcome":
         run_jobs(outcome_jobs(args.results, args.scratch, args.recipes or ["v2", "fair"]), args.workers)

@@ -2008,7 +2008,8 @@ def test_adamw_leaves_the_qk_of_a_head_count_a_step_does_not_draw_exactly_as_it_
             name = f"blocks.{i}.attn.qk.4.{part}"
             assert after[name].grad is None and opt.state[after[name]]["exp_avg"].any()   # momentum it did not use
             assert torch.equal(after[name].detach(), before[name]), name
-            assert not torch.equal(after[f"blocks.{i}.attn.qk.2.{part}"].detach(), before[f"blocks.{i}.attn.qk.2.{part}"])
+            drawn = f"blocks.{i}.attn.qk.2.{part}"
+            assert not torch.equal(after[drawn].detach(), before[drawn])
         fc1 = after[f"blocks.{i}.fc1.weight"]       # rows past the drawn MLP width 64: zero gradient, decayed
         assert not fc1.grad[64:].any()
         torch.testing.assert_close(fc1.detach()[64:], before[f"blocks.{i}.fc1.weight"][64:] * (1 - lr * wd))
@@ -2252,6 +2253,9 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     assert fair["minus"]["fair"] is None and [r["recipe"] for r in out["versus_default"]] == ["v2"]
     assert fair["minus_flops"]["difference"] == pytest.approx(
         tau["fair"] - brute_tau_b([vitas.flops(a, TINY) for a in window], mean))
+    learning = {r["recipe"]: r["ratios"] for r in out["learning"]}                # inherited / alone, by hand
+    for recipe in inherited:
+        assert learning[recipe] == [pytest.approx(np.mean([x["top1"] / m for x, m in zip(inherited[recipe], mean)]))]
     printed = capsys.readouterr().out
     assert "window" in printed and f"{ref['tau_star']:.2f}" in printed and f"{w['kendall_tau']:.2f}" in printed
     # RESULTS.md and the README's summary written from these figures, then checked; a changed figure is stale
@@ -2275,7 +2279,8 @@ def fmt2(values):
 
 import re  # noqa: E402
 
-OTHER_TOOLS = {"--standalone", "--nproc_per_node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--max-restarts"}
+OTHER_TOOLS = {"--standalone", "--nproc_per_node", "--nnodes", "--rdzv-backend", "--rdzv-endpoint", "--max-restarts",
+               "--master-addr", "--master-port"}   # torchrun's
 
 
 def flags_of(parser):

@@ -702,12 +702,13 @@ def sampling_flags(ap):
     g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
                    help="v1: the paper's first version's method: one sampled network per step, bilateral sharing "
                         "with a loss per side, binomial depth, and DeiT-like augmentation (add --mixup 0.8 --cutmix "
-                        "1.0 for the published super-transformer augmentation). v1-code: v1 as the authors' code trains it (one loss on the "
-                        "summed left + right logits; CutMix 1.0, erasing 0.25, no RandAugment). v2 (beyond v1): v1 "
-                        "plus the second version's identity shifting while training and weak augmentation. fair "
-                        "(default; beyond the paper): stratified sampling, identities shifted only when searching, "
-                        "weak augmentation, so every block position and patch size is trained alike (it ranks archs "
-                        "better than v2 over 4 supernet seeds, and was chosen on that grid: RESULTS.md). Cyclic sharing, the sandwich, "
+                        "1.0 for the published super-transformer augmentation). v1-code: v1 as the authors' code "
+                        "trains it (one loss on the summed left + right logits; CutMix 1.0, erasing 0.25, no "
+                        "RandAugment). v2 (beyond v1): v1 plus the second version's identity shifting while training "
+                        "and weak augmentation. fair (default; beyond the paper): stratified sampling, identities "
+                        "shifted only when searching, weak augmentation, so every block position and patch size is "
+                        "trained alike (it ranks archs better than v2 over 4 supernet seeds, and was chosen on that "
+                        "grid: RESULTS.md). Cyclic sharing, the sandwich, "
                         "distillation and the other samplers (beyond v1) are the flags below.")
     g.add_argument("--uniform-epochs", type=nat, default=2,
                    help="epochs of uniform sampling before the learned identity probability")

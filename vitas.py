@@ -507,7 +507,8 @@ class SuperAttention(nn.Module):
     """The attention's parameters at their largest size (SuperBlock computes with them). Private
     self-attention maps: Q and K are private to each head count (qk[h], an nn.Linear(C, 2A): Q's
     rows, then K's), since what an attention map means depends on how channels are grouped into
-    heads; V and the output projection are shared by all head counts."""
+    heads; V and the output projection are shared by all head counts. A step that does not draw
+    head count h gives qk[h] no gradient at all, so AdamW neither decays nor moves it."""
 
     def __init__(self, dim, heads, attn_dim):
         super().__init__()
