@@ -829,7 +829,7 @@ def summary(figures):
     window = next(r for r in figures["reference"] if r["set"] == "window")
     learning = {r["recipe"]: r for r in figures["learning"]}
     wins = {m["recipe"]: f"{m['wins']} of {m['seeds']}" for m in figures["margins"]}
-    lines = [f"Against {window['archs']} window archs trained alone ({window['seeds']} seeds each; no fitness can "
+    lines = [f"Against {window['archs']} window archs trained alone ({window['seeds']} seeds each; no fitness can",
              f"expect more than tau* {fmt(window['tau_star'])}), per recipe over its supernet seeds (mean ± SD):", "",
              "| recipe | tau_c (ranking) | inherited / alone (learning) | searched arch beats hand design |",
              "|---|---|---|---|"]
