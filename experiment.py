@@ -644,6 +644,7 @@ def setting_rows(results, name, full_recipes, full_learning):
         per_recipe = recipe_rows(supers, tables["window"]) if archs >= 2 else []
         learning = {r["recipe"]: r for r in learning_rows(supers, tables["window"])[1]} if archs >= 2 else {}
     seeds = {name: min(len(s) for _, s in rows) if rows else 0 for name, rows in tables.items()}
+    window = [r for r in reference_rows({"window": tables["window"]}) if r["set"] == "window"] if archs >= 2 else []
     full = {r["recipe"]: r for r in full_recipes}
     full_learn = {r["recipe"]: r for r in full_learning}
     rows = []
@@ -655,7 +656,8 @@ def setting_rows(results, name, full_recipes, full_learning):
                      "full_tau_c": full.get(r["recipe"], {}).get("tau_c"),
                      "full_learning": full_learn.get(r["recipe"])})
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in SETTINGS[name].items())
-    return {"folder": folder, "flags": flags, "archs": archs, "reference_seeds": seeds.get("window", 0), "rows": rows}
+    return {"folder": folder, "flags": flags, "archs": archs, "reference_seeds": seeds.get("window", 0), "rows": rows,
+            "reference": window[0] if window else None}
 
 
 def settings_section(doc, settings):
@@ -667,8 +669,12 @@ def settings_section(doc, settings):
              "seeds; the learning intervals are 90% t intervals over them; beside them the quick start's figures "
              "of the same recipe.")
     for st in settings:
+        ref = st["reference"]
         doc.para(f"`python experiment.py grid {st['flags']} --results {st['folder']}`: reference of "
-                 f"{st['archs']} window archs, {st['reference_seeds']} seeds each.")
+                 f"{st['archs']} window archs, {st['reference_seeds']} seeds each"
+                 + ("." if ref is None else f" (seed tau {fmt(ref['seed_tau'])}, tau* {fmt(ref['tau_star'])} "
+                                            f"{span(ref['tau_star_interval'])}, val top-1 "
+                                            f"{ref['top1_range'][0]:.1f}-{ref['top1_range'][1]:.1f}%)."))
         doc.row(["recipe", "seeds", "tau_c", "inherited / alone", "90% interval", "best reported val top-1",
                  "quick start: tau_c", "inherited / alone", "90% interval"], header=True)
         for r in st["rows"]:
