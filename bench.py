@@ -274,7 +274,7 @@ def main(argv=None):
             timed = f"{plain * 1e3:6.1f}ms " + " ".join(f"{m:6.3f}x ({lo:.2f}-{hi:.2f})" for m, lo, hi in ratios)
             row.update({"plain_ms": plain * 1e3, **{k: [float(v) for v in r] for k, r in
                                                     zip(("one_side", "bilateral", "no_slicing"), ratios)}})
-        print(f"{name:18s} {batch:5d} {vitas.flops(arch, space) / 1e6:7.1f} {timed}   " +
+        print(f"{name:18s} {batch:5d} {row['mflops']:7.1f} {timed}   " +
               "   ".join(f"{p:8d} {o / p:7.2f}x {b / p:8.2f}x" for p, o, b in kernels), flush=True)
         rows.append(row)
     record(args.record, {"kind": "step", "device": device_name(args.device), "repeats": args.repeats,

@@ -619,7 +619,8 @@ def table(results, markdown=False):
     margins = outcome_margins(outcome)
     if outcome:
         outcome_section(doc, outcome, margins)
-    settings = [setting_rows(results, name, per_recipe, learning[1]) for name in SETTINGS
+    window_ref = next((r for r in refs if r["set"] == "window"), None)
+    settings = [setting_rows(results, name, tables, window_ref, per_recipe, learning[1]) for name in SETTINGS
                 if os.path.isdir(os.path.join(results, name, "supernets"))]
     if settings and per_recipe:
         settings_section(doc, settings)
@@ -632,19 +633,20 @@ def table(results, markdown=False):
             "learning": learning[1], "outcome": outcome, "margins": margins, "settings": settings, "text": text}
 
 
-def setting_rows(results, name, full_recipes, full_learning):
-    """Per recipe of another setting's records (results/NAME, SETTINGS), beside the quick start's:
-    tau_c on that setting's window reference, inherited / alone, and the best reported arch's val
-    top-1 at the end of training (mean over supernet seeds)."""
+def setting_rows(results, name, tables, window_ref, full_recipes, full_learning):
+    """Per recipe of another setting's records (results/NAME, SETTINGS), beside the quick start's
+    (its reference `tables`, window row `window_ref`, recipe and learning rows): tau_c on that
+    setting's window reference, inherited / alone, and the best reported arch's val top-1 at the
+    end of training (mean over supernet seeds)."""
     folder, size = os.path.join(results, name), SETTINGS[name].get("synthetic_size")
     with data_size(size):
-        tables = reference_table(folder if size else results)
+        if size:                                        # its own reference; --passes alone keeps the quick start's
+            tables = reference_table(folder)
+            window_ref = next((r for r in reference_rows({"window": tables["window"]}) if r["set"] == "window"), None)
         supers = supernet_rows(folder, tables)
         archs = len(tables["window"])
-        per_recipe = recipe_rows(supers, tables["window"]) if archs >= 2 else []
+        per_recipe = recipe_rows(supers, tables["window"], baselines=()) if archs >= 2 else []
         learning = {r["recipe"]: r for r in learning_rows(supers, tables["window"])[1]} if archs >= 2 else {}
-    seeds = {name: min(len(s) for _, s in rows) if rows else 0 for name, rows in tables.items()}
-    window = [r for r in reference_rows({"window": tables["window"]}) if r["set"] == "window"] if archs >= 2 else []
     full = {r["recipe"]: r for r in full_recipes}
     full_learn = {r["recipe"]: r for r in full_learning}
     rows = []
@@ -656,8 +658,7 @@ def setting_rows(results, name, full_recipes, full_learning):
                      "full_tau_c": full.get(r["recipe"], {}).get("tau_c"),
                      "full_learning": full_learn.get(r["recipe"])})
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in SETTINGS[name].items())
-    return {"folder": folder, "flags": flags, "archs": archs, "reference_seeds": seeds.get("window", 0), "rows": rows,
-            "reference": window[0] if window else None}
+    return {"folder": folder, "flags": flags, "archs": archs, "rows": rows, "reference": window_ref}
 
 
 def settings_section(doc, settings):
@@ -671,7 +672,7 @@ def settings_section(doc, settings):
     for st in settings:
         ref = st["reference"]
         doc.para(f"`python experiment.py grid {st['flags']} --results {st['folder']}`: reference of "
-                 f"{st['archs']} window archs, {st['reference_seeds']} seeds each"
+                 f"{st['archs']} window archs, {0 if ref is None else ref['seeds']} seeds each"
                  + ("." if ref is None else f" (seed tau {fmt(ref['seed_tau'])}, tau* {fmt(ref['tau_star'])} "
                                             f"{span(ref['tau_star_interval'])}, val top-1 "
                                             f"{ref['top1_range'][0]:.1f}-{ref['top1_range'][1]:.1f}%)."))
