@@ -520,9 +520,9 @@ class SuperAttention(nn.Module):
     def sliced(self, e, a, heads):
         """The plain Attention's parameters at embedding channels e and attention channels a."""
         qk = self.qk[str(heads)]
-        q_and_k = qk.weight.unflatten(0, (2, -1))[:, a, e].flatten(0, 1)           # (2a, c): Q's rows, K's
-        return {"qkv.weight": torch.cat([q_and_k, self.v.weight[a, e]]),
-                "qkv.bias": torch.cat([qk.bias.unflatten(0, (2, -1))[:, a].flatten(), self.v.bias[a]]),
+        q_and_k = qk.weight.unflatten(0, (2, -1))[:, a, e]                          # (2, a, c): Q's rows, K's
+        return {"qkv.weight": torch.cat([q_and_k, self.v.weight[None, a, e]]).flatten(0, 1),     # (3a, c)
+                "qkv.bias": torch.cat([qk.bias.unflatten(0, (2, -1))[:, a], self.v.bias[None, a]]).flatten(),
                 "proj.weight": self.proj.weight[e, a], "proj.bias": self.proj.bias[e]}
 
 
