@@ -218,15 +218,24 @@ def reference_sets():
             "space": (space, {a: SPACE_SEEDS for a in space})}
 
 
+def reported_reference():
+    """The archs train.py reports with the window (train.reported_archs: largest, smallest, middle),
+    trained alone as the window's are: what their val top-1 at the end of super-transformer
+    training is measured against (learning_rows)."""
+    return list(train.reported_archs(TINY, (LO, HI)).values())
+
+
 def alone_argv(seed):
     return rankcheck.alone_argv(data_checkpoint(), REFERENCE_EPOCHS, "cpu", 1, seed)
 
 
 def reference_jobs(results, scratch):
     """Every training of the reference, seed by seed (each seed's table complete before the next
-    begins), the window set before the whole-range set."""
+    begins), the window set before the whole-range set and the reported archs."""
+    sets = {**{name: archs for name, (archs, _) in reference_sets().items()}, "reported": reported_reference()}
+    seeds = {"space": SPACE_SEEDS}
     jobs = [((s, name != "window"), alone_job(a, alone_argv(s), results, scratch))
-            for name, (archs, seeds) in reference_sets().items() for a in archs for s in seeds[a]]
+            for name, archs in sets.items() for a in archs for s in seeds.get(name, REFERENCE_SEEDS)]
     return [job for _, job in sorted(jobs, key=lambda j: j[0])]
 
 
@@ -241,6 +250,18 @@ def reference_table(results):
             if os.path.exists(paths[0]):
                 rows.append((a, [read_record(p)["val"]["top1"] for p in paths if os.path.exists(p)]))
         out[name] = rows
+    return out
+
+
+def reported_alone(results):
+    """{arch as JSON: its val top-1 trained alone, the mean over the seeds it has} of the reported
+    archs that have a record."""
+    out = {}
+    for a in reported_reference():
+        paths = [record_path(results, "alone", alone_key(a, alone_argv(s))) for s in REFERENCE_SEEDS]
+        top1 = [read_record(p)["val"]["top1"] for p in paths if os.path.exists(p)]
+        if top1:
+            out[json.dumps(a.to_dict())] = float(np.mean(top1))
     return out
 
 
@@ -554,18 +575,34 @@ class Doc:
         return "\n".join(self.lines).strip("\n") + "\n"
 
 
-def learning_rows(supers, window):
+def reported_ratio(record, alone):
+    """The mean over the reported archs of their val top-1 at the end of super-transformer training
+    over their val top-1 trained alone (reported_alone); None where the record or a reference lacks one."""
+    reported = record.get("reported", {}).values()        # records since 2026-12-02
+    keys = [json.dumps(v["arch"]) for v in reported]
+    if not keys or any(k not in alone for k in keys):
+        return None
+    return float(np.mean([v["val_top1"] / alone[k] for v, k in zip(reported, keys)]))
+
+
+def learning_rows(supers, window, alone=None):
     """Learning beside ranking: per super-transformer, the mean over the window archs of the held-out
     top-1 its inherited weights give over the val top-1 the arch reaches trained alone (the
-    reference mean); per recipe, mean and SD over its seeds with a t interval."""
+    reference mean), and the same for the reported archs (reported_ratio, `alone` their
+    reported_alone); per recipe, mean and SD over its seeds with a t interval (the reported ratio
+    over the seeds that have it)."""
     archs, top1 = zip(*window)
-    alone = rankcheck.reference_mean(top1)
+    mean_alone = rankcheck.reference_mean(top1)
     per_seed = [{"recipe": r["recipe"], "seed": r["seed"],
-                 "ratio": float(np.mean(np.asarray(r["window"]["fitness"]) / alone))} for r in supers]
+                 "ratio": float(np.mean(np.asarray(r["window"]["fitness"]) / mean_alone)),
+                 "reported": reported_ratio(r, alone or {})} for r in supers]
     per_recipe = []
     for recipe in dict.fromkeys(r["recipe"] for r in per_seed):
         ratios = [r["ratio"] for r in per_seed if r["recipe"] == recipe]
-        per_recipe.append({"recipe": recipe, "ratios": ratios, "over_seeds": rankcheck.seed_difference(ratios)})
+        reported = [r["reported"] for r in per_seed if r["recipe"] == recipe and r["reported"] is not None]
+        per_recipe.append({"recipe": recipe, "ratios": ratios, "over_seeds": rankcheck.seed_difference(ratios),
+                           "reported": reported,
+                           "reported_over_seeds": rankcheck.seed_difference(reported) if reported else None})
     return per_seed, per_recipe
 
 
@@ -610,7 +647,7 @@ def table(results, markdown=False):
     scored = supers and len(tables["window"]) >= 2      # the window reference trained: supernets can be scored
     per_recipe = recipe_rows(supers, tables["window"], ("v2", default)) if scored else []
     versus = [{"recipe": r["recipe"], **r["minus"][default]} for r in per_recipe if r["minus"][default] is not None]
-    learning = learning_rows(supers, tables["window"]) if scored else ([], [])
+    learning = learning_rows(supers, tables["window"], reported_alone(results)) if scored else ([], [])
     if scored:
         sampler_section(doc, sampler_rows(supers))
         ranking_section(doc, supers, per_recipe, versus, default)
@@ -646,7 +683,8 @@ def setting_rows(results, name, tables, window_ref, full_recipes, full_learning)
         supers = supernet_rows(folder, tables)
         archs = len(tables["window"])
         per_recipe = recipe_rows(supers, tables["window"], baselines=()) if archs >= 2 else []
-        learning = {r["recipe"]: r for r in learning_rows(supers, tables["window"])[1]} if archs >= 2 else {}
+        alone = reported_alone(folder if size else results)
+        learning = {r["recipe"]: r for r in learning_rows(supers, tables["window"], alone)[1]} if archs >= 2 else {}
     full = {r["recipe"]: r for r in full_recipes}
     full_learn = {r["recipe"]: r for r in full_learning}
     rows = []
@@ -676,12 +714,14 @@ def settings_section(doc, settings):
                  + ("." if ref is None else f" (seed tau {fmt(ref['seed_tau'])}, tau* {fmt(ref['tau_star'])} "
                                             f"{span(ref['tau_star_interval'])}, val top-1 "
                                             f"{ref['top1_range'][0]:.1f}-{ref['top1_range'][1]:.1f}%)."))
-        doc.row(["recipe", "seeds", "tau_c", "inherited / alone", "90% interval", "best reported val top-1",
-                 "quick start: tau_c", "inherited / alone", "90% interval"], header=True)
+        doc.row(["recipe", "seeds", "tau_c", "inherited / alone", "90% interval", "reported: inherited / alone",
+                 "90% interval", "best reported val top-1", "quick start: tau_c", "inherited / alone", "90% interval"],
+                header=True)
         for r in st["rows"]:
             fl = r["full_learning"]
             doc.row([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["tau_c"]), mean_sd(r["learning"]["ratios"]),
-                     span(r["learning"]["over_seeds"]["interval"]), mean_sd(r["best_reported"]),
+                     span(r["learning"]["over_seeds"]["interval"]), *reported_cells(r["learning"]),
+                     mean_sd(r["best_reported"]),
                      mean_sd(r["full_tau_c"] or []), "n/a" if fl is None else mean_sd(fl["ratios"]),
                      "n/a" if fl is None else span(fl["over_seeds"]["interval"])])
 
@@ -764,12 +804,24 @@ def learning_section(doc, per_seed, per_recipe):
     doc.heading("Learning: inherited weights against the archs trained alone")
     doc.para("Per super-transformer, the mean over the window archs of their held-out top-1 with the inherited "
              "weights over their val top-1 trained alone (the reference mean): how much of what an arch can "
-             "learn its slice has learned. Per recipe, mean ± SD over the supernet seeds with a 90% t interval.")
-    doc.row(["recipe", "seeds", "inherited / alone", "90% interval", "per seed"], header=True)
+             "learn its slice has learned. Reported: the same for the three archs train.py reports (largest, "
+             "smallest, middle of the window), their val top-1 at the end of super-transformer training over "
+             "their val top-1 trained alone as the window's are (mean of seeds 0-3; records since 2026-12-02 keep "
+             "it). Per recipe, mean ± SD over the supernet seeds with a 90% t interval.")
+    doc.row(["recipe", "seeds", "inherited / alone", "90% interval", "per seed", "reported: seeds",
+             "inherited / alone", "90% interval"], header=True)
     for r in per_recipe:
         seeds = [x for x in per_seed if x["recipe"] == r["recipe"]]
         doc.row([r["recipe"], ",".join(str(x["seed"]) for x in seeds), mean_sd(r["ratios"]),
-                 span(r["over_seeds"]["interval"]), " ".join(f"{x['ratio']:.2f}" for x in seeds)])
+                 span(r["over_seeds"]["interval"]), " ".join(f"{x['ratio']:.2f}" for x in seeds),
+                 ",".join(str(x["seed"]) for x in seeds if x["reported"] is not None) or "none",
+                 *reported_cells(r)])
+
+
+def reported_cells(learning):
+    """A learning row's reported ratio: mean ± SD and its interval over the seeds that have it."""
+    over = learning["reported_over_seeds"]
+    return [mean_sd(learning["reported"]), "n/a" if over is None else span(over["interval"])]
 
 
 def outcome_section(doc, outcome, margins):

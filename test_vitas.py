@@ -2202,6 +2202,19 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
         assert margins[recipe]["wins"] == int(rows[recipe]["wins"]) and margins[recipe]["seeds"] == 1
 
 
+def test_reference_jobs_train_the_reported_archs_beside_the_window(tmp_path):
+    jobs = experiment.reference_jobs(str(tmp_path), str(tmp_path / "scratch"))
+    sets = experiment.reference_sets()
+    reported = experiment.reported_reference()
+    assert reported == list(train.reported_archs(TINY, (experiment.LO, experiment.HI)).values())
+    want = {(a, s) for name, (archs, seeds) in sets.items() for a in archs for s in seeds[a]}
+    want |= {(a, s) for a in reported for s in experiment.REFERENCE_SEEDS}
+    got = [(Arch.from_dict(j["arch"]), experiment.alone_argv(0).index("--seed"), j) for j in jobs]
+    assert {(a, int(j["argv"][i + 1])) for a, i, j in got} == want and len(jobs) == len(want)
+    seeds = [int(j["argv"][i + 1]) for _, i, j in got]
+    assert seeds == sorted(seeds)                       # seed by seed
+
+
 def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, capsys):
     """The table of made-up records: the reference's reliability and a supernet's tau recomputed here."""
     monkeypatch.setattr(train, "train", None)                 # nothing may train
@@ -2216,6 +2229,14 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
             job = experiment.alone_job(a, experiment.alone_argv(s), results, str(tmp_path / "scratch"))
             os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
             infra.write_json(job["path"], {"arch": a.to_dict(), "argv": job["argv"], "val": {"top1": top1[a, s]}})
+    reported = dict(zip(("largest", "smallest", "middle"), experiment.reported_reference()))
+    alone = {}                                  # the reported archs trained alone: seeds 0 and 1 only
+    for a in reported.values():
+        for s in (0, 1):
+            alone.setdefault(a, []).append(float(g.uniform(40, 60)))
+            job = experiment.alone_job(a, experiment.alone_argv(s), results, str(tmp_path / "scratch"))
+            infra.write_json(job["path"], {"arch": a.to_dict(), "argv": job["argv"], "val": {"top1": alone[a][-1]}})
+    at_end = {k: float(g.uniform(20, 50)) for k in reported}
     os.makedirs(tmp_path / "supernets")
     inherited = {}
     for recipe, noise in (("v2", 0.5), ("fair", 2.0)):
@@ -2224,7 +2245,9 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
         infra.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"), {
             "recipe": recipe, "seed": 0, "train_cpu_minutes": 9.0,
             "inherited": {"window": inherited[recipe], "space": []},
-            "sampled": {"block_share": [1, .8, .4, .2, .1, .01], "patch_share": {"4": .7, "8": .3}}, "search": {}})
+            "sampled": {"block_share": [1, .8, .4, .2, .1, .01], "patch_share": {"4": .7, "8": .3}}, "search": {},
+            **({"reported": {k: {"arch": a.to_dict(), "val_top1": at_end[k]} for k, a in reported.items()}}
+               if recipe == "v2" else {})})                   # fair's record is older than the field
     out = experiment.table(results)
     ref = out["reference"][0]
     S = len(experiment.REFERENCE_SEEDS)
@@ -2253,9 +2276,13 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     assert fair["minus"]["fair"] is None and [r["recipe"] for r in out["versus_default"]] == ["v2"]
     assert fair["minus_flops"]["difference"] == pytest.approx(
         tau["fair"] - brute_tau_b([vitas.flops(a, TINY) for a in window], mean))
-    learning = {r["recipe"]: r["ratios"] for r in out["learning"]}                # inherited / alone, by hand
+    learning = {r["recipe"]: r for r in out["learning"]}                # inherited / alone, by hand
     for recipe in inherited:
-        assert learning[recipe] == [pytest.approx(np.mean([x["top1"] / m for x, m in zip(inherited[recipe], mean)]))]
+        assert learning[recipe]["ratios"] == [pytest.approx(np.mean([x["top1"] / m
+                                                                    for x, m in zip(inherited[recipe], mean)]))]
+    assert learning["v2"]["reported"] == [pytest.approx(np.mean([at_end[k] / np.mean(alone[a])
+                                                                 for k, a in reported.items()]))]
+    assert learning["fair"]["reported"] == [] and learning["fair"]["reported_over_seeds"] is None
     printed = capsys.readouterr().out
     assert "window" in printed and f"{ref['tau_star']:.2f}" in printed and f"{w['kendall_tau']:.2f}" in printed
     # RESULTS.md and the README's summary written from these figures, then checked; a changed figure is stale
