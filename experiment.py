@@ -94,6 +94,8 @@ RECIPES = {
     "fair": ["--recipe", "fair"],
     "fair-split": ["--recipe", "fair"],
     "v2+strat": ["--recipe", "v2", "--sampling", "stratified"],
+    # v2's cyclic sharing (one pass a step where bilateral sharing makes two, so twice the epochs at equal passes)
+    "v2+strat+cyclic": ["--recipe", "v2", "--sampling", "stratified", "--sharing", "cyclic"],
 }
 # Recipes trained as one super-transformer per patch size, each on an equal share of the passes: the
 # space split as few-shot NAS splits it (no block weights shared between patch sizes; beyond the
@@ -792,8 +794,9 @@ def ranking_section(doc, supers, per_recipe, versus, default):
                  mean_sd(r["min_block_share"]), mean_sd(r["cpu_minutes"])])
     if versus:
         doc.heading(f"Against the default recipe, {default}", 3)
-        doc.para(f"`{default}` became the default after this grid was run: the figures it is reported on are "
-                 "those it was chosen by. Same intervals as above.")
+        doc.para(f"`{default}` became the default after this grid was run, on it, the learning figures below and "
+                 "those of the scarce settings: the figures it is reported on are among those it was chosen by. "
+                 "Same intervals as above.")
         doc.row(["recipe", "seeds", f"tau - {default} tau", "archs", "seeds"], header=True)
         for vs in versus:
             doc.row([vs["recipe"], ",".join(map(str, vs["seeds"])), fmt(vs["difference"]), span(vs["interval"]),
