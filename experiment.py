@@ -96,6 +96,8 @@ RECIPES = {
     "v2+strat": ["--recipe", "v2", "--sampling", "stratified"],
     # v2's cyclic sharing (one pass a step where bilateral sharing makes two, so twice the epochs at equal passes)
     "v2+strat+cyclic": ["--recipe", "v2", "--sampling", "stratified", "--sharing", "cyclic"],
+    # one side only (the first channels, as AutoFormer shares them): one pass a step, as cyclic
+    "v2+strat+left": ["--recipe", "v2", "--sampling", "stratified", "--sharing", "left"],
 }
 # Recipes trained as one super-transformer per patch size, each on an equal share of the passes: the
 # space split as few-shot NAS splits it (no block weights shared between patch sizes; beyond the
