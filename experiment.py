@@ -236,37 +236,34 @@ def alone_argv(seed):
 def reference_jobs(results, scratch):
     """Every training of the reference, seed by seed (each seed's table complete before the next
     begins), the window set before the whole-range set and the reported archs."""
-    sets = {**{name: archs for name, (archs, _) in reference_sets().items()}, "reported": reported_reference()}
-    seeds = {"space": SPACE_SEEDS}
+    reported = reported_reference()
+    sets = {**reference_sets(), "reported": (reported, {a: REFERENCE_SEEDS for a in reported})}
     jobs = [((s, name != "window"), alone_job(a, alone_argv(s), results, scratch))
-            for name, archs in sets.items() for a in archs for s in seeds.get(name, REFERENCE_SEEDS)]
+            for name, (archs, seeds) in sets.items() for a in archs for s in seeds[a]]
     return [job for _, job in sorted(jobs, key=lambda j: j[0])]
+
+
+def alone_top1(results, arch, seeds):
+    """{seed: val top-1} of `arch` trained alone (alone_argv), for the seeds that have a record."""
+    paths = {s: record_path(results, "alone", alone_key(arch, alone_argv(s))) for s in seeds}
+    return {s: read_record(p)["val"]["top1"] for s, p in paths.items() if os.path.exists(p)}
 
 
 def reference_table(results):
     """{set: (archs, per arch its top-1 under each of its seeds)} from the records there are; archs
-    without a record are left out."""
+    without a record of their first seed are left out."""
     out = {}
     for name, (archs, seeds) in reference_sets().items():
-        rows = []
-        for a in archs:
-            paths = [record_path(results, "alone", alone_key(a, alone_argv(s))) for s in seeds[a]]
-            if os.path.exists(paths[0]):
-                rows.append((a, [read_record(p)["val"]["top1"] for p in paths if os.path.exists(p)]))
-        out[name] = rows
+        found = {a: alone_top1(results, a, seeds[a]) for a in archs}
+        out[name] = [(a, list(found[a].values())) for a in archs if seeds[a][0] in found[a]]
     return out
 
 
 def reported_alone(results):
     """{arch as JSON: its val top-1 trained alone, the mean over the seeds it has} of the reported
     archs that have a record."""
-    out = {}
-    for a in reported_reference():
-        paths = [record_path(results, "alone", alone_key(a, alone_argv(s))) for s in REFERENCE_SEEDS]
-        top1 = [read_record(p)["val"]["top1"] for p in paths if os.path.exists(p)]
-        if top1:
-            out[json.dumps(a.to_dict())] = float(np.mean(top1))
-    return out
+    found = {a: alone_top1(results, a, REFERENCE_SEEDS) for a in reported_reference()}
+    return {json.dumps(a.to_dict()): float(np.mean(list(top1.values()))) for a, top1 in found.items() if top1}
 
 
 # -----------------------------------------------------------------------------
@@ -405,8 +402,8 @@ def outcome_jobs(results, scratch, recipes):
 
 def alone_mean(results, arch):
     """An arch's top-1 trained alone, mean over OUTCOME_SEEDS; None until every seed has a record."""
-    paths = [record_path(results, "alone", alone_key(arch, alone_argv(s))) for s in OUTCOME_SEEDS]
-    return float(np.mean([read_record(p)["val"]["top1"] for p in paths])) if all(map(os.path.exists, paths)) else None
+    top1 = alone_top1(results, arch, OUTCOME_SEEDS)
+    return float(np.mean(list(top1.values()))) if len(top1) == len(OUTCOME_SEEDS) else None
 
 
 def outcome_rows(results, recipes):
