@@ -105,6 +105,8 @@ def without_slicing(net):
         def sliced(*choice):
             if repr(choice) not in slices:
                 slices[repr(choice)] = {name: t.detach().requires_grad_() for name, t in sliced_of(*choice).items()}
+            for t in slices[repr(choice)].values():
+                t.grad = None      # as zero_grad(set_to_none=True) leaves the parameters: nothing accumulates
             return slices[repr(choice)]
         return sliced
 

@@ -2062,6 +2062,8 @@ def test_bench_without_slicing_computes_the_same_step_from_kept_slices():
     kept_net(x, bench.TINY_MID, "left").sum().backward()
     net(x, bench.TINY_MID, "left").sum().backward()
     torch.testing.assert_close(leaves["fc1.weight"].grad, net.blocks[0].fc1.weight.grad[:128, :48])
+    kept_net(x, bench.TINY_MID, "left").sum().backward()       # a second step: its own gradient, not two summed
+    torch.testing.assert_close(leaves["fc1.weight"].grad, net.blocks[0].fc1.weight.grad[:128, :48])
     assert all(p.grad is None for p in kept_net.parameters())                  # nothing reaches the parameters
 
 
