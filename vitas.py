@@ -1,8 +1,9 @@
 """
 ViTAS core (Su et al., "Vision Transformer Architecture Search", arXiv 2106.13700), in one file.
 
-Read top to bottom: the search space and architecture records, sampling and the learned identity
-probability, the analytical FLOPs/params counter, the plain ViT a found architecture becomes, the
+Read top to bottom: the architecture records and the search space (sampling, identity shifting),
+the analytical FLOPs/params counter and the learned identity probability that aims at a FLOPs
+budget, the plain ViT a found architecture becomes, the
 sliceable super-transformer that shares weights between all of them, export of a slice to a
 plain ViT, and last, measured throughput (budgets by images/s on a device, and the latency model
 that lets the identity probability aim at them). Depends on torch and numpy only, so it can be
@@ -447,13 +448,17 @@ class ViT(nn.Module):
 # -----------------------------------------------------------------------------
 # Super-transformer: every arch of the space is a slice of it (arXiv 2106.13700, section 3)
 #
-# Each sub-layer holds one set of parameters at the space's largest size, named as the plain ViT
-# names them; a sub-network computes with some channels of each, taken by indexing where they are
-# used. Which channels a width takes is the weight-sharing scheme (channels()): the first (left),
-# the last (right; bilateral sharing trains both) or a window on a ring (cyclic, embedding channels
-# only). Autograd writes each step's gradient into the channels taken, zero elsewhere. sliced() of
-# each module returns the plain ViT's parameters of one choice: forward computes with them, export
-# copies them.
+# Each sub-layer holds its parameters once at the space's largest size (the tokens once per patch
+# size, Q and K once per head count), named as the plain ViT names them; a sub-network computes with
+# some channels of each, taken by indexing where they are used. Which channels a width takes is the
+# weight-sharing scheme (channels()): the first (left), the last (right; bilateral sharing trains
+# both) or a window on a ring (cyclic, embedding channels only). e, a and m are the embedding,
+# attention and MLP channels a slice takes (c, a and m in shape comments: how many). Autograd writes
+# each step's gradient into the channels taken, zero elsewhere, so AdamW still decays the channels
+# not taken (and its momentum moves them), as it would any weight; a head count's Q and K that a
+# step did not draw get no gradient at all and are skipped. sliced() of each module returns the
+# plain ViT's parameters of one choice under the plain ViT's names (qkv assembled from qk[h] and v):
+# forward computes with them, export copies them.
 
 
 def cyclic_start(width, widths):
@@ -477,6 +482,8 @@ def channels(width, full, side, widths=None):
         return slice(0, width)
     if side == "right":
         return slice(full - width, full)
+    if side != "cyclic" or widths is None:
+        raise ValueError(f"channels: side must be 'left', 'right' or 'cyclic' (with the widths), got {side!r}")
     start = cyclic_start(width, widths)
     if start + width <= full:
         return slice(start, start + width)
@@ -484,7 +491,7 @@ def channels(width, full, side, widths=None):
 
 
 def check_side(side):
-    if side not in ("left", "right", "cyclic"):
+    if side not in SIDES + ("cyclic",):
         raise ValueError(f"side must be 'left' or 'right' (left and bilateral sharing) or 'cyclic', got {side!r}")
 
 
@@ -532,12 +539,12 @@ class SuperBlock(nn.Module):
 
     def __init__(self, space, drop_path_rate=0.0):
         super().__init__()
-        c, a, m = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
-        self.norm1 = nn.LayerNorm(c)
-        self.attn = SuperAttention(c, space.heads, a)
-        self.norm2 = nn.LayerNorm(c)
-        self.fc1 = nn.Linear(c, m)
-        self.fc2 = nn.Linear(m, c)
+        dim, attn_dim, mlp_dim = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SuperAttention(dim, space.heads, attn_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_dim)
+        self.fc2 = nn.Linear(mlp_dim, dim)
         self.drop_path_rate = drop_path_rate
 
     def sliced(self, e, block, side):
@@ -569,8 +576,8 @@ class SuperBlock(nn.Module):
 class SuperTransformer(nn.Module):
     """The over-sized ViT whose slices are all the archs of `space`: private tokens per patch size
     (SuperTokens), a SuperBlock per block position, and the final norm and classifier, every
-    parameter named as in the plain ViT (tokens.p<P>. for tokens.). forward(x, arch, side) runs
-    the slice of one arch; an identity block is skipped."""
+    parameter named as in the plain ViT (tokens.p<P>. for tokens., attn.qk.<h>. and attn.v. for
+    attn.qkv.). forward(x, arch, side) runs the slice of one arch; an identity block is skipped."""
 
     def __init__(self, space, drop_path_rate=0.0):
         super().__init__()
@@ -583,7 +590,7 @@ class SuperTransformer(nn.Module):
         init_weights(self)
 
     def embed_channels(self, arch, side, device):
-        """The residual stream's channels: one slice of the embedding for every layer of the arch."""
+        """The residual stream's channels: the same embedding channels at every layer of the arch."""
         e = channels(arch.embed_dim, self.space.embed_dims[-1], side, self.space.embed_dims)
         return e.to(device) if torch.is_tensor(e) else e
 
@@ -612,8 +619,9 @@ class SuperTransformer(nn.Module):
 @torch.no_grad()
 def export(supernet, arch, side="left", drop_path_rate=0.0):
     """A plain ViT of `arch` carrying the super-transformer's weights for that slice and side;
-    its output equals supernet(x, arch, side): its parameters are those the super-transformer's
-    forward computes with (sliced() of SuperTokens, SuperBlock and the head), under the same names."""
+    its output equals supernet(x, arch, side) (up to float rounding; in eval mode, or without
+    stochastic depth): its parameters are those the super-transformer's forward computes with
+    (sliced() of SuperTokens, SuperBlock and the head, qkv assembled from qk[h] and v)."""
     check_side(side)
     space = supernet.space
     vit = ViT(arch, space, drop_path_rate).to(supernet.head.weight.device, supernet.head.weight.dtype)
