@@ -103,11 +103,12 @@ def without_slicing(net):
         slices = {}
 
         def sliced(*choice):
-            if repr(choice) not in slices:
-                slices[repr(choice)] = {name: t.detach().requires_grad_() for name, t in sliced_of(*choice).items()}
-            for t in slices[repr(choice)].values():
+            key = repr(choice)
+            if key not in slices:
+                slices[key] = {name: t.detach().requires_grad_() for name, t in sliced_of(*choice).items()}
+            for t in slices[key].values():
                 t.grad = None      # as zero_grad(set_to_none=True) leaves the parameters: nothing accumulates
-            return slices[repr(choice)]
+            return slices[key]
         return sliced
 
     for module in net.modules():

@@ -228,8 +228,9 @@ def test_wrong_image_size_and_side_are_rejected():
     with pytest.raises(ValueError, match="side"):
         net(torch.randn(2, 3, 32, 32), arch, side="middle")
     for side, widths in (("bilateral", TINY.embed_dims), ("cyclic", None)):    # a sharing is not a side
-        with pytest.raises(ValueError, match="side must be"):
-            vitas.channels(32, 64, side, widths)
+        for width in (32, 64):                                                    # the full width too
+            with pytest.raises(ValueError, match="side must be"):
+                vitas.channels(width, 64, side, widths)
     with pytest.raises(ValueError, match="embed_dim"):
         net(torch.randn(2, 3, 32, 32), Arch(4, 40, arch.blocks))
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):

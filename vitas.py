@@ -476,14 +476,14 @@ def channels(width, full, side, widths=None):
     (right) ones, bilateral sharing training both so every channel is trained about equally; or
     (side "cyclic", embedding channels only, `widths` the choices) the ring window of
     cyclic_start, a slice or, where it wraps, an index tensor in ring order."""
+    if side not in SIDES and (side != "cyclic" or widths is None):     # at every width, the full one too
+        raise ValueError(f"channels: side must be 'left', 'right' or 'cyclic' (with the widths), got {side!r}")
     if width == full:
         return slice(None)
     if side == "left":
         return slice(0, width)
     if side == "right":
         return slice(full - width, full)
-    if side != "cyclic" or widths is None:
-        raise ValueError(f"channels: side must be 'left', 'right' or 'cyclic' (with the widths), got {side!r}")
     start = cyclic_start(width, widths)
     if start + width <= full:
         return slice(start, start + width)
