@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-import infra
+import cli
+import runs
 import vitas
 from rankcheck import spearman_rho
 
@@ -207,20 +208,20 @@ def flops_as_proxy(name, n, batch, device, amp, seed=0):
 
 
 def get_parser():
-    ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    ap.add_argument("--repeats", type=infra.number_arg(int, 1), default=40,
+    ap.add_argument("--repeats", type=cli.number_arg(int, 1), default=40,
                     help=f"timed steps of each kind, in rounds of {ROUND} (rounded up); a ratio is the median "
                          "over rounds, with its quartiles (default 40)")
-    ap.add_argument("--tiny-batch", type=infra.number_arg(int, 1), default=64,
+    ap.add_argument("--tiny-batch", type=cli.number_arg(int, 1), default=64,
                     help="batch of the tiny cases (default 64)")
-    ap.add_argument("--throughput", type=infra.number_arg(int, 0), default=0, metavar="N",
+    ap.add_argument("--throughput", type=cli.number_arg(int, 0), default=0, metavar="N",
                     help="instead: rank agreement of FLOPs with measured images/s over N random archs of each preset")
     ap.add_argument("--amp", action="store_true", help="with --throughput on CUDA: measure under bf16 autocast")
     ap.add_argument("--kernels", action="store_true",
                     help="kernels per step only, no timing (deterministic: needs no idle machine)")
     ap.add_argument("--glibc-defaults", action="store_true",
-                    help="time with glibc's default malloc thresholds, not infra.reuse_freed_memory as training runs")
+                    help="time with glibc's default malloc thresholds, not runs.reuse_freed_memory as training runs")
     ap.add_argument("--record", metavar="FILE.json",
                     help="also write the figures to FILE.json (results/bench/ holds those RESULTS.md shows)")
     return ap
@@ -228,7 +229,7 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    kept = not args.glibc_defaults and infra.reuse_freed_memory()
+    kept = not args.glibc_defaults and runs.reuse_freed_memory()
     tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")
     cases = [("tiny largest", tiny, tiny.max_arch(), args.tiny_batch), ("tiny mid", tiny, TINY_MID, args.tiny_batch),
              ("vitas-1g ViTAS-C", big, VITAS_C, 4)]
@@ -294,7 +295,7 @@ def record(path, figures):
     """--record: the figures as JSON (python experiment.py table --markdown renders them), with when
     and what measured them."""
     if path:
-        infra.write_json(path, {**figures, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
+        runs.write_json(path, {**figures, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
                                 "command": "python bench.py " + " ".join(sys.argv[1:])})
         print(f"wrote {path}")
 

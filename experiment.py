@@ -46,7 +46,8 @@ import time
 import numpy as np
 import torch
 
-import infra
+import cli
+import runs
 import rankcheck
 import search
 import train
@@ -136,7 +137,7 @@ def alone_job(arch, argv, results, scratch):
 
 def run_alone(job):
     arch = vitas.Arch.from_dict(job["arch"])
-    val = rankcheck.train_alone(arch, job["scratch"], job["argv"], infra.Dist())
+    val = train.train_alone(arch, job["scratch"], job["argv"], runs.Dist())
     return {"arch": job["arch"], "argv": job["argv"], "flops": vitas.flops(arch, TINY),
             "params": vitas.params(arch, TINY), "val": val}
 
@@ -156,7 +157,7 @@ def execute(job):
         torch.set_num_threads(threads)
     record["cpu_minutes"] = (time.process_time() - cpu) / 60
     os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
-    infra.write_json(job["path"], record)
+    runs.write_json(job["path"], record)
     return job["path"], time.time() - t
 
 
@@ -172,8 +173,8 @@ def run_jobs(jobs, workers):
 
     def done(i, path, seconds):
         eta = (time.time() - t0) / i * (len(todo) - i)
-        print(f"[{i}/{len(todo)}] {os.path.relpath(path)} in {infra.fmt_time(seconds)}, "
-              f"ETA {infra.fmt_time(eta)}", flush=True)
+        print(f"[{i}/{len(todo)}] {os.path.relpath(path)} in {cli.fmt_time(seconds)}, "
+              f"ETA {cli.fmt_time(eta)}", flush=True)
 
     if workers == 0:
         for i, job in enumerate(todo, 1):
@@ -190,7 +191,7 @@ def run_jobs(jobs, workers):
 
 
 def data_checkpoint():
-    """What rankcheck.alone_argv needs of a checkpoint, for the quick-start data (DATA_SEED, SIZE)."""
+    """What cli.alone_argv needs of a checkpoint, for the quick-start data (DATA_SEED, SIZE)."""
     return checkpoint_of(tuple(base()))
 
 
@@ -230,7 +231,7 @@ def reported_reference():
 
 
 def alone_argv(seed):
-    return rankcheck.alone_argv(data_checkpoint(), REFERENCE_EPOCHS, "cpu", 1, seed)
+    return cli.alone_argv(data_checkpoint(), REFERENCE_EPOCHS, "cpu", 1, seed)
 
 
 def reference_jobs(results, scratch):
@@ -307,8 +308,8 @@ def train_and_search(job, flags, epochs, scratch):
              "--seed", str(job["seed"]), "--device", "cpu", "--out", os.path.join(scratch, "search")]
     args = search.parse_args(sargv)
     os.makedirs(args.out, exist_ok=True)
-    ck, space, fitness, n_eval = search.load_supernet(args, infra.Dist())   # loaded once: search and reference
-    runs = search.search_algorithms(args, space, ck, fitness, {}, infra.Dist())
+    ck, space, fitness, n_eval = search.load_supernet(args, runs.Dist())   # loaded once: search and reference
+    searches = search.search_algorithms(args, space, ck, fitness, {}, runs.Dist())
     with open(os.path.join(super_dir, "log.jsonl")) as f:
         last = json.loads(f.read().splitlines()[-1])        # the reported archs at the end of training
     reported = {k: {"arch": v["arch"], "val_top1": last["val"][k]["top1"]} for k, v in last["reported"].items()}
@@ -319,7 +320,7 @@ def train_and_search(job, flags, epochs, scratch):
             "inherited": {name: {a: fitness(a) for a in archs if a.patch_size in space.patch_sizes}
                           for name, (archs, _) in reference_sets().items()},
             "search": {algo: {k: evo.best[k] for k in ("arch", "top1", "loss", "flops")}
-                       for algo, evo in runs.items()}}
+                       for algo, evo in searches.items()}}
 
 
 def merge_split(parts):
@@ -369,10 +370,10 @@ RANDOM_ARCHS = 8
 @functools.lru_cache(maxsize=None)
 def comparison_archs():
     """What a searched arch is compared with, the same for every recipe and supernet seed: the two
-    hand-designed networks (search.BASELINES) nearest the window's top (a designer given the
+    hand-designed networks (rankcheck.BASELINES) nearest the window's top (a designer given the
     budget spends it), and RANDOM_ARCHS distinct archs of the window drawn as random search draws
     them (the window's identity probability, identities behind the real blocks)."""
-    archs = {name: design(TINY, HI, LO, HI) for name, design in search.BASELINES.items()}
+    archs = {name: design(TINY, HI, LO, HI) for name, design in rankcheck.BASELINES.items()}
     rng, p = np.random.default_rng([5000, 0]), vitas.solve_identity_prob(TINY, LO, HI)
     found = []
     while len(found) < RANDOM_ARCHS:
@@ -411,7 +412,7 @@ def outcome_rows(results, recipes):
     and the random archs' median (means over the training seeds), and whether it wins: above both
     baselines and the random median."""
     base = {name: alone_mean(results, a) for name, a in comparison_archs().items()}
-    designs = [base[name] for name in search.BASELINES]
+    designs = [base[name] for name in rankcheck.BASELINES]
     randoms = [v for name, v in base.items() if name.startswith("random")]
     if None in designs or None in randoms:
         return []
@@ -421,7 +422,7 @@ def outcome_rows(results, recipes):
         top1 = alone_mean(results, arch)
         if top1 is not None:
             rows.append({"recipe": recipe, "seed": seed, "arch": arch.to_dict(), "flops": vitas.flops(arch, TINY),
-                         "top1": top1, **{name: base[name] for name in search.BASELINES}, "random_median": median,
+                         "top1": top1, **{name: base[name] for name in rankcheck.BASELINES}, "random_median": median,
                          "wins": top1 > max(designs) and top1 > median})
     return rows
 
@@ -432,7 +433,7 @@ def outcome_margins(outcome):
     out = []
     for recipe in dict.fromkeys(r["recipe"] for r in outcome):
         rs = [r for r in outcome if r["recipe"] == recipe]
-        best = max(rs[0][n] for n in search.BASELINES)
+        best = max(rs[0][n] for n in rankcheck.BASELINES)
         out.append({"recipe": recipe, "seeds": len(rs), "wins": sum(r["wins"] for r in rs),
                     "searched": [r["top1"] for r in rs],
                     "margin": rankcheck.seed_difference([r["top1"] for r in rs], best)})
@@ -832,10 +833,10 @@ def outcome_section(doc, outcome, margins):
              f"epochs, mean top-1 over training seeds {', '.join(map(str, OUTCOME_SEEDS))}, beside the two "
              f"hand-designed networks nearest the window's top and {RANDOM_ARCHS} random window archs; a pick wins "
              "when it is above both designs and the random median.")
-    doc.row(["recipe", "seed", "searched", "MFLOPs", *search.BASELINES, "random median", "wins"], header=True)
+    doc.row(["recipe", "seed", "searched", "MFLOPs", *rankcheck.BASELINES, "random median", "wins"], header=True)
     for r in outcome:
         doc.row([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6),
-                 *(fmt(r[n], 1) for n in search.BASELINES), fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
+                 *(fmt(r[n], 1) for n in rankcheck.BASELINES), fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
     doc.para("Searched minus the better hand-designed network, points of top-1 over supernet seeds (t interval; "
              "each side a 2-seed mean, so the trainings' own noise comes on top).")
     doc.row(["recipe", "seeds", "wins", "searched", "margin", "90% interval"], header=True)
@@ -909,7 +910,7 @@ def write_docs(figures, results_md, readme, check):
     with open(readme) as f:
         text = f.read()
     if SUMMARY[0] not in text or SUMMARY[1] not in text:
-        raise infra.UserError(f"{readme} has no summary markers ({SUMMARY[0]} ... {SUMMARY[1]})")
+        raise cli.UserError(f"{readme} has no summary markers ({SUMMARY[0]} ... {SUMMARY[1]})")
     head, rest = text.split(SUMMARY[0], 1)
     new_readme = head + summary(figures) + rest.split(SUMMARY[1], 1)[1]
     stale = []
@@ -922,27 +923,27 @@ def write_docs(figures, results_md, readme, check):
                 with open(path, "w") as f:
                     f.write(new)
     if stale:
-        raise infra.UserError(f"{' and '.join(stale)} differ from what results/ gives; run python experiment.py "
+        raise cli.UserError(f"{' and '.join(stale)} differ from what results/ gives; run python experiment.py "
                               f"table --markdown --write {results_md}")
 
 
 def get_parser():
-    ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["reference", "grid", "outcome", "table"])
     ap.add_argument("--results", default="results",
                     help="where each finished job's record goes (tracked in git; default results)")
     ap.add_argument("--scratch", default="runs/exp", help="checkpoints and logs of the jobs (default runs/exp)")
-    ap.add_argument("--workers", type=infra.number_arg(int, 0), default=os.cpu_count() or 1,
+    ap.add_argument("--workers", type=cli.number_arg(int, 0), default=os.cpu_count() or 1,
                     help="worker processes, one thread each (default: one per core; 0: in this process)")
-    ap.add_argument("--seeds", type=infra.number_arg(int, 0), nargs="+", default=[0, 1, 2, 3],
+    ap.add_argument("--seeds", type=cli.number_arg(int, 0), nargs="+", default=[0, 1, 2, 3],
                     help="grid: supernet seeds")
     ap.add_argument("--recipes", nargs="+", choices=list(RECIPES),
                     help="grid: the recipes (default all); outcome: the recipes whose searched archs are retrained "
                          "(default v2 fair)")
-    ap.add_argument("--synthetic-size", type=infra.number_arg(int, 10), default=None, metavar="N",
+    ap.add_argument("--synthetic-size", type=cli.number_arg(int, 10), default=None, metavar="N",
                     help="every training on N synthetic training images instead of the quick start's (use another "
                          "--results for it, e.g. results/n1300: the table reads one setting)")
-    ap.add_argument("--passes", type=infra.number_arg(int, 1), default=PASSES,
+    ap.add_argument("--passes", type=cli.number_arg(int, 1), default=PASSES,
                     help=f"grid: sub-network passes per training step times epochs, the same for every recipe "
                          f"(default {PASSES}, the quick start's 30 bilateral epochs; use another --results, e.g. "
                          f"results/half for {PASSES // 2})")
@@ -960,13 +961,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if (args.write or args.check) and not (args.command == "table" and args.markdown):
         ap.error("--write and --check go with table --markdown")
-    infra.run_cli(run, args)
+    runs.run_command(run, args)
 
 
 def run(args):
     global SIZE
     SIZE = args.synthetic_size
-    infra.reuse_freed_memory()      # the table's bootstrap arrays too: a third of its time went to page faults
+    runs.reuse_freed_memory()      # the table's bootstrap arrays too: a third of its time went to page faults
     if args.command == "reference":
         run_jobs(reference_jobs(args.results, args.scratch), args.workers)
     elif args.command == "grid":

@@ -1,13 +1,15 @@
 """
 How far a super-transformer's judgement can be trusted: its ranking of archs (inherited weights,
-held-out top-1) against the same archs trained alone, with the reference's own noise measured.
+held-out top-1) against the same archs trained alone, with the reference's own noise measured;
+and the hand-designed networks a searched arch must beat. Statistics only (numpy and vitas): the
+rank check that trains the archs alone is search.py's (search.rank_check).
 
     python search.py --ckpt runs/super/checkpoint.pt --flops-min 2M --flops-max 4M --rank-check 16
     python search.py --out runs/search --rank-check 16       # alone, on a finished search folder
 
 Read top to bottom: rank statistics; the reference's noise (reliability, oracle bound, corrected
-tau) and the bootstrap over archs; archs chosen independently of the fitness under test; training
-archs alone (also the search's retrain of its best arch); the rank check itself.
+tau) and the bootstrap over archs; archs chosen independently of the fitness under test; the hand
+designs.
 
 Training an arch alone is noisy too: two seeds do not give the same order. Classical test theory
 gives the reference's reliability and what it costs a fitness. From the arch x seed table: one
@@ -22,22 +24,13 @@ both), and recipes trained with several supernet seeds also over the seeds (a t 
 other source of noise. FLOPs, parameters and depth are scored alike: a fitness that does not beat
 them adds nothing.
 """
-import argparse
 import functools
-import hashlib
-import json
 import math
-import os
-import shlex
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
-import infra
-import train
 import vitas
-from infra import UserError, write_json
+from cli import UserError
 
 # -----------------------------------------------------------------------------
 # Rank statistics
@@ -360,17 +353,17 @@ def describe(r):
 
 def stratified_archs(space, lo, hi, per_cell, seed, cost=None, tries=20000, give_up=2000):
     """Up to `per_cell` distinct archs of the window [lo, hi] in every (patch size, depth) cell
-    (train.all_cells; a cell with none in `give_up` draws is left out): {cell: [archs]}. Widths
+    (vitas.all_cells; a cell with none in `give_up` draws is left out): {cell: [archs]}. Widths
     uniform, identities moved behind the real blocks (one network each). Chosen by a seeded
     generator alone, never by a fitness: a rank check must not test a predictor on archs that the
     predictor picked."""
     cost = cost or (lambda a: vitas.flops(a, space))
     cells = {}
-    for i, cell in enumerate(train.all_cells(space, by_patch=True)):
+    for i, cell in enumerate(vitas.all_cells(space, by_patch=True)):
         rng = np.random.default_rng([4000, seed, i])   # a generator per cell: its first archs whatever per_cell is
         found = []
         for t in range(tries):
-            arch = vitas.shift_identities(train.draw_in_cell(space, rng, cell))
+            arch = vitas.shift_identities(vitas.draw_in_cell(space, rng, cell))
             if lo <= cost(arch) <= hi and arch not in found:
                 found.append(arch)
             if len(found) == per_cell or (t >= give_up and not found):
@@ -392,148 +385,45 @@ def spread_archs(space, lo, hi, k, seed, cost=None):
 
 
 # -----------------------------------------------------------------------------
-# Archs trained alone: the reference, and the search's retrain of its best arch
-
-# train.py flags a user may pass through to every arch trained alone (the rest follows the checkpoint)
-ALONE_FLAGS = ("--smoothing", "--mixup", "--cutmix", "--randaug", "--reprob", "--drop-path")
+# Hand-designed networks: what a searched arch must beat
 
 
-def retrain_flags_arg(text):
-    """--retrain-flags: train.py augmentation and regularisation flags, checked by train.py's own
-    parser now, so a typo fails before any search."""
-    tokens = shlex.split(text)
-    unknown = [t for t in tokens if t.startswith("-") and t.split("=")[0] not in ALONE_FLAGS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"{' '.join(unknown)} cannot be passed to archs trained alone; expected only "
-                                         f"{', '.join(ALONE_FLAGS)} with their values")
-
-    def refuse(message):   # train.py's parser would exit; here its message names --retrain-flags
-        raise argparse.ArgumentTypeError(f"{text!r}: {message}")
-
-    probe = train.get_parser()
-    probe.error = refuse
-    probe.parse_args(["--arch", "ARCH.json", *tokens])
-    return tokens
+def designed_arch(space, target_flops, flops_min, flops_max, designed, tie=lambda arch: 0):
+    """Of the uniform archs (SearchSpace.uniform_archs) inside the window that `designed` accepts,
+    the one whose FLOPs are nearest the target (ties: the least `tie`, then the first); None if none."""
+    best = None
+    for arch in space.uniform_archs():
+        if designed(arch) and flops_min <= (f := vitas.flops(arch, space)) <= flops_max:
+            key = (abs(f - target_flops), tie(arch))
+            if best is None or key < best[0]:
+                best = (key, arch)
+    return None if best is None else best[1]
 
 
-def alone_argv(ck, epochs, device, world, seed=0, flags=()):
-    """train.py flags that train an arch alone on the checkpoint's data, held-out split, optimiser
-    and effective batch (split over this job's `world` processes, so the result does not depend on
-    how many there are); augmentation and regularisation are retrain mode's defaults unless `flags`
-    (--retrain-flags) set them. `seed` j > 0 changes only the training (initialisation, data
-    order): --seed is the checkpoint's plus j, --data-seed stays the checkpoint's."""
-    ck_args = ck["args"]
-    batch = ck_args["batch_size"] * ck.get("world", 1)
-    if batch % world:
-        raise UserError(f"the checkpoint's effective batch {batch} does not split over {world} processes; "
-                        f"run with a process count that divides it")
-    keep = {"space": "--space", "data": "--data", "data_root": "--data-root",
-            "synthetic_size": "--synthetic-size", "synthetic_classes": "--synthetic-classes", "holdout": "--holdout",
-            "lr": "--lr", "min_lr": "--min-lr", "weight_decay": "--weight-decay",
-            "warmup_epochs": "--warmup-epochs", "clip_grad": "--clip-grad", "workers": "--workers",
-            "eval_batch_size": "--eval-batch-size", "eval_limit": "--eval-limit"}
-    argv = ["--epochs", str(epochs), "--batch-size", str(batch // world), "--device", device, "--log-every", "1000",
-            "--seed", str(ck_args["seed"] + seed), "--data-seed", str(infra.data_seed(argparse.Namespace(**ck_args)))]
-    for key, flag in keep.items():
-        if ck_args.get(key) is not None:
-            argv += [flag, str(ck_args[key])]
-    return argv + (["--amp"] if ck_args.get("amp") else []) + list(flags)
+def baseline_arch(space, target_flops, flops_min, flops_max):
+    """A hand-designed network to compare with: every block present and alike, heads = attention
+    width / 16 where possible, the FLOPs nearest the target inside the window."""
+    def designed(arch):
+        b = arch.blocks[0]
+        return arch.depth == space.depth and b.heads == min((h for h in space.heads if b.attn_dim % h == 0),
+                                                            key=lambda h: abs(b.attn_dim / h - 16))
+    return designed_arch(space, target_flops, flops_min, flops_max, designed)
 
 
-def alone_root(args):
-    """Where a search's archs trained alone go: --retrain-dir, or OUT/retrain."""
-    return args.retrain_dir or os.path.join(args.out, "retrain")
+def deit_arch(space, target_flops, flops_min, flops_max):
+    """The network a person would design, in DeiT's proportions: attention width nearest the embed
+    dim, MLP nearest 4x the embed dim, head dim nearest DeiT's 64, the first d blocks present;
+    of those inside the window, the FLOPs nearest the target (ties: the deeper)."""
+    def nearest(choices, x):
+        return min(choices, key=lambda v: (abs(v - x), v))
+
+    def designed(arch):
+        b, c = arch.blocks[0], arch.embed_dim
+        return (b.attn_dim == nearest(space.attn_dims, c) and b.mlp_dim == nearest(space.mlp_dims, 4 * c)
+                and b.heads == min((h for h in space.heads if b.attn_dim % h == 0),
+                                   key=lambda h: (abs(b.attn_dim / h - 64), h)))
+    return designed_arch(space, target_flops, flops_min, flops_max, designed, tie=lambda arch: -arch.depth)
 
 
-def alone_folder(root, arch, argv):
-    """Where `arch` trained alone with `argv` goes under `root`: one folder per arch and settings,
-    so a folder shared between searches never trains the same thing twice."""
-    key = hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
-    return os.path.join(root, key)
-
-
-def train_alone(arch, out, argv, d):
-    """Train `arch` alone with train.py's retrain mode into `out`; its final val {"top1", "top5",
-    "loss", "n"}. The result is kept in out/result.json: a finished training is never redone."""
-    result_path, arch_path = os.path.join(out, "result.json"), os.path.join(out, "arch.json")
-    done = float(os.path.exists(result_path))
-    if d.world > 1:   # every rank takes the same decision, even where shared storage lags
-        done = d.all_reduce(torch.tensor(done)).item() / d.world
-    if done == 1.0:
-        with open(result_path) as f:
-            result = json.load(f)
-        if result["arch"] == arch.to_dict() and result["argv"] == argv:
-            return result["val"]
-    if d.main:
-        os.makedirs(out, exist_ok=True)
-        write_json(arch_path, arch.to_dict())
-    if d.world > 1:
-        dist.barrier()
-    d.log(f"training {arch} alone for {argv[1]} epochs into {out}")
-    val = train.train(train.parse_args(["--arch", arch_path, "--out", out, *argv]))["val"]["model"]
-    if d.main:
-        write_json(result_path, {"arch": arch.to_dict(), "argv": argv, "val": val})
-    return val
-
-
-# -----------------------------------------------------------------------------
-# The rank check
-
-FITNESS = ("top1", "loss")
-
-
-def fitness_value(scores, measure):
-    """Higher is better: held-out top-1 itself, or minus the held-out loss."""
-    return scores["top1"] if measure == "top1" else -scores["loss"]
-
-
-def rank_check(args, space, ck, score, holdout_images, d):
-    """How far the search's judgement can be trusted: --rank-check K archs of the window spread over
-    its (patch, depth) cells by a seeded draw (spread_archs: not chosen by the fitness), scored by
-    `score` (the inherited weights: {"top1", "loss"}) and trained alone for --rank-epochs with
-    --rank-seeds training seeds (train.py's retrain mode on the checkpoint's data, --retrain-flags
-    passed through). rank_check.json holds every arch's figures and rank_statistics(); resumable,
-    a finished training is never redone."""
-    archs = spread_archs(space, args.flops_min, args.flops_max, args.rank_check, args.seed)
-    argvs = [alone_argv(ck, args.rank_epochs, args.device, d.world, seed, args.retrain_flags)
-             for seed in range(args.rank_seeds)]
-    out_path = os.path.join(args.out, "rank_check.json")
-    root = alone_root(args)
-    result = {"settings": {"k": args.rank_check, "epochs": args.rank_epochs, "seeds": args.rank_seeds,
-                           "seed": args.seed, "flops_min": args.flops_min, "flops_max": args.flops_max,
-                           "fitness": args.fitness, "holdout_images": holdout_images,
-                           "retrain_flags": args.retrain_flags, "retrain_argv": argvs, "processes": d.world,
-                           "picked": "spread over the window's (patch, depth) cells by a seeded draw"},
-              "archs": []}
-    d.log(f"rank check: {len(archs)} archs spread over the window's (patch, depth) cells, each trained alone for "
-        f"{args.rank_epochs} epochs with {args.rank_seeds} seed(s)")
-    for i, arch in enumerate(archs):
-        inherited = score(arch)
-        vals = [train_alone(arch, alone_folder(root, arch, argv), argv, d) for argv in argvs]
-        seeds = [v["top1"] for v in vals]
-        result["archs"].append({"arch": arch.to_dict(), "flops": vitas.flops(arch, space),
-                                "params": vitas.params(arch, space),
-                                "fitness": fitness_value(inherited, args.fitness), "inherited": inherited,
-                                "top1": float(np.mean(seeds)), "top1_seeds": seeds, "val_images": vals[0].get("n")})
-        if d.main:
-            write_json(out_path, result)
-        d.log(f"rank check {i + 1}/{len(archs)}: fitness {result['archs'][-1]['fitness']:.3f}, alone "
-            f"{' '.join(f'{t:.1f}' for t in seeds)}%  {arch}")
-    rows = result["archs"]
-    fitness, by_seed = [a["fitness"] for a in rows], [a["top1_seeds"] for a in rows]
-    result["statistics"] = rank_statistics(fitness, by_seed, archs, space)
-    other = [m for m in FITNESS if m != args.fitness][0]   # which measure ranks better is a question in itself
-    result["statistics"]["other_measure"] = {"fitness": other, **scores(
-        [fitness_value(a["inherited"], other) for a in rows], by_seed, result["statistics"]["reliability"]),
-        "fitness_minus_other": paired_difference(fitness, [fitness_value(a["inherited"], other) for a in rows],
-                                                 by_seed)}
-    if d.main:
-        write_json(out_path, result)
-    d.log(f"\nrank check ({args.fitness} of the inherited weights vs val top-1 trained alone, {len(rows)} archs):")
-    for a in sorted(rows, key=lambda a: a["fitness"]):
-        d.log(f"  fitness {a['fitness']:8.3f}  alone {a['top1']:5.1f}% "
-            f"({' '.join(f'{t:.1f}' for t in a['top1_seeds'])})  "
-            f"{a['flops'] / 1e6:5.2f} MFLOPs  {vitas.Arch.from_dict(a['arch'])}")
-    d.log("  " + describe(result["statistics"]) + f"; wrote {out_path}")
-    return result
+BASELINES = {"uniform": baseline_arch, "deit": deit_arch}
 

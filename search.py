@@ -36,13 +36,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import infra
-import plots
+import cli
+import data
+import record
 import rankcheck
+import runs
 import train
 import vitas
-from infra import parse_count, write_json
-from rankcheck import FITNESS, fitness_value
+from cli import UserError, parse_count
+from runs import write_json
 
 # -----------------------------------------------------------------------------
 # Genetic operators
@@ -99,7 +101,7 @@ def window_identity_prob(space, lo, hi):
     try:
         return vitas.solve_identity_prob(space, lo, hi)
     except ValueError as e:
-        raise infra.UserError(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 class Evolution:
@@ -139,7 +141,7 @@ class Evolution:
             fewest = min(vitas.params(space.empty_arch(p, space.embed_dims[0]), space)
                          for p in space.patch_sizes)
             if self.params_max < fewest:
-                raise infra.UserError(f"params_max {self.params_max:,} is unreachable: the smallest network of this "
+                raise UserError(f"params_max {self.params_max:,} is unreachable: the smallest network of this "
                                  f"space has {fewest:,} parameters")
         self.history, self.generation, self.evaluated = [], 0, set()
 
@@ -194,7 +196,7 @@ class Evolution:
                     fresh.append(arch)
         if len(fresh) < self.population:
             budget = "" if self.params_max is None else f" with at most {self.params_max:,} params"
-            raise infra.UserError(
+            raise UserError(
                 f"generation {self.generation}: only {len(fresh)} of {self.population} new candidates inside the "
                 f"FLOPs window [{self.flops_min:,}, {self.flops_max:,}]{budget} in {self.max_tries} tries; the "
                 f"window is too narrow (or its networks are used up): widen it, lower the population or "
@@ -269,54 +271,22 @@ def pareto_front(records, cost=lambda r: r["flops"]):
 # Fitness: accuracy of the inherited weights on the held-out split
 
 
+FITNESS = ("top1", "loss")
+
+
+def fitness_value(scores, measure):
+    """Higher is better: held-out top-1 itself, or minus the held-out loss."""
+    return scores["top1"] if measure == "top1" else -scores["loss"]
+
+
 def fitness_fn(supernet, loader, d, sides, amp=False):
     """An arch's slice of the trained super-transformer scored on the held-out subset: {"top1": %,
     "loss": mean cross-entropy}; with bilateral sharing, the mean over its left and right slices
     (arXiv 2106.13700 section 3). Search fitness is "top1" (the paper's) or -"loss" (--fitness)."""
     def fitness(arch):
-        res = [infra.evaluate(supernet, loader, d, arch, side, amp) for side in sides]
+        res = [data.evaluate(supernet, loader, d, arch, side, amp) for side in sides]
         return {k: sum(r[k] for r in res) / len(res) for k in FITNESS}
     return fitness
-
-
-def designed_arch(space, target_flops, flops_min, flops_max, designed, tie=lambda arch: 0):
-    """Of the uniform archs (SearchSpace.uniform_archs) inside the window that `designed` accepts,
-    the one whose FLOPs are nearest the target (ties: the least `tie`, then the first); None if none."""
-    best = None
-    for arch in space.uniform_archs():
-        if designed(arch) and flops_min <= (f := vitas.flops(arch, space)) <= flops_max:
-            key = (abs(f - target_flops), tie(arch))
-            if best is None or key < best[0]:
-                best = (key, arch)
-    return None if best is None else best[1]
-
-
-def baseline_arch(space, target_flops, flops_min, flops_max):
-    """A hand-designed network to compare with: every block present and alike, heads = attention
-    width / 16 where possible, the FLOPs nearest the target inside the window."""
-    def designed(arch):
-        b = arch.blocks[0]
-        return arch.depth == space.depth and b.heads == min((h for h in space.heads if b.attn_dim % h == 0),
-                                                            key=lambda h: abs(b.attn_dim / h - 16))
-    return designed_arch(space, target_flops, flops_min, flops_max, designed)
-
-
-def deit_arch(space, target_flops, flops_min, flops_max):
-    """The network a person would design, in DeiT's proportions: attention width nearest the embed
-    dim, MLP nearest 4x the embed dim, head dim nearest DeiT's 64, the first d blocks present;
-    of those inside the window, the FLOPs nearest the target (ties: the deeper)."""
-    def nearest(choices, x):
-        return min(choices, key=lambda v: (abs(v - x), v))
-
-    def designed(arch):
-        b, c = arch.blocks[0], arch.embed_dim
-        return (b.attn_dim == nearest(space.attn_dims, c) and b.mlp_dim == nearest(space.mlp_dims, 4 * c)
-                and b.heads == min((h for h in space.heads if b.attn_dim % h == 0),
-                                   key=lambda h: (abs(b.attn_dim / h - 64), h)))
-    return designed_arch(space, target_flops, flops_min, flops_max, designed, tie=lambda arch: -arch.depth)
-
-
-BASELINES = {"uniform": baseline_arch, "deit": deit_arch}
 
 
 # -----------------------------------------------------------------------------
@@ -342,11 +312,11 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
             if meter is not None:   # the figures the interrupted run measured: the same decisions again
                 meter.load_state_dict(state.get("throughput", []))
         except (json.JSONDecodeError, ValueError) as e:
-            raise infra.UserError(f"cannot resume from {state_path}: {e}; use another --out or delete it") from None
+            raise UserError(f"cannot resume from {state_path}: {e}; use another --out or delete it") from None
         if write:   # a crash between the two files left candidates of a generation the state does not hold
             write_json(os.path.join(out, "candidates.jsonl"), evo.history, lines=True)
         log(f"[{algo}] resumed at generation {evo.generation}/{args.generations}")
-    elif write and (aside := infra.set_aside(os.path.join(out, "candidates.jsonl"))):
+    elif write and (aside := runs.set_aside(os.path.join(out, "candidates.jsonl"))):
         log(f"[{algo}] candidates.jsonl was an earlier search's (no state.json beside it): moved to {aside}")
     t0, g0 = time.time(), evo.generation
     while evo.generation < args.generations:
@@ -363,7 +333,7 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
         log(f"[{algo}] generation {evo.generation}/{args.generations}: best top-1 {best['top1']:.2f}% "
             f"loss {best['loss']:.3f} ({best['flops'] / 1e6:.2f} MFLOPs), "
             f"generation mean top-1 {np.mean([sc['top1'] for sc in scores]):.2f}%, "
-            f"{len(evo.history)} evaluated, ETA {infra.fmt_time(eta)}")
+            f"{len(evo.history)} evaluated, ETA {cli.fmt_time(eta)}")
     if write:
         write_json(os.path.join(out, "pareto.json"), pareto_front(evo.history))
         if meter is not None:
@@ -394,7 +364,7 @@ def throughput_meter(args, space, identity_prob, d):
     """The search's SharedMeter, after checking that --throughput-min is within reach: it measures
     the window's uniform archs (train.reported_archs) and 16 sampled ones first."""
     device = d.device
-    batch = infra.throughput_batch(args, device)
+    batch = runs.throughput_batch(args, device)
     meter = SharedMeter(space, d, device=device, batch=batch, amp=args.throughput_amp)
     rng = np.random.default_rng([args.seed, 3])
     probe = list(train.reported_archs(space, (args.flops_min, args.flops_max)).values())
@@ -406,7 +376,7 @@ def throughput_meter(args, space, identity_prob, d):
     d.log(f"throughput on {device} (batch {batch}{', bf16' if args.throughput_amp else ''}) of {len(probe)} archs "
         f"in the window: {speeds[0][0]:,.0f} to {speeds[-1][0]:,.0f} images/s")
     if args.throughput_min > speeds[-1][0]:
-        raise infra.UserError(f"--throughput-min {args.throughput_min:g} images/s is out of reach in the FLOPs window: "
+        raise UserError(f"--throughput-min {args.throughput_min:g} images/s is out of reach in the FLOPs window: "
                               f"the fastest measured arch does {speeds[-1][0]:,.0f} ({speeds[-1][1]}), "
                               f"the slowest {speeds[0][0]:,.0f} ({speeds[0][1]}); lower it or move the window")
     return meter
@@ -416,16 +386,16 @@ def compare_retrained(args, space, best, ck, d):
     """Retrain the searched arch and the hand-designed baselines of the nearest FLOPs in the window."""
     searched = vitas.Arch.from_dict(best["arch"])
     archs = {"searched": searched}
-    for name, design in BASELINES.items():
+    for name, design in rankcheck.BASELINES.items():
         base = design(space, best["flops"], args.flops_min, args.flops_max)
         if base is None:
-            raise infra.UserError(f"no hand-designed network ({name}) lies in the FLOPs window; the search results are "
+            raise UserError(f"no hand-designed network ({name}) lies in the FLOPs window; the search results are "
                                   f"in {args.out}: widen the window or leave out --retrain-epochs")
         archs[name] = base
-    argv = rankcheck.alone_argv(ck, args.retrain_epochs, args.device, d.world, flags=args.retrain_flags)
+    argv = cli.alone_argv(ck, args.retrain_epochs, args.device, d.world, flags=args.retrain_flags)
     results = {}
     for name, arch in archs.items():
-        res = rankcheck.train_alone(arch, rankcheck.alone_folder(rankcheck.alone_root(args), arch, argv), argv, d)
+        res = train.train_alone(arch, cli.alone_folder(alone_root(args), arch, argv), argv, d)
         results[name] = {"arch": arch.to_dict(), "flops": vitas.flops(arch, space),
                          "params": vitas.params(arch, space), **res}
     d.log(f"\nretrained {args.retrain_epochs} epochs, val accuracy:")
@@ -433,6 +403,62 @@ def compare_retrained(args, space, best, ck, d):
         d.log(f"  {name:9s} top-1 {r['top1']:5.1f}%  top-5 {r['top5']:5.1f}%  {r['flops'] / 1e6:6.2f} MFLOPs  "
             f"{r['params'] / 1e6:.3f} M params  {vitas.Arch.from_dict(r['arch'])}")
     return results
+
+
+def alone_root(args):
+    """Where a search's archs trained alone go: --retrain-dir, or OUT/retrain."""
+    return args.retrain_dir or os.path.join(args.out, "retrain")
+
+
+def rank_check(args, space, ck, score, holdout_images, d):
+    """How far the search's judgement can be trusted: --rank-check K archs of the window spread over
+    its (patch, depth) cells by a seeded draw (spread_archs: not chosen by the fitness), scored by
+    `score` (the inherited weights: {"top1", "loss"}) and trained alone for --rank-epochs with
+    --rank-seeds training seeds (train.py's retrain mode on the checkpoint's data, --retrain-flags
+    passed through). rank_check.json holds every arch's figures and rank_statistics(); resumable,
+    a finished training is never redone."""
+    archs = rankcheck.spread_archs(space, args.flops_min, args.flops_max, args.rank_check, args.seed)
+    argvs = [cli.alone_argv(ck, args.rank_epochs, args.device, d.world, seed, args.retrain_flags)
+             for seed in range(args.rank_seeds)]
+    out_path = os.path.join(args.out, "rank_check.json")
+    root = alone_root(args)
+    result = {"settings": {"k": args.rank_check, "epochs": args.rank_epochs, "seeds": args.rank_seeds,
+                           "seed": args.seed, "flops_min": args.flops_min, "flops_max": args.flops_max,
+                           "fitness": args.fitness, "holdout_images": holdout_images,
+                           "retrain_flags": args.retrain_flags, "retrain_argv": argvs, "processes": d.world,
+                           "picked": "spread over the window's (patch, depth) cells by a seeded draw"},
+              "archs": []}
+    d.log(f"rank check: {len(archs)} archs spread over the window's (patch, depth) cells, each trained alone for "
+        f"{args.rank_epochs} epochs with {args.rank_seeds} seed(s)")
+    for i, arch in enumerate(archs):
+        inherited = score(arch)
+        vals = [train.train_alone(arch, cli.alone_folder(root, arch, argv), argv, d) for argv in argvs]
+        seeds = [v["top1"] for v in vals]
+        result["archs"].append({"arch": arch.to_dict(), "flops": vitas.flops(arch, space),
+                                "params": vitas.params(arch, space),
+                                "fitness": fitness_value(inherited, args.fitness), "inherited": inherited,
+                                "top1": float(np.mean(seeds)), "top1_seeds": seeds, "val_images": vals[0].get("n")})
+        if d.main:
+            write_json(out_path, result)
+        d.log(f"rank check {i + 1}/{len(archs)}: fitness {result['archs'][-1]['fitness']:.3f}, alone "
+            f"{' '.join(f'{t:.1f}' for t in seeds)}%  {arch}")
+    rows = result["archs"]
+    fitness, by_seed = [a["fitness"] for a in rows], [a["top1_seeds"] for a in rows]
+    result["statistics"] = rankcheck.rank_statistics(fitness, by_seed, archs, space)
+    other = [m for m in FITNESS if m != args.fitness][0]   # which measure ranks better is a question in itself
+    result["statistics"]["other_measure"] = {"fitness": other, **rankcheck.scores(
+        [fitness_value(a["inherited"], other) for a in rows], by_seed, result["statistics"]["reliability"]),
+        "fitness_minus_other": rankcheck.paired_difference(fitness, [fitness_value(a["inherited"], other) for a in rows],
+                                                 by_seed)}
+    if d.main:
+        write_json(out_path, result)
+    d.log(f"\nrank check ({args.fitness} of the inherited weights vs val top-1 trained alone, {len(rows)} archs):")
+    for a in sorted(rows, key=lambda a: a["fitness"]):
+        d.log(f"  fitness {a['fitness']:8.3f}  alone {a['top1']:5.1f}% "
+            f"({' '.join(f'{t:.1f}' for t in a['top1_seeds'])})  "
+            f"{a['flops'] / 1e6:5.2f} MFLOPs  {vitas.Arch.from_dict(a['arch'])}")
+    d.log("  " + rankcheck.describe(result["statistics"]) + f"; wrote {out_path}")
+    return result
 
 
 def device_name(device):
@@ -449,7 +475,7 @@ def resolve_from_folder(args):
     if not args.rank_check or not os.path.exists(path):
         missing = [f for f, v in (("--ckpt", args.ckpt), ("--flops-min", args.flops_min),
                                   ("--flops-max", args.flops_max)) if v is None]
-        raise infra.UserError(f"{', '.join(missing)} required "
+        raise UserError(f"{', '.join(missing)} required "
                               f"(or --rank-check K with --out a search folder holding search.json)")
     with open(path) as f:
         summary = json.load(f)
@@ -462,18 +488,18 @@ def resolve_from_folder(args):
 
 def load_supernet(args, d):
     """The checkpoint's space and args, and a fitness function on its held-out split."""
-    ck = infra.load_checkpoint(args.ckpt, "--ckpt")
+    ck = runs.load_checkpoint(args.ckpt, "--ckpt")
     if ck.get("mode") != "super":
-        raise infra.UserError(f"{args.ckpt} is a retrain checkpoint; search needs a super-transformer checkpoint")
+        raise UserError(f"{args.ckpt} is a retrain checkpoint; search needs a super-transformer checkpoint")
     space, ck_args = vitas.SearchSpace(**ck["space"]), ck["args"]
-    supernet, sides = infra.supernet_of(ck)
+    supernet, sides = runs.supernet_of(ck)
     supernet.to(d.device).eval()
-    data = infra.build_datasets(argparse.Namespace(**{**ck_args, "download": False}), space.image_size)
-    if len(data.holdout) == 0:
-        raise infra.UserError(f"{args.ckpt} was trained with --holdout 0: "
+    datasets = data.build_datasets(argparse.Namespace(**{**ck_args, "download": False}), space.image_size)
+    if len(datasets.holdout) == 0:
+        raise UserError(f"{args.ckpt} was trained with --holdout 0: "
                               f"there are no held-out images to score archs on")
-    loader = infra.eval_loader(data.holdout, args.batch_size, d, ck_args.get("workers", 0), limit=args.eval_size)
-    n_eval = min(len(data.holdout), args.eval_size or len(data.holdout))
+    loader = data.eval_loader(datasets.holdout, args.batch_size, d, ck_args.get("workers", 0), limit=args.eval_size)
+    n_eval = min(len(datasets.holdout), args.eval_size or len(datasets.holdout))
     d.log(f"fitness: {args.fitness} on {n_eval} held-out images (one image = {100 / n_eval:.2f} points of top-1; "
         f"{' + '.join(sides)}), {d.world} process(es)")
     return ck, space, fitness_fn(supernet, loader, d, sides, ck_args.get("amp", False)), n_eval
@@ -483,8 +509,8 @@ def search(args):
     """The paper's search over a trained super-transformer (and, where asked, the retrain of its best
     arch beside hand-designed ones, and the rank check); or, with no --ckpt, the rank check alone on
     a finished search folder."""
-    d = infra.setup_distributed(args.device)
-    with infra.run_folder(args.out, d):         # one live run per output folder
+    d = runs.setup_distributed(args.device)
+    with runs.run_folder(args.out, d):         # one live run per output folder
         return search_in_folder(args, d)
 
 
@@ -503,17 +529,17 @@ def search_in_folder(args, d):
                    "identity_prob": ck["identity_prob"], "holdout_images": n_eval}
         if d.main:
             write_json(os.path.join(args.out, "search.json"), summary)
-        runs = search_algorithms(args, space, ck, fitness, summary, d)
+        searches = search_algorithms(args, space, ck, fitness, summary, d)
         if args.retrain_epochs:
-            summary["retrain"] = compare_retrained(args, space, runs[args.algo].best, ck, d)
+            summary["retrain"] = compare_retrained(args, space, searches[args.algo].best, ck, d)
     if args.rank_check:
-        summary["rank_check"] = rankcheck.rank_check(args, space, ck, fitness, n_eval, d)["statistics"]
+        summary["rank_check"] = rank_check(args, space, ck, fitness, n_eval, d)["statistics"]
     if d.main:
         write_json(os.path.join(args.out, "search.json"), summary)
         if not alone:
-            history = runs[args.algo].history
-            other = [evo.history for algo, evo in runs.items() if algo != args.algo]
-            plots.plot_search(history, pareto_front(history), os.path.join(args.out, "pareto.png"),
+            history = searches[args.algo].history
+            other = [evo.history for algo, evo in searches.items() if algo != args.algo]
+            record.plot_search(history, pareto_front(history), os.path.join(args.out, "pareto.png"),
                               best=summary["best"], retrained=summary.get("retrain"),
                               baseline_records=other[0] if other else None,
                               title=f"{args.algo} search, fitness {args.fitness}, "
@@ -528,115 +554,39 @@ def search_algorithms(args, space, ck, fitness, summary, d):
     each network scored on the path it trained (identity-shifted where the checkpoint says so).
     Completes `summary`; returns {algo: Evolution}."""
     log = d.log
-    shift = infra.scores_shifted(ck["args"])
+    shift = runs.scores_shifted(ck["args"])
     p = (ck["identity_prob"] if ck["identity_prob"] is not None
          else window_identity_prob(space, args.flops_min, args.flops_max))
     meter = None if args.throughput_min is None else throughput_meter(args, space, p, d)
     if meter is not None:
         summary["throughput"] = {"device": device_name(d.device), "batch": meter.batch,
                                  "dtype": "bfloat16" if meter.amp else "float32", "min": args.throughput_min}
-    runs = {args.algo: run_search(args, space, fitness, ck["identity_prob"], shift, args.algo, args.out, log, d.main,
+    searches = {args.algo: run_search(args, space, fitness, ck["identity_prob"], shift, args.algo, args.out, log, d.main,
                                   meter)}
     if args.compare:
         other = "random" if args.algo == "evolution" else "evolution"
         os.makedirs(os.path.join(args.out, other), exist_ok=True)
-        runs[other] = run_search(args, space, fitness, ck["identity_prob"], shift, other, os.path.join(args.out, other),
+        searches[other] = run_search(args, space, fitness, ck["identity_prob"], shift, other, os.path.join(args.out, other),
                                  log, d.main, meter)
-        summary["compare"] = {algo: evo.best for algo, evo in runs.items()}
-    summary.update(evaluations=len(runs[args.algo].history), best=runs[args.algo].best)
-    for algo, evo in runs.items():
+        summary["compare"] = {algo: evo.best for algo, evo in searches.items()}
+    summary.update(evaluations=len(searches[args.algo].history), best=searches[args.algo].best)
+    for algo, evo in searches.items():
         b = evo.best
         log(f"{algo:9s} best: {b['top1']:.2f}% held-out top-1, loss {b['loss']:.3f}, {b['flops'] / 1e6:.2f} MFLOPs, "
             f"{b['params'] / 1e6:.3f} M params: {vitas.Arch.from_dict(b['arch'])}")
-    return runs
-
-
-def rank_k_arg(text):
-    k = infra.number_arg(int, 0)(text)
-    if k == 1:
-        raise argparse.ArgumentTypeError("1: a rank agreement needs at least 2 archs; "
-                                         "expected 0 (off) or a whole number >= 2")
-    return k
+    return searches
 
 
 def get_parser():
-    nat, pos = infra.number_arg(int, 0), infra.number_arg(int, 1)
-    ap = infra.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = ap.add_argument_group("search")
-    g.add_argument("--ckpt", default=None,
-                   help="super-transformer checkpoint.pt from train.py (space, data and held-out split come from it); "
-                        "required unless --rank-check runs alone on a search folder")
-    g.add_argument("--flops-min", type=infra.count_arg, default=None,
-                   help="e.g. 0.9G, 900M or a plain number (MACs); required with --ckpt")
-    g.add_argument("--flops-max", type=infra.count_arg, default=None, help="e.g. 1.1G; required with --ckpt")
-    g.add_argument("--params-max", type=infra.count_arg, default=None, help="optional parameter budget, e.g. 6M")
-    g.add_argument("--throughput-min", type=infra.number_arg(float, 0, lo_open=True), default=None, metavar="IMG/S",
-                   help="optional speed budget: candidates whose exported ViT does fewer images/s on this device "
-                        "(eval, no grad) are rejected before evaluation; each arch measured once (candidates.jsonl "
-                        "gains 'throughput', pareto_throughput.json is written)")
-    infra.throughput_measure_flags(g)
-    g.add_argument("--algo", default="evolution", choices=ALGOS)
-    g.add_argument("--compare", action="store_true",
-                   help="also run the other algorithm with the same number of evaluations")
-    g.add_argument("--population", type=infra.number_arg(int, 2), default=50)
-    g.add_argument("--generations", type=pos, default=20)
-    g.add_argument("--parents", type=infra.number_arg(int, 2), default=None,
-                   help="top-k of all evaluated archs that breed "
-                        "(<= population; default 10, or the population if smaller)")
-    g.add_argument("--mutate-prob", type=infra.number_arg(float, 0, 1), default=0.1,
-                   help="probability each gene is re-drawn in a mutation")
-    g.add_argument("--fitness", default="top1", choices=FITNESS,
-                   help="top1: held-out top-1 of the inherited weights (the paper's); loss: minus their held-out "
-                        "cross-entropy (finer on a small held-out split; beyond the paper). Both are recorded.")
-    g.add_argument("--eval-size", type=pos, default=None,
-                   help="score on the first N held-out images (default: all of them; "
-                        "train.py --holdout sets how many there are)")
-    g.add_argument("--batch-size", type=pos, default=256, help="evaluation batch per process")
-    g.add_argument("--seed", type=nat, default=0)
-    g.add_argument("--out", default="runs/search", help="output folder; re-running the same command resumes")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g = ap.add_argument_group("after the search")
-    g.add_argument("--retrain-epochs", type=nat, default=0,
-                   help="retrain the best arch and two hand-designed baselines of the nearest FLOPs (uniform blocks; "
-                        "DeiT proportions) this many epochs each and compare (0: off)")
-    g.add_argument("--rank-check", type=rank_k_arg, default=0, metavar="K",
-                   help="train K archs of the window alone, spread over its (patch size, depth) cells by a seeded draw "
-                        "(not chosen by the fitness under test), and report how well the inherited weights rank them: "
-                        "Kendall tau-b, the reference's reliability and the oracle bound tau*, tau corrected for the "
-                        "reference's noise, bootstrap intervals, FLOPs/params/depth as floors (rank_check.json). Runs "
-                        "after the search, or alone with --out a finished search folder. Finished trainings are "
-                        "reused. (0: off)")
-    g.add_argument("--rank-epochs", type=pos, default=20,
-                   help="epochs each rank-check arch is trained alone (default 20)")
-    g.add_argument("--rank-seeds", type=pos, default=2,
-                   help="training seeds each rank-check arch is trained alone with (default 2): tau is taken against "
-                        "their mean, and their agreement measures the reference's reliability (1: reliability unknown)")
-    g.add_argument("--retrain-flags", type=rankcheck.retrain_flags_arg, default=[], metavar="'FLAGS'",
-                   help="train.py augmentation and regularisation flags for every arch trained alone (rank check, "
-                        "--retrain-epochs), e.g. '--randaug 0 --reprob 0' (default: retrain mode's own: smoothing 0.1, "
-                        "RandAugment 9 and erasing 0.25 on real images); recorded in search.json and rank_check.json")
-    g.add_argument("--retrain-dir", default=None,
-                   help="where archs trained alone go (default OUT/retrain, a folder per arch and settings); "
-                        "share it between searches to reuse them")
-    return ap
+    return cli.search_parser(__doc__, ALGOS, FITNESS)
 
 
 def parse_args(argv=None):
-    ap = get_parser()
-    args = ap.parse_args(argv)
-    if args.parents is None:
-        args.parents = min(10, args.population)
-    if args.parents > args.population:
-        ap.error(f"argument --parents: {args.parents} exceeds --population {args.population}; "
-                 f"expected at most the population")
-    if args.ckpt is not None and (args.flops_min is None or args.flops_max is None):
-        ap.error("--ckpt needs the FLOPs window too: give --flops-min and --flops-max (e.g. 2M and 4M)")
-    infra.check_flops_window(ap, args)
-    return args
+    return cli.parse_search_args(get_parser(), argv)
 
 
 def main(argv=None):
-    infra.run_cli(search, parse_args(argv))
+    runs.run_command(search, parse_args(argv))
 
 
 if __name__ == "__main__":

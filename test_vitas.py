@@ -276,7 +276,9 @@ import time
 import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler
 
-import infra
+import cli
+import data
+import runs
 import rankcheck
 import train
 
@@ -397,7 +399,7 @@ def test_two_process_torchrun_trains_the_same_arch_on_every_rank(tmp_path):
     assert all(len(step) == 1 for step in ranks[0]["archs"])      # v1: one a step
     for k, v in ranks[0]["model"].items():
         assert torch.equal(v, ranks[1]["model"][k]), k
-    ck = infra.load_checkpoint(out / "checkpoint.pt")
+    ck = runs.load_checkpoint(out / "checkpoint.pt")
     for k, v in ck["model"].items():                              # saved without DDP's "module." prefix
         assert torch.equal(v, ranks[0]["model"][k])
     assert SearchSpace(**ck["space"]) == TINY and ck["identity_prob"] is not None
@@ -439,9 +441,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch,
     with pytest.raises(KeyboardInterrupt):
         train.train(train.get_parser().parse_args(["--out", str(tmp_path / "b"), *common]))
     monkeypatch.undo()
-    assert infra.load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 12     # mid-epoch 2 (9 steps each)
+    assert runs.load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 12     # mid-epoch 2 (9 steps each)
     resumed = train.train(train.get_parser().parse_args(["--out", str(tmp_path / "b"), *common]))
-    a, b = (infra.load_checkpoint(tmp_path / x / "checkpoint.pt")["model"] for x in "ab")
+    a, b = (runs.load_checkpoint(tmp_path / x / "checkpoint.pt")["model"] for x in "ab")
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed["loss"] == whole["loss"] and resumed["val"] == whole["val"]
@@ -457,15 +459,15 @@ def test_recipe_v1_is_the_plain_v1_loop_bit_for_bit(tmp_path):
                              "--flops-min", "2M", "--flops-max", "4M", *SMALL])
     train.train(args)
     torch.manual_seed(0)
-    data = infra.build_datasets(args, TINY.image_size)
+    datasets = data.build_datasets(args, TINY.image_size)
     net = vitas.SuperTransformer(TINY)
-    opt = torch.optim.AdamW(infra.param_groups(net, 0.05), lr=args.lr)
-    steps = len(data.train) // 32
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, infra.warmup_cosine(steps, steps, args.min_lr / args.lr))
+    opt = torch.optim.AdamW(runs.param_groups(net, 0.05), lr=args.lr)
+    steps = len(datasets.train) // 32
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, runs.warmup_cosine(steps, steps, args.min_lr / args.lr))
     p = vitas.solve_identity_prob(TINY, lo, hi)
-    order = DistributedSampler(data.train, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
+    order = DistributedSampler(datasets.train, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True)
     order.set_epoch(0)
-    loader = DataLoader(data.train, batch_size=32, sampler=order, drop_last=True,
+    loader = DataLoader(datasets.train, batch_size=32, sampler=order, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
     for step, (x, y) in enumerate(loader):
         rng = np.random.default_rng([0, 0, step])
@@ -479,7 +481,7 @@ def test_recipe_v1_is_the_plain_v1_loop_bit_for_bit(tmp_path):
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
         sched.step()
-    got = infra.load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    got = runs.load_checkpoint(tmp_path / "checkpoint.pt")["model"]
     assert step == 17 and all(torch.equal(got[k], v) for k, v in net.state_dict().items())
 
 
@@ -491,7 +493,7 @@ def test_distillation_target_carries_no_gradient():
     x, y = torch.randn(6, 3, 32, 32), torch.arange(6) % 10
     big, small = TINY.max_arch(), TINY.min_arch()
     args = argparse.Namespace(amp=False, distill=True, smoothing=0.1, bilateral_loss="two")
-    loss, passes = train.train_step(net, x, y, [big, small], ("left",), args, infra.Dist())
+    loss, passes = train.train_step(net, x, y, [big, small], ("left",), args, runs.Dist())
     got = {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
     net.zero_grad(set_to_none=True)
     teacher = net(x, big).detach()
@@ -511,7 +513,7 @@ def test_summed_bilateral_loss_is_one_loss_on_the_sum_of_both_slices_logits():
     net = perturb(vitas.SuperTransformer(TINY))
     x, y, arch = torch.randn(6, 3, 32, 32), torch.arange(6) % 10, TINY.max_arch()
     args = argparse.Namespace(amp=False, distill=False, smoothing=0.1, bilateral_loss="summed")
-    loss, losses = train.train_step(net, x, y, [arch], vitas.SIDES, args, infra.Dist())
+    loss, losses = train.train_step(net, x, y, [arch], vitas.SIDES, args, runs.Dist())
     got = {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
     net.zero_grad(set_to_none=True)
     expect = F.cross_entropy(net(x, arch, "left") + net(x, arch, "right"), y, label_smoothing=0.1)
@@ -519,7 +521,7 @@ def test_summed_bilateral_loss_is_one_loss_on_the_sum_of_both_slices_logits():
     assert losses == 1 and loss.item() == pytest.approx(expect.item(), rel=1e-6)
     assert all(torch.allclose(got[k], p.grad, atol=1e-6) for k, p in net.named_parameters() if p.grad is not None)
     two = train.train_step(net, x, y, [arch], vitas.SIDES,
-                           argparse.Namespace(**{**vars(args), "bilateral_loss": "two"}), infra.Dist())
+                           argparse.Namespace(**{**vars(args), "bilateral_loss": "two"}), runs.Dist())
     # the paper's text: two losses, another objective
     assert two[1] == 2 and abs(two[0].item() - loss.item()) > 1e-3
 
@@ -587,7 +589,7 @@ def test_patch_sizes_trains_a_super_transformer_of_those_patch_sizes_only(tmp_pa
     out = tmp_path / "p8"
     argv = ["--out", str(out), "--epochs", "1", "--uniform-epochs", "0", *WINDOW, *SMALL, "--synthetic-size", "320"]
     assert run_main(train, [*argv, "--patch-sizes", "8"], capsys)[0] == 0
-    ck = infra.load_checkpoint(out / "checkpoint.pt")
+    ck = runs.load_checkpoint(out / "checkpoint.pt")
     assert SearchSpace(**ck["space"]) == SearchSpace(**{**TINY.to_dict(), "patch_sizes": [8]})
     assert set(ck["model"]) == {k for k in vitas.SuperTransformer(TINY).state_dict() if not k.startswith("tokens.p4")}
     log = [json.loads(line) for line in open(out / "log.jsonl")]
@@ -602,22 +604,22 @@ def test_patch_sizes_trains_a_super_transformer_of_those_patch_sizes_only(tmp_pa
 
 def test_identity_shift_search_trains_identities_anywhere_and_scores_them_shifted():
     args = vars(train.resolve_recipe(train.parse_args(["--recipe", "fair", *WINDOW])))
-    assert args["identity_shift"] == "search" and args["sampling"] == "stratified" and infra.scores_shifted(args)
+    assert args["identity_shift"] == "search" and args["sampling"] == "stratified" and runs.scores_shifted(args)
     sampler = train.ArchSampler(TINY, 0, 0, (2_000_000, 4_000_000), identity_shift=False, sampling="stratified")
     drawn = [sampler(step, 1)[0] for step in range(200)]
     assert any(a != vitas.shift_identities(a) for a in drawn)                 # identities before real blocks
-    assert not infra.scores_shifted(vars(train.resolve_recipe(train.parse_args(["--recipe", "v1"]))))
-    assert infra.scores_shifted({"identity_shift": True})                     # checkpoints of the two-valued flag
+    assert not runs.scores_shifted(vars(train.resolve_recipe(train.parse_args(["--recipe", "v1"]))))
+    assert runs.scores_shifted({"identity_shift": True})                     # checkpoints of the two-valued flag
 
 
 def test_data_seed_keeps_the_data_and_split_while_seed_changes_the_training():
     args = lambda *a: train.resolve_recipe(train.parse_args([*a, *SMALL]))
-    ref, other = (infra.build_datasets(a, 32) for a in (args("--seed", "0"), args("--seed", "5", "--data-seed", "0")))
+    ref, other = (data.build_datasets(a, 32) for a in (args("--seed", "0"), args("--seed", "5", "--data-seed", "0")))
     assert (torch.equal(ref.train.dataset.images, other.train.dataset.images)
             and ref.holdout.indices == other.holdout.indices)
-    assert not torch.equal(ref.train.dataset.images, infra.build_datasets(args("--seed", "5"), 32).train.dataset.images)
+    assert not torch.equal(ref.train.dataset.images, data.build_datasets(args("--seed", "5"), 32).train.dataset.images)
     ck = {"args": vars(args("--seed", "3")), "world": 1}
-    argv = rankcheck.alone_argv(ck, 2, "cpu", 1, seed=2)
+    argv = cli.alone_argv(ck, 2, "cpu", 1, seed=2)
     assert argv[argv.index("--seed") + 1] == "5" and argv[argv.index("--data-seed") + 1] == "3"
 
 
@@ -640,7 +642,7 @@ def test_retrain_from_arch_json(tmp_path):
     res = train.train(train.get_parser().parse_args(["--arch", str(tmp_path / "arch.json"),
                                                      "--out", str(tmp_path / "r"), "--epochs", "1", *SMALL]))
     assert 0 <= res["val"]["model"]["top1"] <= 100
-    ck = infra.load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    ck = runs.load_checkpoint(tmp_path / "r" / "checkpoint.pt")
     assert ck["mode"] == "retrain" and Arch.from_dict(ck["arch"]) == arch
     vit = vitas.ViT(arch, SearchSpace(**ck["space"]))
     vit.load_state_dict(ck["model"])
@@ -686,9 +688,9 @@ def files_of(folder):
 
 
 def holder(folder, seconds):
-    """Another process holding `folder` as a run does (infra.run_folder), ready when it prints."""
-    code = (f"import sys, time, infra; sys.stdout.reconfigure(line_buffering=True)\n"
-            f"with infra.run_folder({str(folder)!r}, infra.Dist()):\n    print('held'); time.sleep({seconds})")
+    """Another process holding `folder` as a run does (runs.run_folder), ready when it prints."""
+    code = (f"import sys, time, runs; sys.stdout.reconfigure(line_buffering=True)\n"
+            f"with runs.run_folder({str(folder)!r}, runs.Dist()):\n    print('held'); time.sleep({seconds})")
     p = subprocess.Popen([sys.executable, "-c", code], cwd=HERE, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -713,9 +715,9 @@ def test_a_second_run_into_a_live_runs_folder_is_refused_and_a_dead_runs_lock_ta
     assert json.loads((out / ".lock").read_text())["pid"] == p.pid
     assert train.train(train.get_parser().parse_args(["--out", str(out), *RUN, "--epochs", "1"]))["epoch"] == 1
     assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
-    with infra.run_folder(str(out), infra.Dist()):       # in this very process, too
-        with pytest.raises(infra.UserError, match="in use by another run"):
-            with infra.run_folder(str(out), infra.Dist()):
+    with runs.run_folder(str(out), runs.Dist()):       # in this very process, too
+        with pytest.raises(cli.UserError, match="in use by another run"):
+            with runs.run_folder(str(out), runs.Dist()):
                 pass
 
 
@@ -739,7 +741,7 @@ def test_a_crash_between_the_log_and_the_checkpoint_logs_each_epoch_once(tmp_pat
 
     def epochs():
         return [json.loads(line)["epoch"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert infra.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert runs.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
     train.train(train.get_parser().parse_args(argv))
     assert epochs() == [1, 2]
     old = (tmp_path / "log.jsonl").read_text()
@@ -779,7 +781,7 @@ def test_torchrun_restarts_a_killed_worker_into_the_uninterrupted_runs_weights(t
     outs = [p.communicate(timeout=300)[0] for p in (whole, killed)]
     assert whole.returncode == killed.returncode == 0, outs[1][-3000:]
     assert "resumed from" in outs[1] and "resumed from" not in outs[0]
-    a, b = (infra.load_checkpoint(tmp_path / x / "checkpoint.pt") for x in "ab")
+    a, b = (runs.load_checkpoint(tmp_path / x / "checkpoint.pt") for x in "ab")
     assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3, 4]
@@ -802,14 +804,14 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint_loadable(tmp_p
     assert code == 2 and len(err.strip().splitlines()) == 1 and "No space left" in err, err
     assert "previous checkpoint is kept" in err and "rerun" in err
     assert not list(tmp_path.glob("*.tmp"))
-    assert infra.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert runs.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
 # -----------------------------------------------------------------------------
 # search.py: the evolution engine (a known fitness, no network)
 
 from search import Evolution, crossover, mutate, pareto_front  # noqa: E402
-from infra import parse_count  # noqa: E402
+from cli import parse_count  # noqa: E402
 
 # every attention width of both presets suits every head count; here a change of heads can break the pair
 ODD = SearchSpace(image_size=32, in_chans=3, num_classes=10, patch_sizes=(4, 8), depth=4, embed_dims=(32, 48),
@@ -1049,12 +1051,12 @@ def trained(tmp_path_factory):
 
 
 def holdout_loader(ck_path, limit=None):
-    ck = infra.load_checkpoint(ck_path)
+    ck = runs.load_checkpoint(ck_path)
     space = SearchSpace(**ck["space"])
     net = vitas.SuperTransformer(space)
     net.load_state_dict(ck["model"])
-    data = infra.build_datasets(argparse.Namespace(**ck["args"]), space.image_size)
-    return net, space, infra.eval_loader(data.holdout, 256, infra.Dist(), limit=limit)
+    datasets = data.build_datasets(argparse.Namespace(**ck["args"]), space.image_size)
+    return net, space, data.eval_loader(datasets.holdout, 256, runs.Dist(), limit=limit)
 
 
 def test_short_super_transformer_run_is_well_above_chance_on_the_holdout(trained):
@@ -1062,9 +1064,9 @@ def test_short_super_transformer_run_is_well_above_chance_on_the_holdout(trained
     chance = 100 / space.num_classes
     for arch in train.reported_archs(space).values():
         for side in vitas.SIDES:
-            res = infra.evaluate(net, loader, infra.Dist(), arch, side)
+            res = data.evaluate(net, loader, runs.Dist(), arch, side)
             assert res["n"] == 200 and res["top1"] >= 2 * chance, (str(arch), side, res)
-    untrained = infra.evaluate(vitas.SuperTransformer(space), loader, infra.Dist(), space.max_arch(), "left")
+    untrained = data.evaluate(vitas.SuperTransformer(space), loader, runs.Dist(), space.max_arch(), "left")
     assert untrained["top1"] < 1.5 * chance
 
 
@@ -1086,7 +1088,7 @@ def test_search_outputs_and_best_arch_retrain(trained, tmp_path, capsys):
     # fitness is the mean of left and right held-out top-1, recomputed independently here
     net, space, loader = holdout_loader(trained, limit=99)
     for c, a in list(zip(cands, archs))[:3]:
-        expect = np.mean([infra.evaluate(net, loader, infra.Dist(), a, s)["top1"] for s in vitas.SIDES])
+        expect = np.mean([data.evaluate(net, loader, runs.Dist(), a, s)["top1"] for s in vitas.SIDES])
         assert c["fitness"] == pytest.approx(expect)
     best = max(cands, key=lambda c: c["fitness"])
     assert json.load(open(out / "best_arch.json")) == best["arch"] == summary["best"]["arch"]
@@ -1099,7 +1101,7 @@ def test_search_outputs_and_best_arch_retrain(trained, tmp_path, capsys):
     code, err = run_main(train, ["--arch", str(out / "best_arch.json"), "--out", str(tmp_path / "r"),
                                  "--epochs", "1", *SMALL], capsys)
     assert code == 0, err
-    assert infra.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["arch"] == best["arch"]
+    assert runs.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["arch"] == best["arch"]
 
 
 def test_killed_and_resumed_search_equals_uninterrupted(trained, tmp_path, monkeypatch):
@@ -1147,11 +1149,11 @@ def test_search_rejects_an_impossible_window_at_once(trained, tmp_path, capsys):
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
     argv = ["--out", str(tmp_path), *SMALL]
     assert run_main(train, [*argv, "--epochs", "1"], capsys)[0] == 0
-    before = infra.load_checkpoint(tmp_path / "checkpoint.pt")
+    before = runs.load_checkpoint(tmp_path / "checkpoint.pt")
     monkeypatch.setattr(train.F, "cross_entropy", lambda out, *a, **k: out.sum() * float("nan"))
     code, err = run_main(train, [*argv, "--epochs", "2"], capsys)
     assert code == 2 and "non-finite loss" in err and "Traceback" not in err
-    after = infra.load_checkpoint(tmp_path / "checkpoint.pt")
+    after = runs.load_checkpoint(tmp_path / "checkpoint.pt")
     assert after["step"] == before["step"] == 18
     assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
 
@@ -1163,11 +1165,11 @@ def test_retrain_can_start_from_the_inherited_weights(trained, tmp_path, capsys)
                                  "--out", str(tmp_path / "r"), "--epochs", "1", "--lr", "1e-12", "--min-lr", "1e-13",
                                  *SMALL], capsys)
     assert code == 0, err
-    ck = infra.load_checkpoint(trained)
+    ck = runs.load_checkpoint(trained)
     net = vitas.SuperTransformer(SearchSpace(**ck["space"]))
     net.load_state_dict(ck["model"])
     inherited = vitas.export(net, arch, "left").state_dict()
-    retrained = infra.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
+    retrained = runs.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
     assert all(torch.allclose(inherited[k], retrained[k], atol=1e-6) for k in inherited)
 
 
@@ -1183,13 +1185,13 @@ def test_image_folder_data_and_its_class_count(tmp_path, capsys):
     code, err = run_main(train, ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
                                  "--batch-size", "8", "--device", "cpu"], capsys)
     assert code == 0, err
-    ck = infra.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    ck = runs.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ck["space"]["num_classes"] == 3 and ck["model"]["head.weight"].shape[0] == 3
 
 
 def test_hand_designed_baseline_is_the_uniform_arch_nearest_in_flops():
     lo, hi, target = 2_000_000, 4_000_000, 3_000_000
-    base = search.baseline_arch(TINY, target, lo, hi)
+    base = rankcheck.baseline_arch(TINY, target, lo, hi)
     import itertools
     uniform = [a for p, c, h, w, m in itertools.product(TINY.patch_sizes, TINY.embed_dims, TINY.heads,
                                                         TINY.attn_dims, TINY.mlp_dims)
@@ -1197,7 +1199,7 @@ def test_hand_designed_baseline_is_the_uniform_arch_nearest_in_flops():
     assert len(uniform) >= 5
     assert len(set(base.blocks)) == 1 and base.depth == TINY.depth and lo <= vitas.flops(base, TINY) <= hi
     assert all(abs(vitas.flops(base, TINY) - target) <= abs(vitas.flops(a, TINY) - target) for a in uniform)
-    assert search.baseline_arch(TINY, target, 10**12, 2 * 10**12) is None
+    assert rankcheck.baseline_arch(TINY, target, 10**12, 2 * 10**12) is None
 
 
 def test_deit_baseline_has_deit_proportions_and_the_nearest_flops():
@@ -1215,14 +1217,14 @@ def test_deit_baseline_has_deit_proportions_and_the_nearest_flops():
 
     for lo, hi, target in [(2_000_000, 4_000_000, 3_000_000), (2_000_000, 4_000_000, 2_100_000),
                            (500_000, 8_000_000, 7_000_000)]:
-        got = search.deit_arch(TINY, target, lo, hi)
+        got = rankcheck.deit_arch(TINY, target, lo, hi)
         family = [a for a in TINY.uniform_archs() if deit_like(a) and lo <= vitas.flops(a, TINY) <= hi]
         assert got in family and len(family) >= 3
         gap = abs(vitas.flops(got, TINY) - target)
         assert gap == min(abs(vitas.flops(a, TINY) - target) for a in family)
         # ties: the deeper
         assert got.depth == max(a.depth for a in family if abs(vitas.flops(a, TINY) - target) == gap)
-    assert search.deit_arch(TINY, 3e12, 10**12, 2 * 10**12) is None
+    assert rankcheck.deit_arch(TINY, 3e12, 10**12, 2 * 10**12) is None
 
 
 # -----------------------------------------------------------------------------
@@ -1347,7 +1349,7 @@ def test_rank_check_archs_are_stratified_by_cell_in_the_window_and_drawn_without
             and picked[8:] == [archs[1] for archs in list(cells.values())[:2]])
     assert rankcheck.spread_archs(TINY, lo, hi, 10, seed=1) != picked            # the seed decides, nothing else
     assert rankcheck.stratified_archs(TINY, lo, hi, 3, seed=0) == {c: archs[:3] for c, archs in cells.items()}
-    with pytest.raises(infra.UserError, match="lower --rank-check"):
+    with pytest.raises(cli.UserError, match="lower --rank-check"):
         rankcheck.spread_archs(TINY, 3_990_000, 4_000_000, 500, seed=0)
 
 
@@ -1379,7 +1381,7 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(trained
     assert archs == rankcheck.spread_archs(TINY, 2_500_000, 4_000_000, 3, seed=0)   # not picked by the fitness
     net, space, loader = holdout_loader(trained, limit=99)   # fitness: the inherited weights, recomputed here
     for a, r in zip(archs, rc["archs"]):
-        assert r["fitness"] == pytest.approx(np.mean([infra.evaluate(net, loader, infra.Dist(), a, s)["top1"]
+        assert r["fitness"] == pytest.approx(np.mean([data.evaluate(net, loader, runs.Dist(), a, s)["top1"]
                                                       for s in vitas.SIDES]))
     argvs = rc["settings"]["retrain_argv"]
     assert rc["settings"]["retrain_flags"] == ["--smoothing", "0.2"] == argvs[0][-2:]
@@ -1390,7 +1392,7 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(trained
     # each seed's top-1 is the final val top-1 of its own training
     for a in rc["archs"]:
         for argv, top1 in zip(argvs, a["top1_seeds"]):
-            folder = rankcheck.alone_folder(str(out / "retrain"), Arch.from_dict(a["arch"]), argv)
+            folder = cli.alone_folder(str(out / "retrain"), Arch.from_dict(a["arch"]), argv)
             res = json.load(open(os.path.join(folder, "result.json")))
             assert res["arch"] == a["arch"] and res["val"]["top1"] == top1
     fitness, by_seed = [a["fitness"] for a in rc["archs"]], [a["top1_seeds"] for a in rc["archs"]]
@@ -1567,11 +1569,11 @@ def test_rank_check_under_torchrun_equals_one_process(trained, tmp_path):
 
 
 def test_holdout_by_count_or_fraction(capsys):
-    assert infra.holdout_size(6000, 0.1) == 600 and infra.holdout_size(6000, 2000) == 2000
-    tr, ho = infra.holdout_split(100, 30, seed=0)
+    assert data.holdout_size(6000, 0.1) == 600 and data.holdout_size(6000, 2000) == 2000
+    tr, ho = data.holdout_split(100, 30, seed=0)
     assert len(ho) == 30 and sorted(tr + ho) == list(range(100))
-    with pytest.raises(infra.UserError, match="--holdout"):
-        infra.holdout_size(500, 500)
+    with pytest.raises(cli.UserError, match="--holdout"):
+        data.holdout_size(500, 500)
     for bad in ("1.5", "-0.1", "x"):
         code, err = run_main(train, ["--holdout", bad], capsys)
         assert code == 2 and "--holdout" in err and "Traceback" not in err
@@ -1672,8 +1674,8 @@ def test_train_draws_curves_and_search_draws_the_pareto_front(trained, tmp_path)
     # ... and the retrained trio: the searched arch and both hand-designed designs at its FLOPs, as trained alone
     best = record["best"]
     expect = {"searched": best["arch"],
-              "uniform": search.baseline_arch(TINY, best["flops"], 2_000_000, 4_000_000).to_dict(),
-              "deit": search.deit_arch(TINY, best["flops"], 2_000_000, 4_000_000).to_dict()}
+              "uniform": rankcheck.baseline_arch(TINY, best["flops"], 2_000_000, 4_000_000).to_dict(),
+              "deit": rankcheck.deit_arch(TINY, best["flops"], 2_000_000, 4_000_000).to_dict()}
     assert {k: v["arch"] for k, v in record["retrain"].items()} == expect
     for name, r in record["retrain"].items():
         alone = [json.load(open(f)) for f in (out / "retrain").glob("*/result.json")
@@ -1684,7 +1686,7 @@ def test_train_draws_curves_and_search_draws_the_pareto_front(trained, tmp_path)
 
 def test_a_missing_matplotlib_is_one_note_and_never_fails_a_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)      # import matplotlib now raises ImportError
-    monkeypatch.setattr(train.plots, "_noted", set())
+    monkeypatch.setattr(train.record, "_noted", set())
     train.main(["--out", str(tmp_path), "--epochs", "2", *SMALL])
     out = capsys.readouterr().out
     assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "curves.png").exists()
@@ -1734,7 +1736,7 @@ class RunsCode:
 def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(trained, tmp_path, capsys):
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.pt"
-    ck = infra.load_checkpoint(trained)
+    ck = runs.load_checkpoint(trained)
     torch.save({**ck, "args": {**ck["args"], "payload": RunsCode(f"open({str(marker)!r}, 'w').write('ran')")}}, evil)
     (tmp_path / "arch.json").write_text(json.dumps(TINY.min_arch().to_dict()))
     for module, argv in [(train, ["--eval", str(evil)]),
@@ -1834,7 +1836,7 @@ def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_mea
     monkeypatch.setattr(train, "optimizer_step", crash_at_6)
     with pytest.raises(KeyboardInterrupt):
         train.train(train.parse_args(argv))
-    ck = infra.load_checkpoint(tmp_path / "checkpoint.pt")
+    ck = runs.load_checkpoint(tmp_path / "checkpoint.pt")
     cal = ck["throughput_calibration"]
     assert ck["step"] == 5 and cal["measured"] >= 12 and cal["batch"] == 16 and cal["inside"] >= 0.8
     # independently: archs drawn as training draws them, measured afresh
@@ -1848,7 +1850,7 @@ def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_mea
     monkeypatch.setattr(vitas, "measure_throughput", lambda *a, **k: calls.append(1) or 1.0)
     monkeypatch.setattr(train, "optimizer_step", step)
     train.train(train.parse_args(argv))                         # resumed, run to the end
-    assert calls == [] and infra.load_checkpoint(tmp_path / "checkpoint.pt")["throughput_calibration"] == cal
+    assert calls == [] and runs.load_checkpoint(tmp_path / "checkpoint.pt")["throughput_calibration"] == cal
     code, err = run_main(train, ["--out", str(tmp_path / "x"), "--throughput-min", "1e12",
                                  "--calibration-seconds", "1", *SMALL], capsys)
     assert code == 2 and "out of reach" in err and "fastest" in err and "slowest" in err
@@ -1999,7 +2001,7 @@ def test_adamw_leaves_the_qk_of_a_head_count_a_step_does_not_draw_exactly_as_it_
     torch.manual_seed(0)
     net = vitas.SuperTransformer(TINY)
     lr, wd = 1e-2, 0.05
-    opt = torch.optim.AdamW(infra.param_groups(net, wd), lr=lr, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(runs.param_groups(net, wd), lr=lr, betas=(0.9, 0.999))
     x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
     four, two = (Arch(8, 48, (Block(h, 32, 64),) * TINY.depth) for h in (4, 2))
     for arch in (four, two):                    # heads 4 drawn, then a step that draws only heads 2
@@ -2021,12 +2023,12 @@ def test_adamw_leaves_the_qk_of_a_head_count_a_step_does_not_draw_exactly_as_it_
 
 
 def test_no_weight_decay_on_norms_biases_class_tokens_and_position_embeddings_and_plain_init():
-    """infra.param_groups on the super-transformer, against the rule written out by name; every
+    """runs.param_groups on the super-transformer, against the rule written out by name; every
     parameter initialised as the plain ViT's: matrices, tokens trunc-normal(0.02), norms one,
     biases zero."""
     torch.manual_seed(0)
     net = vitas.SuperTransformer(TINY)
-    decay, no_decay = (set(map(id, g["params"])) for g in infra.param_groups(net, 0.05))
+    decay, no_decay = (set(map(id, g["params"])) for g in runs.param_groups(net, 0.05))
     for name, p in net.named_parameters():
         free = ".norm" in name or name.startswith("norm.") or name.endswith((".bias", "cls_token", "pos_embed"))
         assert (id(p) in no_decay, id(p) in decay) == (free, not free), name
@@ -2045,9 +2047,9 @@ def test_a_checkpoint_of_the_stacked_layout_is_refused_in_one_line(tmp_path, cap
     ck = {"model": {"blocks.0.weight": torch.zeros(2, 2), "blocks.0.vector": torch.zeros(4)},
           "space": TINY.to_dict(), "args": {}, "mode": "super"}
     path = tmp_path / "old.pt"
-    infra.save_checkpoint(str(path), ck)
-    with pytest.raises(infra.UserError, match=r"stacked.*(retrain|train it again)") as e:
-        infra.load_checkpoint(path, "--ckpt")
+    runs.save_checkpoint(str(path), ck)
+    with pytest.raises(cli.UserError, match=r"stacked.*(retrain|train it again)") as e:
+        runs.load_checkpoint(path, "--ckpt")
     assert "\n" not in str(e.value)
 
 
@@ -2186,7 +2188,7 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
     searched = {"v2": compared["random 3"], "fair": TINY.max_arch()}      # v2 picked one of the random archs
     os.makedirs(tmp_path / "supernets")
     for recipe, arch in searched.items():
-        infra.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"),
+        runs.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"),
                          {"recipe": recipe, "seed": 0, "search": {"evolution": {"arch": arch.to_dict()}}})
     jobs = experiment.outcome_jobs(results, scratch, ["v2", "fair"])
     assert len(jobs) == len(experiment.OUTCOME_SEEDS) * (len(compared) + 1)       # the shared arch trained once
@@ -2194,7 +2196,7 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
     for job in jobs:
         top1.setdefault(json.dumps(job["arch"]), []).append(float(g.uniform(60, 90)))
         os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
-        infra.write_json(job["path"], {"val": {"top1": top1[json.dumps(job["arch"])][-1]}})
+        runs.write_json(job["path"], {"val": {"top1": top1[json.dumps(job["arch"])][-1]}})
     mean = lambda a: np.mean(top1[json.dumps(a.to_dict())])
     rows = {r["recipe"]: r for r in experiment.outcome_rows(results, ["v2", "fair"])}
     median = np.median([mean(a) for name, a in compared.items() if name.startswith("random")])
@@ -2246,14 +2248,14 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
             top1[a, s] = 70 + 5 * truth[a] + g.normal()
             job = experiment.alone_job(a, experiment.alone_argv(s), results, str(tmp_path / "scratch"))
             os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
-            infra.write_json(job["path"], {"arch": a.to_dict(), "argv": job["argv"], "val": {"top1": top1[a, s]}})
+            runs.write_json(job["path"], {"arch": a.to_dict(), "argv": job["argv"], "val": {"top1": top1[a, s]}})
     reported = dict(zip(("largest", "smallest", "middle"), experiment.reported_reference()))
     alone = {}                                  # the reported archs trained alone: seeds 0 and 1 only
     for a in reported.values():
         for s in (0, 1):
             alone.setdefault(a, []).append(float(g.uniform(40, 60)))
             job = experiment.alone_job(a, experiment.alone_argv(s), results, str(tmp_path / "scratch"))
-            infra.write_json(job["path"], {"arch": a.to_dict(), "argv": job["argv"], "val": {"top1": alone[a][-1]}})
+            runs.write_json(job["path"], {"arch": a.to_dict(), "argv": job["argv"], "val": {"top1": alone[a][-1]}})
     at_end = {k: float(g.uniform(20, 50)) for k in reported}
     os.makedirs(tmp_path / "supernets")
     inherited = {}
@@ -2262,7 +2264,7 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     for recipe, noise in (("v2", 0.5), (default, 2.0)):
         inherited[recipe] = [{"arch": a.to_dict(), "top1": truth[a] + g.normal(scale=noise), "loss": 1.0}
                              for a in window]
-        infra.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"), {
+        runs.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"), {
             "recipe": recipe, "seed": 0, "train_cpu_minutes": 9.0,
             "inherited": {"window": inherited[recipe], "space": []},
             "sampled": {"block_share": [1, .8, .4, .2, .1, .01], "patch_share": {"4": .7, "8": .3}}, "search": {},
@@ -2313,7 +2315,7 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("rest\n")
     experiment.write_docs(out, str(results_md), str(readme), check=True)
     results_md.write_text(out["text"].replace(f"{w['kendall_tau']:.2f}", "0.99", 1))
-    with pytest.raises(infra.UserError, match="RESULTS.md differ"):
+    with pytest.raises(cli.UserError, match="RESULTS.md differ"):
         experiment.write_docs(out, str(results_md), str(readme), check=True)
 
 

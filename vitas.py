@@ -255,6 +255,28 @@ def shift_identities(arch):
     return Arch(arch.patch_size, arch.embed_dim, real + (None,) * (len(arch.blocks) - len(real)))
 
 
+# Cells of the space: (patch size, depth) classes that stratified sampling (beyond the paper) draws alike
+
+
+def with_depth(arch, depth, rng):
+    """`arch` (every block real) with all but `depth` blocks, chosen at random, made identities."""
+    keep = set(rng.choice(len(arch.blocks), depth, replace=False).tolist())
+    return Arch(arch.patch_size, arch.embed_dim, tuple(b if i in keep else None for i, b in enumerate(arch.blocks)))
+
+
+def draw_in_cell(space, rng, cell):
+    """An arch of `cell` = (patch size, or None for a uniform one; depth): every width uniform,
+    `depth` real blocks at random positions, so every block position is trained alike."""
+    patch, depth = cell
+    arch = with_depth(space.sample(rng, 0.0), depth, rng)
+    return arch if patch is None else Arch(patch, arch.embed_dim, arch.blocks)
+
+
+def all_cells(space, by_patch):
+    """Every (patch, depth) cell of the space; by_patch False: (None, depth), patch drawn uniformly."""
+    return [(p, d) for p in (space.patch_sizes if by_patch else (None,)) for d in range(1, space.depth + 1)]
+
+
 # -----------------------------------------------------------------------------
 # Analytical FLOPs (multiply-accumulates, the ViT literature's convention) and parameter count
 

@@ -1,0 +1,278 @@
+"""
+Data and evaluation for train.py and search.py: the synthetic images generated in code (the
+default), CIFAR and ImageFolder trees, the held-out split the search scores archs on, the
+training and evaluation loaders (a resumed epoch skips what it trained), batch MixUp/CutMix, and
+evaluation of a model or a checkpoint (train.py --eval).
+"""
+import argparse
+import dataclasses
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+
+import cli
+import runs
+import vitas
+from cli import UserError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# -----------------------------------------------------------------------------
+# Datasets
+
+
+def synthetic_images(n, num_classes, size, seed):
+    """Learnable images generated in code, deterministic from the seed.
+
+    A class is a structure, not a colour: a grating of one of num_classes spatial frequencies
+    (1.5 to 8 cycles per image) at a random orientation, in a random window of 3/5 the image side,
+    under random phase, contrast, colour tint and strong pixel noise. Networks soon tell distant
+    frequencies apart; neighbouring ones take longer and favour finer patches and bigger networks,
+    so architectures differ in accuracy and the search has something to find."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    freq = torch.linspace(1.5, 8.0, num_classes)[labels].view(-1, 1, 1) * 2 * math.pi / size
+    angle = torch.rand(n, 1, 1, generator=g) * math.pi
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    phase = torch.rand(n, 1, 1, generator=g) * 2 * math.pi
+    img = torch.sin((xs * angle.cos() + ys * angle.sin()) * freq + phase)            # (n, S, S)
+    w = size * 3 // 5
+    x0, y0 = (torch.randint(0, size - w + 1, (n, 1, 1), generator=g) for _ in range(2))
+    img = (img * ((xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + w))
+           * (0.6 + 0.4 * torch.rand(n, 1, 1, generator=g)))
+    tint = 0.4 + 0.6 * torch.rand(n, 3, 1, 1, generator=g)
+    img = img.unsqueeze(1) * tint + 0.35 * torch.randn(n, 3, size, size, generator=g)  # (n, 3, S, S)
+    return ((img * 0.25 + 0.5).clamp(0, 1) * 255).to(torch.uint8), labels
+
+
+class TensorImages(Dataset):
+    """uint8 images (N, 3, S, S) held in memory, with a transform."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+        self.classes = sorted(set(labels.tolist()))
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def image_transforms(size, train, args, real):
+    """DeiT-like for real data (random resized crop, flip, RandAugment, random erasing); synthetic
+    data gets none (it is generated with all the variation it needs)."""
+    from torchvision.transforms import v2 as T
+    norm = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if not train or not real:
+        resize = ([T.Resize(int(size / 0.875), antialias=True), T.CenterCrop(size)] if real and size > 64
+                  else [T.Resize((size, size), antialias=True)])
+        return T.Compose(resize + norm)
+    crop = ([T.RandomResizedCrop(size, antialias=True)] if size > 64
+            else [T.Resize((size, size), antialias=True), T.RandomCrop(size, padding=size // 8)])
+    aug = [T.RandAugment(num_ops=2, magnitude=args.randaug)] if args.randaug > 0 else []
+    erase = [T.RandomErasing(p=args.reprob)] if args.reprob > 0 else []
+    return T.Compose(crop + [T.RandomHorizontalFlip()] + aug + norm + erase)
+
+
+def holdout_size(n, holdout):
+    """Images held out of n training images: holdout < 1 is a fraction, a whole number >= 1 a count."""
+    k = int(round(n * holdout)) if holdout < 1 else int(holdout)
+    if k >= n:
+        raise UserError(f"--holdout {holdout:g} keeps {k} of the {n} training images out; leave some to train on "
+                        f"(a fraction below 1, or a count below {n})")
+    return k
+
+
+def holdout_split(n, holdout, seed):
+    """Deterministic (train indices, held-out indices): the held-out part is never trained on and
+    is what search.py scores architectures on (val/test never is)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    k = holdout_size(n, holdout)
+    return sorted(perm[k:]), sorted(perm[:k])
+
+
+@dataclasses.dataclass
+class Datasets:
+    train: Dataset
+    holdout: Dataset
+    val: Dataset
+    num_classes: int
+
+
+def build_datasets(args, image_size):
+    """args.data: 'synthetic', 'cifar10', 'cifar100' or an ImageFolder root with train/ and val/."""
+    from torchvision import datasets
+    kind = args.data
+    seed = cli.data_seed(args)
+    if kind == "synthetic":
+        n_train, n_val = args.synthetic_size, max(args.synthetic_size // 5, 100)
+        tr = synthetic_images(n_train, args.synthetic_classes, image_size, seed)
+        va = synthetic_images(n_val, args.synthetic_classes, image_size, seed + 1)
+        make = lambda data, train: TensorImages(*data, image_transforms(image_size, train, args, real=False))
+        train_set, eval_train, val_set = make(tr, True), make(tr, False), make(va, False)
+        num_classes = args.synthetic_classes
+    elif kind in ("cifar10", "cifar100"):
+        cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+        try:
+            tf = lambda train: image_transforms(image_size, train, args, real=True)
+            train_set = cls(args.data_root, train=True, transform=tf(True), download=args.download)
+            eval_train = cls(args.data_root, train=True, transform=tf(False))
+            val_set = cls(args.data_root, train=False, transform=tf(False))
+        except RuntimeError as e:
+            raise UserError(f"{kind} not found under --data-root {args.data_root!r} ({e}); "
+                            f"add --download to fetch it there, or point --data-root at a copy") from None
+        num_classes = len(train_set.classes)
+    else:
+        for split in ("train", "val"):
+            if not os.path.isdir(os.path.join(kind, split)):
+                raise UserError(f"--data {kind!r}: expected an ImageFolder tree with {split}/ inside "
+                                f"({os.path.join(kind, split)} is missing); or use --data synthetic|cifar10|cifar100")
+        try:
+            tf = lambda train: image_transforms(image_size, train, args, real=True)
+            train_set = datasets.ImageFolder(os.path.join(kind, "train"), transform=tf(True))
+            eval_train = datasets.ImageFolder(os.path.join(kind, "train"), transform=tf(False))
+            val_set = datasets.ImageFolder(os.path.join(kind, "val"), transform=tf(False))
+        except (FileNotFoundError, OSError) as e:
+            raise UserError(f"--data {kind!r}: {e}") from None
+        num_classes = len(train_set.classes)
+    train_idx, hold_idx = holdout_split(len(train_set), args.holdout, seed)
+    return Datasets(Subset(train_set, train_idx), Subset(eval_train, hold_idx), val_set, num_classes)
+
+
+# -----------------------------------------------------------------------------
+# Loaders
+
+
+class ShardSampler(Sampler):
+    """Rank r takes items r, r + world, ... of the first `limit` items: no padding, so sums of
+    per-rank counts equal a single-process evaluation exactly."""
+
+    def __init__(self, n, rank, world, limit=None):
+        self.indices = list(range(rank, n if limit is None else min(n, limit), world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def eval_loader(dataset, batch_size, d, workers=0, limit=None):
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), d.rank, d.world, limit),
+                      num_workers=workers, pin_memory=d.device.type == "cuda")
+
+
+def train_order(dataset, args, d):
+    """The training images' order across ranks (each rank its share, reshuffled each epoch from
+    --seed) and the steps per epoch."""
+    sampler = DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed,
+                                 drop_last=True)
+    steps = len(sampler) // args.batch_size
+    if steps == 0:
+        raise UserError(f"--batch-size {args.batch_size} x {d.world} processes exceeds the {len(dataset)} "
+                        f"training images")
+    return sampler, steps
+
+
+class ResumeSampler(Sampler):
+    """The epoch's DistributedSampler order, starting after the batches already trained on."""
+
+    def __init__(self, sampler, skip):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.skip:])
+
+    def __len__(self):
+        return max(len(self.sampler) - self.skip, 0)
+
+
+def mix_transform(args, num_classes):
+    """Batch-level MixUp/CutMix (one of them per batch) from torchvision.transforms.v2."""
+    from torchvision.transforms import v2 as T
+    ops = ([T.MixUp(alpha=args.mixup, num_classes=num_classes)] if args.mixup > 0 else []) + \
+          ([T.CutMix(alpha=args.cutmix, num_classes=num_classes)] if args.cutmix > 0 else [])
+    return T.RandomChoice(ops) if ops else None
+
+
+def epoch_loader(args, data, train_sampler, epoch, skip, d):
+    """The epoch's training batches, after the `skip` ones a resumed epoch already trained on."""
+    train_sampler.set_epoch(epoch)
+    return DataLoader(data.train, batch_size=args.batch_size,
+                      sampler=ResumeSampler(train_sampler, skip * args.batch_size),
+                      num_workers=args.workers, pin_memory=d.device.type == "cuda", drop_last=True,
+                      # its own generator: creating the iterator must not draw from the global RNG,
+                      # or a resumed epoch would see other augmentations than the uninterrupted one
+                      generator=torch.Generator().manual_seed(args.seed * 100003 + epoch * 1009 + d.rank))
+
+
+# -----------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate(model, loader, d, arch=None, side=None, amp=False):
+    """Top-1/top-5 (%) and mean loss of `model` over a loader sharded across ranks (counts are
+    all-reduced): a SuperTransformer at `arch` and `side`, or a plain ViT where side is None."""
+    was_training = model.training
+    model.eval()
+    stats = torch.zeros(4, dtype=torch.float64, device=d.device)    # correct@1, correct@5, summed loss, n
+    for x, y in loader:
+        x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+        with runs.amp_context(d.device, amp):
+            logits = model(x) if side is None else model(x, arch, side)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit = top5 == y[:, None]
+        stats += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), F.cross_entropy(logits.float(), y, reduction="sum"),
+                              torch.tensor(len(y), device=d.device)]).double()
+    d.all_reduce(stats)
+    model.train(was_training)
+    c1, c5, loss, n = stats.tolist()
+    n = max(n, 1)
+    return {"top1": 100 * c1 / n, "top5": 100 * c5 / n, "loss": loss / n, "n": int(stats[3].item())}
+
+
+def evaluate_checkpoint(args):
+    """--eval CKPT: top-1/top-5/loss on val and on the held-out split, no training: a retrain
+    checkpoint's ViT, or the --arch slice of a super-transformer checkpoint (each side it was
+    trained on). Data, split and val size come from the checkpoint; eval*.json beside it."""
+    d = runs.setup_distributed(args.device)
+    ck = runs.load_checkpoint(args.eval, "--eval")
+    space = vitas.SearchSpace(**ck["space"])
+    ck_args = argparse.Namespace(**{**ck["args"], "download": False, "workers": args.workers})
+    if ck.get("mode") == "retrain":
+        if args.arch:
+            raise UserError(f"{args.eval} is a retrain checkpoint and holds its own arch; leave --arch out")
+        arch = vitas.Arch.from_dict(ck["arch"])
+        model, sides, name = vitas.ViT(arch, space), ("model",), "eval.json"
+    else:
+        if not args.arch:
+            raise UserError(f"{args.eval} is a super-transformer checkpoint: give the sub-network to evaluate "
+                            f"with --arch ARCH.json")
+        arch, (model, sides) = runs.load_arch_file(args.arch, space), runs.supernet_of(ck)
+        if runs.scores_shifted(ck["args"]):
+            arch = vitas.shift_identities(arch)   # the path that scores this network
+        name = f"eval-{os.path.splitext(os.path.basename(args.arch))[0]}.json"
+    if ck.get("mode") == "retrain":
+        model.load_state_dict(ck["model"])
+    model.to(d.device)
+    data = build_datasets(ck_args, space.image_size)
+    limit = args.eval_limit or ck_args.eval_limit
+    results = {"checkpoint": os.path.abspath(args.eval), "step": ck["step"], "arch": arch.to_dict()}
+    for split, dataset, lim in (("val", data.val, limit), ("holdout", data.holdout, None)):
+        loader = eval_loader(dataset, args.eval_batch_size, d, args.workers, limit=lim)
+        results[split] = {side: evaluate(model, loader, d, arch, None if side == "model" else side,
+                                         getattr(ck_args, "amp", False))
+                          for side in sides}
+        d.log(f"{split:8s} " + "  ".join(f"{side}: top-1 {r['top1']:.2f}% top-5 {r['top5']:.2f}% loss {r['loss']:.4f} "
+                                         f"({r['n']} images)" for side, r in results[split].items()))
+    path = os.path.join(os.path.dirname(os.path.abspath(args.eval)), name)
+    if d.main:
+        runs.write_json(path, results)
+        d.log(f"wrote {path}")
+    return results

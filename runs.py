@@ -1,0 +1,530 @@
+"""
+The plumbing of a run, so that train.py and search.py can read as the method: processes
+(env-based DDP), one live run per output folder, checkpoints that load no code, the training
+run's state (save, resume) and optimiser, and throughput measured on rank 0 for every rank. What
+a run reports (progress lines, log.jsonl, curves.png) is record.py's. Nothing here is ViTAS itself.
+"""
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import errno
+import fcntl
+import json
+import math
+import os
+import random
+import socket
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import cli
+import vitas
+from cli import UserError, fmt_time
+
+# -----------------------------------------------------------------------------
+# Processes (env-based: torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)
+
+
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self):
+        return self.rank == 0
+
+    def all_reduce(self, t):
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    def log(self, *a):
+        """Print on rank 0 only."""
+        if self.main:
+            print(*a, flush=True)
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def reuse_freed_memory():
+    """Have glibc keep freed memory for the next tensor instead of handing it back to the OS
+    (Linux with glibc; elsewhere a no-op returning False), as PyTorch's CPU tuning guide has
+    jemalloc or tcmalloc do. By default glibc maps each block of more than about 128 KB to 32 MB
+    afresh and unmaps it when freed, so the next tensor that size pays a page fault for every 4 KB
+    it touches. A super-transformer step allocates a full-size gradient for every parameter it
+    slices (zero-filled, the slice written in), about 90 MB a step at vitas-1g, where its plain
+    ViT's gradients are the size of the slice: kept, ViTAS-C's one-side step costs 1.07-1.08x
+    the plain step's, with glibc's defaults 1.10x (`python bench.py`, `--glibc-defaults`). The
+    same holds for numpy's arrays (the bootstrap of `python experiment.py table`)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3         # glibc's malloc.h
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def setup_distributed(device="auto"):
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+        reuse_freed_memory()
+        # torchrun sets OMP_NUM_THREADS=1; a plain run may use every core
+        if "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, local_rank, dev)
+
+
+def cleanup_distributed(barrier=False):
+    """Tear the process group down; after a clean run every rank waits for the others first, so
+    none exits while a peer still talks to it (gloo aborts a process whose peer vanished)."""
+    if dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def run_command(fn, args):
+    """Run fn(args) as a command: bad input is one line on stderr and exit code 2, and the
+    process group is torn down on every path."""
+    ok = False
+    try:
+        fn(args)
+        ok = True
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        cleanup_distributed(barrier=ok)
+
+
+def amp_context(device, enabled):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+
+# -----------------------------------------------------------------------------
+# Run folders: one live run each
+
+
+@contextlib.contextmanager
+def run_folder(folder, d):
+    """Hold `folder` for this run while the block runs: rank 0 takes an exclusive lock on
+    folder/.lock (flock, which the kernel releases when the process dies, so the lock of a run that
+    died is simply taken; NFS clients map it to a lock the server keeps) and writes its pid and host
+    there. A second run into the folder, in this process or another, on any host sharing the
+    folder, is refused on every rank with one line naming the holder, before it writes anything."""
+    held, refusal = None, None
+    if d.main:
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, ".lock")
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            f.truncate(0)
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}) + "\n")
+            f.flush()
+            held = f
+        except OSError as e:
+            f.close()
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            refusal = f"output folder {folder!r} is in use by another run ({lock_holder(path)}); wait for it to end, " \
+                      f"or use another --out"
+    if d.world > 1:
+        shared = [refusal]
+        dist.broadcast_object_list(shared, src=0)
+        refusal = shared[0]
+    if refusal:
+        raise UserError(refusal)
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.close()                 # releases the lock; the file stays (a later run takes it)
+
+
+def lock_holder(path):
+    """'pid P on host H' from a lock file, or what is known."""
+    try:
+        with open(path) as f:
+            who = json.loads(f.read())
+        return f"pid {who['pid']} on host {who['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder not recorded yet"
+
+
+def keep_log_lines(path, done, key="epoch"):
+    """A resumed run's JSON-lines log cut back to what its checkpoint holds: the records with `key`
+    <= done, each once, in order (a crash after a record was appended and before the checkpoint
+    leaves a record the rerun writes again; a crash mid-append, a torn last line). Rewritten
+    atomically, and only where something goes."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    keep, seen = [], set()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get(key, done + 1) <= done and record[key] not in seen:
+            seen.add(record[key])
+            keep.append(record)
+    if len(keep) != len(lines):
+        write_json(path, sorted(keep, key=lambda r: r[key]), lines=True)
+
+
+def set_aside(path):
+    """Move an earlier run's file out of a fresh run's way (log.jsonl -> log.before-<time>.jsonl);
+    returns the new path, or None where there was none."""
+    if not os.path.exists(path):
+        return None
+    stem, ext = os.path.splitext(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
+    new = f"{stem}.before-{stamp}{ext}"
+    os.replace(path, new)
+    return new
+
+
+def write_json(path, obj, lines=False):
+    """Atomic: a crash mid-write leaves the previous file whole. lines: one JSON object per line."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        if lines:
+            f.writelines(json.dumps(r) + "\n" for r in obj)
+        else:
+            json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+
+def read_if_every_rank_sees(path, d):
+    """The JSON at `path` where every rank sees it, else None: every rank takes the same decision,
+    even where shared storage lags."""
+    seen = float(os.path.exists(path))
+    if d.world > 1:
+        seen = d.all_reduce(torch.tensor(seen)).item() / d.world
+    if seen < 1.0:
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+
+# Checkpoints hold tensors and plain Python values only (dicts, lists, numbers, strings), so they
+# load with torch.load(weights_only=True): opening a checkpoint someone sent you runs no code.
+CHECKPOINT_FORMAT = 2   # 1: the first format, which pickled numpy RNG state (loadable only by running its pickle)
+
+
+def scores_shifted(ck_args):
+    """Whether a super-transformer trained with these args scores (and searches) each network on
+    its identity-shifted path: --identity-shift train or search (True in checkpoints before the
+    choice had three values)."""
+    return ck_args.get("identity_shift", "off") in ("train", "search", True)
+
+
+def save_checkpoint(path, state):
+    """Atomic: a crash or a full disk mid-write leaves the previous checkpoint intact (a failed write
+    is one line: UserError)."""
+    tmp = f"{path}.tmp"
+    try:
+        torch.save({**state, "format": CHECKPOINT_FORMAT}, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:        # torch reports a failed write as RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        kept = "the previous checkpoint is kept" if os.path.exists(path) else "no checkpoint was written"
+        raise UserError(f"could not write checkpoint {path!r} ({type(e).__name__}: {first_line(e)}); {kept}; "
+                        f"free disk space and rerun the same command to resume") from None
+
+
+def load_checkpoint(path, flag=None):
+    """A vitas checkpoint as a dict, loaded without running code; anything else is a UserError.
+    `flag`: the option that named an input file (--eval, --init-from, --ckpt); None for a run's own
+    checkpoint, which a new run may simply replace."""
+    path = str(path)
+    what = f"{flag} {path!r}" if flag else f"checkpoint {path!r}"
+    fix = ("; expected a checkpoint.pt written by train.py" if flag else
+           "; delete it to start afresh, or use another --out")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} does not exist" + (fix if flag else ""))
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        unsafe = unsafe_globals(path)   # what the pickle would call: weights_only refuses every such global
+        if unsafe and all(g.startswith("numpy") for g in unsafe):   # format 1 pickled numpy's RNG state
+            raise UserError(f"{what} was written by an earlier vitas "
+                            f"(format 1, which loads only by running its pickle); "
+                            f"retrain it with this version (the same command into a new --out)") from None
+        if unsafe:
+            raise UserError(f"{what} asks to run Python code when loaded ({', '.join(unsafe[:3])}); refused: vitas "
+                            f"checkpoints hold tensors and plain values only") from None
+        # truncated or foreign files fail in many ways inside torch, whose messages may advise
+        # loading unsafely (weights_only=False): only the kind of failure is passed on
+        raise UserError(f"{what} is not a readable vitas checkpoint (corrupt, truncated or another kind of file: "
+                        f"{type(e).__name__}){fix}") from None
+    if not isinstance(ck, dict) or not {"model", "space", "args"} <= ck.keys():
+        raise UserError(f"{what} is not a vitas checkpoint (it lacks the model, space and args entries){fix}")
+    if ck.get("mode") == "super" and any(k.endswith(".vector") for k in ck["model"]):
+        raise UserError(f"{what} holds a super-transformer in the stacked layout of vitas before 2026-12-02 "
+                        f"(blocks.N.weight / .vector); the super-transformer's parameters are now named as the "
+                        f"plain ViT's: train it again with this version (the same command into a new --out)")
+    return ck
+
+
+def unsafe_globals(path):
+    """The Python globals a checkpoint's pickle names beyond what weights_only allows ([] if unknown)."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return []
+
+
+def first_line(e):
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def rng_state():
+    """Every generator's state as tensors and plain values (see CHECKPOINT_FORMAT)."""
+    version, keys, gauss = random.getstate()
+    kind, mt, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(keys), gauss],
+            "numpy": [kind, torch.from_numpy(mt.astype(np.int64)), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s):
+    version, keys, gauss = s["python"]
+    random.setstate((version, tuple(keys), gauss))
+    kind, mt, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((kind, mt.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def load_arch_file(path, space):
+    """Arch JSON (as search.py writes it) -> validated Arch, with clear errors."""
+    try:
+        with open(path) as f:
+            arch = vitas.Arch.from_dict(json.load(f))
+        return space.validate(arch)
+    except FileNotFoundError:
+        raise UserError(f"--arch {path!r}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"--arch {path!r} is not valid JSON: {e}") from None
+    except ValueError as e:
+        raise UserError(f"--arch {path!r}: {e}") from None
+
+
+def supernet_of(ck):
+    """The super-transformer of a super-transformer checkpoint, with its weights, and the sides it
+    was trained on (left and right with bilateral sharing)."""
+    if ck.get("mode") != "super":
+        raise UserError("a retrain checkpoint holds one plain ViT; a super-transformer checkpoint is needed here")
+    supernet = vitas.SuperTransformer(vitas.SearchSpace(**ck["space"]))
+    supernet.load_state_dict(ck["model"])
+    return supernet, vitas.SHARINGS[ck["args"].get("sharing", "bilateral")]
+
+
+
+# -----------------------------------------------------------------------------
+# A training run: its state, its checkpoint, its optimiser
+
+
+@dataclasses.dataclass
+class Run:
+    """A training run: its parts, what its checkpoint holds, and where it stands. The sampler says
+    what the run is (ArchSampler: a super-transformer; FixedArch: a retrain of one arch) and what
+    of it the checkpoint keeps (its mode, arch and state_dict())."""
+    args: argparse.Namespace
+    d: Dist
+    space: vitas.SearchSpace
+    model: torch.nn.Module
+    ddp: torch.nn.Module         # the model, DDP-wrapped where distributed
+    optimizer: torch.optim.Optimizer
+    schedule: object
+    sampler: object              # train.ArchSampler, or train.FixedArch for a retrain
+    sides: tuple                 # the slices each drawn arch is trained on (None: a plain ViT)
+    data: object                 # data.Datasets
+    train_sampler: object        # a DistributedSampler
+    val_loader: object           # the reported archs' evaluation, sharded across ranks
+    mix: object                  # batch MixUp/CutMix, or None
+    steps_per_epoch: int
+    step: int = 0
+    sums: dict = None            # this epoch's running sums (kept in the checkpoint)
+    record: dict = None          # the last epoch's log record
+    seen: int = 0                # images this process trained on this epoch, and since when
+    t_epoch: float = 0.0
+
+    @property
+    def path(self):
+        return os.path.join(self.args.out, "checkpoint.pt")
+
+    @property
+    def total_steps(self):
+        return self.args.epochs * self.steps_per_epoch
+
+    def arch_dict(self):
+        return None if self.sampler.arch is None else self.sampler.arch.to_dict()
+
+    def save(self):
+        states = [None] * self.d.world
+        if self.d.world > 1:   # every rank's RNG (augmentation, drop path) so a resume is exact
+            dist.all_gather_object(states, rng_state())
+        else:
+            states = [rng_state()]
+        if self.d.main:
+            save_checkpoint(self.path, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "step": self.step,
+                "epoch": self.step // self.steps_per_epoch, "epoch_sums": self.sums, "record": self.record,
+                "rng": states, "args": vars(self.args), "space": self.space.to_dict(), "world": self.d.world,
+                **self.sampler.state_dict(), "arch": self.arch_dict(), "mode": self.sampler.mode})
+
+    def resume(self, ck):
+        """Continue from `ck`, the checkpoint in --out (None: there is none), refusing one of another run."""
+        if ck is None:
+            return
+        if ck.get("arch") != self.arch_dict():
+            raise UserError(f"{self.path} belongs to another run (arch differs); use another --out or delete it")
+        if ck["space"] != self.space.to_dict():
+            raise UserError(f"{self.path} was trained on another search space (--space, --patch-sizes or the data's "
+                            f"classes differ); resume with the same flags, or use another --out")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.schedule.load_state_dict(ck["schedule"])
+        self.step, self.sums, self.record = ck["step"], ck["epoch_sums"], ck["record"]
+        self.sampler.load_state_dict(ck)
+        set_rng_state(ck["rng"][min(self.d.rank, len(ck["rng"]) - 1)])
+        self.d.log(f"resumed from {self.path} at step {self.step} (epoch {self.step // self.steps_per_epoch})")
+
+
+def optimiser(model, args, steps_per_epoch):
+    """AdamW without weight decay on norms, biases, class tokens and position embeddings (timm's
+    rule), and its schedule: linear warm-up for --warmup-epochs, then a cosine down to --min-lr."""
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch, args.min_lr / args.lr))
+    return optimizer, schedule
+
+
+def param_groups(model, weight_decay):
+    """No weight decay on norms, biases, class tokens and position embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+
+def warmup_cosine(warmup_steps, total_steps, min_ratio):
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return f
+
+
+# -----------------------------------------------------------------------------
+# Throughput measured on rank 0, the same for every rank
+
+
+def throughput_batch(args, device):
+    """--throughput-batch, or its default for the device."""
+    return args.throughput_batch or (128 if device.type == "cuda" else 16)
+
+
+def calibrate_throughput(args, space, d):
+    """A LatencyModel of this device fitted to the images/s of sampled archs measured for about
+    --calibration-seconds (rank 0 measures, every rank gets the same fit). Returns the calibration
+    record a checkpoint keeps, so a resumed run does not measure again."""
+    batch = throughput_batch(args, d.device)
+    record = [None]
+    if d.main:
+        meter = vitas.ThroughputMeter(space, d.device, batch, args.throughput_amp, max_seconds=1.0)
+        rng = np.random.default_rng([args.seed, 4])
+        archs, start = [space.max_arch(), space.empty_arch()], time.time()
+        speeds = [meter(a) for a in archs]
+        while len(archs) < 12 or (len(archs) < 64 and time.time() - start < args.calibration_seconds):
+            archs.append(space.sample(rng, identity_prob=rng.uniform(0, 0.9)))   # every depth, not only p = 1/2
+            speeds.append(meter(archs[-1]))
+        model = vitas.LatencyModel(space).fit(archs, speeds)
+        record = [{"coef": model.coef.tolist(), "device": str(d.device), "batch": batch, "amp": args.throughput_amp,
+                   "measured": len(archs), "seconds": time.time() - start,
+                   "fastest": [max(speeds), str(archs[int(np.argmax(speeds))])],
+                   "slowest": [min(speeds), str(archs[int(np.argmin(speeds))])]}]
+    if d.world > 1:
+        dist.broadcast_object_list(record, src=0)
+    record = record[0]
+    d.log(f"throughput calibration on {record['device']} (batch {record['batch']}): "
+        f"{record['measured']} archs measured in "
+        f"{record['seconds']:.0f} s, {record['slowest'][0]:,.0f} to {record['fastest'][0]:,.0f} images/s")
+    return record
+
+
+def check_throughput_window(sampler, calibration, window, d):
+    """Fraction of 16 archs drawn as training draws them (learned phase) whose measured images/s
+    lie in the sampler's `window` (seconds per image): how well the fitted latency model steers
+    sampling on this device."""
+    inside = [None]
+    window = (1 / window[1], 1 / window[0])   # seconds per image -> images/s
+    if d.main:
+        meter = vitas.ThroughputMeter(sampler.space, calibration["device"], calibration["batch"], calibration["amp"],
+                                      max_seconds=1.0)
+        rng = np.random.default_rng([sampler.seed, 5])
+        inside = [float(np.mean([window[0] <= meter(sampler.draw(rng, learned=True)) <= window[1] for _ in range(16)]))]
+    if d.world > 1:
+        dist.broadcast_object_list(inside, src=0)
+    d.log(f"check: {100 * inside[0]:.0f}% of 16 freshly drawn archs measure inside the throughput window")
+    return inside[0]
+
+
+def throughput_window(args, space, d, calibration=None):
+    """The cost and window a throughput window (--throughput-min/--throughput-max, images/s) puts
+    sampling in: a LatencyModel of this device and the window in seconds per image, and the
+    calibration it was fitted on (`calibration`: a resumed run's, reused as it is). Without one:
+    FLOPs, (--flops-min, --flops-max) and None."""
+    if args.throughput_min is None and args.throughput_max is None:
+        return None, (args.flops_min, args.flops_max), calibration
+    calibration = calibration or calibrate_throughput(args, space, d)
+    fast, slow = calibration["fastest"], calibration["slowest"]
+    tmin, tmax = args.throughput_min or slow[0] / 2, args.throughput_max or fast[0] * 2
+    if tmin > fast[0] or tmax < slow[0]:
+        raise UserError(f"throughput window [{tmin:g}, {tmax:g}] images/s is out of reach on "
+                        f"{calibration['device']}: the fastest measured arch does {fast[0]:,.0f} ({fast[1]}), "
+                        f"the slowest {slow[0]:,.0f} ({slow[1]})")
+    return vitas.LatencyModel(space, calibration["coef"]), (1.0 / tmax, 1.0 / tmin), calibration
+
+
+
