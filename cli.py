@@ -437,6 +437,8 @@ def resolve_recipe(args, book):
     the mode's regularisation
     defaults, in place; a recipe flag (or --patch-sizes) given to a retrain, or --distill without the
     sandwich, is an error."""
+    if args.init_from and not args.arch:
+        raise UserError("--init-from inherits weights for a retrain: give the arch to retrain with --arch")
     retrain = args.arch is not None
     mode = "retrain" if retrain else "super"
     recipe = {} if retrain else book.recipes[args.recipe]

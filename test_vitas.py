@@ -726,7 +726,7 @@ def test_a_crash_between_the_log_and_the_checkpoint_logs_each_epoch_once(tmp_pat
     epoch 2 again and the log holds epochs 1 and 2 once each, as an uninterrupted run's; a torn
     last line goes too. A fresh run into the folder (checkpoint deleted) starts its own log."""
     argv = ["--out", str(tmp_path), *RUN]
-    save = train.Run.save
+    save = runs.Run.save
 
     def die_at_epoch_2(run):
         if run.step == 2 * run.steps_per_epoch:
@@ -734,7 +734,7 @@ def test_a_crash_between_the_log_and_the_checkpoint_logs_each_epoch_once(tmp_pat
                 f.write('{"epoch": 3, "tor')             # and a torn line, as a kill mid-append leaves
             raise KeyboardInterrupt
         save(run)
-    monkeypatch.setattr(train.Run, "save", die_at_epoch_2)
+    monkeypatch.setattr(runs.Run, "save", die_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train.train(train.get_parser().parse_args(argv))
     monkeypatch.undo()
