@@ -341,7 +341,8 @@ def solve_identity_prob(space, lo, hi, cost=None, what="FLOPs"):
 
 
 # -----------------------------------------------------------------------------
-# Building blocks shared by the plain ViT and the super-transformer
+# Building blocks shared by the plain ViT and the super-transformer. Each computation is written once,
+# from parameters p under the plain ViT's names: a plain module passes its own, a slice its sliced().
 
 
 def drop_path(x, rate, training):
@@ -396,6 +397,36 @@ def drop_path_rates(rate, depth):
     return [rate * i / max(depth - 1, 1) for i in range(depth)]
 
 
+def embed_tokens(x, p, stride):
+    """The Tokens computation: x (B, in_chans, S, S) -> (B, N + 1, C)."""
+    x = F.conv2d(x, p["proj.weight"], p["proj.bias"], stride=stride).flatten(2).transpose(1, 2)   # (B, N, C)
+    return torch.cat([p["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + p["pos_embed"]
+
+
+def multi_head_attention(x, p, heads, fused=True):
+    """The Attention computation (qkv, proj): x (B, T, C) -> (B, T, C)."""
+    B, T, _ = x.shape
+    qkv = F.linear(x, p["qkv.weight"], p["qkv.bias"])                                # (B, T, 3A)
+    q, k, v = qkv.view(B, T, 3, heads, -1).permute(2, 0, 3, 1, 4)                   # 3 x (B, heads, T, A / heads)
+    x = attention(q, k, v, fused).transpose(1, 2).reshape(B, T, -1)                 # (B, T, A)
+    return F.linear(x, p["proj.weight"], p["proj.bias"])
+
+
+def transformer_block(x, p, attn, rate, training):
+    """The ViTBlock computation (timm's pre-norm block): x (B, T, C) -> (B, T, C), attn(x) its attention."""
+    C = x.shape[-1]
+    x = x + drop_path(attn(F.layer_norm(x, (C,), p["norm1.weight"], p["norm1.bias"])), rate, training)
+    h = F.layer_norm(x, (C,), p["norm2.weight"], p["norm2.bias"])
+    h = F.linear(F.gelu(F.linear(h, p["fc1.weight"], p["fc1.bias"])), p["fc2.weight"], p["fc2.bias"])
+    return x + drop_path(h, rate, training)
+
+
+def classify(x, p):
+    """The class token's logits: final norm and classifier (norm, head). x (B, T, C) -> (B, classes)."""
+    x = F.layer_norm(x[:, 0], (x.shape[-1],), p["norm.weight"], p["norm.bias"])     # (B, C)
+    return F.linear(x, p["head.weight"], p["head.bias"])
+
+
 class Tokens(nn.Module):
     """Patch embedding, class token and position embedding of one patch size."""
 
@@ -406,9 +437,7 @@ class Tokens(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
 
     def forward(self, x):
-        """x (B, in_chans, S, S) -> (B, N + 1, C)."""
-        x = self.proj(x).flatten(2).transpose(1, 2)                                 # (B, N, C)
-        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return embed_tokens(x, dict(self.named_parameters()), self.proj.stride)    # (B, N + 1, C)
 
 
 # -----------------------------------------------------------------------------
@@ -423,10 +452,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(attn_dim, dim)
 
     def forward(self, x):
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)   # 3 x (B, h, T, d)
-        x = attention(q, k, v, self.fused_attn)
-        return self.proj(x.transpose(1, 2).reshape(B, T, -1))
+        return multi_head_attention(x, dict(self.named_parameters()), self.heads, self.fused_attn)
 
 
 class ViTBlock(nn.Module):
@@ -440,8 +466,7 @@ class ViTBlock(nn.Module):
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x):
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path_rate, self.training)
-        return x + drop_path(self.fc2(F.gelu(self.fc1(self.norm2(x)))), self.drop_path_rate, self.training)
+        return transformer_block(x, dict(self.named_parameters()), self.attn, self.drop_path_rate, self.training)
 
 
 class ViT(nn.Module):
@@ -464,7 +489,7 @@ class ViT(nn.Module):
     def forward(self, x):
         check_images(x, self.space)
         x = self.blocks(self.tokens(x))               # (B, T, C)
-        return self.head(self.norm(x[:, 0]))          # class token -> (B, classes)
+        return classify(x, dict(self.named_parameters()))       # class token -> (B, classes)
 
 
 # -----------------------------------------------------------------------------
@@ -480,7 +505,7 @@ class ViT(nn.Module):
 # not taken (and its momentum moves them), as it would any weight; a head count's Q and K that a
 # step did not draw get no gradient at all and are skipped. sliced() of each module returns the
 # plain ViT's parameters of one choice under the plain ViT's names (qkv assembled from qk[h] and v):
-# forward computes with them, export copies them.
+# forward runs the plain ViT's computations on them, export copies them.
 
 
 def cyclic_start(width, widths):
@@ -493,13 +518,19 @@ def cyclic_start(width, widths):
     return sum(widths[:widths.index(width)]) % widths[-1]
 
 
+def check_side(side, widths):
+    """'left' or 'right', or 'cyclic' with the embedding widths its windows lie on; not a sharing."""
+    if side not in SIDES and (side != "cyclic" or widths is None):
+        raise ValueError("side must be 'left' or 'right' (left and bilateral sharing) or 'cyclic' "
+                         f"(with the embedding widths), got {side!r}")
+
+
 def channels(width, full, side, widths=None):
     """The channels of `full` that a sub-network of `width` uses: the first (left) or the last
     (right) ones, bilateral sharing training both so every channel is trained about equally; or
     (side "cyclic", embedding channels only, `widths` the choices) the ring window of
     cyclic_start, a slice or, where it wraps, an index tensor in ring order."""
-    if side not in SIDES and (side != "cyclic" or widths is None):     # at every width, the full one too
-        raise ValueError(f"channels: side must be 'left', 'right' or 'cyclic' (with the widths), got {side!r}")
+    check_side(side, widths)                  # at every width, the full one too
     if width == full:
         return slice(None)
     if side == "left":
@@ -512,11 +543,6 @@ def channels(width, full, side, widths=None):
     return torch.from_numpy((start + np.arange(width)) % full)
 
 
-def check_side(side):
-    if side not in SIDES + ("cyclic",):
-        raise ValueError(f"side must be 'left' or 'right' (left and bilateral sharing) or 'cyclic', got {side!r}")
-
-
 class SuperTokens(Tokens):
     """Private class token: the patch conv, class token and position embedding of one patch size,
     at the largest embedding width (the plain ViT's Tokens); a slice uses embedding channels e."""
@@ -526,18 +552,15 @@ class SuperTokens(Tokens):
                 "cls_token": self.cls_token[:, :, e], "pos_embed": self.pos_embed[:, :, e]}
 
     def forward(self, x, e):
-        """x (B, in_chans, S, S) -> (B, N + 1, c), c = the channels in e."""
-        p = self.sliced(e)
-        x = F.conv2d(x, p["proj.weight"], p["proj.bias"], stride=self.proj.stride).flatten(2).transpose(1, 2)
-        return torch.cat([p["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + p["pos_embed"]
+        return embed_tokens(x, self.sliced(e), self.proj.stride)          # (B, N + 1, c), c = the channels in e
 
 
 class SuperAttention(nn.Module):
-    """The attention's parameters at their largest size (SuperBlock computes with them). Private
-    self-attention maps: Q and K are private to each head count (qk[h], an nn.Linear(C, 2A): Q's
-    rows, then K's), since what an attention map means depends on how channels are grouped into
-    heads; V and the output projection are shared by all head counts. A step that does not draw
-    head count h gives qk[h] no gradient at all, so AdamW neither decays nor moves it."""
+    """The attention's parameters at their largest size. Private self-attention maps: Q and K are
+    private to each head count (qk[h], an nn.Linear(C, 2A): Q's rows, then K's), since what an
+    attention map means depends on how channels are grouped into heads; V and the output projection
+    are shared by all head counts. A step that does not draw head count h gives qk[h] no gradient
+    at all, so AdamW neither decays nor moves it."""
 
     def __init__(self, dim, heads, attn_dim):
         super().__init__()
@@ -553,6 +576,11 @@ class SuperAttention(nn.Module):
         return {"qkv.weight": torch.cat([q_and_k, self.v.weight[None, a, e]]).flatten(0, 1),     # (3a, c)
                 "qkv.bias": torch.cat([qk.bias.unflatten(0, (2, -1))[:, a], self.v.bias[None, a]]).flatten(),
                 "proj.weight": self.proj.weight[e, a], "proj.bias": self.proj.bias[e]}
+
+    def forward(self, x, p, heads):
+        """x (B, T, c) -> (B, T, c): the plain Attention's computation with p = sliced(e, a, heads),
+        taken by SuperBlock.sliced with the rest of the block: one dict a block choice, as export copies it."""
+        return multi_head_attention(x, p, heads, self.fused_attn)
 
 
 class SuperBlock(nn.Module):
@@ -583,16 +611,9 @@ class SuperBlock(nn.Module):
 
     def forward(self, x, e, block, side):
         """x (B, T, c) -> (B, T, c): the plain ViTBlock's computation on the slice of `block`."""
-        B, T, c = x.shape
         p = self.sliced(e, block, side)
-        h = F.layer_norm(x, (c,), p["norm1.weight"], p["norm1.bias"])
-        qkv = F.linear(h, p["attn.qkv.weight"], p["attn.qkv.bias"])                     # (B, T, 3a)
-        q, k, v = qkv.view(B, T, 3, block.heads, -1).permute(2, 0, 3, 1, 4)              # 3 x (B, heads, T, a / heads)
-        h = attention(q, k, v, self.attn.fused_attn).transpose(1, 2).reshape(B, T, -1)
-        x = x + drop_path(F.linear(h, p["attn.proj.weight"], p["attn.proj.bias"]), self.drop_path_rate, self.training)
-        h = F.layer_norm(x, (c,), p["norm2.weight"], p["norm2.bias"])
-        h = F.linear(F.gelu(F.linear(h, p["fc1.weight"], p["fc1.bias"])), p["fc2.weight"], p["fc2.bias"])
-        return x + drop_path(h, self.drop_path_rate, self.training)
+        attn = {k.removeprefix("attn."): v for k, v in p.items() if k.startswith("attn.")}
+        return transformer_block(x, p, lambda h: self.attn(h, attn, block.heads), self.drop_path_rate, self.training)
 
 
 class SuperTransformer(nn.Module):
@@ -621,7 +642,7 @@ class SuperTransformer(nn.Module):
                 "head.weight": self.head.weight[:, e], "head.bias": self.head.bias}
 
     def forward(self, x, arch, side="left"):
-        check_side(side)
+        check_side(side, self.space.embed_dims)
         self.space.validate(arch)
         check_images(x, self.space)
         e = self.embed_channels(arch, side, x.device)
@@ -629,9 +650,7 @@ class SuperTransformer(nn.Module):
         for blk, b in zip(self.blocks, arch.blocks):
             if b is not None:
                 x = blk(x, e, b, side)
-        p = self.sliced_head(e)
-        x = F.layer_norm(x[:, 0], (arch.embed_dim,), p["norm.weight"], p["norm.bias"])     # class token (B, c)
-        return F.linear(x, p["head.weight"], p["head.bias"])
+        return classify(x, self.sliced_head(e))
 
 
 # -----------------------------------------------------------------------------
@@ -644,8 +663,8 @@ def export(supernet, arch, side="left", drop_path_rate=0.0):
     its output equals supernet(x, arch, side) (up to float rounding; in eval mode, or without
     stochastic depth): its parameters are those the super-transformer's forward computes with
     (sliced() of SuperTokens, SuperBlock and the head, qkv assembled from qk[h] and v)."""
-    check_side(side)
     space = supernet.space
+    check_side(side, space.embed_dims)
     vit = ViT(arch, space, drop_path_rate).to(supernet.head.weight.device, supernet.head.weight.dtype)
     e = supernet.embed_channels(arch, side, supernet.head.weight.device)
     state = {f"tokens.{k}": v for k, v in supernet.tokens[f"p{arch.patch_size}"].sliced(e).items()}
