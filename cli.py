@@ -443,7 +443,7 @@ def resolve_recipe(args, book):
     mode = "retrain" if retrain else "super"
     recipe = {} if retrain else book.recipes[args.recipe]
     if retrain:
-        given = [k for k in book.keys if getattr(args, k) is not None] + ["patch_sizes"] * (args.patch_sizes is not None)
+        given = [k for k in (*book.keys, "patch_sizes") if getattr(args, k) is not None]
         if given:
             raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} shape super-transformer training; "
                             f"a retrain (--arch) trains one network: leave them out")

@@ -448,8 +448,8 @@ def rank_check(args, space, ck, score, holdout_images, d):
     other = [m for m in FITNESS if m != args.fitness][0]   # which measure ranks better is a question in itself
     result["statistics"]["other_measure"] = {"fitness": other, **rankcheck.scores(
         [fitness_value(a["inherited"], other) for a in rows], by_seed, result["statistics"]["reliability"]),
-        "fitness_minus_other": rankcheck.paired_difference(fitness, [fitness_value(a["inherited"], other) for a in rows],
-                                                 by_seed)}
+        "fitness_minus_other": rankcheck.paired_difference(
+            fitness, [fitness_value(a["inherited"], other) for a in rows], by_seed)}
     if d.main:
         write_json(out_path, result)
     d.log(f"\nrank check ({args.fitness} of the inherited weights vs val top-1 trained alone, {len(rows)} archs):")
@@ -561,13 +561,13 @@ def search_algorithms(args, space, ck, fitness, summary, d):
     if meter is not None:
         summary["throughput"] = {"device": device_name(d.device), "batch": meter.batch,
                                  "dtype": "bfloat16" if meter.amp else "float32", "min": args.throughput_min}
-    searches = {args.algo: run_search(args, space, fitness, ck["identity_prob"], shift, args.algo, args.out, log, d.main,
-                                  meter)}
+    p_trained = ck["identity_prob"]
+    searches = {args.algo: run_search(args, space, fitness, p_trained, shift, args.algo, args.out, log, d.main, meter)}
     if args.compare:
         other = "random" if args.algo == "evolution" else "evolution"
         os.makedirs(os.path.join(args.out, other), exist_ok=True)
-        searches[other] = run_search(args, space, fitness, ck["identity_prob"], shift, other, os.path.join(args.out, other),
-                                 log, d.main, meter)
+        searches[other] = run_search(args, space, fitness, p_trained, shift, other, os.path.join(args.out, other),
+                                     log, d.main, meter)
         summary["compare"] = {algo: evo.best for algo, evo in searches.items()}
     summary.update(evaluations=len(searches[args.algo].history), best=searches[args.algo].best)
     for algo, evo in searches.items():

@@ -3,11 +3,10 @@ ViTAS core (Su et al., "Vision Transformer Architecture Search", arXiv 2106.1370
 
 Read top to bottom: the architecture records and the search space (sampling, identity shifting),
 the analytical FLOPs/params counter and the learned identity probability that aims at a FLOPs
-budget, the plain ViT a found architecture becomes, the
-sliceable super-transformer that shares weights between all of them, export of a slice to a
-plain ViT, and last, measured throughput (budgets by images/s on a device, and the latency model
-that lets the identity probability aim at them). Depends on torch and numpy only, so it can be
-copied alone into another project.
+budget, the plain ViT a found architecture becomes, the sliceable super-transformer that shares
+weights between all of them, export of a slice to a plain ViT, and last, measured throughput
+(budgets by images/s on a device, and the latency model that lets the identity probability aim
+at them). Depends on torch and numpy only: copy it alone into another project.
 
     space = SearchSpace.preset("tiny")
     arch = space.sample(torch.Generator().manual_seed(0))
@@ -16,6 +15,7 @@ copied alone into another project.
     vit = export(net, arch, side="left")        # a plain nn.Module with the inherited weights
     print(flops(arch, space), params(arch, space))
 """
+import itertools
 import statistics
 import time
 from dataclasses import dataclass, fields
@@ -206,13 +206,9 @@ class SearchSpace:
     def uniform_archs(self):
         """Every arch whose present blocks are all alike and are the first d positions (d = 1..depth):
         the hand-designed kind of network, few enough to enumerate (192,000 for vitas-1g)."""
-        for p in self.patch_sizes:
-            for c in self.embed_dims:
-                for h in self.heads:
-                    for a in self.attn_for[h]:
-                        for m in self.mlp_dims:
-                            for d in range(1, self.depth + 1):
-                                yield Arch(p, c, (Block(h, a, m),) * d + (None,) * (self.depth - d))
+        blocks = [Block(h, a, m) for h in self.heads for a in self.attn_for[h] for m in self.mlp_dims]
+        for p, c, b, d in itertools.product(self.patch_sizes, self.embed_dims, blocks, range(1, self.depth + 1)):
+            yield Arch(p, c, (b,) * d + (None,) * (self.depth - d))
 
     def sample(self, generator, identity_prob=None):
         """Draw an arch: every choice uniform, each block identity with probability identity_prob
@@ -255,21 +251,17 @@ def shift_identities(arch):
     return Arch(arch.patch_size, arch.embed_dim, real + (None,) * (len(arch.blocks) - len(real)))
 
 
-# Cells of the space: (patch size, depth) classes that stratified sampling (beyond the paper) draws alike
-
-
-def with_depth(arch, depth, rng):
-    """`arch` (every block real) with all but `depth` blocks, chosen at random, made identities."""
-    keep = set(rng.choice(len(arch.blocks), depth, replace=False).tolist())
-    return Arch(arch.patch_size, arch.embed_dim, tuple(b if i in keep else None for i, b in enumerate(arch.blocks)))
+# Cells: (patch size, depth) classes of archs, which stratified sampling (beyond the paper) draws alike
 
 
 def draw_in_cell(space, rng, cell):
     """An arch of `cell` = (patch size, or None for a uniform one; depth): every width uniform,
     `depth` real blocks at random positions, so every block position is trained alike."""
     patch, depth = cell
-    arch = with_depth(space.sample(rng, 0.0), depth, rng)
-    return arch if patch is None else Arch(patch, arch.embed_dim, arch.blocks)
+    arch = space.sample(rng, 0.0)
+    keep = set(rng.choice(space.depth, depth, replace=False).tolist())
+    blocks = tuple(b if i in keep else None for i, b in enumerate(arch.blocks))
+    return Arch(arch.patch_size if patch is None else patch, arch.embed_dim, blocks)
 
 
 def all_cells(space, by_patch):
@@ -497,15 +489,13 @@ class ViT(nn.Module):
 #
 # Each sub-layer holds its parameters once at the space's largest size (the tokens once per patch
 # size, Q and K once per head count), named as the plain ViT names them; a sub-network computes with
-# some channels of each, taken by indexing where they are used. Which channels a width takes is the
-# weight-sharing scheme (channels()): the first (left), the last (right; bilateral sharing trains
-# both) or a window on a ring (cyclic, embedding channels only). e, a and m are the embedding,
-# attention and MLP channels a slice takes (c, a and m in shape comments: how many). Autograd writes
-# each step's gradient into the channels taken, zero elsewhere, so AdamW still decays the channels
-# not taken (and its momentum moves them), as it would any weight; a head count's Q and K that a
-# step did not draw get no gradient at all and are skipped. sliced() of each module returns the
-# plain ViT's parameters of one choice under the plain ViT's names (qkv assembled from qk[h] and v):
-# forward runs the plain ViT's computations on them, export copies them.
+# some channels of each, taken by indexing where used. Which channels a width takes is the sharing
+# scheme (channels()): the first (left), the last (right; bilateral sharing trains both) or a ring
+# window (cyclic, embedding channels only). e, a, m: the embedding, attention and MLP channels a
+# slice takes (c, a, m in shape comments: how many). A step's gradient is zero on the channels not
+# taken, so AdamW still decays them (and its momentum moves them); a head count's Q and K that a step
+# did not draw get no gradient and are skipped. sliced() returns a choice's parameters under the plain
+# ViT's names (qkv assembled from qk[h] and v): forward runs the plain computations on them, export copies them.
 
 
 def cyclic_start(width, widths):
@@ -578,8 +568,7 @@ class SuperAttention(nn.Module):
                 "proj.weight": self.proj.weight[e, a], "proj.bias": self.proj.bias[e]}
 
     def forward(self, x, p, heads):
-        """x (B, T, c) -> (B, T, c): the plain Attention's computation with p = sliced(e, a, heads),
-        taken by SuperBlock.sliced with the rest of the block: one dict a block choice, as export copies it."""
+        """x (B, T, c) -> (B, T, c): the plain Attention's computation on p = sliced(e, a, heads)."""
         return multi_head_attention(x, p, heads, self.fused_attn)
 
 
@@ -659,10 +648,9 @@ class SuperTransformer(nn.Module):
 
 @torch.no_grad()
 def export(supernet, arch, side="left", drop_path_rate=0.0):
-    """A plain ViT of `arch` carrying the super-transformer's weights for that slice and side;
-    its output equals supernet(x, arch, side) (up to float rounding; in eval mode, or without
-    stochastic depth): its parameters are those the super-transformer's forward computes with
-    (sliced() of SuperTokens, SuperBlock and the head, qkv assembled from qk[h] and v)."""
+    """A plain ViT of `arch` carrying the super-transformer's weights for that slice and side: the
+    parameters its forward computes with (sliced()), so its output equals supernet(x, arch, side),
+    up to float rounding, in eval mode or without stochastic depth."""
     space = supernet.space
     check_side(side, space.embed_dims)
     vit = ViT(arch, space, drop_path_rate).to(supernet.head.weight.device, supernet.head.weight.dtype)
