@@ -84,8 +84,9 @@ def base():
 
 
 PASSES = 60                      # the quick start: 30 epochs x 2 passes (bilateral) a step
-# name: train.py flags. Everything but "v1" and "v1-code" goes beyond the paper's first version.
-RECIPES = {
+# The grid's recipes, name: train.py flags (train.RECIPES holds train.py's own recipes, name: settings).
+# Everything but "v1" and "v1-code" goes beyond the paper's first version.
+GRID = {
     "v2": ["--recipe", "v2"],
     "v1": ["--recipe", "v1"],
     "v1-code": ["--recipe", "v1-code"],
@@ -344,7 +345,7 @@ def merge_split(parts):
 
 
 def run_supernet(job):
-    flags = RECIPES[job["recipe"]]
+    flags = GRID[job["recipe"]]
     if job["recipe"] in SPLIT:                             # a super-transformer per patch size, in scratch/pP
         split = [(["--patch-sizes", str(p)], os.path.join(job["scratch"], f"p{p}")) for p in TINY.patch_sizes]
     else:
@@ -504,7 +505,7 @@ def supernet_rows(results, refs):
             scores = [fitness[json.dumps(a.to_dict())] for a in archs]
             row[name] = {**rankcheck.rank_statistics(scores, [t for _, t in table], archs, TINY), "fitness": scores}
         rows.append(row)
-    order = list(RECIPES)                           # the recipes in RECIPES' order, then any other
+    order = list(GRID)                              # the recipes in GRID's order, then any other
     return sorted(rows, key=lambda r: (order.index(r["recipe"]) if r["recipe"] in order else len(order), r["recipe"],
                                        r["seed"]))
 
@@ -653,7 +654,7 @@ def table(results, markdown=False):
         sampler_section(doc, sampler_rows(supers))
         ranking_section(doc, supers, per_recipe, versus, default)
         learning_section(doc, *learning)
-    outcome = outcome_rows(results, list(RECIPES))
+    outcome = outcome_rows(results, list(GRID))
     margins = outcome_margins(outcome)
     if outcome:
         outcome_section(doc, outcome, margins)
@@ -936,7 +937,7 @@ def get_parser():
                     help="worker processes, one thread each (default: one per core; 0: in this process)")
     ap.add_argument("--seeds", type=infra.number_arg(int, 0), nargs="+", default=[0, 1, 2, 3],
                     help="grid: supernet seeds")
-    ap.add_argument("--recipes", nargs="+", choices=list(RECIPES),
+    ap.add_argument("--recipes", nargs="+", choices=list(GRID),
                     help="grid: the recipes (default all); outcome: the recipes whose searched archs are retrained "
                          "(default v2 fair)")
     ap.add_argument("--synthetic-size", type=infra.number_arg(int, 10), default=None, metavar="N",
@@ -971,7 +972,7 @@ def run(args):
         run_jobs(reference_jobs(args.results, args.scratch), args.workers)
     elif args.command == "grid":
         run_jobs([supernet_job(name, seed, args.results, args.scratch, args.passes) for seed in args.seeds
-                  for name in args.recipes or RECIPES], args.workers)
+                  for name in args.recipes or GRID], args.workers)
     elif args.command == "outcome":
         run_jobs(outcome_jobs(args.results, args.scratch, args.recipes or ["v2", "fair"]), args.workers)
     figures = table(args.results, args.markdown)

@@ -2155,7 +2155,7 @@ def test_split_recipe_scores_each_arch_on_its_patch_size_s_supernet(monkeypatch)
 
     monkeypatch.setattr(experiment, "train_and_search", fake)
     record = experiment.run_supernet({"recipe": "fair-split", "seed": 0, "scratch": "unused"})
-    epochs = experiment.PASSES // experiment.passes_of(experiment.RECIPES["fair-split"])
+    epochs = experiment.PASSES // experiment.passes_of(experiment.GRID["fair-split"])
     assert [(m["patch_sizes"], m["epochs"]) for m in made] == [([4], epochs // 2), ([8], epochs // 2)]   # equal passes
     own = {m["patch_sizes"][0]: m for m in made}
     for name, (archs, _) in experiment.reference_sets().items():
@@ -2212,10 +2212,10 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
 def test_experiment_recipes_named_as_train_recipes_train_as_they_do():
     """An experiment recipe of train.py's name (v2+strat's records predate the train.py recipe) and
     train.py's recipe of that name resolve to the same settings."""
-    shared = set(experiment.RECIPES) & set(train.RECIPES)
+    shared = set(experiment.GRID) & set(train.RECIPES)
     assert {"v1", "v2", "fair", "v2+strat", train.DEFAULT_RECIPE} <= shared
     for name in shared:
-        ours = vars(train.resolve_recipe(train.parse_args(experiment.RECIPES[name])))
+        ours = vars(train.resolve_recipe(train.parse_args(experiment.GRID[name])))
         theirs = vars(train.resolve_recipe(train.parse_args(["--recipe", name])))
         assert {**ours, "recipe": name} == theirs, name
 
@@ -2258,7 +2258,7 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     os.makedirs(tmp_path / "supernets")
     inherited = {}
     default = experiment.train.DEFAULT_RECIPE               # a remedy is compared with v2 and with the default
-    assert default != "v2" and default in experiment.RECIPES
+    assert default != "v2" and default in experiment.GRID
     for recipe, noise in (("v2", 0.5), (default, 2.0)):
         inherited[recipe] = [{"arch": a.to_dict(), "top1": truth[a] + g.normal(scale=noise), "loss": 1.0}
                              for a in window]
