@@ -2107,9 +2107,10 @@ def test_bench_step_ratios_are_medians_over_rounds_taken_in_turns(monkeypatch):
 
 
 # -----------------------------------------------------------------------------
-# experiment.py: parallel workers, records in results/, the table from them
+# experiment.py: parallel workers, records in results/, the table from them (its text: report.py)
 
 import experiment  # noqa: E402
+import report  # noqa: E402
 
 
 def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_path, capsys):
@@ -2202,7 +2203,7 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
         assert rows[recipe]["top1"] == pytest.approx(mean(arch))
         assert rows[recipe]["wins"] == (mean(arch) > max(mean(compared["uniform"]), mean(compared["deit"]), median))
     assert rows["fair"]["random_median"] == pytest.approx(median)
-    margins = {m["recipe"]: m for m in experiment.outcome_margins(list(rows.values()))}
+    margins = {m["recipe"]: m for m in report.outcome_margins(list(rows.values()))}
     best = max(mean(compared["uniform"]), mean(compared["deit"]))
     for recipe, arch in searched.items():
         assert margins[recipe]["margin"]["difference"] == pytest.approx(mean(arch) - best)
@@ -2307,18 +2308,18 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     assert "window" in printed and f"{ref['tau_star']:.2f}" in printed and f"{w['kendall_tau']:.2f}" in printed
     # RESULTS.md and the README's summary written from these figures, then checked; a changed figure is stale
     readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
-    readme.write_text(f"intro\n{experiment.SUMMARY[0]}\nold\n{experiment.SUMMARY[1]}\nrest\n")
-    experiment.write_docs(out, str(results_md), str(readme), check=False)
+    readme.write_text(f"intro\n{report.SUMMARY[0]}\nold\n{report.SUMMARY[1]}\nrest\n")
+    report.write_docs(out, str(results_md), str(readme), check=False)
     assert results_md.read_text() == out["text"] and f"| {fmt2(dflt['tau_c'])} |" in readme.read_text()
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("rest\n")
-    experiment.write_docs(out, str(results_md), str(readme), check=True)
+    report.write_docs(out, str(results_md), str(readme), check=True)
     results_md.write_text(out["text"].replace(f"{w['kendall_tau']:.2f}", "0.99", 1))
     with pytest.raises(infra.UserError, match="RESULTS.md differ"):
-        experiment.write_docs(out, str(results_md), str(readme), check=True)
+        report.write_docs(out, str(results_md), str(readme), check=True)
 
 
 def fmt2(values):
-    return experiment.mean_sd(values)
+    return report.mean_sd(values)
 
 
 # -----------------------------------------------------------------------------
