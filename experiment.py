@@ -19,7 +19,8 @@ effective batch 64, lr 2e-3, one process per training.
              top and 8 random window archs, each trained alone as the reference archs are (20
              epochs, seeds 0 and 1). A searched arch wins when its mean top-1 is above both
              hand-designed networks' and the random archs' median.
-  table      Every figure from results/, without training anything.
+  table      Every figure from results/, without training anything: the records are read here; their
+             statistics and text (RESULTS.md, the README's summary, --check) are report.py's.
 
 Each training is a job; jobs run in parallel worker processes (--workers, default one per core,
 one thread each). A finished job writes a small JSON record (no checkpoint) to --results (default
@@ -47,8 +48,9 @@ import numpy as np
 import torch
 
 import cli
-import runs
 import rankcheck
+import report
+import runs
 import search
 import train
 import vitas
@@ -85,8 +87,9 @@ def base():
 
 
 PASSES = 60                      # the quick start: 30 epochs x 2 passes (bilateral) a step
-# name: train.py flags. Everything but "v1" and "v1-code" goes beyond the paper's first version.
-RECIPES = {
+# The grid's recipes, name: train.py flags (train.RECIPES holds train.py's own recipes, name: settings).
+# Everything but "v1" and "v1-code" goes beyond the paper's first version.
+GRID = {
     "v2": ["--recipe", "v2"],
     "v1": ["--recipe", "v1"],
     "v1-code": ["--recipe", "v1-code"],
@@ -345,7 +348,7 @@ def merge_split(parts):
 
 
 def run_supernet(job):
-    flags = RECIPES[job["recipe"]]
+    flags = GRID[job["recipe"]]
     if job["recipe"] in SPLIT:                             # a super-transformer per patch size, in scratch/pP
         split = [(["--patch-sizes", str(p)], os.path.join(job["scratch"], f"p{p}")) for p in TINY.patch_sizes]
     else:
@@ -427,65 +430,8 @@ def outcome_rows(results, recipes):
     return rows
 
 
-def outcome_margins(outcome):
-    """Per recipe over its supernet seeds: how often the searched arch wins, its top-1, and its
-    margin over the better hand-designed network with a t interval over the seeds."""
-    out = []
-    for recipe in dict.fromkeys(r["recipe"] for r in outcome):
-        rs = [r for r in outcome if r["recipe"] == recipe]
-        best = max(rs[0][n] for n in rankcheck.BASELINES)
-        out.append({"recipe": recipe, "seeds": len(rs), "wins": sum(r["wins"] for r in rs),
-                    "searched": [r["top1"] for r in rs],
-                    "margin": rankcheck.seed_difference([r["top1"] for r in rs], best)})
-    return out
-
-
 # -----------------------------------------------------------------------------
-# The table: every figure from results/
-
-
-def fmt(v, digits=2):
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def span(interval):
-    return "n/a" if interval is None else f"[{interval[0]:.2f}, {interval[1]:.2f}]"
-
-
-def mean_sd(values):
-    """Mean ± sample standard deviation (ddof=1) over seeds; one seed's value alone."""
-    v = [x for x in values if x is not None]
-    if len(v) > 1:
-        return f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}"
-    return f"{v[0]:.2f}" if v else "n/a"
-
-
-def seed_sd(top1_by_seed):
-    """One training's top-1 SD between training seeds, pooled over the archs with two or more (each
-    arch's sample variance, ddof=1, weighted by its degrees of freedom): the noise every comparison
-    of archs trained alone carries."""
-    rows = [np.asarray(t, dtype=float) for t in top1_by_seed if len(t) > 1]
-    if not rows:
-        return None
-    return float(np.sqrt(sum(((t - t.mean()) ** 2).sum() for t in rows) / sum(len(t) - 1 for t in rows)))
-
-
-def reference_rows(refs):
-    """Per reference set (reference_table), and the window's archs of each patch size apart: its
-    size, seeds, top-1 range and reliability (rankcheck.reference_summary)."""
-    rows = []
-    for name, table in refs.items():
-        patches = sorted({a.patch_size for a, _ in table})
-        subsets = [(name, table)] + [(f"{name} p{p}", [(a, t) for a, t in table if a.patch_size == p])
-                                     for p in patches if len(patches) > 1 and name == "window"]
-        for label, sub in subsets:
-            if len(sub) < 2:
-                continue
-            by_seed = [t for _, t in sub]
-            rows.append({"set": label, "archs": len(sub), "second_seed": sum(len(t) > 1 for t in by_seed),
-                         "top1_range": [float(min(map(min, by_seed))), float(max(map(max, by_seed)))],
-                         "top1_sd": seed_sd(by_seed), **rankcheck.reference_summary(by_seed)})
-    return rows
+# The table: every figure from results/ (report.py writes their text, RESULTS.md and the README's summary)
 
 
 def supernet_rows(results, refs):
@@ -505,118 +451,9 @@ def supernet_rows(results, refs):
             scores = [fitness[json.dumps(a.to_dict())] for a in archs]
             row[name] = {**rankcheck.rank_statistics(scores, [t for _, t in table], archs, TINY), "fitness": scores}
         rows.append(row)
-    order = list(RECIPES)                           # the recipes in RECIPES' order, then any other
+    order = list(GRID)                              # the recipes in GRID's order, then any other
     return sorted(rows, key=lambda r: (order.index(r["recipe"]) if r["recipe"] in order else len(order), r["recipe"],
                                        r["seed"]))
-
-
-def recipe_rows(supers, window, baselines=("v2",)):
-    """Per recipe, over its supernet seeds on the window reference (reference_table's "window"):
-    mean and SD of tau, tau_c and top-3 regret; its mean tau minus FLOPs' tau and ("minus", by
-    baseline recipe; None for the baseline itself or where no seed is shared) minus each
-    baseline's mean tau on the seeds both have, each with a paired bootstrap interval over the
-    archs and ("over_seeds") a t interval over the supernet seeds: a recipe is better only where
-    both exclude 0."""
-    archs, top1 = zip(*window)
-    flops = rankcheck.floor_predictors(archs, TINY)["flops"]
-    flops_tau = rankcheck.kendall_tau(flops, rankcheck.reference_mean(top1))
-    by_recipe = {}
-    for r in supers:
-        by_recipe.setdefault(r["recipe"], {})[r["seed"]] = r
-
-    def at(records, key, seeds):                    # each seed's window figure
-        return [records[s]["window"][key] for s in seeds]
-
-    def minus(rs, baseline):                        # rs's figures minus the baseline's, on the seeds both have
-        base = by_recipe.get(baseline, {})
-        shared = [s for s in sorted(rs) if s in base]
-        if rs is base or not shared:
-            return None
-        return {"seeds": shared,
-                **rankcheck.paired_difference(at(rs, "fitness", shared), at(base, "fitness", shared), top1),
-                "over_seeds": rankcheck.seed_difference(at(rs, "kendall_tau", shared), at(base, "kendall_tau", shared))}
-
-    rows = []
-    for name, rs in by_recipe.items():
-        seeds = sorted(rs)
-        pick = lambda key: at(rs, key, seeds)       # noqa: E731
-        rows.append({"recipe": name, "seeds": seeds, "kendall_tau": pick("kendall_tau"), "tau_c": pick("tau_c"),
-                     "top3_regret": pick("top3_regret"),
-                     "tau_c_by_patch": {p: [b[p]["tau_c"] for b in pick("by_patch")]
-                                        for p in rs[seeds[0]]["window"]["by_patch"]},
-                     "minus_flops": {**rankcheck.paired_difference(pick("fitness"), flops, top1),
-                                     "over_seeds": rankcheck.seed_difference(pick("kendall_tau"), flops_tau)},
-                     "minus": {b: minus(rs, b) for b in baselines},
-                     "min_block_share": [min(rs[s]["sampled"]["block_share"]) for s in seeds],
-                     "cpu_minutes": [rs[s]["cpu_minutes"] for s in seeds]})
-    return rows
-
-
-class Doc:
-    """What table() prints: plain columns for a terminal, or markdown (RESULTS.md) with the prose
-    that says how to read each table (no figure in the prose: every figure comes from results/)."""
-
-    def __init__(self, markdown):
-        self.markdown, self.lines = markdown, []
-
-    def heading(self, text, level=2):
-        self.lines += ["", "#" * level + " " + text if self.markdown else text]
-
-    def para(self, text):
-        if self.markdown:
-            self.lines += ["", text]
-
-    def row(self, cells, header=False):
-        if header:
-            self.lines.append("")
-        self.lines.append("| " + " | ".join(cells) + " |" if self.markdown else "  ".join(cells))
-        if self.markdown and header:
-            self.lines.append("|---" * len(cells) + "|")
-
-    def text(self):
-        return "\n".join(self.lines).strip("\n") + "\n"
-
-
-def reported_ratio(record, alone):
-    """The mean over the reported archs of their val top-1 at the end of super-transformer training
-    over their val top-1 trained alone (reported_alone); None where the record or a reference lacks one."""
-    reported = record.get("reported", {}).values()        # records since 2026-12-02
-    keys = [json.dumps(v["arch"]) for v in reported]
-    if not keys or any(k not in alone for k in keys):
-        return None
-    return float(np.mean([v["val_top1"] / alone[k] for v, k in zip(reported, keys)]))
-
-
-def learning_rows(supers, window, alone=None):
-    """Learning beside ranking: per super-transformer, the mean over the window archs of the held-out
-    top-1 its inherited weights give over the val top-1 the arch reaches trained alone (the
-    reference mean), and the same for the reported archs (reported_ratio, `alone` their
-    reported_alone); per recipe, mean and SD over its seeds with a t interval (the reported ratio
-    over the seeds that have it)."""
-    archs, top1 = zip(*window)
-    mean_alone = rankcheck.reference_mean(top1)
-    per_seed = [{"recipe": r["recipe"], "seed": r["seed"],
-                 "ratio": float(np.mean(np.asarray(r["window"]["fitness"]) / mean_alone)),
-                 "reported": reported_ratio(r, alone or {})} for r in supers]
-    per_recipe = []
-    for recipe in dict.fromkeys(r["recipe"] for r in per_seed):
-        ratios = [r["ratio"] for r in per_seed if r["recipe"] == recipe]
-        reported = [r["reported"] for r in per_seed if r["recipe"] == recipe and r["reported"] is not None]
-        per_recipe.append({"recipe": recipe, "ratios": ratios, "over_seeds": rankcheck.seed_difference(ratios),
-                           "reported": reported,
-                           "reported_over_seeds": rankcheck.seed_difference(reported) if reported else None})
-    return per_seed, per_recipe
-
-
-def sampler_rows(supers):
-    """The learned phase's sampler statistics per recipe, means over its seeds."""
-    out = {}
-    for r in supers:
-        out.setdefault(r["recipe"], []).append(r["sampled"])
-    return [{"recipe": name, **{k: np.mean([s[k] for s in ss if k in s], axis=0).tolist()
-                                for k in ("block_share", "depth_share") if any(k in s for s in ss)},
-             "patch_share": {p: float(np.mean([s["patch_share"][p] for s in ss])) for p in ss[0]["patch_share"]}}
-            for name, ss in out.items()]
 
 
 def bench_records(results):
@@ -624,52 +461,29 @@ def bench_records(results):
     return [read_record(p) for p in sorted(glob.glob(os.path.join(folder, "*.json")))]
 
 
-INTRO = """# vitas: results
-
-Every figure here is written by `python experiment.py table --markdown --write RESULTS.md` from the
-records in `results/` (one small JSON file per training or measurement); CI checks that this file
-and the README's summary are what the records give. Setting: the embedded synthetic data at
-quick-start scale, tiny space, FLOPs window {lo}M-{hi}M, data seed {data_seed} for every training
-(the same images and held-out split), effective batch 64, lr 2e-3, one process per training on a
-CPU. Intervals are {level}%. A difference whose interval holds 0 is no difference."""
-
-
 def table(results, markdown=False):
     """The reference, every super-transformer's ranking and learning, the outcome and the benchmarks,
-    from results/ without training anything: printed (markdown: RESULTS.md's text); returns the
-    figures and the text."""
+    from results/ without training anything: printed (report.render; markdown: RESULTS.md's text);
+    returns the figures and, under "text", the text."""
     tables = reference_table(results)                   # read once: every section scores against it
-    refs, supers = reference_rows(tables), supernet_rows(results, tables)
-    doc = Doc(markdown)
-    if markdown:
-        doc.lines.append(INTRO.format(lo=LO // 10 ** 6, hi=HI // 10 ** 6, data_seed=DATA_SEED,
-                                      level=round(100 * rankcheck.LEVEL)))
-    reference_section(doc, refs)
+    refs, supers = report.reference_rows(tables), supernet_rows(results, tables)
     default = train.DEFAULT_RECIPE                      # a remedy must beat the default, not only v2
     scored = supers and len(tables["window"]) >= 2      # the window reference trained: supernets can be scored
-    per_recipe = recipe_rows(supers, tables["window"], ("v2", default)) if scored else []
+    per_recipe = report.recipe_rows(supers, tables["window"], TINY, ("v2", default)) if scored else []
     versus = [{"recipe": r["recipe"], **r["minus"][default]} for r in per_recipe if r["minus"][default] is not None]
-    learning = learning_rows(supers, tables["window"], reported_alone(results)) if scored else ([], [])
-    if scored:
-        sampler_section(doc, sampler_rows(supers))
-        ranking_section(doc, supers, per_recipe, versus, default)
-        learning_section(doc, *learning)
-    outcome = outcome_rows(results, list(RECIPES))
-    margins = outcome_margins(outcome)
-    if outcome:
-        outcome_section(doc, outcome, margins)
+    learning = report.learning_rows(supers, tables["window"], reported_alone(results)) if scored else ([], [])
+    outcome = outcome_rows(results, list(GRID))
     window_ref = next((r for r in refs if r["set"] == "window"), None)
     settings = [setting_rows(results, name, tables, window_ref, per_recipe, learning[1]) for name in SETTINGS
                 if os.path.isdir(os.path.join(results, name, "supernets"))]
-    if settings and per_recipe:
-        settings_section(doc, settings)
-    benches = bench_records(results)
-    if benches:
-        bench_section(doc, benches)
-    text = doc.text()
-    print(text, end="")
-    return {"reference": refs, "supernets": supers, "recipes": per_recipe, "versus_default": versus,
-            "learning": learning[1], "outcome": outcome, "margins": margins, "settings": settings, "text": text}
+    figures = {"setup": {"lo": LO, "hi": HI, "data_seed": DATA_SEED, "per_cell": PER_CELL, "epochs": REFERENCE_EPOCHS,
+                         "outcome_seeds": OUTCOME_SEEDS, "random_archs": RANDOM_ARCHS},
+               "reference": refs, "supernets": supers, "default": default, "recipes": per_recipe,
+               "versus_default": versus, "learning_per_seed": learning[0], "learning": learning[1], "outcome": outcome,
+               "margins": report.outcome_margins(outcome), "settings": settings, "bench": bench_records(results)}
+    figures["text"] = report.render(figures, markdown)
+    print(figures["text"], end="")
+    return figures
 
 
 def setting_rows(results, name, tables, window_ref, full_recipes, full_learning):
@@ -681,12 +495,14 @@ def setting_rows(results, name, tables, window_ref, full_recipes, full_learning)
     with data_size(size):
         if size:                                        # its own reference; --passes alone keeps the quick start's
             tables = reference_table(folder)
-            window_ref = next((r for r in reference_rows({"window": tables["window"]}) if r["set"] == "window"), None)
+            window_ref = next((r for r in report.reference_rows({"window": tables["window"]})
+                               if r["set"] == "window"), None)
         supers = supernet_rows(folder, tables)
         archs = len(tables["window"])
-        per_recipe = recipe_rows(supers, tables["window"], baselines=()) if archs >= 2 else []
+        per_recipe = report.recipe_rows(supers, tables["window"], TINY, baselines=()) if archs >= 2 else []
         alone = reported_alone(folder if size else results)
-        learning = {r["recipe"]: r for r in learning_rows(supers, tables["window"], alone)[1]} if archs >= 2 else {}
+        learning = ({r["recipe"]: r for r in report.learning_rows(supers, tables["window"], alone)[1]}
+                    if archs >= 2 else {})
     full = {r["recipe"]: r for r in full_recipes}
     full_learn = {r["recipe"]: r for r in full_learning}
     rows = []
@@ -701,230 +517,8 @@ def setting_rows(results, name, tables, window_ref, full_recipes, full_learning)
     return {"folder": folder, "flags": flags, "archs": archs, "rows": rows, "reference": window_ref}
 
 
-def settings_section(doc, settings):
-    doc.heading("Fewer images, fewer steps: ranking and learning where data or training is scarce")
-    doc.para("Each setting's flags over the quick start's; with `--synthetic-size` its supernets are scored "
-             "against its own reference (`python experiment.py reference` with the same flags), with `--passes` "
-             "alone against the quick start's. inherited / alone as in Learning; best reported is the best of the "
-             "archs train.py reports, val top-1 at the end of super-transformer training. Mean ± SD over supernet "
-             "seeds; the learning intervals are 90% t intervals over them; beside them the quick start's figures "
-             "of the same recipe.")
-    for st in settings:
-        ref = st["reference"]
-        doc.para(f"`python experiment.py grid {st['flags']} --results {st['folder']}`: reference of "
-                 f"{st['archs']} window archs, {0 if ref is None else ref['seeds']} seeds each"
-                 + ("." if ref is None else f" (seed tau {fmt(ref['seed_tau'])}, tau* {fmt(ref['tau_star'])} "
-                                            f"{span(ref['tau_star_interval'])}, val top-1 "
-                                            f"{ref['top1_range'][0]:.1f}-{ref['top1_range'][1]:.1f}%)."))
-        doc.row(["recipe", "seeds", "tau_c", "inherited / alone", "90% interval", "reported: inherited / alone",
-                 "90% interval", "best reported val top-1", "quick start: tau_c", "inherited / alone", "90% interval"],
-                header=True)
-        for r in st["rows"]:
-            fl = r["full_learning"]
-            doc.row([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["tau_c"]), mean_sd(r["learning"]["ratios"]),
-                     span(r["learning"]["over_seeds"]["interval"]), *reported_cells(r["learning"]),
-                     mean_sd(r["best_reported"]),
-                     mean_sd(r["full_tau_c"] or []), "n/a" if fl is None else mean_sd(fl["ratios"]),
-                     "n/a" if fl is None else span(fl["over_seeds"]["interval"])])
-
-
-def reference_section(doc, refs):
-    doc.heading("The reference: archs trained alone, and how reliable it is")
-    doc.para(f"`python experiment.py reference`: {PER_CELL} archs from each (patch size, depth) cell of the window, "
-             f"drawn by a seeded generator (never by a fitness), each trained alone for {REFERENCE_EPOCHS} epochs "
-             "with several training seeds; and a set spread over the whole FLOPs range, where FLOPs alone rank. "
-             "One seed's reliability r1 = sin(pi tau_ss / 2) from the seeds' agreement tau_ss (mean over pairs of "
-             "seeds), the S-seed mean's r_S by Spearman-Brown, the oracle bound tau* = (2/pi) asin(sqrt(r_S)); "
-             "bootstrap over the archs. A resample whose seeds disagree (tau_ss <= 0) counts as tau* 0; its "
-             "share is the last column (tau_c is undefined there and left out of tau_c's intervals).")
-    doc.row(["set", "archs", "2nd seed", "top-1 range", "seed SD", "seed tau", "r1", "seeds S", "r_S", "tau*",
-             "90% interval", "seeds disagree"], header=True)
-    for r in refs:
-        doc.row([r["set"], str(r["archs"]), str(r["second_seed"]), f"{r['top1_range'][0]:.1f}-{r['top1_range'][1]:.1f}",
-                 fmt(r["top1_sd"]), fmt(r["seed_tau"]), fmt(r["r1"]), str(r["seeds"]), fmt(r["reliability"]),
-                 fmt(r["tau_star"]), span(r["tau_star_interval"]), f"{100 * r['disagreeing_resamples']:.0f}%"])
-
-
-def sampler_section(doc, rows):
-    doc.heading("Who gets trained: the sampler statistics of the learned phase")
-    doc.para("The share of steps that trained each block position and each patch size, and the depth histogram "
-             "of the drawn networks (`log.jsonl` \"sampled\"), mean over each recipe's supernet seeds.")
-    doc.row(["recipe", "block 1 ... 6", "patch 4 / 8", "depth 0 ... 6"], header=True)
-    for r in rows:
-        doc.row([r["recipe"], " ".join(f"{v:.2f}" for v in r["block_share"]),
-                 " / ".join(f"{r['patch_share'][p]:.2f}" for p in sorted(r["patch_share"], key=int)),
-                 " ".join(f"{v:.2f}" for v in r.get("depth_share", [])) or "n/a"])
-
-
-def ranking_section(doc, supers, per_recipe, versus, default):
-    doc.heading("Ranking: the recipe grid against the window reference")
-    doc.para("`python experiment.py grid --seeds 0 1 2 3`: a super-transformer per recipe and supernet seed at "
-             "equal sub-network passes, the window archs scored with the inherited weights (held-out top-1). "
-             "tau is Kendall tau-b against the reference mean, tau_c corrected for the reference's noise; "
-             "top-3 regret is the reference top-1 lost by keeping the best of the fitness's top 3 (ties at the "
-             "cut broken by arch order). Only the recipes `v1` and `v1-code` are the paper's first version; the "
-             "others go beyond it (README, Method).")
-    doc.row(["recipe", "seed", "tau", "90% interval", "tau_c", "90% interval", "tau p4", "tau_c p4", "tau p8",
-             "tau_c p8", "FLOPs tau", "tau - FLOPs tau", "90% interval", "space tau", "blocks min/max", "patch 4/8",
-             "train CPU-min"], header=True)
-    for r in supers:
-        w, sp = r["window"], r.get("space")
-        flops = w["floors"]["flops"]
-        blocks, patches = r["sampled"]["block_share"], r["sampled"]["patch_share"]
-        doc.row([r["recipe"], str(r["seed"]), fmt(w["kendall_tau"]), span(w["tau_interval"]), fmt(w["tau_c"]),
-                 span(w["tau_c_interval"]),
-                 *(fmt(w["by_patch"].get(p, {}).get(k)) for p in ("4", "8") for k in ("kendall_tau", "tau_c")),
-                 fmt(flops["kendall_tau"]), fmt(flops["fitness_minus_floor"]["difference"]),
-                 span(flops["fitness_minus_floor"]["interval"]), fmt(sp and sp["kendall_tau"]),
-                 f"{min(blocks):.2f}/{max(blocks):.2f}",
-                 "/".join(f"{patches[p]:.2f}" for p in sorted(patches, key=int)), fmt(r["cpu_minutes"], 1)])
-    doc.heading("Per recipe", 3)
-    doc.para("Mean ± SD (ddof=1) over supernet seeds; a difference is of the mean tau over the seeds both recipes "
-             "have, with 90% intervals paired over the archs (bootstrap, the same resamples for both) and over "
-             "the supernet seeds (t).")
-    doc.row(["recipe", "seeds", "tau", "tau_c", "tau_c p4", "tau_c p8", "top-3 regret", "tau - FLOPs tau", "archs",
-             "seeds", "tau - v2 tau", "archs", "seeds", "min block share", "train CPU-min"], header=True)
-    for r in per_recipe:
-        vs, vf = r["minus"]["v2"], r["minus_flops"]
-        doc.row([r["recipe"], ",".join(map(str, r["seeds"])), mean_sd(r["kendall_tau"]), mean_sd(r["tau_c"]),
-                 *(mean_sd(r["tau_c_by_patch"].get(p, [])) for p in ("4", "8")), mean_sd(r["top3_regret"]),
-                 fmt(vf["difference"]), span(vf["interval"]), span(vf["over_seeds"]["interval"]),
-                 *(["-"] * 3 if vs is None else [fmt(vs["difference"]), span(vs["interval"]),
-                                                  span(vs["over_seeds"]["interval"])]),
-                 mean_sd(r["min_block_share"]), mean_sd(r["cpu_minutes"])])
-    if versus:
-        doc.heading(f"Against the default recipe, {default}", 3)
-        doc.para(f"`{default}` became the default after this grid was run, on it, the learning figures below and "
-                 "those of the scarce settings: the figures it is reported on are among those it was chosen by. "
-                 "Same intervals as above.")
-        doc.row(["recipe", "seeds", f"tau - {default} tau", "archs", "seeds"], header=True)
-        for vs in versus:
-            doc.row([vs["recipe"], ",".join(map(str, vs["seeds"])), fmt(vs["difference"]), span(vs["interval"]),
-                     span(vs["over_seeds"]["interval"])])
-
-
-def learning_section(doc, per_seed, per_recipe):
-    doc.heading("Learning: inherited weights against the archs trained alone")
-    doc.para("Per super-transformer, the mean over the window archs of their held-out top-1 with the inherited "
-             "weights over their val top-1 trained alone (the reference mean): how much of what an arch can "
-             "learn its slice has learned. Reported: the same for the three archs train.py reports (largest, "
-             "smallest, middle of the window), their val top-1 at the end of super-transformer training over "
-             "their val top-1 trained alone as the window's are (mean of seeds 0-3; records since 2026-12-02 keep "
-             "it). Per recipe, mean ± SD over the supernet seeds with a 90% t interval.")
-    doc.row(["recipe", "seeds", "inherited / alone", "90% interval", "per seed", "reported: seeds",
-             "inherited / alone", "90% interval"], header=True)
-    for r in per_recipe:
-        seeds = [x for x in per_seed if x["recipe"] == r["recipe"]]
-        doc.row([r["recipe"], ",".join(str(x["seed"]) for x in seeds), mean_sd(r["ratios"]),
-                 span(r["over_seeds"]["interval"]), " ".join(f"{x['ratio']:.2f}" for x in seeds),
-                 ",".join(str(x["seed"]) for x in seeds if x["reported"] is not None) or "none",
-                 *reported_cells(r)])
-
-
-def reported_cells(learning):
-    """A learning row's reported ratio: mean ± SD and its interval over the seeds that have it."""
-    over = learning["reported_over_seeds"]
-    return [mean_sd(learning["reported"]), "n/a" if over is None else span(over["interval"])]
-
-
-def outcome_section(doc, outcome, margins):
-    doc.heading("Outcome: does the searched arch beat hand design?")
-    doc.para(f"`python experiment.py outcome`: each supernet's evolutionary pick trained alone, {REFERENCE_EPOCHS} "
-             f"epochs, mean top-1 over training seeds {', '.join(map(str, OUTCOME_SEEDS))}, beside the two "
-             f"hand-designed networks nearest the window's top and {RANDOM_ARCHS} random window archs; a pick wins "
-             "when it is above both designs and the random median.")
-    doc.row(["recipe", "seed", "searched", "MFLOPs", *rankcheck.BASELINES, "random median", "wins"], header=True)
-    for r in outcome:
-        doc.row([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6),
-                 *(fmt(r[n], 1) for n in rankcheck.BASELINES), fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
-    doc.para("Searched minus the better hand-designed network, points of top-1 over supernet seeds (t interval; "
-             "each side a 2-seed mean, so the trainings' own noise comes on top).")
-    doc.row(["recipe", "seeds", "wins", "searched", "margin", "90% interval"], header=True)
-    for m in margins:
-        doc.row([m["recipe"], str(m["seeds"]), f"{m['wins']} of {m['seeds']}", mean_sd(m["searched"]),
-                 fmt(m["margin"]["difference"], 1), span(m["margin"]["interval"])])
-
-
-def bench_section(doc, benches):
-    doc.heading("Benchmarks")
-    for b in (b for b in benches if b["kind"] == "step"):
-        doc.para(f"`{b['command']}` ({b['date']}, torch {b['torch']}, {b['device']}): one training step of the "
-                 "super-transformer (one side; bilateral: both sides) over the same step of the exported plain "
-                 "ViT, the median over rounds of interleaved steps with its quartiles; \"no slicing\" is the step "
-                 "given its slices as ready leaves (what lies above it is the cost of taking them); kernels are "
-                 "CPU aten ops that do work (deterministic). FLOPs counter: "
-                 f"{b['counter_archs_per_s'] or 0:,.0f} vitas-1g archs/s on one core. The slices are taken by "
-                 "plain indexing (the readable reference); the stacked layout before it (commit 090ac7a) launched "
-                 "fewer kernels (1.24-1.29x plain) for about the same CPU step (timed side by side with this "
-                 "code, two runs: one side 0.00-0.03 faster, bilateral within 0.03 either way) and was dropped; "
-                 "no GPU has timed either, and "
-                 "`python bench.py --device cuda --record ...` is the measurement that would decide whether a "
-                 "kernel-lean path pays back there.")
-        doc.row(["arch", "batch", "MFLOPs", "plain", "one side", "bilateral", "no slicing", "kernels fp32",
-                 "one side", "bilateral", "kernels bf16", "one side", "bilateral"], header=True)
-        for r in b["rows"]:
-            ratio = lambda k: "-" if k not in r else f"{r[k][0]:.3f} ({r[k][1]:.2f}-{r[k][2]:.2f})"   # noqa: E731
-            doc.row([r["arch"], str(r["batch"]), fmt(r["mflops"], 1), fmt(r.get("plain_ms"), 1) + " ms",
-                     ratio("one_side"), ratio("bilateral"), ratio("no_slicing"),
-                     *(f"{p}" if i == 0 else f"{v / p:.2f}" for k in ("fp32", "bf16")
-                       for p in [r["kernels"][k][0]] for i, v in enumerate(r["kernels"][k]))])
-    throughput = [b for b in benches if b["kind"] == "throughput"]
-    if throughput:
-        doc.para("FLOPs as a proxy for measured speed (`python bench.py --throughput 100`): Spearman rho between "
-                 "FLOPs and seconds per image over random archs of each preset, and a `vitas.LatencyModel` fitted to "
-                 "half of them and judged on the other half. "
-                 + " ".join(f"{b['device']} {b['precision']}: {b['source']}." for b in throughput if b.get("source")))
-        doc.row(["device", "precision", "preset", "batch", "archs", "rho FLOPs", "rho latency model (half)",
-                 "images/s", "measured"], header=True)
-        for b in throughput:
-            for r in b["rows"]:
-                ips = r["images_per_s"]
-                doc.row([b["device"], b["precision"], r["preset"], str(r["batch"]), str(r["archs"]),
-                         fmt(r["rho_flops"], 3), fmt(r["rho_latency_model_half"], 3),
-                         "n/a" if ips is None else f"{ips[0]:,.0f}-{ips[1]:,.0f}", b["date"]])
-
-
-SUMMARY = ("<!-- summary: written by python experiment.py table --markdown --write RESULTS.md -->",
-           "<!-- end of summary -->")
-
-
-def summary(figures):
-    """The README's short results summary (markdown), from table()'s figures."""
-    window = next(r for r in figures["reference"] if r["set"] == "window")
-    learning = {r["recipe"]: r for r in figures["learning"]}
-    wins = {m["recipe"]: f"{m['wins']} of {m['seeds']}" for m in figures["margins"]}
-    lines = [f"Against {window['archs']} window archs trained alone ({window['seeds']} seeds each; no fitness can",
-             f"expect more than tau* {fmt(window['tau_star'])}), per recipe over its supernet seeds (mean ± SD):", "",
-             "| recipe | tau_c (ranking) | inherited / alone (learning) | searched arch beats hand design |",
-             "|---|---|---|---|"]
-    for r in figures["recipes"]:
-        name = f"`{r['recipe']}`" + (" (default)" if r["recipe"] == train.DEFAULT_RECIPE else "")
-        lines.append(f"| {name} | {mean_sd(r['tau_c'])} | {mean_sd(learning[r['recipe']]['ratios'])} | "
-                     f"{wins.get(r['recipe'], 'not run')} |")
-    return "\n".join([SUMMARY[0], *lines, SUMMARY[1]])
-
-
-def write_docs(figures, results_md, readme, check):
-    """RESULTS.md, and the README's summary between the SUMMARY markers, as the records give them;
-    with `check`, compare instead and raise UserError naming what is stale."""
-    with open(readme) as f:
-        text = f.read()
-    if SUMMARY[0] not in text or SUMMARY[1] not in text:
-        raise cli.UserError(f"{readme} has no summary markers ({SUMMARY[0]} ... {SUMMARY[1]})")
-    head, rest = text.split(SUMMARY[0], 1)
-    new_readme = head + summary(figures) + rest.split(SUMMARY[1], 1)[1]
-    stale = []
-    for path, new in ((results_md, figures["text"]), (readme, new_readme)):
-        old = open(path).read() if os.path.exists(path) else None
-        if old != new:
-            if check:
-                stale.append(path)
-            else:
-                with open(path, "w") as f:
-                    f.write(new)
-    if stale:
-        raise cli.UserError(f"{' and '.join(stale)} differ from what results/ gives; run python experiment.py "
-                              f"table --markdown --write {results_md}")
+# -----------------------------------------------------------------------------
+# The command line
 
 
 def get_parser():
@@ -937,7 +531,7 @@ def get_parser():
                     help="worker processes, one thread each (default: one per core; 0: in this process)")
     ap.add_argument("--seeds", type=cli.number_arg(int, 0), nargs="+", default=[0, 1, 2, 3],
                     help="grid: supernet seeds")
-    ap.add_argument("--recipes", nargs="+", choices=list(RECIPES),
+    ap.add_argument("--recipes", nargs="+", choices=list(GRID),
                     help="grid: the recipes (default all); outcome: the recipes whose searched archs are retrained "
                          "(default v2 fair)")
     ap.add_argument("--synthetic-size", type=cli.number_arg(int, 10), default=None, metavar="N",
@@ -972,13 +566,14 @@ def run(args):
         run_jobs(reference_jobs(args.results, args.scratch), args.workers)
     elif args.command == "grid":
         run_jobs([supernet_job(name, seed, args.results, args.scratch, args.passes) for seed in args.seeds
-                  for name in args.recipes or RECIPES], args.workers)
+                  for name in args.recipes or GRID], args.workers)
     elif args.command == "outcome":
         run_jobs(outcome_jobs(args.results, args.scratch, args.recipes or ["v2", "fair"]), args.workers)
     figures = table(args.results, args.markdown)
     if args.write or args.check:
         path = args.write or args.check
-        write_docs(figures, path, os.path.join(os.path.dirname(os.path.abspath(path)), "README.md"), bool(args.check))
+        readme = os.path.join(os.path.dirname(os.path.abspath(path)), "README.md")
+        report.write_docs(figures, path, readme, bool(args.check))
 
 
 if __name__ == "__main__":

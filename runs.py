@@ -23,9 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import cli
 import vitas
-from cli import UserError, fmt_time
+from cli import UserError
 
 # -----------------------------------------------------------------------------
 # Processes (env-based: torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)

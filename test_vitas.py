@@ -2109,9 +2109,10 @@ def test_bench_step_ratios_are_medians_over_rounds_taken_in_turns(monkeypatch):
 
 
 # -----------------------------------------------------------------------------
-# experiment.py: parallel workers, records in results/, the table from them
+# experiment.py: parallel workers, records in results/, the table from them (its text: report.py)
 
 import experiment  # noqa: E402
+import report  # noqa: E402
 
 
 def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_path, capsys):
@@ -2157,7 +2158,7 @@ def test_split_recipe_scores_each_arch_on_its_patch_size_s_supernet(monkeypatch)
 
     monkeypatch.setattr(experiment, "train_and_search", fake)
     record = experiment.run_supernet({"recipe": "fair-split", "seed": 0, "scratch": "unused"})
-    epochs = experiment.PASSES // experiment.passes_of(experiment.RECIPES["fair-split"])
+    epochs = experiment.PASSES // experiment.passes_of(experiment.GRID["fair-split"])
     assert [(m["patch_sizes"], m["epochs"]) for m in made] == [([4], epochs // 2), ([8], epochs // 2)]   # equal passes
     own = {m["patch_sizes"][0]: m for m in made}
     for name, (archs, _) in experiment.reference_sets().items():
@@ -2204,7 +2205,7 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
         assert rows[recipe]["top1"] == pytest.approx(mean(arch))
         assert rows[recipe]["wins"] == (mean(arch) > max(mean(compared["uniform"]), mean(compared["deit"]), median))
     assert rows["fair"]["random_median"] == pytest.approx(median)
-    margins = {m["recipe"]: m for m in experiment.outcome_margins(list(rows.values()))}
+    margins = {m["recipe"]: m for m in report.outcome_margins(list(rows.values()))}
     best = max(mean(compared["uniform"]), mean(compared["deit"]))
     for recipe, arch in searched.items():
         assert margins[recipe]["margin"]["difference"] == pytest.approx(mean(arch) - best)
@@ -2214,10 +2215,10 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
 def test_experiment_recipes_named_as_train_recipes_train_as_they_do():
     """An experiment recipe of train.py's name (v2+strat's records predate the train.py recipe) and
     train.py's recipe of that name resolve to the same settings."""
-    shared = set(experiment.RECIPES) & set(train.RECIPES)
+    shared = set(experiment.GRID) & set(train.RECIPES)
     assert {"v1", "v2", "fair", "v2+strat", train.DEFAULT_RECIPE} <= shared
     for name in shared:
-        ours = vars(train.resolve_recipe(train.parse_args(experiment.RECIPES[name])))
+        ours = vars(train.resolve_recipe(train.parse_args(experiment.GRID[name])))
         theirs = vars(train.resolve_recipe(train.parse_args(["--recipe", name])))
         assert {**ours, "recipe": name} == theirs, name
 
@@ -2260,7 +2261,7 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     os.makedirs(tmp_path / "supernets")
     inherited = {}
     default = experiment.train.DEFAULT_RECIPE               # a remedy is compared with v2 and with the default
-    assert default != "v2" and default in experiment.RECIPES
+    assert default != "v2" and default in experiment.GRID
     for recipe, noise in (("v2", 0.5), (default, 2.0)):
         inherited[recipe] = [{"arch": a.to_dict(), "top1": truth[a] + g.normal(scale=noise), "loss": 1.0}
                              for a in window]
@@ -2309,18 +2310,18 @@ def test_experiment_table_reads_results_without_training(tmp_path, monkeypatch, 
     assert "window" in printed and f"{ref['tau_star']:.2f}" in printed and f"{w['kendall_tau']:.2f}" in printed
     # RESULTS.md and the README's summary written from these figures, then checked; a changed figure is stale
     readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
-    readme.write_text(f"intro\n{experiment.SUMMARY[0]}\nold\n{experiment.SUMMARY[1]}\nrest\n")
-    experiment.write_docs(out, str(results_md), str(readme), check=False)
+    readme.write_text(f"intro\n{report.SUMMARY[0]}\nold\n{report.SUMMARY[1]}\nrest\n")
+    report.write_docs(out, str(results_md), str(readme), check=False)
     assert results_md.read_text() == out["text"] and f"| {fmt2(dflt['tau_c'])} |" in readme.read_text()
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("rest\n")
-    experiment.write_docs(out, str(results_md), str(readme), check=True)
+    report.write_docs(out, str(results_md), str(readme), check=True)
     results_md.write_text(out["text"].replace(f"{w['kendall_tau']:.2f}", "0.99", 1))
     with pytest.raises(cli.UserError, match="RESULTS.md differ"):
-        experiment.write_docs(out, str(results_md), str(readme), check=True)
+        report.write_docs(out, str(results_md), str(readme), check=True)
 
 
 def fmt2(values):
-    return experiment.mean_sd(values)
+    return report.mean_sd(values)
 
 
 # -----------------------------------------------------------------------------
