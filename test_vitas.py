@@ -208,6 +208,78 @@ def test_export_equals_super_transformer_vitas_1g():
             assert torch.allclose(net(x, arch, side), vitas.export(net, arch, side)(x), rtol=1e-4, atol=1e-4)
 
 
+def vit_state_by_name(params, space, arch, side):
+    """The plain ViT's state dict of `arch` taken here from the super-transformer's parameters by name
+    (`params`: name -> tensor), at the channels kept() writes out: qkv is Q's rows of attn.qk.<h>
+    (its first attn_dim rows), then K's (the next attn_dim), then attn.v's; no vitas code but kept."""
+    C, A, M = space.embed_dims[-1], space.attn_dims[-1], space.mlp_dims[-1]
+    inner = "left" if side == "cyclic" else side           # cyclic rings the embedding channels only
+    e = kept(arch.embed_dim, C, side, space.embed_dims)
+    t = f"tokens.p{arch.patch_size}."
+    state = {"tokens.proj.weight": params[t + "proj.weight"][e], "tokens.proj.bias": params[t + "proj.bias"][e],
+             "tokens.cls_token": params[t + "cls_token"][:, :, e], "tokens.pos_embed": params[t + "pos_embed"][:, :, e]}
+    for i, b in enumerate(arch.blocks):
+        if b is None:
+            continue
+        a, m, blk = kept(b.attn_dim, A, inner), kept(b.mlp_dim, M, inner), f"blocks.{i}."
+        qk_w, qk_b = params[blk + f"attn.qk.{b.heads}.weight"], params[blk + f"attn.qk.{b.heads}.bias"]
+        k_rows = [A + j for j in a]
+        state.update({
+            blk + "norm1.weight": params[blk + "norm1.weight"][e], blk + "norm1.bias": params[blk + "norm1.bias"][e],
+            blk + "attn.qkv.weight": torch.cat([qk_w[a][:, e], qk_w[k_rows][:, e],              # Q, K, V rows
+                                                params[blk + "attn.v.weight"][a][:, e]]),
+            blk + "attn.qkv.bias": torch.cat([qk_b[a], qk_b[k_rows], params[blk + "attn.v.bias"][a]]),
+            blk + "attn.proj.weight": params[blk + "attn.proj.weight"][e][:, a],
+            blk + "attn.proj.bias": params[blk + "attn.proj.bias"][e],
+            blk + "norm2.weight": params[blk + "norm2.weight"][e], blk + "norm2.bias": params[blk + "norm2.bias"][e],
+            blk + "fc1.weight": params[blk + "fc1.weight"][m][:, e], blk + "fc1.bias": params[blk + "fc1.bias"][m],
+            blk + "fc2.weight": params[blk + "fc2.weight"][e][:, m], blk + "fc2.bias": params[blk + "fc2.bias"][e]})
+    return {**state, "norm.weight": params["norm.weight"][e], "norm.bias": params["norm.bias"][e],
+            "head.weight": params["head.weight"][:, e], "head.bias": params["head.bias"]}
+
+
+@pytest.mark.parametrize("side", ["left", "right", "cyclic"])
+def test_every_exported_parameter_is_the_super_transformers_indexed_by_name(side):
+    """export's state dict against the one taken here by name (vit_state_by_name): every key, every
+    value exactly; archs with the wrapping cyclic window, identities between blocks, every head
+    count and patch size, the largest and smallest widths."""
+    torch.manual_seed(0)
+    net = perturb(vitas.SuperTransformer(TINY)).eval()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    archs = [WRAPS, TINY.max_arch(), TINY.min_arch(), Arch(8, 32, (None, Block(4, 64, 64)) + (None,) * 4)]
+    assert {a.patch_size for a in archs} == set(TINY.patch_sizes)
+    assert {b.heads for a in archs for b in a.blocks if b} == set(TINY.heads)
+    for arch in archs:
+        got, want = vitas.export(net, arch, side).state_dict(), vit_state_by_name(params, TINY, arch, side)
+        assert got.keys() == want.keys(), (str(arch), sorted(got.keys() ^ want.keys()))
+        for k in want:
+            assert torch.equal(got[k], want[k]), (str(arch), side, k)
+
+
+def test_export_with_drop_path_equals_the_super_transformer_in_eval_and_draws_alike_in_train():
+    """A super-transformer with stochastic depth and its export at the same rate: equal in eval mode;
+    in train mode, from the same torch seed, the same drop-path draws (equal outputs), which do drop
+    (the output is not the eval one, and another seed gives another)."""
+    torch.manual_seed(0)
+    net = perturb(vitas.SuperTransformer(TINY, drop_path_rate=0.5))
+    x = torch.randn(4, 3, 32, 32)
+    arch = Arch(8, 48, (Block(2, 32, 128), None, Block(4, 48, 64), None, Block(2, 64, 192), Block(4, 32, 64)))
+    with torch.no_grad():
+        for side in ("left", "right", "cyclic"):
+            vit = vitas.export(net.eval(), arch, side, drop_path_rate=0.5)
+            assert not vit.training
+            calm = net(x, arch, side)
+            torch.testing.assert_close(vit(x), calm, rtol=1e-5, atol=1e-5)
+            net.train(), vit.train()
+            torch.manual_seed(1)
+            dropped = net(x, arch, side)
+            torch.manual_seed(1)
+            torch.testing.assert_close(vit(x), dropped, rtol=1e-5, atol=1e-5,
+                                       msg=f"{side}: in train mode the export draws other drop paths")
+            torch.manual_seed(2)
+            assert not torch.allclose(dropped, calm, atol=1e-3) and not torch.allclose(vit(x), dropped, atol=1e-3)
+
+
 @pytest.mark.parametrize("widths", [TINY.embed_dims, BIG.embed_dims, (8, 24, 40, 48), (5, 7, 16), (3, 100)])
 def test_cyclic_windows_use_every_channel_equally_often(widths):
     full, counts = max(widths), [0] * max(widths)
@@ -1164,10 +1236,11 @@ def test_retrain_can_start_from_the_inherited_weights(trained, tmp_path, capsys)
                                  *SMALL], capsys)
     assert code == 0, err
     ck = infra.load_checkpoint(trained)
-    net = vitas.SuperTransformer(SearchSpace(**ck["space"]))
-    net.load_state_dict(ck["model"])
-    inherited = vitas.export(net, arch, "left").state_dict()
+    assert ck["args"]["sharing"] == "bilateral"                    # the first side it trained: left
+    # the expectation by name from the checkpoint's state dict (vit_state_by_name), not by vitas.export
+    inherited = vit_state_by_name(ck["model"], SearchSpace(**ck["space"]), arch, "left")
     retrained = infra.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]
+    assert retrained.keys() == inherited.keys()
     assert all(torch.allclose(inherited[k], retrained[k], atol=1e-6) for k in inherited)
 
 
