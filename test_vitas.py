@@ -791,6 +791,48 @@ def test_a_second_run_into_a_live_runs_folder_is_refused_and_a_dead_runs_lock_ta
                 pass
 
 
+# a torchrun worker that keeps what its rank said and how it ended: its stderr (fd 2, where tracebacks
+# go too) in DIR/rankR.err and its exit code in DIR/rankR.code; train.py's argv after DIR
+RANK_EXIT = """
+import os, sys
+rank, where = os.environ["RANK"], sys.argv[1]
+err = open(os.path.join(where, f"rank{rank}.err"), "w")
+os.dup2(err.fileno(), 2)
+import train
+try:
+    train.main(sys.argv[2:])
+    code = 0
+except SystemExit as e:
+    code = e.code
+with open(os.path.join(where, f"rank{rank}.code"), "w") as f:
+    f.write(str(code))
+sys.exit(code)
+"""
+
+
+def test_a_torchrun_run_into_a_live_runs_folder_is_refused_on_every_rank(tmp_path):
+    """2 processes of train.py into a folder another process holds: every rank ends with exit code 2
+    and one line naming the holder, no traceback, and nothing is written into the folder."""
+    out, said = tmp_path / "run", tmp_path / "ranks"
+    said.mkdir()
+    (tmp_path / "rank_exit.py").write_text(RANK_EXIT)
+    p = holder(out, 120)
+    before = files_of(out)
+    try:
+        r = torchrun(str(tmp_path / "rank_exit.py"), str(said), "--out", str(out), *RUN)
+        assert files_of(out) == before                   # nothing written, the holder's lock file included
+    finally:
+        p.kill()
+        p.wait()
+    assert r.returncode != 0, r.stderr[-3000:]
+    for rank in range(2):
+        err, code = (said / f"rank{rank}.err").read_text(), said / f"rank{rank}.code"
+        assert code.exists() and code.read_text() == "2", (rank, err, r.stderr[-2000:])    # ended, and how
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, (rank, err)
+        assert "in use by another run" in lines[0] and f"pid {p.pid} on host {socket.gethostname()}" in lines[0]
+
+
 def test_a_crash_between_the_log_and_the_checkpoint_logs_each_epoch_once(tmp_path, monkeypatch):
     """Killed after epoch 2's line is appended and before its checkpoint is written: the rerun trains
     epoch 2 again and the log holds epochs 1 and 2 once each, as an uninterrupted run's; a torn
