@@ -864,6 +864,45 @@ def test_a_crash_between_the_log_and_the_checkpoint_logs_each_epoch_once(tmp_pat
     assert len(aside) == 1 and aside[0].read_text() == old
 
 
+def test_a_crash_after_a_mid_epoch_checkpoint_logs_each_epoch_once_and_ends_as_an_uninterrupted_run(
+        tmp_path, monkeypatch):
+    """--save-every 4 (9 steps an epoch: checkpoints at steps 4, 8, 9, 12, 16, 18), killed after epoch
+    2's line is appended and before its checkpoint, so the last checkpoint is step 16's, mid-epoch 2;
+    log.jsonl then holds epoch 1's line twice (after epoch 2's) and a torn last line. The rerun trains
+    steps 17 and 18 again: log.jsonl holds epochs 1 and 2 once each, in order, with an uninterrupted
+    run's figures, and the final weights are its weights (drop path and MixUp draw every step)."""
+    argv = [*RUN, "--save-every", "4", "--drop-path", "0.1", "--mixup", "0.8"]
+    whole = tmp_path / "whole"
+    train.train(train.parse_args(["--out", str(whole), *argv]))
+    out = tmp_path / "crashed"
+    save = train.Run.save
+
+    def die_after_epoch_2s_line(run):
+        if run.step == 2 * run.steps_per_epoch:
+            first = (out / "log.jsonl").read_text().splitlines()[0]
+            with open(out / "log.jsonl", "a") as f:
+                f.write(first + '\n{"epoch": 3, "tor')      # epoch 1's line again, and a torn line
+            raise KeyboardInterrupt
+        save(run)
+    monkeypatch.setattr(train.Run, "save", die_after_epoch_2s_line)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(train.parse_args(["--out", str(out), *argv]))
+    monkeypatch.undo()
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines[:-1]] == [1, 2, 1] and lines[-1] == '{"epoch": 3, "tor'
+    assert infra.load_checkpoint(out / "checkpoint.pt")["step"] == 16
+    train.train(train.parse_args(["--out", str(out), *argv]))
+
+    def records(folder):     # every figure but the speed, which is the machine's
+        return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+                for line in (folder / "log.jsonl").read_text().splitlines()]
+    got, want = records(out), records(whole)
+    assert [r["epoch"] for r in got] == [1, 2] and got == want
+    a, b = (infra.load_checkpoint(folder / "checkpoint.pt") for folder in (whole, out))
+    assert a["step"] == b["step"] == 18 and a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def worker_pids(agent):
     """The processes torchrun's agent (pid `agent`) started: its workers."""
     pids = []
