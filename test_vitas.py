@@ -913,27 +913,39 @@ def worker_pids(agent):
     return pids
 
 
+def worker_of_rank(agent, rank):
+    """The pid of the worker of torchrun's agent whose environment says RANK=`rank`."""
+    for pid in worker_pids(agent):
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if f"RANK={rank}".encode() in f.read().split(b"\0"):
+                return pid
+    raise AssertionError(f"no worker of rank {rank} under torchrun's agent {agent}")
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers in /proc")
 def test_torchrun_restarts_a_killed_worker_into_the_uninterrupted_runs_weights(tmp_path):
     """torchrun --max-restarts=1 with the agent's store not shared with the workers (the README's
     command: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; shared, gloo's restarted workers connect to the
-    dead ones' addresses): a worker killed with -9 after the first epoch; the restarted workers
-    resume from the checkpoint and end with the weights of a run nobody killed, each epoch logged once."""
+    dead ones' addresses): the worker of rank 1 killed with -9 after the first epoch; the restarted
+    workers resume from the checkpoint and end with the weights of a run nobody killed, each epoch
+    logged once. Drop path and MixUp draw from every rank's generator each step, so rank 1 ends
+    there only if its own generator's state was restored too."""
     def launch(out):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
                "train.py", "--out", str(out), "--epochs", "4", "--uniform-epochs", "1", *WINDOW, *SMALL,
-               "--workers", "0"]
+               "--workers", "0", "--drop-path", "0.1", "--mixup", "0.8"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
         return subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     whole, killed = launch(tmp_path / "a"), launch(tmp_path / "b")
     ck, start = tmp_path / "b" / "checkpoint.pt", time.time()
     while not ck.exists() and time.time() - start < 120:        # the first epoch's
         time.sleep(0.02)
-    os.kill(worker_pids(killed.pid)[-1], signal.SIGKILL)
+    os.kill(worker_of_rank(killed.pid, 1), signal.SIGKILL)
     outs = [p.communicate(timeout=300)[0] for p in (whole, killed)]
     assert whole.returncode == killed.returncode == 0, outs[1][-3000:]
     assert "resumed from" in outs[1] and "resumed from" not in outs[0]
     a, b = (infra.load_checkpoint(tmp_path / x / "checkpoint.pt") for x in "ab")
+    assert a["args"]["drop_path"] == 0.1 and a["args"]["mixup"] == 0.8
     assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3, 4]
