@@ -2498,6 +2498,40 @@ def fmt2(values):
     return experiment.mean_sd(values)
 
 
+def test_table_check_refuses_a_stale_readme_summary_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """`experiment.py table --markdown --check RESULTS.md` where RESULTS.md is as results/ gives it but
+    one figure of the README's summary (between its markers) is not: exit 2, one line naming the
+    README, neither file touched. Text outside the markers is the README's own: no check. The table's
+    figures are made up here (experiment.table replaced: nothing is read or trained)."""
+    default = train.DEFAULT_RECIPE
+    figures = {"text": "# Results\nmade up\n",
+               "reference": [{"set": "window", "archs": 48, "seeds": 4, "tau_star": 0.8}],
+               "recipes": [{"recipe": "v2", "tau_c": [0.5, 0.7]}, {"recipe": default, "tau_c": [0.7, 0.74]}],
+               "learning": [{"recipe": "v2", "ratios": [0.8, 0.82]}, {"recipe": default, "ratios": [0.81, 0.85]}],
+               "margins": [{"recipe": "v2", "wins": 3, "seeds": 4}]}
+    monkeypatch.setattr(experiment, "table", lambda results, markdown=False: figures)
+    monkeypatch.setattr(experiment, "SIZE", experiment.SIZE)                 # experiment.run sets it
+    readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
+    readme.write_text(f"intro\n{experiment.SUMMARY[0]}\nold\n{experiment.SUMMARY[1]}\nrest\n")
+    write, check = (["table", "--markdown", mode, str(results_md), "--results", str(tmp_path)]
+                    for mode in ("--write", "--check"))
+    assert run_main(experiment, write, capsys)[0] == 0
+    row = "| `v2` | 0.60 ± 0.14 | 0.81 ± 0.01 | 3 of 4 |"           # the made-up figures, written out
+    assert row in readme.read_text() and results_md.read_text() == figures["text"]
+    assert run_main(experiment, check, capsys)[0] == 0                       # as written: passes
+    readme.write_text(readme.read_text().replace("intro", "another intro").replace("rest", "more"))
+    assert run_main(experiment, check, capsys)[0] == 0                       # outside the summary: the README's
+    summary, body = readme.read_text(), results_md.read_text()
+    assert summary.index(experiment.SUMMARY[0]) < summary.index(row) < summary.index(experiment.SUMMARY[1])
+    readme.write_text(summary.replace(row, row.replace("0.60 ± 0.14", "0.61 ± 0.14")))
+    stale, times = readme.read_text(), {f: f.stat().st_mtime_ns for f in (readme, results_md)}
+    code, err = run_main(experiment, check, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {readme} differ") and "Traceback" not in err, err
+    assert readme.read_text() == stale and results_md.read_text() == body
+    assert {f: f.stat().st_mtime_ns for f in (readme, results_md)} == times
+
+
 # -----------------------------------------------------------------------------
 # the docs follow the code (issue 32): flags they name exist, the test count is the suite's
 
@@ -2517,6 +2551,52 @@ def test_every_flag_the_docs_name_exists():
         with open(os.path.join(HERE, doc)) as f:
             named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9]+)*", f.read()))
         assert named and named <= known, (doc, sorted(named - known))
+
+
+SCRIPTS = {"train.py": train, "search.py": search, "experiment.py": experiment, "bench.py": bench}
+
+
+def doc_commands(text):
+    """Each command of a markdown text that runs one of SCRIPTS, as (script, the flags before its
+    name, the flags after it): the lines of code blocks (joined where they end in a backslash) and
+    inline code spans (which may wrap), cut at &&, ; and |."""
+    fence = r"^```[^\n]*\n(.*?)^```"
+    lines = [line for block in re.findall(fence, text, re.S | re.M) for line in block.replace("\\\n", " ").splitlines()]
+    lines += [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", re.sub(fence, "", text, flags=re.S | re.M))]
+    found = []
+    for command in (c for line in lines for c in re.split(r"&&|;|\|", line)):
+        words = command.split()
+        at = next((i for i, w in enumerate(words) if os.path.basename(w) in SCRIPTS), None)
+        if at is not None:
+            flags = lambda ws: [w.split("=")[0] for w in ws if w.startswith("--")]   # noqa: E731
+            found.append((os.path.basename(words[at]), flags(words[:at]), flags(words[at + 1:])))
+    return found
+
+
+def misplaced_flags(text):
+    """(script, flag) for each flag a command of `text` gives a script whose own parser lacks it;
+    a flag before the script's name must be torchrun's."""
+    bad = []
+    for script, before, after in doc_commands(text):
+        bad += [("torchrun", f) for f in before if f not in OTHER_TOOLS]
+        bad += [(script, f) for f in after if f not in flags_of(SCRIPTS[script].get_parser())]
+    return bad
+
+
+def test_every_flag_a_docs_command_gives_a_script_is_that_scripts():
+    """Each command line of README.md and RESULTS.md against its own script's parser, not the pool
+    of every tool's flags: a search.py flag on a train.py line fails (shown on a made-up text)."""
+    made_up = ("```bash\ntorchrun --standalone --nproc_per_node=2 train.py --out x \\\n  --population 20\n```\n"
+               "then `python search.py --ckpt c.pt --recipe\nv2` and `torchrun --epochs 3 bench.py`")
+    assert misplaced_flags(made_up) == [("train.py", "--population"), ("search.py", "--recipe"),
+                                        ("torchrun", "--epochs")]
+    checked = set()
+    for doc in ("README.md", "RESULTS.md"):
+        with open(os.path.join(HERE, doc)) as f:
+            text = f.read()
+        assert misplaced_flags(text) == [], doc
+        checked |= {script for script, _, after in doc_commands(text) if after}
+    assert checked == set(SCRIPTS)                        # a command of every tool, with flags, was read
 
 
 def test_the_readmes_test_count_is_the_suites():
