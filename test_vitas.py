@@ -596,6 +596,26 @@ def test_summed_bilateral_loss_is_one_loss_on_the_sum_of_both_slices_logits():
     assert two[1] == 2 and abs(two[0].item() - loss.item()) > 1e-3
 
 
+@pytest.mark.parametrize("sharing, each_step", [("left", ["left"]), ("bilateral", ["left", "right"]),
+                                               ("cyclic", ["cyclic"])])
+def test_each_sharing_trains_its_own_sides_every_step(monkeypatch, tmp_path, sharing, each_step):
+    """A short train.py run with --sharing left, bilateral or cyclic, every forward of the
+    super-transformer watched: in training mode each step runs the sharing's sides, in order (left
+    only; left then right; cyclic only), and nothing else."""
+    seen, forward = [], vitas.SuperTransformer.forward
+
+    def watched(net, x, arch, side="left"):
+        if net.training:
+            seen.append(side)
+        return forward(net, x, arch, side)
+    monkeypatch.setattr(vitas.SuperTransformer, "forward", watched)
+    monkeypatch.setattr(train.plots, "plot_curves", lambda *a: None)          # no picture needed
+    record = train.train(train.parse_args(["--out", str(tmp_path), "--sharing", sharing, "--epochs", "1",
+                                           "--synthetic-size", "120", "--batch-size", "32", "--eval-limit", "8",
+                                           "--device", "cpu"]))
+    assert record["step"] == 3 and seen == each_step * 3, seen
+
+
 def test_depth_balanced_sampling_draws_every_reachable_depth_alike_inside_the_window():
     lo, hi = 2_000_000, 4_000_000
     balanced = train.ArchSampler(TINY, seed=0, uniform_epochs=0, window=(lo, hi), sampling="depth-balanced")
@@ -653,6 +673,47 @@ def test_fair_samplers_train_every_block_position_and_patch_size(recipe, fair):
     blocks, patches, _ = counted_shares(sampler, range(3000), 1)
     meets = min(blocks) >= 0.5 * max(blocks) and min(patches.values()) >= 1 / 3
     assert meets == fair, (blocks, patches)
+
+
+def v2_strat_sampler():
+    """The sampler train.py builds for --recipe v2+strat in the quick start's window, learned from epoch 0."""
+    args = train.resolve_recipe(train.parse_args(["--recipe", "v2+strat", *WINDOW, "--uniform-epochs", "0"]))
+    return train.make_sampler(args, TINY, infra.Dist())
+
+
+def test_stratified_sampling_draws_each_of_its_cells_alike():
+    """Over 2,100 learned-phase steps each (patch size, depth) cell of sampler.cells is drawn 1/k of
+    the time within 4 binomial SDs (k cells; the cell first, whatever the redraws inside the window),
+    and no draw is of another cell. Which cells the window has is not this test's."""
+    sampler, n = v2_strat_sampler(), 2100
+    assert sampler.cells is not None and len(sampler.cells) >= 4
+    drawn = [(a.patch_size, a.depth) for step in range(n) for a in sampler(step, 1)]
+    assert set(drawn) <= set(sampler.cells)
+    share = 1 / len(sampler.cells)
+    bound = 4 * np.sqrt(n * share * (1 - share))
+    for cell in sampler.cells:
+        assert abs(drawn.count(cell) - n * share) <= bound, (cell, drawn.count(cell), n * share, bound)
+
+
+def test_v2_strat_trains_the_last_block_position_in_the_learned_phase():
+    """v2+strat shifts the identities behind the real blocks, so the last position trains only on
+    full-depth draws: over 1,000 learned-phase steps it still has a share of the steps."""
+    blocks, _, _ = counted_shares(v2_strat_sampler(), range(1000), 1)
+    assert blocks[-1] > 0, blocks
+
+
+def test_the_default_recipe_is_v2_with_stratified_sampling():
+    """train.py with no flags: recipe v2+strat, which is v2's settings (bilateral sharing, a loss per
+    side, no sandwich or distillation, identities shifted while training, the super-transformer's
+    weak regularisation) with stratified sampling, written out here."""
+    assert train.DEFAULT_RECIPE == "v2+strat"
+    got = vars(train.resolve_recipe(train.parse_args([])))
+    want = {"recipe": "v2+strat", "sharing": "bilateral", "bilateral_loss": "two", "sandwich": None, "distill": False,
+            "identity_shift": "train", "sampling": "stratified", "smoothing": 0.1, "mixup": 0.0, "cutmix": 0.0,
+            "randaug": 0, "reprob": 0.0, "drop_path": 0.0}
+    assert {k: got[k] for k in want} == want
+    v2 = vars(train.resolve_recipe(train.parse_args(["--recipe", "v2"])))
+    assert got == {**v2, "recipe": "v2+strat", "sampling": "stratified"}    # nothing else differs from v2
 
 
 def test_patch_sizes_trains_a_super_transformer_of_those_patch_sizes_only(tmp_path, capsys):
@@ -1889,6 +1950,33 @@ def test_eval_of_a_checkpoint_equals_what_training_logged(trained, tmp_path, cap
     assert res["holdout"]["left"]["n"] == 200
     code, err = run_main(train, ["--eval", str(trained), "--device", "cpu"], capsys)
     assert code == 2 and "--arch" in err
+
+
+def test_eval_of_an_arch_with_identities_between_blocks_scores_its_shifted_path(trained, tmp_path, capsys):
+    """--eval CKPT --arch A.json on a checkpoint trained with identity shifting (the default), A's
+    identities between its real blocks: eval-A.json's val top-1 and loss per side are those of A's
+    shifted path through the super-transformer (real blocks first), computed here."""
+    ck = infra.load_checkpoint(trained)
+    assert ck["args"]["identity_shift"] == "train"
+    arch = Arch(8, 48, (None, Block(2, 48, 128), None, Block(4, 32, 64), None, Block(2, 64, 192)))
+    shifted = Arch(8, 48, (Block(2, 48, 128), Block(4, 32, 64), Block(2, 64, 192), None, None, None))
+    assert vitas.shift_identities(arch) == shifted
+    (tmp_path / "between.json").write_text(json.dumps(arch.to_dict()))
+    code, err = run_main(train, ["--eval", str(trained), "--arch", str(tmp_path / "between.json"), "--device", "cpu"],
+                         capsys)
+    assert code == 0, err
+    res = json.load(open(trained.parent / "eval-between.json"))
+    net = vitas.SuperTransformer(SearchSpace(**ck["space"])).eval()
+    net.load_state_dict(ck["model"])
+    assert ck["args"]["eval_limit"] == 64                                     # val: its first 64 images
+    val = infra.build_datasets(argparse.Namespace(**ck["args"]), 32).val
+    x, y = map(torch.stack, zip(*[(img, torch.tensor(label)) for img, label in (val[i] for i in range(64))]))
+    with torch.no_grad():
+        for side in ("left", "right"):
+            logits = net(x, shifted, side)
+            assert res["val"][side]["n"] == 64
+            assert res["val"][side]["top1"] == pytest.approx(100 * (logits.argmax(1) == y).float().mean().item())
+            assert res["val"][side]["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
 
 
 def test_init_from_another_space_is_refused_in_one_line(trained, tmp_path, capsys):
