@@ -53,9 +53,20 @@ class Dist:
 
 
 def seed_everything(seed):
+    """torch (CPU and CUDA), numpy and random from `seed`, the same on every rank: the model is
+    initialised alike everywhere (seed_rank then sets each rank apart)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+
+
+def seed_rank(seed, rank):
+    """Each rank its own random stream from here on, for what it does apart: augmentation in this
+    process, stochastic depth, MixUp/CutMix (loader workers get theirs from data.epoch_loader). A
+    rank r > 0 is reseeded from (seed, r); rank 0 keeps the stream seed_everything gave it, so a
+    one-process run is unchanged. The archs drawn stay shared: the sampler seeds them by (seed, step)."""
+    if rank > 0:
+        seed_everything(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
 
 
 def reuse_freed_memory():
@@ -406,7 +417,8 @@ class Run:
             save_checkpoint(self.path, {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "step": self.step,
-                "epoch": self.step // self.steps_per_epoch, "epoch_sums": self.sums, "record": self.record,
+                "epoch": self.step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
+                "epoch_sums": self.sums, "record": self.record,
                 "rng": states, "args": vars(self.args), "space": self.space.to_dict(), "world": self.d.world,
                 **self.sampler.state_dict(), "arch": self.arch_dict(), "mode": self.sampler.mode})
 
@@ -419,13 +431,32 @@ class Run:
         if ck["space"] != self.space.to_dict():
             raise UserError(f"{self.path} was trained on another search space (--space, --patch-sizes or the data's "
                             f"classes differ); resume with the same flags, or use another --out")
+        self.check_world(ck)
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.schedule.load_state_dict(ck["schedule"])
         self.step, self.sums, self.record = ck["step"], ck["epoch_sums"], ck["record"]
         self.sampler.load_state_dict(ck)
-        set_rng_state(ck["rng"][min(self.d.rank, len(ck["rng"]) - 1)])
+        if self.d.rank < len(ck["rng"]):   # a rank the checkpoint had resumes its own stream exactly
+            set_rng_state(ck["rng"][self.d.rank])
         self.d.log(f"resumed from {self.path} at step {self.step} (epoch {self.step // self.steps_per_epoch})")
+
+    def check_world(self, ck):
+        """A resume under another number of processes goes on only where the global batch and the
+        steps per epoch stay as they were, with one line saying so and that it is not bit-exact
+        (each rank's share of the data and its random stream differ); else it stops naming both."""
+        world, batch = ck.get("world", 1), ck["args"]["batch_size"]
+        if world == self.d.world:
+            return
+        was, now = f"{world} process(es) x batch {batch}", f"{self.d.world} x {self.args.batch_size}"
+        if (batch * world != self.args.batch_size * self.d.world
+                or ck.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch):
+            fix = (f"--batch-size {batch * world // self.d.world}" if batch * world % self.d.world == 0
+                   else f"a process count that divides the global batch {batch * world}")
+            raise UserError(f"{self.path} was trained by {was} (global batch {batch * world}), this run has {now}: "
+                            f"resume with {world} process(es), or keep the global batch with {fix}")
+        self.d.log(f"note: resuming on {now} where {was} trained: the global batch {batch * world} is kept, "
+                   f"but the resume is not bit-exact (each rank's share of the data and random stream differ)")
 
 
 def optimiser(model, args, steps_per_epoch):

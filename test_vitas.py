@@ -338,6 +338,7 @@ def test_plain_vit_attention_matches_torch_multihead_attention():
 
 import argparse
 import errno
+import random
 import os
 import signal
 import socket
@@ -370,19 +371,22 @@ def torchrun(script, *argv, nproc=2):
 # step and the rank's final weights
 SPY = """
 import sys, torch, train
-trained, runs, step = [], [], train.optimizer_step
+trained, batches, runs, step = [], [], [], train.optimizer_step
 def watched(run, x, y, archs):
     runs[:] = [run]
     trained.append([a.to_dict() for a in archs])
+    batches.append(x.clone())
     return step(run, x, y, archs)
 train.optimizer_step = watched
 train.main(sys.argv[1:])
-torch.save({"archs": trained, "model": runs[0].model.state_dict()}, f"{runs[0].args.out}/rank{runs[0].d.rank}.pt")
+torch.save({"archs": trained, "batches": batches, "model": runs[0].model.state_dict()},
+           f"{runs[0].args.out}/rank{runs[0].d.rank}.pt")
 """
 
 
 def torchrun_watched(tmp_path, out, *argv):
-    """train.py under torchrun, with what every rank trained in OUT/rankR.pt: [{"archs", "model"}] per rank."""
+    """train.py under torchrun, with what every rank trained in OUT/rankR.pt: [{"archs", "batches", "model"}]
+    per rank (the batches as the step received them, augmented)."""
     (tmp_path / "watched.py").write_text(SPY)
     r = torchrun(str(tmp_path / "watched.py"), "--out", str(out), *argv)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -478,6 +482,56 @@ def test_two_process_torchrun_trains_the_same_arch_on_every_rank(tmp_path):
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     assert [r["epoch"] for r in log] == [1, 2] and log[0]["identity_prob"] == 0.5
     assert set(log[1]["val"]) == {"largest", "smallest", "middle"}
+
+
+def one_picture_folder(root, n=32):
+    """An ImageFolder (train/ and val/, two classes) whose images are all one picture: two ranks'
+    batches then differ only by how each rank augments them."""
+    from PIL import Image
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    for split, k in (("train", n), ("val", 8)):
+        for cls in ("a", "b"):
+            os.makedirs(root / split / cls, exist_ok=True)
+            for i in range(k // 2):
+                picture.save(root / split / cls / f"{i}.png")
+    return str(root)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_each_rank_augments_apart_and_every_rank_draws_the_same_archs(tmp_path, workers):
+    """Under 2-process torchrun, RandAugment and random erasing of one picture give each rank other
+    batches at every step (in this process and in loader workers), while the archs drawn are equal."""
+    ranks = torchrun_watched(tmp_path, tmp_path / "run", "--data", one_picture_folder(tmp_path / "data"),
+                             "--randaug", "9", "--reprob", "0.5", "--workers", workers, "--holdout", "0",
+                             "--epochs", "1", "--batch-size", "8", "--eval-limit", "8", "--device", "cpu")
+    assert len(ranks[0]["batches"]) == 2 and ranks[0]["archs"] == ranks[1]["archs"]
+    assert all(not torch.equal(a, b) for a, b in zip(ranks[0]["batches"], ranks[1]["batches"]))
+
+
+def test_rank_zero_keeps_its_stream_and_rank_one_gets_its_own():
+    """seed_rank leaves rank 0's generators as seeded; rank 1's draw other numbers, the same each time."""
+    draws = []
+    for rank in (0, 1, 1):
+        runs.seed_everything(3)
+        runs.seed_rank(3, rank)
+        draws.append((torch.rand(4), np.random.rand(4), random.random()))
+    runs.seed_everything(3)
+    assert torch.equal(draws[0][0], torch.rand(4)) and not torch.equal(draws[0][0], draws[1][0])
+    assert torch.equal(draws[1][0], draws[2][0]) and (draws[1][1] == draws[2][1]).all() and draws[1][2] == draws[2][2]
+
+
+def test_a_resume_under_another_process_count_keeps_the_global_batch_or_stops_naming_both(tmp_path, capsys):
+    """Trained by 2 processes x 16, resumed by one: with --batch-size 16 refused in one line naming both
+    sizes and the fix; with --batch-size 32 (the same global batch) it goes on, saying it is not bit-exact."""
+    out = tmp_path / "run"
+    argv = [*WINDOW, "--synthetic-size", "320", "--eval-limit", "32", "--device", "cpu", "--out", str(out)]
+    r = torchrun("train.py", *argv, "--epochs", "1", "--batch-size", "16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    code, err = run_main(train, [*argv, "--epochs", "2", "--batch-size", "16"], capsys)
+    assert code == 2 and "Traceback" not in err and "2 process(es) x batch 16" in err and "--batch-size 32" in err
+    train.main([*argv, "--epochs", "2", "--batch-size", "32"])
+    ck = runs.load_checkpoint(out / "checkpoint.pt")
+    assert ck["world"] == 1 and ck["epoch"] == 2 and "not bit-exact" in capsys.readouterr().out
 
 
 def test_sandwich_trains_the_largest_and_smallest_every_step_on_every_rank(tmp_path):

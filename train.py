@@ -263,10 +263,9 @@ def optimizer_step(run, x, y, archs):
 
 
 def run_parts(args, space, d, init, resumed):
-    """What a super-transformer run and a retrain differ in, decided here once: the model, the
-    sampler of each step's archs and the sides each arch is trained on. The super-transformer:
-    every arch of the space a slice, an ArchSampler, the --sharing sides. A retrain: the plain
-    ViT of --arch (from scratch, or with the weights it inherits from --init-from), one arch, one pass."""
+    """What a super-transformer run and a retrain differ in, decided here once: the model, the sampler
+    of each step's archs, the sides each is trained on. The super-transformer: an ArchSampler, the
+    --sharing sides. A retrain: the plain ViT of --arch (inheriting --init-from's weights), one pass."""
     if args.arch is None:
         model = vitas.SuperTransformer(space, args.drop_path).to(d.device)
         return model, make_sampler(args, space, d, resumed and resumed.get("throughput_calibration")), \
@@ -296,6 +295,7 @@ def build_run(args, d):
               f"using {datasets.num_classes}")
         space = dataclasses.replace(space, num_classes=datasets.num_classes)
     model, sampler, sides = run_parts(args, space, d, init, resumed)
+    runs.seed_rank(args.seed, d.rank)                # initialised alike; from here each rank draws its own
     ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
               find_unused_parameters=sampler.mode == "super") if d.world > 1 else model   # a step uses slices
     train_sampler, steps_per_epoch = data.train_order(datasets.train, args, d)
