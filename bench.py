@@ -296,7 +296,8 @@ def record(path, figures):
     and what measured them."""
     if path:
         runs.write_json(path, {**figures, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
-                                "command": "python bench.py " + " ".join(sys.argv[1:])})
+                                "command": "python bench.py " + " ".join(sys.argv[1:]),
+                                "provenance": runs.provenance()})
         print(f"wrote {path}")
 
 

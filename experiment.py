@@ -35,6 +35,7 @@ it against a serial run).
     python experiment.py table --markdown --write RESULTS.md   # and the README's summary
 """
 import argparse
+import collections
 import contextlib
 import functools
 import glob
@@ -159,6 +160,7 @@ def execute(job):
     finally:
         torch.set_num_threads(threads)
     record["cpu_minutes"] = (time.process_time() - cpu) / 60
+    record["provenance"] = runs.provenance()      # never in the key (the record's path) that finds it
     os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
     runs.write_json(job["path"], record)
     return job["path"], time.time() - t
@@ -461,6 +463,22 @@ def bench_records(results):
     return [read_record(p) for p in sorted(glob.glob(os.path.join(folder, "*.json")))]
 
 
+def provenance_rows(results):
+    """Per record set (a folder of results/): how many of its records each commit wrote ("+changes":
+    its tree had uncommitted changes) and how many carry none (written before records kept it)."""
+    rows = []
+    folders = {os.path.dirname(p) for p in glob.glob(os.path.join(results, "**", "*.json"), recursive=True)}
+    for folder in sorted(folders):
+        commits = collections.Counter()
+        for path in glob.glob(os.path.join(folder, "*.json")):
+            source = read_record(path).get("provenance") or {}
+            changes = "+changes" if source.get("uncommitted_changes") else ""
+            commits[source.get("commit", "none")[:10] + changes] += 1
+        rows.append({"set": os.path.relpath(folder, results), "records": sum(commits.values()),
+                     "commits": dict(sorted(commits.items()))})
+    return rows
+
+
 def table(results, markdown=False):
     """The reference, every super-transformer's ranking and learning, the outcome and the benchmarks,
     from results/ without training anything: printed (report.render; markdown: RESULTS.md's text);
@@ -480,7 +498,8 @@ def table(results, markdown=False):
                          "outcome_seeds": OUTCOME_SEEDS, "random_archs": RANDOM_ARCHS},
                "reference": refs, "supernets": supers, "default": default, "recipes": per_recipe,
                "versus_default": versus, "learning_per_seed": learning[0], "learning": learning[1], "outcome": outcome,
-               "margins": report.outcome_margins(outcome), "settings": settings, "bench": bench_records(results)}
+               "margins": report.outcome_margins(outcome), "settings": settings, "bench": bench_records(results),
+               "provenance": provenance_rows(results)}
     figures["text"] = report.render(figures, markdown)
     print(figures["text"], end="")
     return figures

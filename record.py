@@ -110,7 +110,7 @@ def epoch_record(run, epoch, evals):
             "images_per_s": run.seen / max(time.time() - run.t_epoch, 1e-9),
             "val": {k: {"top1": v["top1"], "top5": v["top5"], "loss": v["loss"], "n": v["n"]}
                     for k, v in evals.items()},
-            **run.sampler.statistics(run.sums)}
+            **run.sampler.statistics(run.sums), "provenance": run.provenance}
 
 def write_record(run, record):
     """Append the epoch's record to log.jsonl (one JSON object per epoch) and draw curves.png."""

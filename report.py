@@ -223,7 +223,19 @@ def render(figures, markdown=False):
         settings_section(doc, figures["settings"])
     if figures["bench"]:
         bench_section(doc, figures["bench"])
+    if figures.get("provenance"):
+        provenance_section(doc, figures["provenance"])
     return doc.text()
+
+
+def provenance_section(doc, rows):
+    doc.heading("Where the records come from")
+    doc.para("Every record written since 2026-12-06 keeps the commit of the code that wrote it (+changes: its "
+             "tree had uncommitted changes), the torch version and the date; none: written before records kept "
+             "them, their source is the git history of results/.")
+    doc.row(["records", "count", "commits"], header=True)
+    for r in rows:
+        doc.row([f"results/{r['set']}", str(r["records"]), ", ".join(f"{c} ({n})" for c, n in r["commits"].items())])
 
 
 def reference_section(doc, refs, setup):
@@ -334,7 +346,8 @@ def outcome_section(doc, outcome, margins, setup):
     doc.row(["recipe", "seed", "searched", "MFLOPs", *rankcheck.BASELINES, "random median", "wins"], header=True)
     for r in outcome:
         doc.row([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6),
-                 *(fmt(r[n], 1) for n in rankcheck.BASELINES), fmt(r["random_median"], 1), "yes" if r["wins"] else "no"])
+                 *(fmt(r[n], 1) for n in rankcheck.BASELINES), fmt(r["random_median"], 1),
+                 "yes" if r["wins"] else "no"])
     doc.para("Searched minus the better hand-designed network, points of top-1 over supernet seeds (t interval; "
              "each side a 2-seed mean, so the trainings' own noise comes on top).")
     doc.row(["recipe", "seeds", "wins", "searched", "margin", "90% interval"], header=True)

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import socket
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -22,6 +23,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import vitas
 from cli import UserError
@@ -115,6 +117,14 @@ def cleanup_distributed(barrier=False):
         if barrier:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def distributed(model, d, slices):
+    """The model DDP-wrapped where there are several processes (itself otherwise). `slices`: each
+    step trains a slice of it (a super-transformer), so some parameters get no gradient."""
+    if d.world == 1:
+        return model
+    return DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, find_unused_parameters=slices)
 
 
 def run_command(fn, args):
@@ -243,6 +253,23 @@ def read_if_every_rank_sees(path, d):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def provenance():
+    """Where a record comes from: the commit of this code and whether its tree had uncommitted
+    changes (git; "unknown" and None outside a checkout), the torch version and the date. Kept in
+    every record the tools write, never in the key that finds a stored record."""
+    def git(*argv):
+        try:
+            out = subprocess.run(["git", *argv], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                 capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    changed = None if commit is None else bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"commit": commit or "unknown", "uncommitted_changes": changed, "torch": str(torch.__version__),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 # -----------------------------------------------------------------------------
@@ -395,6 +422,11 @@ class Run:
     record: dict = None          # the last epoch's log record
     seen: int = 0                # images this process trained on this epoch, and since when
     t_epoch: float = 0.0
+    provenance: dict = None      # runs.provenance(), taken once on rank 0: in the checkpoint and every log line
+
+    def __post_init__(self):
+        if self.d.main:
+            self.provenance = provenance()
 
     @property
     def path(self):
@@ -420,7 +452,8 @@ class Run:
                 "epoch": self.step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
                 "epoch_sums": self.sums, "record": self.record,
                 "rng": states, "args": vars(self.args), "space": self.space.to_dict(), "world": self.d.world,
-                **self.sampler.state_dict(), "arch": self.arch_dict(), "mode": self.sampler.mode})
+                **self.sampler.state_dict(), "arch": self.arch_dict(), "mode": self.sampler.mode,
+                "provenance": self.provenance})
 
     def resume(self, ck):
         """Continue from `ck`, the checkpoint in --out (None: there is none), refusing one of another run."""

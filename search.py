@@ -426,7 +426,8 @@ def rank_check(args, space, ck, score, holdout_images, d):
                            "seed": args.seed, "flops_min": args.flops_min, "flops_max": args.flops_max,
                            "fitness": args.fitness, "holdout_images": holdout_images,
                            "retrain_flags": args.retrain_flags, "retrain_argv": argvs, "processes": d.world,
-                           "picked": "spread over the window's (patch, depth) cells by a seeded draw"},
+                           "picked": "spread over the window's (patch, depth) cells by a seeded draw",
+                           "provenance": runs.provenance() if d.main else None},
               "archs": []}
     d.log(f"rank check: {len(archs)} archs spread over the window's (patch, depth) cells, each trained alone for "
         f"{args.rank_epochs} epochs with {args.rank_seeds} seed(s)")
@@ -526,7 +527,8 @@ def search_in_folder(args, d):
         os.makedirs(args.out, exist_ok=True)
         # written now so an interrupted search is still described; completed below
         summary = {"settings": vars(args), "checkpoint": os.path.abspath(args.ckpt), "checkpoint_step": ck["step"],
-                   "identity_prob": ck["identity_prob"], "holdout_images": n_eval}
+                   "identity_prob": ck["identity_prob"], "holdout_images": n_eval,
+                   "provenance": runs.provenance() if d.main else None}
         if d.main:
             write_json(os.path.join(args.out, "search.json"), summary)
         searches = search_algorithms(args, space, ck, fitness, summary, d)

@@ -2447,6 +2447,7 @@ def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_pa
         assert a["arch"] == serial["arch"] and a["argv"] == serial["argv"]
         # a worker process and this one may pick different fp32 kernels: the loss agrees to rounding
         assert a["val"].pop("loss") == pytest.approx(b["val"].pop("loss"), rel=1e-5)
+        assert a.pop("provenance")["commit"] == b.pop("provenance")["commit"] != "unknown"   # the dates differ
         assert {k: v for k, v in a.items() if k != "cpu_minutes"} == {k: v for k, v in b.items() if k != "cpu_minutes"}
     assert len({json.dumps(experiment.read_record(j["path"])["val"]) for j in jobs(tmp_path / "serial")}) == 4
     capsys.readouterr()
@@ -2649,7 +2650,7 @@ def test_table_check_refuses_a_stale_readme_summary_and_writes_nothing(tmp_path,
     README, neither file touched. Text outside the markers is the README's own: no check. The table's
     figures are made up here (experiment.table replaced: nothing is read or trained)."""
     default = train.DEFAULT_RECIPE
-    figures = {"text": "# Results\nmade up\n",
+    figures = {"text": "# Results\nmade up\n", "default": default,
                "reference": [{"set": "window", "archs": 48, "seeds": 4, "tau_star": 0.8}],
                "recipes": [{"recipe": "v2", "tau_c": [0.5, 0.7]}, {"recipe": default, "tau_c": [0.7, 0.74]}],
                "learning": [{"recipe": "v2", "ratios": [0.8, 0.82]}, {"recipe": default, "ratios": [0.81, 0.85]}],
@@ -2750,3 +2751,46 @@ def test_the_readmes_test_count_is_the_suites():
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "test_vitas.py"], cwd=HERE,
                          capture_output=True, text=True, timeout=120).stdout
     assert said == int(re.search(r"^(\d+) tests? collected", out, re.M).group(1))
+
+
+# ---- provenance (issue 41): every record says which code wrote it
+
+
+def test_checkpoints_logs_and_results_carry_the_commit_that_wrote_them(tmp_path):
+    """A run's checkpoint and every log.jsonl line hold this checkout's commit, whether its tree had
+    uncommitted changes, the torch version and the date, as git itself reports them."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    changed = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                                  capture_output=True, text=True).stdout.strip())
+    train.train(train.parse_args(["--out", str(tmp_path), "--epochs", "1", *SMALL, "--synthetic-size", "320"]))
+    ck = runs.load_checkpoint(tmp_path / "checkpoint.pt")
+    logged = [json.loads(line)["provenance"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert ck["provenance"]["commit"] == head and len(head) == 40 and ck["provenance"]["torch"] == torch.__version__
+    assert ck["provenance"]["uncommitted_changes"] == changed and logged == [ck["provenance"]]
+
+
+def test_provenance_outside_a_checkout_is_unknown(tmp_path):
+    for name in ("runs.py", "cli.py", "vitas.py"):
+        (tmp_path / name).write_text(open(os.path.join(HERE, name)).read())
+    out = subprocess.run([sys.executable, "-c", "import json, runs; print(json.dumps(runs.provenance()))"],
+                         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "GIT_CEILING_DIRECTORIES":
+                                                                            str(tmp_path.parent)})
+    got = json.loads(out.stdout)
+    assert got["commit"] == "unknown" and got["uncommitted_changes"] is None and got["torch"] == torch.__version__
+
+
+def test_results_md_counts_each_record_sets_commits_and_the_records_without_one(tmp_path):
+    """provenance_rows on made-up records: per folder of results/, the records of each commit (+changes
+    where the tree had uncommitted ones) and those without; RESULTS.md's section lists them."""
+    records = {"alone/a.json": {"commit": "1" * 40, "uncommitted_changes": False},
+               "alone/b.json": {"commit": "1" * 40, "uncommitted_changes": True},
+               "alone/c.json": None, "supernets/d.json": {"commit": "2" * 40, "uncommitted_changes": False}}
+    for name, source in records.items():
+        os.makedirs(tmp_path / os.path.dirname(name), exist_ok=True)
+        (tmp_path / name).write_text(json.dumps({} if source is None else {"provenance": source}))
+    rows = experiment.provenance_rows(str(tmp_path))
+    assert rows == [{"set": "alone", "records": 3, "commits": {"1111111111": 1, "1111111111+changes": 1, "none": 1}},
+                    {"set": "supernets", "records": 1, "commits": {"2222222222": 1}}]
+    doc = report.Doc(True)
+    report.provenance_section(doc, rows)
+    assert "| results/alone | 3 | 1111111111 (1), 1111111111+changes (1), none (1) |" in doc.text()

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 import cli
 import data
@@ -296,8 +295,7 @@ def build_run(args, d):
         space = dataclasses.replace(space, num_classes=datasets.num_classes)
     model, sampler, sides = run_parts(args, space, d, init, resumed)
     runs.seed_rank(args.seed, d.rank)                # initialised alike; from here each rank draws its own
-    ddp = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
-              find_unused_parameters=sampler.mode == "super") if d.world > 1 else model   # a step uses slices
+    ddp = runs.distributed(model, d, slices=sampler.mode == "super")
     train_sampler, steps_per_epoch = data.train_order(datasets.train, args, d)
     optimizer, schedule = runs.optimiser(model, args, steps_per_epoch)
     val_loader = data.eval_loader(datasets.val, args.eval_batch_size, d, args.workers, limit=args.eval_limit)
@@ -438,7 +436,8 @@ def train_alone(arch, out, argv, d):
     d.log(f"training {arch} alone for {argv[1]} epochs into {out}")
     val = train(parse_args(["--arch", arch_path, "--out", out, *argv]))["val"]["model"]
     if d.main:
-        runs.write_json(result_path, {"arch": arch.to_dict(), "argv": argv, "val": val})
+        runs.write_json(result_path, {"arch": arch.to_dict(), "argv": argv, "val": val,
+                                      "provenance": runs.provenance()})
     return val
 
 
