@@ -363,6 +363,13 @@ def search_parser(doc, algos, fitness):
     g.add_argument("--seed", type=nat, default=0)
     g.add_argument("--out", default="runs/search", help="output folder; re-running the same command resumes")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    after_search_flags(ap)
+    return ap
+
+
+def after_search_flags(ap):
+    """The retrain of the best arch beside hand designs, and the rank check."""
+    nat, pos = number_arg(int, 0), number_arg(int, 1)
     g = ap.add_argument_group("after the search")
     g.add_argument("--retrain-epochs", type=nat, default=0,
                    help="retrain the best arch and two hand-designed baselines of the nearest FLOPs (uniform blocks; "
@@ -386,7 +393,6 @@ def search_parser(doc, algos, fitness):
     g.add_argument("--retrain-dir", default=None,
                    help="where archs trained alone go (default OUT/retrain, a folder per arch and settings); "
                         "share it between searches to reuse them")
-    return ap
 
 
 def parse_search_args(ap, argv=None):
