@@ -984,12 +984,14 @@ def test_a_crash_between_the_log_and_the_checkpoint_logs_each_epoch_once(tmp_pat
 
 def test_a_crash_after_a_mid_epoch_checkpoint_logs_each_epoch_once_and_ends_as_an_uninterrupted_run(
         tmp_path, monkeypatch):
-    """--save-every 4 (9 steps an epoch: checkpoints at steps 4, 8, 9, 12, 16, 18), killed after epoch
-    2's line is appended and before its checkpoint, so the last checkpoint is step 16's, mid-epoch 2;
-    log.jsonl then holds epoch 1's line twice (after epoch 2's) and a torn last line. The rerun trains
-    steps 17 and 18 again: log.jsonl holds epochs 1 and 2 once each, in order, with an uninterrupted
-    run's figures, and the final weights are its weights (drop path and MixUp draw every step)."""
-    argv = [*RUN, "--save-every", "4", "--drop-path", "0.1", "--mixup", "0.8"]
+    """--save-every 3 (4 steps an epoch: checkpoints at steps 3, 4, 6, 8), killed after epoch 2's line
+    is appended and before its checkpoint, so the last checkpoint is step 6's, mid-epoch 2; log.jsonl
+    then holds epoch 1's line twice (after epoch 2's) and a torn last line. The rerun trains steps 7
+    and 8 again: log.jsonl holds epochs 1 and 2 once each, in order, with an uninterrupted run's
+    figures, and the final weights are its weights (drop path and MixUp draw every step)."""
+    argv = [*RUN, "--batch-size", "64", "--eval-limit", "32", "--save-every", "3", "--drop-path", "0.1",
+            "--mixup", "0.8"]
+    monkeypatch.setattr(train.record, "plot_curves", lambda *a: None)          # no picture needed
     whole = tmp_path / "whole"
     train.train(train.parse_args(["--out", str(whole), *argv]))
     out = tmp_path / "crashed"
@@ -1005,19 +1007,19 @@ def test_a_crash_after_a_mid_epoch_checkpoint_logs_each_epoch_once_and_ends_as_a
     monkeypatch.setattr(runs.Run, "save", die_after_epoch_2s_line)
     with pytest.raises(KeyboardInterrupt):
         train.train(train.parse_args(["--out", str(out), *argv]))
-    monkeypatch.undo()
+    monkeypatch.setattr(runs.Run, "save", save)
     lines = (out / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines[:-1]] == [1, 2, 1] and lines[-1] == '{"epoch": 3, "tor'
-    assert runs.load_checkpoint(out / "checkpoint.pt")["step"] == 16
+    assert runs.load_checkpoint(out / "checkpoint.pt")["step"] == 6
     train.train(train.parse_args(["--out", str(out), *argv]))
 
     def records(folder):     # every figure but the speed, which is the machine's
-        return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"}
+        return [{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "provenance")}
                 for line in (folder / "log.jsonl").read_text().splitlines()]
     got, want = records(out), records(whole)
     assert [r["epoch"] for r in got] == [1, 2] and got == want
     a, b = (runs.load_checkpoint(folder / "checkpoint.pt") for folder in (whole, out))
-    assert a["step"] == b["step"] == 18 and a["model"].keys() == b["model"].keys()
+    assert a["step"] == b["step"] == 8 and a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
@@ -1073,9 +1075,10 @@ def test_torchrun_restarts_a_killed_worker_into_the_uninterrupted_runs_weights(t
                          ids=["OSError", "RuntimeError"])
 def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint_loadable(tmp_path, monkeypatch, capsys, error,
                                                                            words):
-    """A full disk while the second checkpoint is written (torch.save writes part of it, then fails:
-    an OSError, or torch's own RuntimeError, got here by saving into /dev/full): one line naming the
-    file, the error and the fix, exit 2, no .tmp left, the first one loads."""
+    """A full disk while the second checkpoint is written (--save-every 1: step 2's; torch.save writes
+    part of it, then fails: an OSError, or torch's own RuntimeError, got here by saving into
+    /dev/full): one line naming the file, the error and the fix, exit 2, no .tmp left, the first
+    one (step 1's) loads."""
     if error is RuntimeError and not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full")
     real_save, calls = torch.save, []
@@ -1090,12 +1093,12 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint_loadable(tmp_p
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, path, *a, **k)
     monkeypatch.setattr(torch, "save", full_disk)
-    code, err = run_main(train, ["--out", str(tmp_path), *RUN], capsys)
+    code, err = run_main(train, ["--out", str(tmp_path), *RUN, "--save-every", "1"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and words in err and "Traceback" not in err, err
     assert str(tmp_path / "checkpoint.pt") in err
     assert "previous checkpoint is kept" in err and "rerun" in err
     assert not list(tmp_path.glob("*.tmp"))
-    assert runs.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert runs.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
 
 
 # -----------------------------------------------------------------------------
