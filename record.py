@@ -112,12 +112,15 @@ def epoch_record(run, epoch, evals):
                     for k, v in evals.items()},
             **run.sampler.statistics(run.sums), "provenance": run.provenance}
 
-def write_record(run, record):
-    """Append the epoch's record to log.jsonl (one JSON object per epoch) and draw curves.png."""
+def write_record(run, record, every_s=60):
+    """Append the epoch's record to log.jsonl (one JSON object per epoch) and draw curves.png after
+    the last epoch and at most every `every_s` seconds before (a drawing takes about 0.3 s)."""
     if run.d.main:
         with open(os.path.join(run.args.out, "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
-        plot_curves(os.path.join(run.args.out, "log.jsonl"), os.path.join(run.args.out, "curves.png"))
+        if record["epoch"] == run.args.epochs or time.time() - run.t_drawn >= every_s:
+            plot_curves(os.path.join(run.args.out, "log.jsonl"), os.path.join(run.args.out, "curves.png"))
+            run.t_drawn = time.time()
 
 
 # -----------------------------------------------------------------------------
