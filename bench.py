@@ -14,7 +14,7 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
         Launches, not FLOPs, are what a small step on a GPU pays for; the counts are
         deterministic and do not depend on the batch;
   (c) with --throughput N: how well FLOPs order N random archs of each preset by measured
-      images/s (Spearman rho), beside a latency model fitted to half of them (vitas.LatencyModel).
+      images/s (Spearman rho), beside a latency model fitted to half of them (throughput.LatencyModel).
 
     python bench.py                 # CPU: time and kernels (CPU aten ops; CUDA kernels with --device cuda)
     python bench.py --kernels       # kernels only: deterministic, any time, beside other work
@@ -36,6 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import cli
 import runs
+import throughput
 import vitas
 from rankcheck import spearman_rho
 
@@ -197,11 +198,11 @@ def flops_as_proxy(name, n, batch, device, amp, seed=0):
     space = vitas.SearchSpace.preset(name)
     g = np.random.default_rng(seed)
     archs = [space.sample(g) for _ in range(n)]
-    meter = vitas.ThroughputMeter(space, device, batch, amp, max_seconds=1.0)
+    meter = throughput.ThroughputMeter(space, device, batch, amp, max_seconds=1.0)
     t = time.perf_counter()
     latency = np.array([1.0 / meter(a) for a in archs])
     macs = np.array([vitas.flops(a, space) for a in archs])
-    model = vitas.LatencyModel(space).fit(archs[::2], 1.0 / latency[::2])
+    model = throughput.LatencyModel(space).fit(archs[::2], 1.0 / latency[::2])
     held = np.array([model(a) for a in archs[1::2]])
     return (spearman_rho(macs, latency), spearman_rho(macs[1::2], latency[1::2]), spearman_rho(held, latency[1::2]),
             1 / latency.max(), 1 / latency.min(), time.perf_counter() - t)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import throughput
 import vitas
 from cli import UserError
 
@@ -536,14 +537,14 @@ def calibrate_throughput(args, space, d):
     batch = throughput_batch(args, d.device)
     record = [None]
     if d.main:
-        meter = vitas.ThroughputMeter(space, d.device, batch, args.throughput_amp, max_seconds=1.0)
+        meter = throughput.ThroughputMeter(space, d.device, batch, args.throughput_amp, max_seconds=1.0)
         rng = np.random.default_rng([args.seed, 4])
         archs, start = [space.max_arch(), space.empty_arch()], time.time()
         speeds = [meter(a) for a in archs]
         while len(archs) < 12 or (len(archs) < 64 and time.time() - start < args.calibration_seconds):
             archs.append(space.sample(rng, identity_prob=rng.uniform(0, 0.9)))   # every depth, not only p = 1/2
             speeds.append(meter(archs[-1]))
-        model = vitas.LatencyModel(space).fit(archs, speeds)
+        model = throughput.LatencyModel(space).fit(archs, speeds)
         record = [{"coef": model.coef.tolist(), "device": str(d.device), "batch": batch, "amp": args.throughput_amp,
                    "measured": len(archs), "seconds": time.time() - start,
                    "fastest": [max(speeds), str(archs[int(np.argmax(speeds))])],
@@ -564,8 +565,8 @@ def check_throughput_window(sampler, calibration, window, d):
     inside = [None]
     window = (1 / window[1], 1 / window[0])   # seconds per image -> images/s
     if d.main:
-        meter = vitas.ThroughputMeter(sampler.space, calibration["device"], calibration["batch"], calibration["amp"],
-                                      max_seconds=1.0)
+        meter = throughput.ThroughputMeter(sampler.space, calibration["device"], calibration["batch"],
+                                           calibration["amp"], max_seconds=1.0)
         rng = np.random.default_rng([sampler.seed, 5])
         inside = [float(np.mean([window[0] <= meter(sampler.draw(rng, learned=True)) <= window[1] for _ in range(16)]))]
     if d.world > 1:
@@ -588,7 +589,7 @@ def throughput_window(args, space, d, calibration=None):
         raise UserError(f"throughput window [{tmin:g}, {tmax:g}] images/s is out of reach on "
                         f"{calibration['device']}: the fastest measured arch does {fast[0]:,.0f} ({fast[1]}), "
                         f"the slowest {slow[0]:,.0f} ({slow[1]})")
-    return vitas.LatencyModel(space, calibration["coef"]), (1.0 / tmax, 1.0 / tmin), calibration
+    return throughput.LatencyModel(space, calibration["coef"]), (1.0 / tmax, 1.0 / tmin), calibration
 
 
 

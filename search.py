@@ -41,6 +41,7 @@ import data
 import record
 import rankcheck
 import runs
+import throughput
 import train
 import vitas
 from cli import UserError, parse_count
@@ -129,7 +130,7 @@ class Evolution:
                 raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
         self.space, self.algo, self.seed, self.max_tries = space, algo, seed, max_tries
         self.identity_shift = bool(identity_shift)
-        # images/s of an arch (a vitas.ThroughputMeter, cached) and the least a candidate may have
+        # images/s of an arch (a throughput.ThroughputMeter, cached) and the least a candidate may have
         self.throughput, self.throughput_min = throughput, throughput_min
         self.population, self.parents, self.mutate_prob = population, parents, float(mutate_prob)
         self.flops_min, self.flops_max = parse_count(flops_min), parse_count(flops_max)
@@ -343,7 +344,7 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
     return evo
 
 
-class SharedMeter(vitas.ThroughputMeter):
+class SharedMeter(throughput.ThroughputMeter):
     """A ThroughputMeter whose figures rank 0 measures and broadcasts: every rank of a distributed
     search sees the same images/s, so every rank takes the same decisions."""
 

@@ -37,6 +37,7 @@ import report
 import runs
 import search
 from search import Evolution, crossover, mutate, pareto_front
+import throughput
 import train
 import vitas
 from vitas import Arch, Block, SearchSpace
@@ -899,6 +900,80 @@ def test_the_default_recipe_is_v2_with_stratified_sampling():
     assert got == {**v2, "recipe": "v2+strat", "sampling": "stratified"}    # nothing else differs from v2
 
 
+def brute_force_window_cells(space, lo, hi):
+    """The (patch size, depth) cells holding an arch whose FLOPs lie in [lo, hi], by trying every
+    embed dim and every multiset of block widths (FLOPs do not depend on heads or block order)."""
+    widths = [(a, m) for a in space.attn_dims for m in space.mlp_dims]
+    cells = set()
+    for p, c, d in itertools.product(space.patch_sizes, space.embed_dims, range(1, space.depth + 1)):
+        for chosen in itertools.combinations_with_replacement(widths, d):
+            blocks = tuple(Block(min(h for h in space.heads if a % h == 0), a, m) for a, m in chosen)
+            if lo <= vitas.flops(Arch(p, c, blocks + (None,) * (space.depth - d)), space) <= hi:
+                cells.add((p, d))
+                break
+    return cells
+
+
+def test_every_window_cell_is_found_and_drawn_inside_the_window_however_few_of_its_archs_lie_there():
+    """Issue 41: tiny at 2M-4M, the stratified sampler's cells are the cells holding window archs as
+    found by brute force, (patch 4, depth 4) among them though none of 200 plain draws of it lands in
+    the window; in the learned phase every cell is drawn, each arch inside the window. The
+    depth-balanced sampler likewise, its cells the depths of those."""
+    truth = brute_force_window_cells(TINY, LO, HI)
+    assert (4, 4) in truth and len(truth) >= 6
+    rng = np.random.default_rng(0)
+    assert np.mean([LO <= vitas.flops(vitas.draw_in_cell(TINY, rng, (4, 4)), TINY) <= HI for _ in range(1000)]) < 0.02
+    for sampling, cells in (("stratified", truth), ("depth-balanced", {(None, d) for _, d in truth})):
+        sampler = train.ArchSampler(TINY, 0, 0, (LO, HI), sampling=sampling, identity_shift=True)
+        assert set(sampler.cells) == cells and len(sampler.cells) == len(cells)
+        archs = [sampler(step, 1)[0] for step in range(800)]
+        assert all(LO <= vitas.flops(a, TINY) <= HI for a in archs)
+        drawn = {(a.patch_size if sampling == "stratified" else None, a.depth) for a in archs}
+        assert drawn == cells
+
+
+def test_a_draw_inside_the_window_reaches_every_arch_of_the_cell_there_and_no_other():
+    """draw_in_window on a space small enough to list: every arch of cell (8, 2) in the window
+    comes, and nothing outside the window or the cell; a cell with none in it gives None."""
+    space = SearchSpace(image_size=32, in_chans=3, num_classes=10, patch_sizes=(8,), depth=3, embed_dims=(32, 48),
+                        heads=(2,), attn_dims=(32, 64), mlp_dims=(64, 128))
+    widths = [None] + [Block(2, a, m) for a in (32, 64) for m in (64, 128)]
+    every = {Arch(8, c, blocks) for c in space.embed_dims for blocks in itertools.product(widths, repeat=3)
+             if sum(b is not None for b in blocks) == 2}
+    by_flops = sorted(vitas.flops(a, space) for a in every)
+    lo, hi = by_flops[len(by_flops) // 4], by_flops[3 * len(by_flops) // 4]
+    want = {a for a in every if lo <= vitas.flops(a, space) <= hi}
+    assert 0 < len(want) < len(every)
+    table, rng = vitas.block_costs(space), np.random.default_rng(0)
+    got = {vitas.draw_in_window(space, rng, (8, 2), lo, hi, table) for _ in range(4000)}
+    assert got == want
+    assert vitas.draw_in_window(space, rng, (8, 1), 2 * by_flops[-1], 3 * by_flops[-1], table) is None
+
+
+def test_window_cells_of_vitas_1g_at_one_gflop_are_those_a_uniform_arch_shows_and_the_rest_cannot_be():
+    """vitas-1g at 0.9-1.1 GFLOPs: every cell window_cells keeps has a uniform arch (every block
+    alike) in the window; every cell it leaves out is out of reach (its widest arch under the window
+    or its narrowest above); draws of each kept cell lie inside the window."""
+    lo, hi = 900_000_000, 1_100_000_000
+    table = (lo, hi, vitas.block_costs(BIG))
+    cells, _ = vitas.window_cells(BIG, lambda a: lo <= vitas.flops(a, BIG) <= hi, table, True, n=20)
+
+    def cell_flops(p, d, c, block):
+        return vitas.flops(Arch(p, c, (block,) * d + (None,) * (BIG.depth - d)), BIG)
+
+    blocks = [Block(min(h for h in BIG.heads if a % h == 0), a, m) for a in BIG.attn_dims for m in BIG.mlp_dims]
+    shown = {(p, d) for p, d in vitas.all_cells(BIG, True)
+             if any(lo <= cell_flops(p, d, c, b) <= hi for c in BIG.embed_dims for b in blocks)}
+    assert set(cells) == shown and len(shown) > 20
+    widest, narrowest = BIG.max_arch().blocks[0], BIG.min_arch().blocks[0]
+    for p, d in set(vitas.all_cells(BIG, True)) - shown:
+        assert cell_flops(p, d, BIG.embed_dims[-1], widest) < lo or cell_flops(p, d, BIG.embed_dims[0], narrowest) > hi
+    rng = np.random.default_rng(0)
+    for cell in cells:
+        archs = [vitas.draw_in_window(BIG, rng, cell, *table) for _ in range(5)]
+        assert all((a.patch_size, a.depth) == cell and lo <= vitas.flops(a, BIG) <= hi for a in archs)
+
+
 # -----------------------------------------------------------------------------
 # (5) training loop: DDP under torchrun, resume, recipes, distillation, sharing, ranks apart, retrain,
 # --init-from, data, --eval
@@ -1586,7 +1661,7 @@ def test_checkpoints_logs_and_results_carry_the_commit_that_wrote_them(tmp_path)
 
 @pytest.mark.slow
 def test_provenance_outside_a_checkout_is_unknown(tmp_path):
-    for name in ("runs.py", "cli.py", "vitas.py"):
+    for name in ("runs.py", "cli.py", "throughput.py", "vitas.py"):
         (tmp_path / name).write_text(open(os.path.join(HERE, name)).read())
     out = subprocess.run([sys.executable, "-c", "import json, runs; print(json.dumps(runs.provenance()))"],
                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "GIT_CEILING_DIRECTORIES":
@@ -1949,7 +2024,7 @@ def test_train_draws_curves_and_search_draws_the_pareto_front(trained, tmp_path)
 def test_throughput_is_measured_positive_and_a_much_larger_arch_is_slower():
     small = Arch(8, 32, (Block(2, 32, 64),) + (None,) * 5)
     big = TINY.max_arch()                                      # ~20x the MACs, 4x the tokens
-    fast, slow = (vitas.measure_throughput(a, TINY, batch=16, max_seconds=0.5) for a in (small, big))
+    fast, slow = (throughput.measure_throughput(a, TINY, batch=16, max_seconds=0.5) for a in (small, big))
     assert 0 < slow < fast < float("inf") and fast > 3 * slow
 
 
@@ -1958,27 +2033,28 @@ def test_latency_model_features_carry_every_flops_term_and_its_fit_recovers_a_kn
     against torch's FLOP counter), arch by arch; and least squares recovers a cost built from known
     coefficients."""
     for space in (TINY, BIG):
-        model = vitas.LatencyModel(space, [0, 0, 0, 0, 1, 0, 1])
+        model = throughput.LatencyModel(space, [0, 0, 0, 0, 1, 0, 1])
         for arch in random_archs(space, 60, seed=5):
             assert model(arch) == vitas.flops(arch, space)
     coef = np.array([2e-5, 1e-7, 3e-6, 2e-8, 4e-12, 5e-10, 1e-12])
     archs = random_archs(TINY, 80, seed=6)
-    truth = vitas.LatencyModel(TINY, coef)
-    fitted = vitas.LatencyModel(TINY).fit(archs, [1 / truth(a) for a in archs])
+    truth = throughput.LatencyModel(TINY, coef)
+    fitted = throughput.LatencyModel(TINY).fit(archs, [1 / truth(a) for a in archs])
     assert all(fitted(a) == pytest.approx(truth(a), rel=1e-6) for a in random_archs(TINY, 20, seed=7))
 
 
 def test_throughput_meter_measures_each_arch_once(monkeypatch):
     calls = []
-    monkeypatch.setattr(vitas, "measure_throughput", lambda arch, *a, **k: calls.append(arch) or 1000.0 + len(calls))
-    meter = vitas.ThroughputMeter(TINY, batch=8)
+    monkeypatch.setattr(throughput, "measure_throughput",
+                        lambda arch, *a, **k: calls.append(arch) or 1000.0 + len(calls))
+    meter = throughput.ThroughputMeter(TINY, batch=8)
     archs = random_archs(TINY, 6)
     first = [meter(a) for a in archs + archs[:3]]
     assert len(calls) == meter.measured == 6 and first[6:] == first[:3]
-    other = vitas.ThroughputMeter(TINY, batch=16)              # another batch is another measurement
+    other = throughput.ThroughputMeter(TINY, batch=16)              # another batch is another measurement
     other.load_state_dict(meter.state_dict())
     assert other(archs[0]) and len(calls) == 7
-    again = vitas.ThroughputMeter(TINY, batch=8)
+    again = throughput.ThroughputMeter(TINY, batch=8)
     again.load_state_dict(meter.state_dict())
     assert [again(a) for a in archs] == first[:6] and len(calls) == 7
 
@@ -2014,7 +2090,7 @@ def fake_images_per_s(arch, space, *a, **k):
 @pytest.mark.slow
 def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_measure_again(tmp_path, monkeypatch,
                                                                                            capsys):
-    monkeypatch.setattr(vitas, "measure_throughput", fake_images_per_s)
+    monkeypatch.setattr(throughput, "measure_throughput", fake_images_per_s)
     g = np.random.default_rng(9)
     probe = [fake_images_per_s(TINY.sample(g), TINY) for _ in range(200)]
     lo, hi = np.quantile(probe, [0.1, 0.35])                     # a window of slower-than-typical archs
@@ -2033,14 +2109,14 @@ def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_mea
     cal = ck["throughput_calibration"]
     assert ck["step"] == 5 and cal["measured"] >= 12 and cal["batch"] == 16 and cal["inside"] >= 0.8
     # independently: archs drawn as training draws them, measured afresh
-    sampler = train.ArchSampler(TINY, 0, 0, (1 / hi, 1 / lo), cost=vitas.LatencyModel(TINY, cal["coef"]))
+    sampler = train.ArchSampler(TINY, 0, 0, (1 / hi, 1 / lo), cost=throughput.LatencyModel(TINY, cal["coef"]))
     rng = np.random.default_rng(11)
     inside = np.mean([lo <= fake_images_per_s(sampler.draw(rng, learned=True), TINY) <= hi for _ in range(200)])
     assert inside >= 0.9, inside
     raw = np.mean([lo <= fake_images_per_s(TINY.sample(rng), TINY) <= hi for _ in range(200)])
     assert raw < 0.8 * inside                                    # the window is one that needs aiming at
     calls = []
-    monkeypatch.setattr(vitas, "measure_throughput", lambda *a, **k: calls.append(1) or 1.0)
+    monkeypatch.setattr(throughput, "measure_throughput", lambda *a, **k: calls.append(1) or 1.0)
     monkeypatch.setattr(train, "optimizer_step", step)
     train_run(tmp_path, *argv)                                  # resumed, run to the end
     assert calls == [] and runs.load_checkpoint(tmp_path / "checkpoint.pt")["throughput_calibration"] == cal

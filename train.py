@@ -67,14 +67,6 @@ SAMPLINGS = ("binomial", "depth-balanced", "stratified")
 IDENTITY_SHIFTS = ("off", "train", "search")
 
 
-def window_cells(space, inside, by_patch, seed=0, n=200, min_share=0.02):
-    """The cells of all_cells whose draws (draw_in_cell) land inside the window (`inside`) at least
-    `min_share` of the time: the cells a window-bound sampler can train without endless redraws."""
-    rng = np.random.default_rng([seed, 6])
-    return [c for c in vitas.all_cells(space, by_patch)
-            if np.mean([inside(vitas.draw_in_cell(space, rng, c)) for _ in range(n)]) >= min_share]
-
-
 class ArchSampler:
     """The sub-networks of each training step.
 
@@ -111,10 +103,13 @@ class ArchSampler:
         self.reports = reported_archs(space, self.window, cost)
         self.ends = [self.reports["largest"], self.reports["smallest"]]
         self.uniform_cells = self.cells = None
+        self.rare = set()   # window cells drawn straight inside the window (window_cells)
         if sampling != "binomial":
-            self.uniform_cells = vitas.all_cells(space, by_patch=sampling == "stratified")
-            self.cells = self.uniform_cells if self.window is None else window_cells(
-                space, self.inside, sampling == "stratified", seed)
+            self.uniform_cells = self.cells = vitas.all_cells(space, by_patch=sampling == "stratified")
+            if self.window is not None:
+                self.table = (*self.window, vitas.block_costs(space, cost))
+                self.cells, self.rare = vitas.window_cells(space, self.inside, self.table, sampling == "stratified",
+                                                           seed)
 
     def state_dict(self):
         """What a checkpoint keeps of the sampler, so a resumed run draws as the uninterrupted one."""
@@ -143,16 +138,22 @@ class ArchSampler:
         return self.identity_prob if self.cells is None else None
 
     def draw(self, rng, learned):
+        cell = None
         if self.cells is not None:   # the cell first, once: redraws below keep it
             cells = self.cells if learned else self.uniform_cells
             cell = cells[rng.integers(len(cells))]
-        for _ in range(self.max_tries if learned else 1):   # bounded resampling; the last draw stands if none fits
+        tries = 1 if not learned or cell in self.rare else self.max_tries
+        for _ in range(tries):   # bounded resampling; the last draw stands if none fits
             if self.cells is None:   # each block identity with the identity probability (1/2 when uniform)
                 arch = self.space.sample(rng, self.identity_prob if learned else None)
             else:
                 arch = vitas.draw_in_cell(self.space, rng, cell)
             if not learned or self.inside(arch):
                 break
+        if learned and cell is not None and not self.inside(arch):
+            # a rare cell, or no redraw fitted: the cell's arch drawn inside the window (None: a gap of the widths)
+            inside = (vitas.draw_in_window(self.space, rng, cell, *self.table) for _ in range(self.max_tries))
+            arch = next((a for a in inside if a is not None), arch)
         return vitas.shift_identities(arch) if self.identity_shift else arch
 
     def __call__(self, step, epoch):

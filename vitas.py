@@ -4,9 +4,8 @@ ViTAS core (Su et al., "Vision Transformer Architecture Search", arXiv 2106.1370
 Read top to bottom: the architecture records and the search space (sampling, identity shifting),
 the analytical FLOPs/params counter and the learned identity probability that aims at a FLOPs
 budget, the plain ViT a found architecture becomes, the sliceable super-transformer that shares
-weights between all of them, export of a slice to a plain ViT, and last, measured throughput
-(budgets by images/s on a device, and the latency model that lets the identity probability aim
-at them). Depends on torch and numpy only: copy it alone into another project.
+weights between all of them, and export of a slice to a plain ViT (measured throughput, beyond
+the paper: throughput.py). Depends on torch and numpy only: copy it alone into another project.
 
     space = SearchSpace.preset("tiny")
     arch = space.sample(torch.Generator().manual_seed(0))
@@ -16,8 +15,6 @@ at them). Depends on torch and numpy only: copy it alone into another project.
     print(flops(arch, space), params(arch, space))
 """
 import itertools
-import statistics
-import time
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -251,24 +248,6 @@ def shift_identities(arch):
     return Arch(arch.patch_size, arch.embed_dim, real + (None,) * (len(arch.blocks) - len(real)))
 
 
-# Cells: (patch size, depth) classes of archs, which stratified sampling (beyond the paper) draws alike
-
-
-def draw_in_cell(space, rng, cell):
-    """An arch of `cell` = (patch size, or None for a uniform one; depth): every width uniform,
-    `depth` real blocks at random positions, so every block position is trained alike."""
-    patch, depth = cell
-    arch = space.sample(rng, 0.0)
-    keep = set(rng.choice(space.depth, depth, replace=False).tolist())
-    blocks = tuple(b if i in keep else None for i, b in enumerate(arch.blocks))
-    return Arch(arch.patch_size if patch is None else patch, arch.embed_dim, blocks)
-
-
-def all_cells(space, by_patch):
-    """Every (patch, depth) cell of the space; by_patch False: (None, depth), patch drawn uniformly."""
-    return [(p, d) for p in (space.patch_sizes if by_patch else (None,)) for d in range(1, space.depth + 1)]
-
-
 # -----------------------------------------------------------------------------
 # Analytical FLOPs (multiply-accumulates, the ViT literature's convention) and parameter count
 
@@ -304,6 +283,19 @@ def params(arch, space):
 # Learned identity probability (arXiv 2106.13700, section 3)
 
 
+def block_costs(space, cost=None):
+    """{(patch size, embed dim): (the cost of its arch with every block an identity, {block: what the
+    block adds to it})}, for FLOPs or `cost`, any cost that adds up over blocks the same way."""
+    cost = cost or (lambda a: flops(a, space))
+    table = {}
+    for p, c in itertools.product(space.patch_sizes, space.embed_dims):
+        empty = cost(space.empty_arch(p, c))
+        table[p, c] = empty, {b: cost(Arch(p, c, (b,) + (None,) * (space.depth - 1))) - empty
+                              for h in space.heads for a in space.attn_for[h] for m in space.mlp_dims
+                              for b in [Block(h, a, m)]}
+    return table
+
+
 def solve_identity_prob(space, lo, hi, cost=None, what="FLOPs"):
     """Identity probability p that centres sampled networks' cost in the window [lo, hi]: FLOPs,
     or `cost`, any cost that adds up over blocks the same way (a LatencyModel's seconds per image,
@@ -320,16 +312,77 @@ def solve_identity_prob(space, lo, hi, cost=None, what="FLOPs"):
     if hi < least or lo > most:
         raise ValueError(f"{what} window [{lo:,}, {hi:,}] is unreachable: networks of this space "
                          f"have between {least:,} and {most:,}; widen or move the window")
-    base, blocks = [], []
-    for p in space.patch_sizes:
-        for c in space.embed_dims:
-            empty = cost(space.empty_arch(p, c))
-            one = lambda block: cost(Arch(p, c, (block,) + (None,) * (space.depth - 1))) - empty   # noqa: E731
-            base.append(empty)
-            blocks.append(np.mean([np.mean([one(Block(h, a, m)) for a in space.attn_for[h] for m in space.mlp_dims])
-                                   for h in space.heads]))
+    table = block_costs(space, cost)
+    base = [empty for empty, _ in table.values()]
+    blocks = [np.mean([np.mean([one[Block(h, a, m)] for a in space.attn_for[h] for m in space.mlp_dims])
+                       for h in space.heads]) for _, one in table.values()]
     keep = ((lo + hi) / 2 - np.mean(base)) / (space.depth * np.mean(blocks))
     return float(np.clip(1.0 - keep, 0.0, 1.0))
+
+
+# -----------------------------------------------------------------------------
+# Cells: (patch size, depth) classes of archs, which stratified sampling (beyond the paper) draws alike
+
+
+def draw_in_cell(space, rng, cell):
+    """An arch of `cell` = (patch size, or None for a uniform one; depth): every width uniform,
+    `depth` real blocks at random positions, so every block position is trained alike."""
+    patch, depth = cell
+    arch = space.sample(rng, 0.0)
+    keep = set(rng.choice(space.depth, depth, replace=False).tolist())
+    blocks = tuple(b if i in keep else None for i, b in enumerate(arch.blocks))
+    return Arch(arch.patch_size if patch is None else patch, arch.embed_dim, blocks)
+
+
+def all_cells(space, by_patch):
+    """Every (patch, depth) cell of the space; by_patch False: (None, depth), patch drawn uniformly."""
+    return [(p, d) for p in (space.patch_sizes if by_patch else (None,)) for d in range(1, space.depth + 1)]
+
+
+def draw_in_window(space, rng, cell, lo, hi, table):
+    """An arch of `cell` whose cost lies in [lo, hi], without redrawing: the patch size, the embed
+    dim, then each real block, each choice uniform among those that leave the window reachable by
+    the cheapest and the dearest rest (`table`: block_costs, so any cost that adds up over blocks);
+    the blocks in random order at random positions. Every arch of the cell in the window can come;
+    None where none is in it (or, with few widths, the last block finds a gap it cannot fill)."""
+    patch, depth = cell
+    bounds = {pc: (min(one.values()), max(one.values())) for pc, (_, one) in table.items()}
+
+    def reachable(pc, spent, left):
+        return spent + left * bounds[pc][0] <= hi and spent + left * bounds[pc][1] >= lo
+
+    def pick(choices):
+        choices = sorted(set(choices))
+        return choices[rng.integers(len(choices))] if choices else None
+
+    p = pick(pc[0] for pc in table if pc[0] in (space.patch_sizes if patch is None else (patch,))
+             and reachable(pc, table[pc][0], depth))
+    c = pick(pc[1] for pc in table if pc[0] == p and reachable(pc, table[pc][0], depth))
+    if p is None:
+        return None
+    spent, one, blocks = table[p, c][0], table[p, c][1], []
+    for left in range(depth - 1, -1, -1):
+        fits = [b for b in one if reachable((p, c), spent + one[b], left)]
+        h = pick(b.heads for b in fits)
+        a = pick(b.attn_dim for b in fits if b.heads == h)
+        m = pick(b.mlp_dim for b in fits if b.heads == h and b.attn_dim == a)
+        if m is None:
+            return None
+        blocks.append(Block(h, a, m))
+        spent += one[blocks[-1]]
+    where = dict(zip(rng.choice(space.depth, depth, replace=False).tolist(), rng.permutation(depth).tolist()))
+    return Arch(p, c, tuple(blocks[where[i]] if i in where else None for i in range(space.depth)))
+
+
+def window_cells(space, inside, table, by_patch, seed=0, n=200, min_share=0.02):
+    """The cells of all_cells that hold archs inside the window (draw_in_window finds one), and of
+    those the rare ones: fewer than `min_share` of their draws (draw_in_cell) land inside, so they
+    are drawn inside the window straight away rather than by redrawing until one does."""
+    rng = np.random.default_rng([seed, 6])
+    cells = [c for c in all_cells(space, by_patch)
+             if any(draw_in_window(space, rng, c, *table) is not None for _ in range(10))]
+    rare = {c for c in cells if np.mean([inside(draw_in_cell(space, rng, c)) for _ in range(n)]) < min_share}
+    return cells, rare
 
 
 # -----------------------------------------------------------------------------
@@ -662,89 +715,3 @@ def export(supernet, arch, side="left", drop_path_rate=0.0):
     vit.load_state_dict({**state, **supernet.sliced_head(e)})      # strict: every parameter of the ViT
     use_fused_attention(vit, all(getattr(m, "fused_attn", True) for m in supernet.modules()))
     return vit.train(supernet.training)
-
-
-# -----------------------------------------------------------------------------
-# Measured throughput: budgets by images/s on a device, beside FLOPs
-
-
-def measure_throughput(arch, space, device="cpu", batch=16, amp=False, warmup=2, repeats=10, max_seconds=2.0):
-    """Images/s of the plain ViT of `arch` (what a found arch is deployed as): eval mode, no grad,
-    a fixed random input; warm-up calls, then the median of timed calls (at least 3, at most
-    `repeats`, stopping after max_seconds), CUDA synchronised; bf16 autocast with amp (CUDA)."""
-    device = torch.device(device)
-    model = ViT(arch, space).to(device).eval()
-    x = torch.randn(batch, space.in_chans, space.image_size, space.image_size,
-                    generator=torch.Generator().manual_seed(0)).to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for _ in range(warmup):
-            model(x)
-        sync()
-        start = time.perf_counter()
-        while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < max_seconds):
-            t = time.perf_counter()
-            model(x)
-            sync()
-            times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
-
-
-class ThroughputMeter:
-    """measure_throughput with a cache keyed by (arch, device, batch, amp): no arch is measured
-    twice. `measured` counts the real measurements; state_dict() keeps the cache for a resume."""
-
-    def __init__(self, space, device="cpu", batch=16, amp=False, **measure_kw):
-        self.space, self.device, self.batch, self.amp, self.measure_kw = space, str(device), batch, amp, measure_kw
-        self.cache, self.measured = {}, 0
-
-    def key(self, arch):
-        return (arch, self.device, self.batch, self.amp)
-
-    def __call__(self, arch):
-        if self.key(arch) not in self.cache:
-            self.cache[self.key(arch)] = measure_throughput(arch, self.space, self.device, self.batch, self.amp,
-                                                            **self.measure_kw)
-            self.measured += 1
-        return self.cache[self.key(arch)]
-
-    def state_dict(self):
-        return [[a.to_dict(), dev, b, amp, v] for (a, dev, b, amp), v in self.cache.items()]
-
-    def load_state_dict(self, state):
-        self.cache.update({(Arch.from_dict(a), dev, b, amp): v for a, dev, b, amp, v in state})
-
-
-class LatencyModel:
-    """Seconds per image of an arch on one device, fitted to measurements, as a sum over blocks
-    (so that solve_identity_prob can aim the identity probability at a throughput window):
-    t = c0 + c1 T + sum over real blocks (c2 + c3 T + c4 MACs_block + c5 T^2 h) + c6 MACs_rest,
-    T = tokens, h = heads. Measuring every sampled arch during training would be too slow."""
-
-    def __init__(self, space, coef=None):
-        self.space, self.coef = space, None if coef is None else np.asarray(coef, dtype=float)
-
-    def features(self, arch):
-        t = (self.space.image_size // arch.patch_size) ** 2 + 1
-        rest = flops(self.space.empty_arch(arch.patch_size, arch.embed_dim), self.space)
-        f = np.array([1.0, t, 0.0, 0.0, 0.0, 0.0, rest])
-        for b in arch.blocks:
-            if b is not None:
-                # as in flops()
-                macs = (4 * t * arch.embed_dim + 2 * t * t) * b.attn_dim + 2 * t * arch.embed_dim * b.mlp_dim
-                f += [0.0, 0.0, 1.0, t, macs, t * t * b.heads, 0.0]
-        return f
-
-    def fit(self, archs, images_per_s):
-        """Least squares on seconds per image, each measurement weighted by 1/t (relative error)."""
-        x = np.stack([self.features(a) for a in archs])
-        y = 1.0 / np.asarray(images_per_s, dtype=float)
-        w = 1.0 / y
-        self.coef = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)[0]
-        return self
-
-    def __call__(self, arch):
-        """Predicted seconds per image (never below a microsecond)."""
-        return max(float(self.features(arch) @ self.coef), 1e-6)
-
