@@ -490,7 +490,7 @@ def table(results, markdown=False):
     per_recipe = report.recipe_rows(supers, tables["window"], TINY, ("v2", default)) if scored else []
     versus = [{"recipe": r["recipe"], **r["minus"][default]} for r in per_recipe if r["minus"][default] is not None]
     learning = report.learning_rows(supers, tables["window"], reported_alone(results)) if scored else ([], [])
-    outcome = outcome_rows(results, list(GRID))
+    outcome = outcome_rows(results, list(dict.fromkeys(r["recipe"] for r in supers)))   # every recipe's records
     window_ref = next((r for r in refs if r["set"] == "window"), None)
     settings = [setting_rows(results, name, tables, window_ref, per_recipe, learning[1]) for name in SETTINGS
                 if os.path.isdir(os.path.join(results, name, "supernets"))]
