@@ -280,6 +280,23 @@ def seed_difference(a, b=None, level=LEVEL):
             "interval_level": level}
 
 
+def margin_interval(picks, designs, level=LEVEL, count=RESAMPLES, seed=0):
+    """The searched archs' mean top-1 minus the better hand design's, with a percentile interval
+    that counts both kinds of noise: supernet seeds (the rows of `picks`) and training seeds (the
+    columns of `picks` and of each design's row in `designs`, paired: one training seed is one data
+    order for every arch) resampled together, the better design chosen again in each resample."""
+    picks, designs = np.asarray(picks, dtype=float), np.asarray(designs, dtype=float)
+
+    def margin(rows, cols):
+        return picks[np.ix_(rows, cols)].mean() - designs[:, cols].mean(axis=1).max()
+
+    g = np.random.default_rng(seed)
+    n, t = picks.shape
+    spread = [margin(g.integers(n, size=n), g.integers(t, size=t)) for _ in range(count)]
+    return {"difference": float(margin(np.arange(n), np.arange(t))), "interval": percentile_interval(spread, level),
+            "interval_level": level}
+
+
 def top_regret(fitness, top1_by_seed, k=3):
     """Points of reference top-1 lost by keeping the best of the k archs the fitness ranks highest
     instead of the best arch of all: 0 when the best arch is among the fitness's top k. Archs the

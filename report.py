@@ -153,14 +153,15 @@ def sampler_rows(supers):
 
 def outcome_margins(outcome):
     """Per recipe over its supernet seeds: how often the searched arch wins, its top-1, and its
-    margin over the better hand-designed network with a t interval over the seeds."""
+    margin over the better hand-designed network, the interval over supernet and training seeds
+    (rankcheck.margin_interval)."""
     out = []
     for recipe in dict.fromkeys(r["recipe"] for r in outcome):
         rs = [r for r in outcome if r["recipe"] == recipe]
-        best = max(rs[0][n] for n in rankcheck.BASELINES)
+        designs = [rs[0]["designs"][name] for name in rankcheck.BASELINES]
         out.append({"recipe": recipe, "seeds": len(rs), "wins": sum(r["wins"] for r in rs),
                     "searched": [r["top1"] for r in rs],
-                    "margin": rankcheck.seed_difference([r["top1"] for r in rs], best)})
+                    "margin": rankcheck.margin_interval([r["top1_seeds"] for r in rs], designs)})
     return out
 
 
@@ -340,16 +341,18 @@ def reported_cells(learning):
 def outcome_section(doc, outcome, margins, setup):
     doc.heading("Outcome: does the searched arch beat hand design?")
     doc.para(f"`python experiment.py outcome`: each supernet's evolutionary pick trained alone, {setup['epochs']} "
-             f"epochs, mean top-1 over training seeds {', '.join(map(str, setup['outcome_seeds']))}, beside the two "
-             f"hand-designed networks nearest the window's top and {setup['random_archs']} random window archs; a pick "
-             "wins when it is above both designs and the random median.")
+             f"epochs, and the two hand-designed networks nearest the window's top, mean top-1 over training seeds "
+             f"{', '.join(map(str, setup['outcome_seeds']))}, beside the median of {setup['random_archs']} random "
+             f"window archs (training seeds {', '.join(map(str, setup['random_seeds']))}); a pick wins when it is "
+             "above both designs and the random median.")
     doc.row(["recipe", "seed", "searched", "MFLOPs", *rankcheck.BASELINES, "random median", "wins"], header=True)
     for r in outcome:
         doc.row([r["recipe"], str(r["seed"]), fmt(r["top1"], 1), fmt(r["flops"] / 1e6),
                  *(fmt(r[n], 1) for n in rankcheck.BASELINES), fmt(r["random_median"], 1),
                  "yes" if r["wins"] else "no"])
-    doc.para("Searched minus the better hand-designed network, points of top-1 over supernet seeds (t interval; "
-             "each side a 2-seed mean, so the trainings' own noise comes on top).")
+    doc.para("Searched minus the better hand-designed network, points of top-1; the interval resamples the "
+             "supernet seeds and the training seeds together (paired between picks and designs), so it counts the "
+             "trainings' own noise, the designs' included.")
     doc.row(["recipe", "seeds", "wins", "searched", "margin", "90% interval"], header=True)
     for m in margins:
         doc.row([m["recipe"], str(m["seeds"]), f"{m['wins']} of {m['seeds']}", mean_sd(m["searched"]),

@@ -2705,7 +2705,11 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
         runs.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"),
                          {"recipe": recipe, "seed": 0, "search": {"evolution": {"arch": arch.to_dict()}}})
     jobs = experiment.outcome_jobs(results, scratch, ["v2", "fair"])
-    assert len(jobs) == len(experiment.OUTCOME_SEEDS) * (len(compared) + 1)       # the shared arch trained once
+    seeds, randoms = experiment.OUTCOME_SEEDS, experiment.RANDOM_SEEDS
+    # designs and picks on every outcome seed, random archs on theirs, the arch both picked and random once a seed
+    assert len(jobs) == 4 * len(seeds) + experiment.RANDOM_ARCHS * len(randoms) - len(set(seeds) & set(randoms))
+    assert [j["arch"] for j in jobs[:2 * len(seeds)]] == [compared[n].to_dict() for n in ("uniform", "deit")
+                                                          for _ in seeds]      # the designs first
     top1 = {}
     for job in jobs:
         top1.setdefault(json.dumps(job["arch"]), []).append(float(g.uniform(60, 90)))
@@ -2713,7 +2717,8 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
         runs.write_json(job["path"], {"val": {"top1": top1[json.dumps(job["arch"])][-1]}})
     mean = lambda a: np.mean(top1[json.dumps(a.to_dict())])
     rows = {r["recipe"]: r for r in experiment.outcome_rows(results, ["v2", "fair"])}
-    median = np.median([mean(a) for name, a in compared.items() if name.startswith("random")])
+    median = np.median([np.mean(top1[json.dumps(a.to_dict())][:len(randoms)])        # their seeds come first
+                        for name, a in compared.items() if name.startswith("random")])
     for recipe, arch in searched.items():
         assert rows[recipe]["top1"] == pytest.approx(mean(arch))
         assert rows[recipe]["wins"] == (mean(arch) > max(mean(compared["uniform"]), mean(compared["deit"]), median))
@@ -2723,6 +2728,25 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
     for recipe, arch in searched.items():
         assert margins[recipe]["margin"]["difference"] == pytest.approx(mean(arch) - best)
         assert margins[recipe]["wins"] == int(rows[recipe]["wins"]) and margins[recipe]["seeds"] == 1
+
+
+def test_the_outcomes_margin_interval_counts_the_training_noise_of_picks_and_designs():
+    """rankcheck.margin_interval: the margin is the picks' mean minus the better design's mean; with
+    every pick alike on every training seed, a t interval over supernet seeds would have no width,
+    while the designs' own training noise widens this one; without any noise it has none."""
+    picks = [[85.0, 85.0, 85.0, 85.0]] * 3
+    designs = [[83.0, 86.0, 82.0, 85.0], [80.0, 81.0, 79.0, 80.0]]
+    m = rankcheck.margin_interval(picks, designs)
+    assert m["difference"] == pytest.approx(85.0 - 84.0)
+    assert rankcheck.seed_difference([85.0] * 3, 84.0)["interval"] == (1.0, 1.0)
+    lo, hi = m["interval"]
+    assert lo < 0 < 1 < hi
+    assert rankcheck.margin_interval(picks, [[84.0] * 4, [80.0] * 4])["interval"] == (1.0, 1.0)
+    # the better design is chosen again in each resample: never above the max over designs
+    g = np.random.default_rng(3)
+    picks, designs = g.normal(85, 1, (5, 4)), g.normal(84, 1, (2, 4))
+    brute = picks.mean() - designs.mean(axis=1).max()
+    assert rankcheck.margin_interval(picks, designs)["difference"] == pytest.approx(brute)
 
 
 def test_experiment_recipes_named_as_train_recipes_train_as_they_do():
