@@ -17,8 +17,8 @@ effective batch 64, lr 2e-3, one process per training.
   outcome    The search's pick against hand design and chance: each supernet record's searched arch
              (evolution) of the given recipes, the two hand-designed networks nearest the window's
              top and 8 random window archs, each trained alone as the reference archs are (20
-             epochs, seeds 0 and 1). A searched arch wins when its mean top-1 is above both
-             hand-designed networks' and the random archs' median.
+             epochs; seeds 0-3, the random archs 0 and 1). A searched arch wins when its mean top-1
+             is above both hand-designed networks' and the random archs' median.
   table      Every figure from results/, without training anything: the records are read here; their
              statistics and text (RESULTS.md, the README's summary, --check) are report.py's.
 

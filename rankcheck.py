@@ -172,9 +172,13 @@ def scores(fitness, top1_by_seed, r_s=None):
     return scored(kendall_tau(fitness, reference_mean(top1_by_seed)), r_s)
 
 
+MIN_TAU_STAR = 0.3   # a reference whose tau* is lower cannot rank: tau_c would mostly be its noise, amplified
+
+
 def scored(tau, r_s):
-    """scores() of a tau already computed."""
-    return {"kendall_tau": tau, "tau_c": None if tau is None or r_s is None else corrected_tau(tau, r_s)}
+    """scores() of a tau already computed; tau_c undefined (None) where the reference cannot rank."""
+    ranks = r_s is not None and oracle_tau(r_s) >= MIN_TAU_STAR
+    return {"kendall_tau": tau, "tau_c": corrected_tau(tau, r_s) if tau is not None and ranks else None}
 
 
 def resampled_seeds(top1_by_seed, idx):
@@ -353,6 +357,8 @@ def describe(r):
                  f"reliability r{r['seeds']} {fmt(r['reliability'])}, "
                  f"so no fitness can expect more than tau* {fmt(r['tau_star'])}{span(r['tau_star_interval'])}; "
                  f"corrected tau_c {fmt(r['tau_c'])}{span(r['tau_c_interval'])}")
+        if r["tau_star"] < MIN_TAU_STAR:
+            line += f" (undefined: under tau* {MIN_TAU_STAR} the reference cannot rank)"
         if r.get("disagreeing_resamples"):
             line += (f" ({100 * r['disagreeing_resamples']:.0f}% of the resamples' seeds disagree: tau* 0 there, "
                      f"tau_c undefined and left out of its interval)")

@@ -34,6 +34,19 @@ def mean_sd(values):
     return f"{v[0]:.2f}" if v else "n/a"
 
 
+def verdict(minus, higher="better", lower="worse"):
+    """A comparison in words, by the project's rule: `higher` or `lower` only where both intervals,
+    over the archs and over the supernet seeds, exclude 0; else no difference."""
+    intervals = [minus["interval"], minus["over_seeds"]["interval"]]
+    if None in intervals:
+        return "no difference"
+    if all(lo > 0 for lo, _ in intervals):
+        return higher
+    if all(hi < 0 for _, hi in intervals):
+        return lower
+    return "no difference"
+
+
 # -----------------------------------------------------------------------------
 # Figures from the records experiment.py reads
 
@@ -247,7 +260,8 @@ def reference_section(doc, refs, setup):
              "One seed's reliability r1 = sin(pi tau_ss / 2) from the seeds' agreement tau_ss (mean over pairs of "
              "seeds), the S-seed mean's r_S by Spearman-Brown, the oracle bound tau* = (2/pi) asin(sqrt(r_S)); "
              "bootstrap over the archs. A resample whose seeds disagree (tau_ss <= 0) counts as tau* 0; its "
-             "share is the last column (tau_c is undefined there and left out of tau_c's intervals).")
+             f"share is the last column. Under tau* {rankcheck.MIN_TAU_STAR} a reference cannot rank: tau_c is "
+             "undefined there (n/a; a resample's is left out of tau_c's intervals).")
     doc.row(["set", "archs", "2nd seed", "top-1 range", "seed SD", "seed tau", "r1", "seeds S", "r_S", "tau*",
              "90% interval", "seeds disagree"], header=True)
     for r in refs:
@@ -307,11 +321,11 @@ def ranking_section(doc, supers, per_recipe, versus, default):
         doc.heading(f"Against the default recipe, {default}", 3)
         doc.para(f"`{default}` became the default after this grid was run, on it, the learning figures below and "
                  "those of the scarce settings: the figures it is reported on are among those it was chosen by. "
-                 "Same intervals as above.")
-        doc.row(["recipe", "seeds", f"tau - {default} tau", "archs", "seeds"], header=True)
+                 "Same intervals as above; a recipe ranks better or worse only where both exclude 0.")
+        doc.row(["recipe", "seeds", f"tau - {default} tau", "archs", "seeds", "ranks"], header=True)
         for vs in versus:
             doc.row([vs["recipe"], ",".join(map(str, vs["seeds"])), fmt(vs["difference"]), span(vs["interval"]),
-                     span(vs["over_seeds"]["interval"])])
+                     span(vs["over_seeds"]["interval"]), verdict(vs)])
 
 
 def learning_section(doc, per_seed, per_recipe):

@@ -2451,6 +2451,43 @@ def test_rank_check_under_torchrun_equals_one_process(trained, tmp_path):
     for a, b in zip(ddp["archs"], one["archs"]):        # the same training up to float summation order
         assert abs(a["top1"] - b["top1"]) <= 1.0, (a, b)
 
+def test_a_recipe_ranks_better_only_where_both_intervals_exclude_0_and_the_docs_say_no_more():
+    """The claims rule on made-up comparisons with the default: an interval over the archs that
+    excludes 0 beside one over the seeds that does not is no difference, in report.verdict and in
+    the table RESULTS.md prints; both above 0: better; both below: worse."""
+    def minus(archs, seeds):
+        return {"difference": 0.1, "interval": archs, "over_seeds": {"interval": seeds}}
+    cases = {"a": (minus((0.02, 0.16), (-0.06, 0.24)), "no difference"),
+             "b": (minus((0.02, 0.16), (0.01, 0.2)), "better"),
+             "c": (minus((-0.3, -0.1), (-0.4, -0.05)), "worse"),
+             "d": (minus((-0.3, 0.1), (-0.4, -0.05)), "no difference"),
+             "e": (minus((0.1, 0.2), None), "no difference")}
+    for name, (m, want) in cases.items():
+        m["over_seeds"] = {"interval": m["over_seeds"]["interval"]}
+        assert report.verdict(m) == want, name
+    doc = report.Doc(True)
+    versus = [{"recipe": name, "seeds": [0, 1], **m} for name, (m, _) in cases.items()]
+    report.ranking_section(doc, [], [], versus, "v2+strat")
+    rows = {line.split(" | ")[0].strip("| "): line for line in doc.text().splitlines() if line.startswith("| ")}
+    for name, (_, want) in cases.items():
+        assert rows[name].endswith(f"| {want} |"), rows[name]
+
+
+def test_tau_c_is_undefined_where_the_reference_cannot_rank():
+    """Under tau* 0.3 (a reference whose seeds barely agree) tau_c is None, also in each bootstrap
+    resample, and the rank check's description says it is undefined; at and above, it is the
+    corrected tau."""
+    r_low = next(r for r in np.linspace(0.01, 1, 1000) if rankcheck.oracle_tau(r) >= rankcheck.MIN_TAU_STAR)
+    assert rankcheck.scored(0.2, r_low)["tau_c"] == pytest.approx(rankcheck.corrected_tau(0.2, r_low))
+    assert rankcheck.scored(0.2, r_low - 0.01)["tau_c"] is None
+    g = np.random.default_rng(0)
+    z = g.normal(size=40)
+    by_seed = np.stack([z + g.normal(scale=6, size=40) for _ in range(2)], 1).tolist()   # seeds barely agree
+    fitness = z + g.normal(scale=0.5, size=40)
+    r = rankcheck.agreement(fitness, by_seed, count=200)
+    assert 0 < r["tau_star"] < rankcheck.MIN_TAU_STAR and r["tau_c"] is None and r["kendall_tau"] is not None
+    assert "undefined" in rankcheck.describe({**r, "floors": {}})
+
 
 # -----------------------------------------------------------------------------
 # (9) command lines and docs: bad input, numeric flags, the README's commands (issue 32)
