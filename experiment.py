@@ -457,10 +457,12 @@ def supernet_rows(results, refs):
         for name, table in refs.items():
             if len(table) < 2:   # not trained yet
                 continue
-            fitness = {json.dumps(x["arch"]): x["top1"] for x in r["inherited"][name]}
+            inherited = {json.dumps(x["arch"]): x for x in r["inherited"][name]}
             archs = [a for a, _ in table]
-            scores = [fitness[json.dumps(a.to_dict())] for a in archs]
-            row[name] = {**rankcheck.rank_statistics(scores, [t for _, t in table], archs, TINY), "fitness": scores}
+            scores = [inherited[json.dumps(a.to_dict())]["top1"] for a in archs]
+            row[name] = {**rankcheck.rank_statistics(scores, [t for _, t in table], archs, TINY), "fitness": scores,
+                         # the other fitness the same held-out pass gives: minus the held-out loss
+                         "loss_fitness": [-inherited[json.dumps(a.to_dict())]["loss"] for a in archs]}
         rows.append(row)
     order = list(GRID)                              # the recipes in GRID's order, then any other
     return sorted(rows, key=lambda r: (order.index(r["recipe"]) if r["recipe"] in order else len(order), r["recipe"],
@@ -499,6 +501,7 @@ def table(results, markdown=False):
     per_recipe = report.recipe_rows(supers, tables["window"], TINY, ("v2", default)) if scored else []
     versus = [{"recipe": r["recipe"], **r["minus"][default]} for r in per_recipe if r["minus"][default] is not None]
     learning = report.learning_rows(supers, tables["window"], reported_alone(results)) if scored else ([], [])
+    fitness = report.fitness_rows(supers, tables["window"]) if scored else []
     outcome = outcome_rows(results, list(dict.fromkeys(r["recipe"] for r in supers)))   # every recipe's records
     window_ref = next((r for r in refs if r["set"] == "window"), None)
     settings = [setting_rows(results, name, tables, window_ref, per_recipe, learning[1]) for name in SETTINGS
@@ -507,7 +510,8 @@ def table(results, markdown=False):
                          "outcome_seeds": OUTCOME_SEEDS, "random_seeds": RANDOM_SEEDS,
                          "random_archs": RANDOM_ARCHS},
                "reference": refs, "supernets": supers, "default": default, "recipes": per_recipe,
-               "versus_default": versus, "learning_per_seed": learning[0], "learning": learning[1], "outcome": outcome,
+               "versus_default": versus, "learning_per_seed": learning[0], "learning": learning[1], "fitness": fitness,
+               "outcome": outcome,
                "margins": report.outcome_margins(outcome), "settings": settings, "bench": bench_records(results),
                "provenance": provenance_rows(results)}
     figures["text"] = report.render(figures, markdown)

@@ -164,6 +164,28 @@ def sampler_rows(supers):
             for name, ss in out.items()]
 
 
+def fitness_rows(supers, window):
+    """Per recipe on the window reference: the search's fitness, held-out top-1, against minus the
+    held-out loss, which the same pass over the held-out images gives (so at the same cost): each
+    one's tau_c and top-3 regret per supernet seed, and tau(loss) - tau(top-1) with intervals paired
+    over the archs and over the seeds."""
+    archs, top1 = zip(*window)
+    r_s = rankcheck.reliability(top1)[2]
+    rows = []
+    for recipe in dict.fromkeys(r["recipe"] for r in supers):
+        rs = [r["window"] for r in supers if r["recipe"] == recipe and "loss_fitness" in r.get("window", {})]
+        if not rs:
+            continue
+        by = {name: [w[key] for w in rs] for name, key in (("top1", "fitness"), ("loss", "loss_fitness"))}
+        taus = {name: [rankcheck.kendall_tau(f, rankcheck.reference_mean(top1)) for f in fs] for name, fs in by.items()}
+        rows.append({"recipe": recipe, "seeds": len(rs),
+                     **{f"tau_c_{n}": [rankcheck.scored(t, r_s)["tau_c"] for t in taus[n]] for n in by},
+                     **{f"regret_{n}": [rankcheck.top_regret(f, top1) for f in by[n]] for n in by},
+                     "minus": {**rankcheck.paired_difference(by["loss"], by["top1"], top1),
+                               "over_seeds": rankcheck.seed_difference(taus["loss"], taus["top1"])}})
+    return rows
+
+
 def outcome_margins(outcome):
     """Per recipe over its supernet seeds: how often the searched arch wins, its top-1, and its
     margin over the better hand-designed network, the interval over supernet and training seeds
@@ -231,6 +253,7 @@ def render(figures, markdown=False):
         sampler_section(doc, sampler_rows(figures["supernets"]))
         ranking_section(doc, figures["supernets"], per_recipe, figures["versus_default"], figures["default"])
         learning_section(doc, figures["learning_per_seed"], figures["learning"])
+        fitness_section(doc, figures["fitness"])
     if figures["outcome"]:
         outcome_section(doc, figures["outcome"], figures["margins"], setup)
     if figures["settings"] and per_recipe:
@@ -350,6 +373,22 @@ def reported_cells(learning):
     """A learning row's reported ratio: mean ± SD and its interval over the seeds that have it."""
     over = learning["reported_over_seeds"]
     return [mean_sd(learning["reported"]), "n/a" if over is None else span(over["interval"])]
+
+
+def fitness_section(doc, rows):
+    doc.heading("Fitness: held-out top-1 or held-out loss")
+    doc.para("The search scores a candidate by its held-out top-1 with the inherited weights (`--fitness top1`); "
+             "the same pass gives its held-out cross-entropy (`--fitness loss`, minus the loss), at the same CPU "
+             "cost per candidate. Both scored on the grid's supernets against the window reference: mean ± SD "
+             "over supernet seeds; tau(loss) - tau(top-1) with 90% intervals paired over the archs and over the "
+             "seeds; one fitness ranks better only where both exclude 0.")
+    doc.row(["recipe", "seeds", "tau_c top-1", "tau_c loss", "top-3 regret top-1", "top-3 regret loss",
+             "tau loss - tau top-1", "archs", "seeds", "loss ranks"], header=True)
+    for r in rows:
+        m = r["minus"]
+        doc.row([r["recipe"], str(r["seeds"]), mean_sd(r["tau_c_top1"]), mean_sd(r["tau_c_loss"]),
+                 mean_sd(r["regret_top1"]), mean_sd(r["regret_loss"]), fmt(m["difference"]), span(m["interval"]),
+                 span(m["over_seeds"]["interval"]), verdict(m)])
 
 
 def outcome_section(doc, outcome, margins, setup):

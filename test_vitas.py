@@ -2488,6 +2488,25 @@ def test_tau_c_is_undefined_where_the_reference_cannot_rank():
     assert 0 < r["tau_star"] < rankcheck.MIN_TAU_STAR and r["tau_c"] is None and r["kendall_tau"] is not None
     assert "undefined" in rankcheck.describe({**r, "floors": {}})
 
+def test_fitness_rows_score_top1_and_loss_on_the_same_supernets_against_a_brute_force_tau():
+    """report.fitness_rows on made-up supernets whose minus-loss fitness orders the archs as the
+    reference does and whose top-1 fitness is noisy: each fitness's tau against a brute-force tau-b,
+    the top-3 regrets, and loss ranking better (both intervals above 0)."""
+    g = np.random.default_rng(4)
+    archs = random_archs(TINY, 14, seed=4)
+    truth = g.normal(80, 3, 14)
+    window = [(a, [float(t + g.normal(0, 0.5)), float(t + g.normal(0, 0.5))]) for a, t in zip(archs, truth)]
+    mean = np.mean([t for _, t in window], axis=1)
+    supers = [{"recipe": "x", "seed": s, "window": {"fitness": list(mean + g.normal(0, 4, 14)),
+                                                    "loss_fitness": list(mean / 100)}} for s in range(3)]
+    (row,) = report.fitness_rows(supers, window)
+    r_s = rankcheck.reliability([t for _, t in window])[2]
+    for name, key in (("top1", "fitness"), ("loss", "loss_fitness")):
+        want = [rankcheck.scored(brute_tau_b(w["window"][key], mean), r_s)["tau_c"] for w in supers]
+        assert row[f"tau_c_{name}"] == pytest.approx(want)
+    assert row["regret_loss"] == [0.0] * 3 and all(r >= 0 for r in row["regret_top1"])
+    assert row["seeds"] == 3 and report.verdict(row["minus"]) == "better"
+
 
 # -----------------------------------------------------------------------------
 # (9) command lines and docs: bad input, numeric flags, the README's commands (issue 32)
