@@ -110,10 +110,8 @@ GRID = {
 SPLIT = ("fair-split",)
 REFERENCE_EPOCHS = 20
 PER_CELL = 6
-# training seeds: the window reference's (its 4-seed mean gives the oracle bound tau* 0.82; 3 seeds left it
-# at 0.795, under the 0.8 aimed for), the whole-range set's
-# and the outcome's: the hand designs and the picks on 4 (their margin counts the trainings' own noise), the
-# random archs, whose median only sets the bar of a "win", on 2
+# training seeds: the window reference's (4: tau* 0.82, 3 left it at 0.795), the whole-range set's, the outcome's hand
+# designs' and picks' (4: their margin counts the trainings' noise), its random archs' (their median is a bar)
 REFERENCE_SEEDS, SPACE_SEEDS, OUTCOME_SEEDS, RANDOM_SEEDS = (0, 1, 2, 3), (0, 1), (0, 1, 2, 3), (0, 1)
 SPACE_ARCHS = 12
 
@@ -376,18 +374,8 @@ RANDOM_ARCHS = 8
 
 @functools.lru_cache(maxsize=None)
 def comparison_archs():
-    """What a searched arch is compared with, the same for every recipe and supernet seed: the two
-    hand-designed networks (rankcheck.BASELINES) nearest the window's top (a designer given the
-    budget spends it), and RANDOM_ARCHS distinct archs of the window drawn as random search draws
-    them (the window's identity probability, identities behind the real blocks)."""
-    archs = {name: design(TINY, HI, LO, HI) for name, design in rankcheck.BASELINES.items()}
-    rng, p = np.random.default_rng([5000, 0]), vitas.solve_identity_prob(TINY, LO, HI)
-    found = []
-    while len(found) < RANDOM_ARCHS:
-        arch = vitas.shift_identities(TINY.sample(rng, p))
-        if LO <= vitas.flops(arch, TINY) <= HI and arch not in found:
-            found.append(arch)
-    return {**archs, **{f"random {i}": a for i, a in enumerate(found)}}
+    """What every searched arch is compared with (rankcheck.comparison_archs), in the window."""
+    return rankcheck.comparison_archs(TINY, LO, HI, RANDOM_ARCHS)
 
 
 def searched_archs(results, recipes):
@@ -429,11 +417,10 @@ def outcome_rows(results, recipes):
     if None in designs.values() or None in randoms:
         return []
     median = float(np.median([np.mean(r) for r in randoms]))
-    rows = []
+    rows, best = [], max(np.mean(d) for d in designs.values())
     for (recipe, seed), arch in sorted(searched_archs(results, recipes).items()):
         top1 = alone_seeds(results, arch, OUTCOME_SEEDS)
         if top1 is not None:
-            best = max(np.mean(d) for d in designs.values())
             rows.append({"recipe": recipe, "seed": seed, "arch": arch.to_dict(), "flops": vitas.flops(arch, TINY),
                          "top1": float(np.mean(top1)), "top1_seeds": top1, "designs": designs,
                          **{name: float(np.mean(d)) for name, d in designs.items()}, "random_median": median,

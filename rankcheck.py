@@ -450,3 +450,17 @@ def deit_arch(space, target_flops, flops_min, flops_max):
 
 BASELINES = {"uniform": baseline_arch, "deit": deit_arch}
 
+
+def comparison_archs(space, lo, hi, randoms, seed=5000):
+    """What a searched arch in the FLOPs window [lo, hi] is compared with: the two hand-designed
+    networks (BASELINES) nearest the window's top (a designer given the budget spends it), and
+    `randoms` distinct archs of the window drawn as random search draws them (the window's identity
+    probability, identities behind the real blocks)."""
+    archs = {name: design(space, hi, lo, hi) for name, design in BASELINES.items()}
+    rng, p = np.random.default_rng([seed, 0]), vitas.solve_identity_prob(space, lo, hi)
+    found = []
+    while len(found) < randoms:
+        arch = vitas.shift_identities(space.sample(rng, p))
+        if lo <= vitas.flops(arch, space) <= hi and arch not in found:
+            found.append(arch)
+    return {**archs, **{f"random {i}": a for i, a in enumerate(found)}}
