@@ -229,10 +229,10 @@ def reference_sets():
 
 
 def reported_reference():
-    """The archs train.py reports with the window (train.reported_archs: largest, smallest, middle),
+    """The archs train.py reports with the window (vitas.reported_archs: largest, smallest, middle),
     trained alone as the window's are: what their val top-1 at the end of super-transformer
     training is measured against (learning_rows)."""
-    return list(train.reported_archs(TINY, (LO, HI)).values())
+    return list(vitas.reported_archs(TINY, (LO, HI)).values())
 
 
 def alone_argv(seed):

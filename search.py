@@ -363,12 +363,15 @@ class SharedMeter(throughput.ThroughputMeter):
 
 def throughput_meter(args, space, identity_prob, d):
     """The search's SharedMeter, after checking that --throughput-min is within reach: it measures
-    the window's uniform archs (train.reported_archs) and 16 sampled ones first."""
+    the window's uniform archs (vitas.reported_archs) and 16 sampled ones first."""
     device = d.device
     batch = runs.throughput_batch(args, device)
     meter = SharedMeter(space, d, device=device, batch=batch, amp=args.throughput_amp)
     rng = np.random.default_rng([args.seed, 3])
-    probe = list(train.reported_archs(space, (args.flops_min, args.flops_max)).values())
+    try:
+        probe = list(vitas.reported_archs(space, (args.flops_min, args.flops_max)).values())
+    except ValueError as e:   # no uniform arch in the window: the user's to widen
+        raise UserError(str(e)) from None
     while len(probe) < 19:
         a = space.sample(rng, identity_prob)
         if args.flops_min <= vitas.flops(a, space) <= args.flops_max:

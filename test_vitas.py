@@ -750,7 +750,7 @@ def test_unreachable_flops_window_is_a_clear_error(tmp_path, capsys):
 
 def test_reported_archs_lie_in_the_window_and_are_extremes_among_uniform_archs():
     lo, hi = LO, HI
-    rep = train.reported_archs(TINY, (lo, hi))
+    rep = vitas.reported_archs(TINY, (lo, hi))
     uniform = [(vitas.flops(a, TINY), a) for a in TINY.uniform_archs()]
     inside = [f for f, a in uniform if lo <= f <= hi]
     f = {k: vitas.flops(a, TINY) for k, a in rep.items()}
@@ -1033,7 +1033,7 @@ def test_sandwich_trains_the_largest_and_smallest_every_step_on_every_rank(tmp_p
     ranks = torchrun_watched(tmp_path, out, "--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--sandwich", "1",
                              "--distill", "--sharing", "cyclic", "--identity-shift", "train", *SMALL)
     assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
-    ends = train.reported_archs(TINY, (LO, HI))
+    ends = vitas.reported_archs(TINY, (LO, HI))
     for largest, smallest, drawn in ranks[0]["archs"]:
         assert (largest, smallest) == (ends["largest"], ends["smallest"])
         assert drawn == vitas.shift_identities(drawn)
@@ -1868,7 +1868,7 @@ def test_pareto_front_matches_brute_force():
 def test_short_super_transformer_run_is_well_above_chance_on_the_holdout(trained):
     net, space, loader = holdout_loader(trained)
     chance = 100 / space.num_classes
-    for arch in train.reported_archs(space).values():
+    for arch in vitas.reported_archs(space).values():
         for side in vitas.SIDES:
             res = data.evaluate(net, loader, runs.Dist(), arch, side)
             assert res["n"] == 200 and res["top1"] >= 2 * chance, (str(arch), side, res)
@@ -2820,7 +2820,7 @@ def test_reference_jobs_train_the_reported_archs_beside_the_window(tmp_path):
     jobs = experiment.reference_jobs(str(tmp_path), str(tmp_path / "scratch"))
     sets = experiment.reference_sets()
     reported = experiment.reported_reference()
-    assert reported == list(train.reported_archs(TINY, (experiment.LO, experiment.HI)).values())
+    assert reported == list(vitas.reported_archs(TINY, (experiment.LO, experiment.HI)).values())
     want = {(a, s) for name, (archs, seeds) in sets.items() for a in archs for s in seeds[a]}
     want |= {(a, s) for a in reported for s in experiment.REFERENCE_SEEDS}
     got = [(Arch.from_dict(j["arch"]), experiment.alone_argv(0).index("--seed"), j) for j in jobs]

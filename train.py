@@ -37,32 +37,6 @@ from cli import UserError
 # 1. Sampling (section 3): uniform, then the learned identity probability
 
 
-def reported_archs(space, window=None, cost=None):
-    """The largest, smallest and a middle arch: evaluated every epoch, and the sandwich's two ends.
-
-    Without a FLOPs window: the space's largest and smallest (every block present) and the middle
-    choice of every dimension. With one, so that they are networks the learned phase trains: of the
-    uniform archs (SearchSpace.uniform_archs) inside the window, those with the most and the fewest
-    FLOPs and the one nearest the window's centre (ties: more parameters for the largest, fewer
-    otherwise). `cost` (default FLOPs) may be another measure the window is in, e.g. seconds per image."""
-    if window is None:
-        mid = lambda xs: xs[len(xs) // 2]
-        h = mid(space.heads)
-        a = mid(space.attn_for[h])
-        middle = vitas.Arch(mid(space.patch_sizes), mid(space.embed_dims),
-                            (vitas.Block(h, a, mid(space.mlp_dims)),) * space.depth)
-        return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}
-    lo, hi = window
-    cost = cost or (lambda a: vitas.flops(a, space))
-    inside = [(cost(a), vitas.params(a, space), a) for a in space.uniform_archs()]
-    inside = [r for r in inside if lo <= r[0] <= hi]
-    if not inside:
-        raise UserError(f"no uniform arch (every present block alike) lies in the window [{lo:,}, {hi:,}]; widen it")
-    centre = (lo + hi) / 2
-    return {"largest": max(inside, key=lambda r: r[:2])[2], "smallest": min(inside, key=lambda r: r[:2])[2],
-            "middle": min(inside, key=lambda r: (abs(r[0] - centre), r[1]))[2]}
-
-
 SAMPLINGS = ("binomial", "depth-balanced", "stratified")
 IDENTITY_SHIFTS = ("off", "train", "search")
 
@@ -77,7 +51,7 @@ class ArchSampler:
     probability (vitas.solve_identity_prob); beyond the paper, depth-balanced or stratified, a
     depth or a (patch size, depth) cell of the window uniformly (the cell-based samplers draw
     every cell of the space in the uniform phase). With `sandwich` N (beyond v1) a step trains the
-    largest and the smallest network (reported_archs) and N drawn ones; with `identity_shift` (v2)
+    largest and the smallest network (vitas.reported_archs) and N drawn ones; with `identity_shift` (v2)
     every draw has its identities moved behind its real blocks. The archs of global step s come
     from a generator seeded by (seed, s)."""
 
@@ -94,13 +68,13 @@ class ArchSampler:
         lo, hi = window or (None, None)
         self.window = None if lo is None and hi is None else (lo or 0, hi or self.cost(space.max_arch()))
         self.identity_prob = identity_prob
-        if self.window is not None and identity_prob is None:
-            try:
+        try:   # an empty or unreachable window, or one no uniform arch reaches: the user's to fix
+            if self.window is not None and identity_prob is None:
                 self.identity_prob = vitas.solve_identity_prob(space, *self.window, cost=cost,
                                                                what="FLOPs" if cost is None else "seconds-per-image")
-            except ValueError as e:   # an empty or unreachable window: the user's to fix
-                raise UserError(str(e)) from None
-        self.reports = reported_archs(space, self.window, cost)
+            self.reports = vitas.reported_archs(space, self.window, cost)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         self.ends = [self.reports["largest"], self.reports["smallest"]]
         self.uniform_cells = self.cells = None
         self.rare = set()   # window cells drawn straight inside the window (window_cells)

@@ -320,6 +320,32 @@ def solve_identity_prob(space, lo, hi, cost=None, what="FLOPs"):
     return float(np.clip(1.0 - keep, 0.0, 1.0))
 
 
+def reported_archs(space, window=None, cost=None):
+    """The largest, smallest and a middle arch of the space or of a window: those train.py evaluates
+    every epoch, and the sandwich's two ends.
+
+    Without a FLOPs window: the space's largest and smallest (every block present) and the middle
+    choice of every dimension. With one, so that they are networks the learned phase trains: of the
+    uniform archs (SearchSpace.uniform_archs) inside the window, those with the most and the fewest
+    FLOPs and the one nearest the window's centre (ties: more parameters for the largest, fewer
+    otherwise). `cost` (default FLOPs) may be another measure the window is in, e.g. seconds per image."""
+    if window is None:
+        mid = lambda xs: xs[len(xs) // 2]
+        h = mid(space.heads)
+        a = mid(space.attn_for[h])
+        middle = Arch(mid(space.patch_sizes), mid(space.embed_dims), (Block(h, a, mid(space.mlp_dims)),) * space.depth)
+        return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}
+    lo, hi = window
+    cost = cost or (lambda a: flops(a, space))
+    inside = [(cost(a), params(a, space), a) for a in space.uniform_archs()]
+    inside = [r for r in inside if lo <= r[0] <= hi]
+    if not inside:
+        raise ValueError(f"no uniform arch (every present block alike) lies in the window [{lo:,}, {hi:,}]; widen it")
+    centre = (lo + hi) / 2
+    return {"largest": max(inside, key=lambda r: r[:2])[2], "smallest": min(inside, key=lambda r: r[:2])[2],
+            "middle": min(inside, key=lambda r: (abs(r[0] - centre), r[1]))[2]}
+
+
 # -----------------------------------------------------------------------------
 # Cells: (patch size, depth) classes of archs, which stratified sampling (beyond the paper) draws alike
 
