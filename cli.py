@@ -162,9 +162,10 @@ def run_flags(ap, book):
                    help="synthetic | cifar10 | cifar100 | ImageFolder root with train/ and val/")
     g.add_argument("--data-root", default="data", help="where cifar10/cifar100 live (default ./data)")
     g.add_argument("--download", action="store_true", help="download cifar10/cifar100 into --data-root")
-    g.add_argument("--holdout", type=holdout_arg, default=0.1,
+    g.add_argument("--holdout", type=holdout_arg, default=None,
                    help="training images kept out for the search to score archs on: a fraction below 1 or a count "
-                        "(default 0.1: 600 of the 6,000 synthetic images, so one image is 0.17 points)")
+                        "(default 0.1: 600 of the 6,000 synthetic images, so one image is 0.17 points; a retrain, "
+                        "--arch, holds out none)")
     g.add_argument("--synthetic-size", type=number_arg(int, 10), default=6000,
                    help="synthetic training images (val: a fifth, at least 100)")
     g.add_argument("--synthetic-classes", type=number_arg(int, 2), default=10)
@@ -453,6 +454,8 @@ def resolve_recipe(args, book):
         if given:
             raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} shape super-transformer training; "
                             f"a retrain (--arch) trains one network: leave them out")
+    if args.holdout is None:   # the held-out images serve the search's fitness: a retrain needs none
+        args.holdout = 0 if retrain else 0.1
     for key in book.regularisation[mode]:
         if getattr(args, key) is None:
             setattr(args, key, recipe.get(key, book.regularisation[mode][key]))

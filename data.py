@@ -265,6 +265,8 @@ def evaluate_checkpoint(args):
     limit = args.eval_limit or ck_args.eval_limit
     results = {"checkpoint": os.path.abspath(args.eval), "step": ck["step"], "arch": arch.to_dict()}
     for split, dataset, lim in (("val", data.val, limit), ("holdout", data.holdout, None)):
+        if not len(dataset):    # a retrain holds out nothing unless asked
+            continue
         loader = eval_loader(dataset, args.eval_batch_size, d, args.workers, limit=lim)
         results[split] = {side: evaluate(model, loader, d, arch, None if side == "model" else side,
                                          getattr(ck_args, "amp", False))

@@ -154,33 +154,35 @@ def save(fig, plt, path):
 
 
 def plot_curves(log_path, png_path):
-    """curves.png from log.jsonl: training loss, val top-1 of each reported arch, identity probability
-    and (a super-transformer) the share of steps that trained each block position and patch size."""
+    """curves.png from log.jsonl: training loss, val top-1 of each reported arch (a retrain: its
+    model) and, for a super-transformer, the identity probability and the share of steps that
+    trained each block position and patch size."""
     plt = pyplot("curves.png")
     if plt is None:
         return None
     with open(log_path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     epochs = [r["epoch"] for r in records]
-    sampled = [r.get("sampled") for r in records]
-    fig, axes = plt.subplots(1, 4 if all(sampled) else 3, figsize=(17 if all(sampled) else 13, 3.8))
+    sampled, probs = [r.get("sampled") for r in records], [r.get("identity_prob") for r in records]
+    has_prob = any(p is not None for p in probs)
+    panels = 2 + has_prob + all(sampled)   # a retrain: loss and val top-1 only
+    fig, axes = plt.subplots(1, panels, figsize=(4.3 * panels, 3.8))
     axes[0].plot(epochs, [r["loss"] for r in records], marker=".")
     axes[0].set(title="training loss", xlabel="epoch")
     for name in records[-1]["val"]:
         axes[1].plot(epochs, [r["val"].get(name, {}).get("top1") for r in records], marker=".", label=name)
     axes[1].set(title="val top-1 (%)", xlabel="epoch")
     axes[1].legend(fontsize=8)
-    probs = [r.get("identity_prob") for r in records]
-    if any(p is not None for p in probs):
+    if has_prob:
         axes[2].plot(epochs, probs, marker=".", color="tab:purple")
-    axes[2].set(title="identity probability", xlabel="epoch", ylim=(0, 1))
+        axes[2].set(title="identity probability", xlabel="epoch", ylim=(0, 1))
     if all(sampled):   # who the sampler trains: a starved block position or patch size shows here
         for i in range(len(sampled[0]["block_share"])):
-            axes[3].plot(epochs, [s["block_share"][i] for s in sampled], marker=".", label=f"block {i + 1}")
+            axes[-1].plot(epochs, [s["block_share"][i] for s in sampled], marker=".", label=f"block {i + 1}")
         for p in sampled[0]["patch_share"]:
-            axes[3].plot(epochs, [s["patch_share"][p] for s in sampled], ls="--", label=f"patch {p}")
-        axes[3].set(title="share of steps that train it", xlabel="epoch", ylim=(0, 1.05))
-        axes[3].legend(fontsize=7, ncol=2)
+            axes[-1].plot(epochs, [s["patch_share"][p] for s in sampled], ls="--", label=f"patch {p}")
+        axes[-1].set(title="share of steps that train it", xlabel="epoch", ylim=(0, 1.05))
+        axes[-1].legend(fontsize=7, ncol=2)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()

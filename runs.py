@@ -441,14 +441,15 @@ class Run:
     def arch_dict(self):
         return None if self.sampler.arch is None else self.sampler.arch.to_dict()
 
-    def save(self):
+    def save(self, path=None):
+        """The checkpoint (every rank calls it; rank 0 writes), to `path` or the run's own."""
         states = [None] * self.d.world
         if self.d.world > 1:   # every rank's RNG (augmentation, drop path) so a resume is exact
             dist.all_gather_object(states, rng_state())
         else:
             states = [rng_state()]
         if self.d.main:
-            save_checkpoint(self.path, {
+            save_checkpoint(path or self.path, {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "step": self.step,
                 "epoch": self.step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,

@@ -33,6 +33,7 @@ from cli import parse_count
 import data
 import experiment
 import rankcheck
+import record
 import report
 import runs
 import search
@@ -1362,6 +1363,47 @@ def test_a_missing_matplotlib_is_one_note_and_never_fails_a_run(tmp_path, capsys
     out = capsys.readouterr().out
     assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "curves.png").exists()
     assert out.count("matplotlib is not installed, so no curves.png was drawn") == 1 and "done: 36 steps" in out
+
+@pytest.mark.slow
+def test_a_retrain_holds_out_nothing_unless_asked_and_keeps_its_best_epoch_beside_the_last(tmp_path):
+    """Issue 40: --arch trains on every training image (--holdout 0.2 still holds some out; a
+    super-transformer 0.1); best.pt is the checkpoint of the epoch of highest val top-1 in
+    log.jsonl, checkpoint.pt the last; a longer rerun resumes from the last and keeps the best of
+    all its epochs; --eval of best.pt gives that epoch's val top-1."""
+    assert train.resolve_recipe(train.parse_args([])).holdout == 0.1
+    arch_path = tmp_path / "arch.json"
+    arch_path.write_text(json.dumps(Arch(8, 32, (Block(2, 32, 64),) + (None,) * 5).to_dict()))
+    for extra, want in (([], 0), (["--holdout", "0.2"], 0.2)):
+        assert train.resolve_recipe(train.parse_args(["--arch", str(arch_path), *extra])).holdout == want
+    out = tmp_path / "retrain"
+    argv = ["--arch", str(arch_path), *SMALL, "--synthetic-size", "320", "--lr", "5e-3"]
+    for epochs in ("3", "5"):
+        train_run(out, *argv, "--epochs", epochs)
+    last, best = (runs.load_checkpoint(out / name) for name in ("checkpoint.pt", "best.pt"))
+    top1 = [json.loads(line)["val"]["model"]["top1"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(top1) == 5 and last["epoch"] == 5 and last["args"]["holdout"] == 0
+    assert best["epoch"] == 1 + int(np.argmax(top1)) and best["best_top1"] == last["best_top1"] == max(top1)
+    datasets = data.build_datasets(argparse.Namespace(**last["args"]), TINY.image_size)
+    assert len(datasets.holdout) == 0 and len(datasets.train) == 320
+    assert train.train(train.parse_args(["--eval", str(out / "best.pt")]))["val"]["model"]["top1"] == max(top1)
+
+
+def test_a_retrains_curves_show_its_loss_and_val_top1_only(tmp_path, monkeypatch):
+    """curves.png's panels: a retrain's log (no identity probability, no sampler statistics) draws
+    2, a super-transformer's 4."""
+    import matplotlib.pyplot as plt
+    panels, subplots = [], plt.subplots
+
+    def counted(rows, cols, **kw):
+        panels.append(cols)
+        return subplots(rows, cols, **kw)
+    monkeypatch.setattr(plt, "subplots", counted)
+    line = {"epoch": 1, "loss": 2.0, "val": {"model": {"top1": 10.0}}, "identity_prob": None}
+    stats = {"block_share": [1.0] * 6, "patch_share": {"4": 0.5, "8": 0.5}}
+    for log, want in (([line], 2), ([{**line, "identity_prob": 0.5, "sampled": stats}], 4)):
+        (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        record.plot_curves(str(tmp_path / "log.jsonl"), str(tmp_path / "curves.png"))
+        assert panels[-1] == want and (tmp_path / "curves.png").exists()
 
 
 # -----------------------------------------------------------------------------

@@ -92,6 +92,10 @@ class ArchSampler:
     def load_state_dict(self, ck):
         self.identity_prob = ck["identity_prob"]
 
+    def improved(self, record):
+        """A super-transformer keeps no best checkpoint (FixedArch.improved)."""
+        return False
+
     def statistics(self, sums):
         """The epoch record's account of the sampler: the reported archs and who was trained."""
         return {"reported": {k: {"arch": a.to_dict(), "flops": vitas.flops(a, self.space)}
@@ -143,6 +147,7 @@ class FixedArch:
 
     def __init__(self, arch):
         self.mode, self.arch, self.reports = "retrain", arch, {"model": arch}
+        self.best = None   # the best val top-1 of an epoch so far (its checkpoint: best.pt)
 
     def __call__(self, step, epoch):
         return [self.arch]
@@ -150,11 +155,18 @@ class FixedArch:
     def prob(self, epoch):
         return None
 
+    def improved(self, record):
+        """Whether this epoch's val top-1 beats every earlier epoch's (then best.pt becomes its checkpoint)."""
+        top1 = record["val"]["model"]["top1"]
+        better = self.best is None or top1 > self.best
+        self.best = top1 if better else self.best
+        return better
+
     def state_dict(self):
-        return {}
+        return {"best_top1": self.best}
 
     def load_state_dict(self, ck):
-        pass
+        self.best = ck.get("best_top1")
 
     def statistics(self, sums):
         return {}
@@ -336,7 +348,10 @@ def train(args):
             epoch = run.step // run.steps_per_epoch
             train_epoch(run, epoch, t_start, step0)  # each step: 1. draw sub-networks, 2. train their passes
             run.record = end_of_epoch(run, epoch)    # 3. evaluate the reported archs, log the epoch
+            improved = run.sampler.improved(run.record)
             run.save()
+            if improved:                             # a retrain's best epoch: best.pt beside the last
+                run.save(os.path.join(args.out, "best.pt"))
     d.log(f"done: {run.step} steps in {cli.fmt_time(time.time() - t_start)}; checkpoint {run.path}")
     return run.record
 
