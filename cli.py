@@ -247,7 +247,10 @@ def training_flags(ap, book):
                    help="evaluate a checkpoint without training: top-1/top-5/loss on val and on the held-out split, "
                         "written to eval.json beside it (a super-transformer checkpoint needs --arch: eval-ARCH.json)")
     g = ap.add_argument_group("optimisation, augmentation, regularisation")
-    g.add_argument("--batch-size", type=pos, default=64, help="per process")
+    g.add_argument("--batch-size", type=pos, default=64, help="per process and micro-batch")
+    g.add_argument("--accum-steps", type=pos, default=1, metavar="K",
+                   help="micro-batches per optimizer step, one arch drawn for all K and the gradients synced on the "
+                        "last: the effective batch is --batch-size x processes x K (default 1)")
     g.add_argument("--lr", type=number_arg(float, 0, lo_open=True), default=2e-3)
     g.add_argument("--min-lr", type=nonneg, default=1e-5, help="end of the cosine (at most --lr)")
     g.add_argument("--weight-decay", type=nonneg, default=0.05)
@@ -485,7 +488,7 @@ def alone_argv(ck, epochs, device, world, seed=0, flags=()):
     (--retrain-flags) set them. `seed` j > 0 changes only the training (initialisation, data
     order): --seed is the checkpoint's plus j, --data-seed stays the checkpoint's."""
     ck_args = ck["args"]
-    batch = ck_args["batch_size"] * ck.get("world", 1)
+    batch = ck_args["batch_size"] * ck.get("world", 1) * ck_args.get("accum_steps", 1)
     if batch % world:
         raise UserError(f"the checkpoint's effective batch {batch} does not split over {world} processes; "
                         f"run with a process count that divides it")

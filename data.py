@@ -172,10 +172,10 @@ def train_order(dataset, args, d):
     --seed) and the steps per epoch."""
     sampler = DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
-    steps = len(sampler) // args.batch_size
+    steps = len(sampler) // (args.batch_size * args.accum_steps)
     if steps == 0:
-        raise UserError(f"--batch-size {args.batch_size} x {d.world} processes exceeds the {len(dataset)} "
-                        f"training images")
+        raise UserError(f"--batch-size {args.batch_size} x {d.world} processes x --accum-steps {args.accum_steps} "
+                        f"exceeds the {len(dataset)} training images")
     return sampler, steps
 
 

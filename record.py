@@ -65,7 +65,8 @@ def describe(run, recipe_keys):
     """The run's set-up in two lines: what trains where, with what batch, for how long, on which images."""
     args, d = run.args, run.d
     d.log(f"{'retrain' if run.sampler.mode == 'retrain' else 'super-transformer'} | {d.world} process(es) on "
-          f"{d.device} | batch {args.batch_size} per process, effective {args.batch_size * d.world} | "
+          f"{d.device} | batch {args.batch_size} per process x {args.accum_steps} micro-batch(es), effective "
+          f"{args.batch_size * d.world * args.accum_steps} | "
           f"{run.steps_per_epoch} steps/epoch x {args.epochs} epochs | train {len(run.data.train)}, "
           f"held-out {len(run.data.holdout)}, val {len(run.data.val)} images")
     if run.sampler.mode == "super":

@@ -481,13 +481,14 @@ class Run:
         """A resume under another number of processes goes on only where the global batch and the
         steps per epoch stay as they were, with one line saying so and that it is not bit-exact
         (each rank's share of the data and its random stream differ); else it stops naming both."""
-        world, batch = ck.get("world", 1), ck["args"]["batch_size"]
+        world, batch = ck.get("world", 1), ck["args"]["batch_size"] * ck["args"].get("accum_steps", 1)
         if world == self.d.world:
             return
-        was, now = f"{world} process(es) x batch {batch}", f"{self.d.world} x {self.args.batch_size}"
-        if (batch * world != self.args.batch_size * self.d.world
-                or ck.get("steps_per_epoch", self.steps_per_epoch) != self.steps_per_epoch):
-            fix = (f"--batch-size {batch * world // self.d.world}" if batch * world % self.d.world == 0
+        per, k = self.args.batch_size * self.args.accum_steps, self.args.accum_steps   # a step's images per process
+        was, now = f"{world} process(es) x batch {batch}", f"{self.d.world} x {per}"
+        steps = ck.get("steps_per_epoch", self.steps_per_epoch)
+        if batch * world != per * self.d.world or steps != self.steps_per_epoch:
+            fix = (f"--batch-size {batch * world // (self.d.world * k)}" if batch * world % (self.d.world * k) == 0
                    else f"a process count that divides the global batch {batch * world}")
             raise UserError(f"{self.path} was trained by {was} (global batch {batch * world}), this run has {now}: "
                             f"resume with {world} process(es), or keep the global batch with {fix}")

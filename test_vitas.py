@@ -984,11 +984,11 @@ def test_window_cells_of_vitas_1g_at_one_gflop_are_those_a_uniform_arch_shows_an
 SPY = """
 import sys, torch, train
 trained, batches, runs, step = [], [], [], train.optimizer_step
-def watched(run, x, y, archs):
+def watched(run, micro, archs):
     runs[:] = [run]
     trained.append([a.to_dict() for a in archs])
-    batches.append(x.clone())
-    return step(run, x, y, archs)
+    batches.append(micro[0][0].clone())
+    return step(run, micro, archs)
 train.optimizer_step = watched
 train.main(sys.argv[1:])
 torch.save({"archs": trained, "batches": batches, "model": runs[0].model.state_dict()},
@@ -1404,6 +1404,64 @@ def test_a_retrains_curves_show_its_loss_and_val_top1_only(tmp_path, monkeypatch
         (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
         record.plot_curves(str(tmp_path / "log.jsonl"), str(tmp_path / "curves.png"))
         assert panels[-1] == want and (tmp_path / "curves.png").exists()
+
+@pytest.mark.slow
+def test_k_micro_batches_give_the_weights_of_one_batch_k_times_larger(tmp_path, monkeypatch):
+    """--accum-steps 2 at --batch-size 16 against --batch-size 32 (fp32 CPU, bilateral sharing and
+    the sandwich's passes, one process): the same archs each step, the same gradient norm before
+    clipping (the loss scaled by 1/K: unscaled, it doubles), the same weights to rounding."""
+    norms, clip = {}, torch.nn.utils.clip_grad_norm_
+
+    def recorded(params, max_norm, *a, **k):
+        norms.setdefault(key, []).append(float(clip(params, max_norm, *a, **k)))
+        return norms[key][-1]
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recorded)
+    common = ["--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--sandwich", "1", *SMALL, "--synthetic-size", "320"]
+    for key, flags in (("one", ["--batch-size", "32"]), ("two", ["--batch-size", "16", "--accum-steps", "2"])):
+        train_run(tmp_path / key, *common, *flags)
+    a, b = (runs.load_checkpoint(tmp_path / key / "checkpoint.pt") for key in ("one", "two"))
+    assert a["step"] == b["step"] == 18 and len(norms["one"]) == len(norms["two"]) == 18
+    assert norms["two"] == pytest.approx(norms["one"], rel=1e-4)
+    for k in a["model"]:   # a key's bias gets no gradient in exact arithmetic (softmax ignores a shift): there
+        tol = 1e-4 if k.endswith("qk.2.bias") or k.endswith("qk.4.bias") else 1e-5   # Adam makes rounding a step
+        assert torch.allclose(a["model"][k], b["model"][k], rtol=1e-4, atol=tol), k
+    logs = [[json.loads(line)["sampled"] for line in (tmp_path / key / "log.jsonl").read_text().splitlines()]
+            for key in ("one", "two")]
+    assert logs[0] == logs[1]                                    # the same archs drawn, step by step
+
+
+# every DDP gradient all-reduce (bucket) of train.py counted on each rank: OUT/allreduce-rankR.json
+COUNT = """
+import json, os, sys, runs, train
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+calls, wrap = [], runs.distributed
+def counted(*a, **k):
+    ddp = wrap(*a, **k)
+    def hook(group, bucket):
+        calls.append(1)
+        return default_hooks.allreduce_hook(group, bucket)
+    ddp.register_comm_hook(None, hook)
+    return ddp
+runs.distributed = counted
+train.main(sys.argv[1:])
+json.dump(len(calls), open(f"{train.parse_args(sys.argv[1:]).out}/allreduce-rank{os.environ['RANK']}.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_accumulation_all_reduces_the_gradients_once_an_optimizer_step(tmp_path):
+    """Under 2-process torchrun, --accum-steps 2 at batch 16 all-reduces as many gradient buckets as
+    batch 32 without accumulation (the first micro-batch under no_sync); the weights agree."""
+    script = tmp_path / "count.py"
+    script.write_text(COUNT)
+    counts = {}
+    for key, flags in (("one", ["--batch-size", "32"]), ("two", ["--batch-size", "16", "--accum-steps", "2"])):
+        out = tmp_path / key
+        r = torchrun(str(script), "--out", str(out), "--epochs", "1", "--uniform-epochs", "1", *WINDOW, *SMALL,
+                     *flags)
+        assert r.returncode == 0, r.stderr[-3000:]
+        counts[key] = [json.load(open(out / f"allreduce-rank{i}.json")) for i in (0, 1)]
+    assert counts["one"][0] > 0 and counts["one"] == counts["two"]
 
 
 # -----------------------------------------------------------------------------

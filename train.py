@@ -199,23 +199,24 @@ def distill_loss(logits, teacher_logits):
     return -(F.softmax(teacher_logits.detach().float(), dim=-1) * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
-def train_step(ddp, x, y, archs, sides, args, d):
-    """Forward and backward of one step's passes into summed gradients. Bilateral sharing (section
-    3) is `sides` = ("left", "right"): every drawn arch is trained on its first and on its last
-    channels, so every channel is trained about equally often; each slice with its own loss, or
+def train_step(ddp, x, y, archs, sides, args, d, scale=1.0, sync=True):
+    """Forward and backward of one micro-batch's passes into summed gradients. Bilateral sharing
+    (section 3) is `sides` = ("left", "right"): every drawn arch is trained on its first and on its
+    last channels, so every channel is trained about equally often; each slice with its own loss, or
     (--bilateral-loss summed, the authors' code) one loss on the sum of both slices' logits. A
     retrain has one pass, side None (the plain ViT). The first arch (the largest with the sandwich)
     learns from the labels; with --distill the others learn from its soft predictions on the same
-    side. DDP all-reduces on the last backward only. Returns the summed loss, all-reduced (every
-    rank then takes the same decisions), and the number of losses."""
+    side. Each loss is backpropagated times `scale` (1/K over K micro-batches: their mean is one
+    batch K times larger); DDP all-reduces on the last backward only, and only where `sync` (the
+    optimizer step's last micro-batch). Returns this process's summed loss and the number of losses."""
     if args.bilateral_loss == "summed" and len(sides) > 1:   # the authors' code: one loss on left + right logits
         losses = [(i, [(side, a) for side in sides]) for i, a in enumerate(archs)]
     else:                                                    # a loss per pass
         losses = [(i, [(side, a)]) for side in sides for i, a in enumerate(archs)]
     loss_sum, teacher = torch.zeros((), device=d.device), None
     for n, (i, passes) in enumerate(losses):
-        sync = ddp.no_sync() if d.world > 1 and n < len(losses) - 1 else nullcontext()
-        with sync:
+        last = sync and n == len(losses) - 1
+        with ddp.no_sync() if d.world > 1 and not last else nullcontext():
             with runs.amp_context(d.device, args.amp):
                 outs = [ddp(x) if side is None else ddp(x, a, side) for side, a in passes]
                 out = sum(outs[1:], outs[0])
@@ -224,15 +225,21 @@ def train_step(ddp, x, y, archs, sides, args, d):
                 else:
                     loss = F.cross_entropy(out.float(), y, label_smoothing=args.smoothing)
                     teacher = out.detach()
-            loss.backward()
+            (loss * scale if scale != 1.0 else loss).backward()
         loss_sum += loss.detach()
-    return d.all_reduce(loss_sum) / d.world, len(losses)
+    return loss_sum, len(losses)
 
 
-def optimizer_step(run, x, y, archs):
-    """One optimizer step on this step's archs (train_step's passes); their mean loss."""
+def optimizer_step(run, batches, archs):
+    """One optimizer step on this step's archs over its micro-batches `batches` [(x, y)] (train_step's
+    passes on each, gradients averaged over them); the mean loss, all-reduced (every rank then takes
+    the same decisions)."""
     run.optimizer.zero_grad(set_to_none=True)
-    loss_all, passes = train_step(run.ddp, x, y, archs, run.sides, run.args, run.d)
+    k, loss_sum, passes = len(batches), 0.0, 0
+    for j, (x, y) in enumerate(batches):
+        loss, passes = train_step(run.ddp, x, y, archs, run.sides, run.args, run.d, 1.0 / k, sync=j == k - 1)
+        loss_sum = loss_sum + loss
+    loss_all = run.d.all_reduce(loss_sum) / run.d.world
     if not torch.isfinite(loss_all):
         raise UserError(f"non-finite loss at step {run.step} (archs {', '.join(map(str, archs))}); the last good "
                         f"checkpoint in {run.path} is intact — lower --lr or enable --clip-grad")
@@ -241,7 +248,7 @@ def optimizer_step(run, x, y, archs):
     run.optimizer.step()
     run.schedule.step()
     run.step += 1
-    return loss_all.item() / passes
+    return loss_all.item() / (passes * k)
 
 
 # -----------------------------------------------------------------------------
@@ -305,14 +312,15 @@ def train_epoch(run, epoch, t_start, step0):
         run.sums = record.epoch_sums(run.space)
     run.seen, run.t_epoch = 0, time.time()
     run.model.train()
-    for x, y in data.epoch_loader(args, run.data, run.train_sampler, epoch, skip, d):
-        x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+    loader = iter(data.epoch_loader(args, run.data, run.train_sampler, epoch, skip * args.accum_steps, d))
+    for micro in zip(*[loader] * args.accum_steps):         # a step's K micro-batches (an incomplete last: left)
+        batches = [(x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)) for x, y in micro]
         if run.mix is not None:
-            x, y = run.mix(x, y)
+            batches = [run.mix(x, y) for x, y in batches]
         archs = run.sampler(run.step, epoch)                 # 1. this step's sub-networks
-        loss = optimizer_step(run, x, y, archs)              # 2. their passes (bilateral), one optimizer step
+        loss = optimizer_step(run, batches, archs)           # 2. their passes (bilateral), one optimizer step
         flops = float(np.mean([vitas.flops(a, run.space) for a in archs]))
-        run.seen += len(y) * d.world
+        run.seen += sum(len(y) for _, y in batches) * d.world
         record.add_step(run.sums, loss, flops, archs, run.space)
         if d.main and (run.step % args.log_every == 0 or run.step == run.total_steps):
             record.progress(run, epoch, flops, t_start, step0)
