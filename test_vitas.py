@@ -996,12 +996,32 @@ torch.save({"archs": trained, "batches": batches, "model": runs[0].model.state_d
 """
 
 
-def torchrun_watched(tmp_path, out, *argv):
-    """train.py under torchrun, with what every rank trained in OUT/rankR.pt: [{"archs", "batches", "model"}]
-    per rank (the batches as the step received them, augmented)."""
+def two_agents(script, *argv):
+    """`script` under two torchrun agents on this machine, as on two nodes: --nnodes 2, one process
+    each, c10d rendezvous on 127.0.0.1 (the README's multi-node command); both agents' output."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE}
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={i}",
+                                "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                                "--rdzv-id=vitas-test", script, *argv], cwd=HERE, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outs = [a.communicate(timeout=300)[0] for a in agents]
+    assert all(a.returncode == 0 for a in agents), outs[0][-2000:] + outs[1][-2000:]
+    return outs
+
+
+def torchrun_watched(tmp_path, out, *argv, nodes=1):
+    """train.py under torchrun (one agent with 2 processes, or `nodes` 2: two agents of one), with what
+    every rank trained in OUT/rankR.pt: [{"archs", "batches", "model"}] per rank (the batches as the
+    step received them, augmented)."""
     (tmp_path / "watched.py").write_text(SPY)
-    r = torchrun(str(tmp_path / "watched.py"), "--out", str(out), *argv)
-    assert r.returncode == 0, r.stderr[-3000:]
+    if nodes == 1:
+        r = torchrun(str(tmp_path / "watched.py"), "--out", str(out), *argv)
+        assert r.returncode == 0, r.stderr[-3000:]
+    else:
+        two_agents(str(tmp_path / "watched.py"), "--out", str(out), *argv)
     ranks = [torch.load(out / f"rank{i}.pt", weights_only=True) for i in range(2)]
     for rank in ranks:
         rank["archs"] = [tuple(Arch.from_dict(a) for a in step) for step in rank["archs"]]
@@ -1009,11 +1029,20 @@ def torchrun_watched(tmp_path, out, *argv):
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_trains_the_same_arch_on_every_rank(tmp_path):
+def test_two_process_torchrun_trains_the_same_arch_on_every_rank_and_two_nodes_train_as_one(tmp_path):
+    """Issue 39: two torchrun agents (two nodes of one process) end with the weights, archs and log
+    of one agent with two processes, written once (global rank 0)."""
     out = tmp_path / "ddp"
     # v1 as the authors' code trains it: two forwards (left, right) into one loss, one backward, under DDP
-    ranks = torchrun_watched(tmp_path, out, "--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--recipe", "v1-code",
-                             *SMALL)
+    argv = ["--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--recipe", "v1-code", *SMALL]
+    ranks = torchrun_watched(tmp_path, out, *argv)
+    nodes = torchrun_watched(tmp_path, tmp_path / "nodes", *argv, nodes=2)
+    for one, two in zip(ranks, nodes):
+        assert one["archs"] == two["archs"] and one["model"].keys() == two["model"].keys()
+        assert all(torch.equal(one["model"][k], two["model"][k]) for k in one["model"])
+    logs = [[{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "provenance")}
+             for line in open(folder / "log.jsonl")] for folder in (out, tmp_path / "nodes")]
+    assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [1, 2]
     assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
     assert len(set(ranks[0]["archs"])) > 10                       # a new sub-network (almost) every step
     assert all(len(step) == 1 for step in ranks[0]["archs"])      # v1: one a step
@@ -2028,17 +2057,21 @@ def test_killed_and_resumed_search_equals_uninterrupted(trained, tmp_path, monke
 
 @pytest.mark.slow
 def test_distributed_search_evaluation_equals_single_process(trained, tmp_path):
+    """search.py under one torchrun agent of 2 processes and under two agents of one (two nodes)
+    evaluates the candidates one process does."""
     argv = search_argv(trained, tmp_path / "ddp")
     argv[argv.index("--generations") + 1] = "1"
     r = torchrun("search.py", *argv)
     assert r.returncode == 0, r.stderr[-3000:]
+    two_agents("search.py", *argv[:-4], "--out", str(tmp_path / "nodes"), "--device", "cpu")
     single = search.search(search.get_parser().parse_args(argv[:-4] + ["--out", str(tmp_path / "one"),
                                                                        "--device", "cpu"]))
-    ddp = [json.loads(line) for line in open(tmp_path / "ddp" / "candidates.jsonl")]
     one = [json.loads(line) for line in open(tmp_path / "one" / "candidates.jsonl")]
-    # counts all-reduce exactly; the held-out loss is a float sum whose order depends on the sharding
-    assert [{**r, "loss": None} for r in ddp] == [{**r, "loss": None} for r in one]
-    assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in one], rel=1e-5)
+    for folder in ("ddp", "nodes"):
+        ddp = [json.loads(line) for line in open(tmp_path / folder / "candidates.jsonl")]
+        # counts all-reduce exactly; the held-out loss is a float sum whose order depends on the sharding
+        assert [{**r, "loss": None} for r in ddp] == [{**r, "loss": None} for r in one]
+        assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in one], rel=1e-5)
     assert single["best"] in one
 
 
