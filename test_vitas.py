@@ -982,16 +982,24 @@ def test_window_cells_of_vitas_1g_at_one_gflop_are_those_a_uniform_arch_shows_an
 # train.py run by each rank with its optimizer_step watched: OUT/rankR.pt holds the archs of every
 # step and the rank's final weights
 SPY = """
-import sys, torch, train
-trained, batches, runs, step = [], [], [], train.optimizer_step
+import sys, torch, train, runs as R
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+trained, batches, runs, step, wrap, allreduces = [], [], [], train.optimizer_step, R.distributed, []
 def watched(run, micro, archs):
     runs[:] = [run]
     trained.append([a.to_dict() for a in archs])
     batches.append(micro[0][0].clone())
     return step(run, micro, archs)
-train.optimizer_step = watched
+def counted(*a, **k):   # every gradient bucket DDP all-reduces, counted
+    ddp = wrap(*a, **k)
+    def hook(group, bucket):
+        allreduces.append(1)
+        return default_hooks.allreduce_hook(group, bucket)
+    ddp.register_comm_hook(None, hook)
+    return ddp
+train.optimizer_step, R.distributed = watched, counted
 train.main(sys.argv[1:])
-torch.save({"archs": trained, "batches": batches, "model": runs[0].model.state_dict()},
+torch.save({"archs": trained, "batches": batches, "model": runs[0].model.state_dict(), "allreduces": len(allreduces)},
            f"{runs[0].args.out}/rank{runs[0].d.rank}.pt")
 """
 
@@ -1028,15 +1036,23 @@ def torchrun_watched(tmp_path, out, *argv, nodes=1):
     return ranks
 
 
+# v1 as the authors' code trains it: two forwards (left, right) into one loss, one backward, under DDP
+V1_DDP = ["--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--recipe", "v1-code", *SMALL]
+
+
+@pytest.fixture(scope="module")
+def v1_ddp(tmp_path_factory):
+    """train.py V1_DDP under torchrun, 2 processes: (its folder, torchrun_watched's ranks)."""
+    out = tmp_path_factory.mktemp("v1-ddp")
+    return out / "ddp", torchrun_watched(out, out / "ddp", *V1_DDP)
+
+
 @pytest.mark.slow
-def test_two_process_torchrun_trains_the_same_arch_on_every_rank_and_two_nodes_train_as_one(tmp_path):
+def test_two_process_torchrun_trains_the_same_arch_on_every_rank_and_two_nodes_train_as_one(v1_ddp, tmp_path):
     """Issue 39: two torchrun agents (two nodes of one process) end with the weights, archs and log
     of one agent with two processes, written once (global rank 0)."""
-    out = tmp_path / "ddp"
-    # v1 as the authors' code trains it: two forwards (left, right) into one loss, one backward, under DDP
-    argv = ["--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--recipe", "v1-code", *SMALL]
-    ranks = torchrun_watched(tmp_path, out, *argv)
-    nodes = torchrun_watched(tmp_path, tmp_path / "nodes", *argv, nodes=2)
+    out, ranks = v1_ddp
+    nodes = torchrun_watched(tmp_path, tmp_path / "nodes", *V1_DDP, nodes=2)
     for one, two in zip(ranks, nodes):
         assert one["archs"] == two["archs"] and one["model"].keys() == two["model"].keys()
         assert all(torch.equal(one["model"][k], two["model"][k]) for k in one["model"])
@@ -1459,38 +1475,15 @@ def test_k_micro_batches_give_the_weights_of_one_batch_k_times_larger(tmp_path, 
     assert logs[0] == logs[1]                                    # the same archs drawn, step by step
 
 
-# every DDP gradient all-reduce (bucket) of train.py counted on each rank: OUT/allreduce-rankR.json
-COUNT = """
-import json, os, sys, runs, train
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-calls, wrap = [], runs.distributed
-def counted(*a, **k):
-    ddp = wrap(*a, **k)
-    def hook(group, bucket):
-        calls.append(1)
-        return default_hooks.allreduce_hook(group, bucket)
-    ddp.register_comm_hook(None, hook)
-    return ddp
-runs.distributed = counted
-train.main(sys.argv[1:])
-json.dump(len(calls), open(f"{train.parse_args(sys.argv[1:]).out}/allreduce-rank{os.environ['RANK']}.json", "w"))
-"""
-
-
 @pytest.mark.slow
-def test_accumulation_all_reduces_the_gradients_once_an_optimizer_step(tmp_path):
+def test_accumulation_all_reduces_the_gradients_once_an_optimizer_step(v1_ddp, tmp_path):
     """Under 2-process torchrun, --accum-steps 2 at batch 16 all-reduces as many gradient buckets as
-    batch 32 without accumulation (the first micro-batch under no_sync); the weights agree."""
-    script = tmp_path / "count.py"
-    script.write_text(COUNT)
-    counts = {}
-    for key, flags in (("one", ["--batch-size", "32"]), ("two", ["--batch-size", "16", "--accum-steps", "2"])):
-        out = tmp_path / key
-        r = torchrun(str(script), "--out", str(out), "--epochs", "1", "--uniform-epochs", "1", *WINDOW, *SMALL,
-                     *flags)
-        assert r.returncode == 0, r.stderr[-3000:]
-        counts[key] = [json.load(open(out / f"allreduce-rank{i}.json")) for i in (0, 1)]
-    assert counts["one"][0] > 0 and counts["one"] == counts["two"]
+    batch 32 without accumulation (the first micro-batch under no_sync), on the same archs."""
+    _, ranks = v1_ddp
+    accum = torchrun_watched(tmp_path, tmp_path / "accum", *V1_DDP, "--batch-size", "16", "--accum-steps", "2")
+    assert ranks[0]["allreduces"] > 0
+    assert [r["allreduces"] for r in accum] == [r["allreduces"] for r in ranks]
+    assert accum[0]["archs"] == ranks[0]["archs"]
 
 
 # -----------------------------------------------------------------------------
