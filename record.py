@@ -93,14 +93,17 @@ def describe_reported(sampler, sandwich, d):
 
 def progress(run, epoch, flops, t_start, step0):
     """The progress line: where the run stands, its loss, learning rate, identity probability,
-    this step's FLOPs, throughput and ETA."""
-    rate = run.seen / max(time.time() - run.t_epoch, 1e-9)
+    this step's FLOPs, throughput, the share of the epoch's time spent waiting for data (a loader
+    that does not keep up: raise --workers) and ETA."""
+    elapsed = max(time.time() - run.t_epoch, 1e-9)
+    rate = run.seen / elapsed
     eta = (time.time() - t_start) / (run.step - step0) * (run.total_steps - run.step)
     prob = run.sampler.prob(epoch)
     p = "" if prob is None else f" p {prob:.2f}"
     run.d.log(f"epoch {epoch + 1}/{run.args.epochs} step {run.step}/{run.total_steps} "
               f"loss {run.sums['loss'] / run.sums['n']:.3f} lr {run.schedule.get_last_lr()[0]:.2e}{p} "
-              f"{flops / 1e6:.2f} MFLOPs {rate:.0f} img/s ETA {fmt_time(eta)}")
+              f"{flops / 1e6:.2f} MFLOPs {rate:.0f} img/s, {100 * run.waited / elapsed:.0f}% waiting for data, "
+              f"ETA {fmt_time(eta)}")
 
 def epoch_record(run, epoch, evals):
     """The epoch's log record: loss, learning rate, identity probability, mean FLOPs, throughput,

@@ -423,6 +423,7 @@ class Run:
     record: dict = None          # the last epoch's log record
     seen: int = 0                # images this process trained on this epoch, and since when
     t_epoch: float = 0.0
+    waited: float = 0.0          # this epoch's seconds waiting for the loader (record.progress)
     t_drawn: float = dataclasses.field(default_factory=time.time)   # curves.png last drawn (record.write_record)
     provenance: dict = None      # runs.provenance(), taken once on rank 0: in the checkpoint and every log line
 

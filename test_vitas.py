@@ -1485,6 +1485,26 @@ def test_accumulation_all_reduces_the_gradients_once_an_optimizer_step(v1_ddp, t
     assert [r["allreduces"] for r in accum] == [r["allreduces"] for r in ranks]
     assert accum[0]["archs"] == ranks[0]["archs"]
 
+@pytest.mark.slow
+def test_the_progress_line_says_how_much_of_the_epoch_waited_for_data(tmp_path, monkeypatch, capsys):
+    """A loader slowed by 0.3 s a batch shows as most of the epoch's time waiting for data; the
+    same run with the loader as it is, as less."""
+    loader = data.epoch_loader
+
+    def waited(line):
+        return int(re.search(r"(\d+)% waiting for data", line).group(1))
+
+    shares = {}
+    for delay in (0.0, 0.3):
+        def slowed(*a, **k):
+            for batch in loader(*a, **k):
+                time.sleep(delay)
+                yield batch
+        monkeypatch.setattr(data, "epoch_loader", slowed)
+        train_run(tmp_path / str(delay), "--epochs", "1", *SMALL, "--synthetic-size", "200")
+        shares[delay] = waited([line for line in capsys.readouterr().out.splitlines() if "waiting" in line][-1])
+    assert shares[0.3] >= 60 and shares[0.0] < shares[0.3]
+
 
 # -----------------------------------------------------------------------------
 # (6) run folders (issue 33) and checkpoints: one live run each, logs consistent with the checkpoint,

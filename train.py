@@ -310,10 +310,11 @@ def train_epoch(run, epoch, t_start, step0):
     skip = run.step - epoch * run.steps_per_epoch
     if skip == 0 or run.sums is None:   # a resumed epoch keeps the sums of its first part
         run.sums = record.epoch_sums(run.space)
-    run.seen, run.t_epoch = 0, time.time()
+    run.seen, run.t_epoch, run.waited, ready = 0, time.time(), 0.0, time.time()
     run.model.train()
     loader = iter(data.epoch_loader(args, run.data, run.train_sampler, epoch, skip * args.accum_steps, d))
     for micro in zip(*[loader] * args.accum_steps):         # a step's K micro-batches (an incomplete last: left)
+        run.waited += time.time() - ready                    # the time the step waited for the loader
         batches = [(x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)) for x, y in micro]
         if run.mix is not None:
             batches = [run.mix(x, y) for x, y in batches]
@@ -326,6 +327,7 @@ def train_epoch(run, epoch, t_start, step0):
             record.progress(run, epoch, flops, t_start, step0)
         if args.save_every and run.step % args.save_every == 0 and run.step % run.steps_per_epoch:
             run.save()
+        ready = time.time()
 
 
 def end_of_epoch(run, epoch):
