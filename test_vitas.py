@@ -1357,7 +1357,7 @@ def test_eval_of_a_checkpoint_equals_what_training_logged(trained, tmp_path, cap
     code, err = run_main(train, ["--eval", str(tmp_path / "r" / "checkpoint.pt"), "--device", "cpu"], capsys)
     assert code == 0, err
     res = json.load(open(tmp_path / "r" / "eval.json"))
-    assert res["val"]["model"] == last["val"]["model"] and res["holdout"]["model"]["n"] == 64
+    assert res["val"]["model"] == last["val"]["model"] and "holdout" not in res     # a retrain holds out none
     # a super-transformer checkpoint and one of its reported archs: the left slice as logged
     log = [json.loads(line) for line in open(trained.parent / "log.jsonl")]
     (tmp_path / "largest.json").write_text(json.dumps(log[-1]["reported"]["largest"]["arch"]))
@@ -2413,8 +2413,8 @@ def test_bootstrap_intervals_are_the_papers_percentiles_of_2000_paired_resamples
         taus.append(t)
         diffs.append(t - brute_tau_b([other[i] for i in rows], [mean[i] for i in rows]))
         means.append(np.mean([brute_tau_b([f[i] for i in rows], [mean[i] for i in rows]) for f in (fitness, other)]))
-        if ss > 0:
-            r = 2 * np.sin(np.pi * ss / 2) / (1 + np.sin(np.pi * ss / 2))
+        r = 2 * np.sin(np.pi * ss / 2) / (1 + np.sin(np.pi * ss / 2))
+        if ss > 0 and 2 / np.pi * np.arcsin(np.sqrt(r)) >= 0.3:        # a resampled reference that can rank
             corrected.append(2 / np.pi * np.arcsin(np.clip(np.sin(np.pi * t / 2) / np.sqrt(r), -1, 1)))
     r = rankcheck.agreement(fitness, by_seed)
     assert r["interval_level"] == 0.9 and r["resamples"] == 2000
