@@ -4,6 +4,7 @@ parsed, and bad input as one line naming the problem and the fix (UserError, Par
 tables the flags describe live in train.py and are passed in, so imports go one way.
 """
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,6 +24,15 @@ import vitas
 class UserError(ValueError):
     """Bad input from the user: printed as one clear line, no traceback. Only this is caught so:
     any other exception is a bug and keeps its traceback."""
+
+
+@contextlib.contextmanager
+def users_to_fix():
+    """vitas's ValueError (a window or a space the user asked for that cannot be) as one line."""
+    try:
+        yield
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 class Parser(argparse.ArgumentParser):

@@ -421,10 +421,11 @@ def outcome_rows(results, recipes):
     for (recipe, seed), arch in sorted(searched_archs(results, recipes).items()):
         top1 = alone_seeds(results, arch, OUTCOME_SEEDS)
         if top1 is not None:
+            mean = float(np.mean(top1))
             rows.append({"recipe": recipe, "seed": seed, "arch": arch.to_dict(), "flops": vitas.flops(arch, TINY),
-                         "top1": float(np.mean(top1)), "top1_seeds": top1, "designs": designs,
+                         "top1": mean, "top1_seeds": top1, "designs": designs,
                          **{name: float(np.mean(d)) for name, d in designs.items()}, "random_median": median,
-                         "wins": float(np.mean(top1)) > max(best, median)})
+                         "wins": mean > max(best, median)})
     return rows
 
 
@@ -446,10 +447,11 @@ def supernet_rows(results, refs):
                 continue
             inherited = {json.dumps(x["arch"]): x for x in r["inherited"][name]}
             archs = [a for a, _ in table]
-            scores = [inherited[json.dumps(a.to_dict())]["top1"] for a in archs]
+            found = [inherited[json.dumps(a.to_dict())] for a in archs]
+            scores = [x["top1"] for x in found]
             row[name] = {**rankcheck.rank_statistics(scores, [t for _, t in table], archs, TINY), "fitness": scores,
                          # the other fitness the same held-out pass gives: minus the held-out loss
-                         "loss_fitness": [-inherited[json.dumps(a.to_dict())]["loss"] for a in archs]}
+                         "loss_fitness": [-x["loss"] for x in found]}
         rows.append(row)
     order = list(GRID)                              # the recipes in GRID's order, then any other
     return sorted(rows, key=lambda r: (order.index(r["recipe"]) if r["recipe"] in order else len(order), r["recipe"],

@@ -170,14 +170,14 @@ def fitness_rows(supers, window):
     one's tau_c and top-3 regret per supernet seed, and tau(loss) - tau(top-1) with intervals paired
     over the archs and over the seeds."""
     archs, top1 = zip(*window)
-    r_s = rankcheck.reliability(top1)[2]
+    r_s, mean = rankcheck.reliability(top1)[2], rankcheck.reference_mean(top1)
     rows = []
     for recipe in dict.fromkeys(r["recipe"] for r in supers):
         rs = [r["window"] for r in supers if r["recipe"] == recipe and "loss_fitness" in r.get("window", {})]
         if not rs:
             continue
         by = {name: [w[key] for w in rs] for name, key in (("top1", "fitness"), ("loss", "loss_fitness"))}
-        taus = {name: [rankcheck.kendall_tau(f, rankcheck.reference_mean(top1)) for f in fs] for name, fs in by.items()}
+        taus = {name: [rankcheck.kendall_tau(f, mean) for f in fs] for name, fs in by.items()}
         rows.append({"recipe": recipe, "seeds": len(rs),
                      **{f"tau_c_{n}": [rankcheck.scored(t, r_s)["tau_c"] for t in taus[n]] for n in by},
                      **{f"regret_{n}": [rankcheck.top_regret(f, top1) for f in by[n]] for n in by},

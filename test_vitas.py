@@ -956,8 +956,8 @@ def test_window_cells_of_vitas_1g_at_one_gflop_are_those_a_uniform_arch_shows_an
     alike) in the window; every cell it leaves out is out of reach (its widest arch under the window
     or its narrowest above); draws of each kept cell lie inside the window."""
     lo, hi = 900_000_000, 1_100_000_000
-    table = (lo, hi, vitas.block_costs(BIG))
-    cells, _ = vitas.window_cells(BIG, lambda a: lo <= vitas.flops(a, BIG) <= hi, table, True, n=20)
+    table = vitas.block_costs(BIG)
+    cells, _ = vitas.window_cells(BIG, lambda a: lo <= vitas.flops(a, BIG) <= hi, (lo, hi), table, True, n=20)
 
     def cell_flops(p, d, c, block):
         return vitas.flops(Arch(p, c, (block,) * d + (None,) * (BIG.depth - d)), BIG)
@@ -971,7 +971,7 @@ def test_window_cells_of_vitas_1g_at_one_gflop_are_those_a_uniform_arch_shows_an
         assert cell_flops(p, d, BIG.embed_dims[-1], widest) < lo or cell_flops(p, d, BIG.embed_dims[0], narrowest) > hi
     rng = np.random.default_rng(0)
     for cell in cells:
-        archs = [vitas.draw_in_window(BIG, rng, cell, *table) for _ in range(5)]
+        archs = [vitas.draw_in_window(BIG, rng, cell, lo, hi, table) for _ in range(5)]
         assert all((a.patch_size, a.depth) == cell and lo <= vitas.flops(a, BIG) <= hi for a in archs)
 
 

@@ -68,22 +68,20 @@ class ArchSampler:
         lo, hi = window or (None, None)
         self.window = None if lo is None and hi is None else (lo or 0, hi or self.cost(space.max_arch()))
         self.identity_prob = identity_prob
-        try:   # an empty or unreachable window, or one no uniform arch reaches: the user's to fix
+        with cli.users_to_fix():   # an empty or unreachable window, or one no uniform arch reaches
             if self.window is not None and identity_prob is None:
                 self.identity_prob = vitas.solve_identity_prob(space, *self.window, cost=cost,
                                                                what="FLOPs" if cost is None else "seconds-per-image")
             self.reports = vitas.reported_archs(space, self.window, cost)
-        except ValueError as e:
-            raise UserError(str(e)) from None
         self.ends = [self.reports["largest"], self.reports["smallest"]]
         self.uniform_cells = self.cells = None
         self.rare = set()   # window cells drawn straight inside the window (window_cells)
         if sampling != "binomial":
             self.uniform_cells = self.cells = vitas.all_cells(space, by_patch=sampling == "stratified")
             if self.window is not None:
-                self.table = (*self.window, vitas.block_costs(space, cost))
-                self.cells, self.rare = vitas.window_cells(space, self.inside, self.table, sampling == "stratified",
-                                                           seed)
+                self.costs = vitas.block_costs(space, cost)
+                self.cells, self.rare = vitas.window_cells(space, self.inside, self.window, self.costs,
+                                                           sampling == "stratified", seed)
 
     def state_dict(self):
         """What a checkpoint keeps of the sampler, so a resumed run draws as the uninterrupted one."""
@@ -130,7 +128,8 @@ class ArchSampler:
                 break
         if learned and cell is not None and not self.inside(arch):
             # a rare cell, or no redraw fitted: the cell's arch drawn inside the window (None: a gap of the widths)
-            inside = (vitas.draw_in_window(self.space, rng, cell, *self.table) for _ in range(self.max_tries))
+            inside = (vitas.draw_in_window(self.space, rng, cell, *self.window, self.costs)
+                      for _ in range(self.max_tries))
             arch = next((a for a in inside if a is not None), arch)
         return vitas.shift_identities(arch) if self.identity_shift else arch
 

@@ -285,14 +285,15 @@ def params(arch, space):
 
 def block_costs(space, cost=None):
     """{(patch size, embed dim): (the cost of its arch with every block an identity, {block: what the
-    block adds to it})}, for FLOPs or `cost`, any cost that adds up over blocks the same way."""
+    block adds to it}, the least and the most a block adds)}, for FLOPs or `cost`, any cost that adds
+    up over blocks the same way."""
     cost = cost or (lambda a: flops(a, space))
     table = {}
     for p, c in itertools.product(space.patch_sizes, space.embed_dims):
         empty = cost(space.empty_arch(p, c))
-        table[p, c] = empty, {b: cost(Arch(p, c, (b,) + (None,) * (space.depth - 1))) - empty
-                              for h in space.heads for a in space.attn_for[h] for m in space.mlp_dims
-                              for b in [Block(h, a, m)]}
+        one = {b: cost(Arch(p, c, (b,) + (None,) * (space.depth - 1))) - empty
+               for h in space.heads for a in space.attn_for[h] for m in space.mlp_dims for b in [Block(h, a, m)]}
+        table[p, c] = empty, one, min(one.values()), max(one.values())
     return table
 
 
@@ -313,9 +314,9 @@ def solve_identity_prob(space, lo, hi, cost=None, what="FLOPs"):
         raise ValueError(f"{what} window [{lo:,}, {hi:,}] is unreachable: networks of this space "
                          f"have between {least:,} and {most:,}; widen or move the window")
     table = block_costs(space, cost)
-    base = [empty for empty, _ in table.values()]
+    base = [empty for empty, *_ in table.values()]
     blocks = [np.mean([np.mean([one[Block(h, a, m)] for a in space.attn_for[h] for m in space.mlp_dims])
-                       for h in space.heads]) for _, one in table.values()]
+                       for h in space.heads]) for _, one, *_ in table.values()]
     keep = ((lo + hi) / 2 - np.mean(base)) / (space.depth * np.mean(blocks))
     return float(np.clip(1.0 - keep, 0.0, 1.0))
 
@@ -372,10 +373,9 @@ def draw_in_window(space, rng, cell, lo, hi, table):
     the blocks in random order at random positions. Every arch of the cell in the window can come;
     None where none is in it (or, with few widths, the last block finds a gap it cannot fill)."""
     patch, depth = cell
-    bounds = {pc: (min(one.values()), max(one.values())) for pc, (_, one) in table.items()}
 
     def reachable(pc, spent, left):
-        return spent + left * bounds[pc][0] <= hi and spent + left * bounds[pc][1] >= lo
+        return spent + left * table[pc][2] <= hi and spent + left * table[pc][3] >= lo
 
     def pick(choices):
         choices = sorted(set(choices))
@@ -383,9 +383,9 @@ def draw_in_window(space, rng, cell, lo, hi, table):
 
     p = pick(pc[0] for pc in table if pc[0] in (space.patch_sizes if patch is None else (patch,))
              and reachable(pc, table[pc][0], depth))
-    c = pick(pc[1] for pc in table if pc[0] == p and reachable(pc, table[pc][0], depth))
     if p is None:
         return None
+    c = pick(pc[1] for pc in table if pc[0] == p and reachable(pc, table[pc][0], depth))
     spent, one, blocks = table[p, c][0], table[p, c][1], []
     for left in range(depth - 1, -1, -1):
         fits = [b for b in one if reachable((p, c), spent + one[b], left)]
@@ -400,13 +400,13 @@ def draw_in_window(space, rng, cell, lo, hi, table):
     return Arch(p, c, tuple(blocks[where[i]] if i in where else None for i in range(space.depth)))
 
 
-def window_cells(space, inside, table, by_patch, seed=0, n=200, min_share=0.02):
+def window_cells(space, inside, window, table, by_patch, seed=0, n=200, min_share=0.02):
     """The cells of all_cells that hold archs inside the window (draw_in_window finds one), and of
     those the rare ones: fewer than `min_share` of their draws (draw_in_cell) land inside, so they
     are drawn inside the window straight away rather than by redrawing until one does."""
     rng = np.random.default_rng([seed, 6])
     cells = [c for c in all_cells(space, by_patch)
-             if any(draw_in_window(space, rng, c, *table) is not None for _ in range(10))]
+             if any(draw_in_window(space, rng, c, *window, table) is not None for _ in range(10))]
     rare = {c for c in cells if np.mean([inside(draw_in_cell(space, rng, c)) for _ in range(n)]) < min_share}
     return cells, rare
 
