@@ -14,7 +14,7 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
         Launches, not FLOPs, are what a small step on a GPU pays for; the counts are
         deterministic and do not depend on the batch;
   (c) with --throughput N: how well FLOPs order N random archs of each preset by measured
-      images/s (Spearman rho), beside a latency model fitted to half of them (throughput.LatencyModel).
+      images/s (Spearman rho), beside a latency model fitted to half of them (record.LatencyModel).
 
     python bench.py                 # CPU: time and kernels (CPU aten ops; CUDA kernels with --device cuda)
     python bench.py --kernels       # kernels only: deterministic, any time, beside other work
@@ -36,7 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import cli
 import runs
-import throughput
+import record
 import vitas
 from rankcheck import spearman_rho
 
@@ -198,11 +198,11 @@ def flops_as_proxy(name, n, batch, device, amp, seed=0):
     space = vitas.SearchSpace.preset(name)
     g = np.random.default_rng(seed)
     archs = [space.sample(g) for _ in range(n)]
-    meter = throughput.ThroughputMeter(space, device, batch, amp, max_seconds=1.0)
+    meter = record.ThroughputMeter(space, device, batch, amp, max_seconds=1.0)
     t = time.perf_counter()
     latency = np.array([1.0 / meter(a) for a in archs])
     macs = np.array([vitas.flops(a, space) for a in archs])
-    model = throughput.LatencyModel(space).fit(archs[::2], 1.0 / latency[::2])
+    model = record.LatencyModel(space).fit(archs[::2], 1.0 / latency[::2])
     held = np.array([model(a) for a in archs[1::2]])
     return (spearman_rho(macs, latency), spearman_rho(macs[1::2], latency[1::2]), spearman_rho(held, latency[1::2]),
             1 / latency.max(), 1 / latency.min(), time.perf_counter() - t)
@@ -249,7 +249,7 @@ def main(argv=None):
                   f"{slow:7,.0f}-{fast:<9,.0f} ({secs:.0f} s)", flush=True)
             rows.append({"preset": name, "batch": batch, "archs": args.throughput, "rho_flops": rho,
                          "rho_flops_half": rho_half, "rho_latency_model_half": rho_model, "images_per_s": [slow, fast]})
-        record(args.record, {"kind": "throughput", "device": device, "precision": "bf16" if args.amp else "fp32",
+        write_record(args.record, {"kind": "throughput", "device": device, "precision": "bf16" if args.amp else "fp32",
                              "rows": rows})
         return
 
@@ -282,7 +282,7 @@ def main(argv=None):
         print(f"{name:18s} {batch:5d} {row['mflops']:7.1f} {timed}   " +
               "   ".join(f"{p:8d} {o / p:7.2f}x {b / p:8.2f}x" for p, o, b in kernels), flush=True)
         rows.append(row)
-    record(args.record, {"kind": "step", "device": device_name(args.device), "repeats": args.repeats,
+    write_record(args.record, {"kind": "step", "device": device_name(args.device), "repeats": args.repeats,
                          "freed_memory_kept": bool(kept), "counter_archs_per_s": speed, "rows": rows})
 
 
@@ -292,7 +292,7 @@ def device_name(device):
     return f"cpu, {torch.get_num_threads()} threads"
 
 
-def record(path, figures):
+def write_record(path, figures):
     """--record: the figures as JSON (python experiment.py table --markdown renders them), with when
     and what measured them."""
     if path:

@@ -573,8 +573,7 @@ def get_parser():
 
 
 def main(argv=None):
-    ap = get_parser()
-    args = ap.parse_args(argv)
+    args = (ap := get_parser()).parse_args(argv)
     if (args.write or args.check) and not (args.command == "table" and args.markdown):
         ap.error("--write and --check go with table --markdown")
     runs.run_command(run, args)
@@ -592,8 +591,7 @@ def run(args):
     elif args.command == "outcome":
         run_jobs(outcome_jobs(args.results, args.scratch, args.recipes or ["v2", "fair"]), args.workers)
     figures = table(args.results, args.markdown)
-    if args.write or args.check:
-        path = args.write or args.check
+    if path := args.write or args.check:
         readme = os.path.join(os.path.dirname(os.path.abspath(path)), "README.md")
         report.write_docs(figures, path, readme, bool(args.check))
 

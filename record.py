@@ -1,5 +1,7 @@
 """
-What a run reports: train.py's progress lines, its set-up, the epoch record in log.jsonl with the
+What a run measures and reports. Measured throughput (beyond the paper): images/s of an arch, a
+cache of them, a latency model fitted on rank 0 that a throughput window aims sampling with.
+train.py's progress lines, its set-up, the epoch record in log.jsonl with the
 sampler statistics (who the sampler trains, who it starves), a resumed run's log kept in step
 with its checkpoint; and the pictures: curves.png (loss, top-1 of every reported arch, the
 identity probability and the sampler statistics, per epoch) and search.py's pareto.png (every
@@ -10,13 +12,175 @@ a run prints one note and goes on: pictures never fail a run.
 """
 import json
 import os
+import statistics
 import time
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
 import runs
 import vitas
-from cli import fmt_time
+from cli import UserError, fmt_time
+from vitas import Arch, ViT, flops
+
+# -----------------------------------------------------------------------------
+# Measured throughput, beyond the paper (which budgets by FLOPs): images/s of an arch on a device, a
+# cache of those measurements, and a latency model that adds up over blocks as FLOPs do, so that the
+# learned identity probability (vitas.solve_identity_prob) can aim at a throughput window
+
+
+def measure_throughput(arch, space, device="cpu", batch=16, amp=False, warmup=2, repeats=10, max_seconds=2.0):
+    """Images/s of the plain ViT of `arch` (what a found arch is deployed as): eval mode, no grad,
+    a fixed random input; warm-up calls, then the median of timed calls (at least 3, at most
+    `repeats`, stopping after max_seconds), CUDA synchronised; bf16 autocast with amp (CUDA)."""
+    device = torch.device(device)
+    model = ViT(arch, space).to(device).eval()
+    x = torch.randn(batch, space.in_chans, space.image_size, space.image_size,
+                    generator=torch.Generator().manual_seed(0)).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for _ in range(warmup):
+            model(x)
+        sync()
+        start = time.perf_counter()
+        while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < max_seconds):
+            t = time.perf_counter()
+            model(x)
+            sync()
+            times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
+
+
+class ThroughputMeter:
+    """measure_throughput with a cache keyed by (arch, device, batch, amp): no arch is measured
+    twice. `measured` counts the real measurements; state_dict() keeps the cache for a resume."""
+
+    def __init__(self, space, device="cpu", batch=16, amp=False, **measure_kw):
+        self.space, self.device, self.batch, self.amp, self.measure_kw = space, str(device), batch, amp, measure_kw
+        self.cache, self.measured = {}, 0
+
+    def key(self, arch):
+        return (arch, self.device, self.batch, self.amp)
+
+    def __call__(self, arch):
+        if self.key(arch) not in self.cache:
+            self.cache[self.key(arch)] = measure_throughput(arch, self.space, self.device, self.batch, self.amp,
+                                                            **self.measure_kw)
+            self.measured += 1
+        return self.cache[self.key(arch)]
+
+    def state_dict(self):
+        return [[a.to_dict(), dev, b, amp, v] for (a, dev, b, amp), v in self.cache.items()]
+
+    def load_state_dict(self, state):
+        self.cache.update({(Arch.from_dict(a), dev, b, amp): v for a, dev, b, amp, v in state})
+
+
+class LatencyModel:
+    """Seconds per image of an arch on one device, fitted to measurements, as a sum over blocks
+    (so that solve_identity_prob can aim the identity probability at a throughput window):
+    t = c0 + c1 T + sum over real blocks (c2 + c3 T + c4 MACs_block + c5 T^2 h) + c6 MACs_rest,
+    T = tokens, h = heads. Measuring every sampled arch during training would be too slow."""
+
+    def __init__(self, space, coef=None):
+        self.space, self.coef = space, None if coef is None else np.asarray(coef, dtype=float)
+
+    def features(self, arch):
+        t = (self.space.image_size // arch.patch_size) ** 2 + 1
+        rest = flops(self.space.empty_arch(arch.patch_size, arch.embed_dim), self.space)
+        f = np.array([1.0, t, 0.0, 0.0, 0.0, 0.0, rest])
+        for b in arch.blocks:
+            if b is not None:
+                # as in flops()
+                macs = (4 * t * arch.embed_dim + 2 * t * t) * b.attn_dim + 2 * t * arch.embed_dim * b.mlp_dim
+                f += [0.0, 0.0, 1.0, t, macs, t * t * b.heads, 0.0]
+        return f
+
+    def fit(self, archs, images_per_s):
+        """Least squares on seconds per image, each measurement weighted by 1/t (relative error)."""
+        x = np.stack([self.features(a) for a in archs])
+        y = 1.0 / np.asarray(images_per_s, dtype=float)
+        w = 1.0 / y
+        self.coef = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)[0]
+        return self
+
+    def __call__(self, arch):
+        """Predicted seconds per image (never below a microsecond)."""
+        return max(float(self.features(arch) @ self.coef), 1e-6)
+
+
+# -----------------------------------------------------------------------------
+# Throughput measured on rank 0, the same for every rank
+
+
+def throughput_batch(args, device):
+    """--throughput-batch, or its default for the device."""
+    return args.throughput_batch or (128 if device.type == "cuda" else 16)
+
+
+def calibrate_throughput(args, space, d):
+    """A LatencyModel of this device fitted to the images/s of sampled archs measured for about
+    --calibration-seconds (rank 0 measures, every rank gets the same fit). Returns the calibration
+    record a checkpoint keeps, so a resumed run does not measure again."""
+    batch = throughput_batch(args, d.device)
+    record = [None]
+    if d.main:
+        meter = ThroughputMeter(space, d.device, batch, args.throughput_amp, max_seconds=1.0)
+        rng = np.random.default_rng([args.seed, 4])
+        archs, start = [space.max_arch(), space.empty_arch()], time.time()
+        speeds = [meter(a) for a in archs]
+        while len(archs) < 12 or (len(archs) < 64 and time.time() - start < args.calibration_seconds):
+            archs.append(space.sample(rng, identity_prob=rng.uniform(0, 0.9)))   # every depth, not only p = 1/2
+            speeds.append(meter(archs[-1]))
+        model = LatencyModel(space).fit(archs, speeds)
+        record = [{"coef": model.coef.tolist(), "device": str(d.device), "batch": batch, "amp": args.throughput_amp,
+                   "measured": len(archs), "seconds": time.time() - start,
+                   "fastest": [max(speeds), str(archs[int(np.argmax(speeds))])],
+                   "slowest": [min(speeds), str(archs[int(np.argmin(speeds))])]}]
+    if d.world > 1:
+        dist.broadcast_object_list(record, src=0)
+    record = record[0]
+    d.log(f"throughput calibration on {record['device']} (batch {record['batch']}): "
+        f"{record['measured']} archs measured in "
+        f"{record['seconds']:.0f} s, {record['slowest'][0]:,.0f} to {record['fastest'][0]:,.0f} images/s")
+    return record
+
+
+def check_throughput_window(sampler, calibration, window, d):
+    """Fraction of 16 archs drawn as training draws them (learned phase) whose measured images/s
+    lie in the sampler's `window` (seconds per image): how well the fitted latency model steers
+    sampling on this device."""
+    inside = [None]
+    window = (1 / window[1], 1 / window[0])   # seconds per image -> images/s
+    if d.main:
+        meter = ThroughputMeter(sampler.space, calibration["device"], calibration["batch"],
+                                           calibration["amp"], max_seconds=1.0)
+        rng = np.random.default_rng([sampler.seed, 5])
+        inside = [float(np.mean([window[0] <= meter(sampler.draw(rng, learned=True)) <= window[1] for _ in range(16)]))]
+    if d.world > 1:
+        dist.broadcast_object_list(inside, src=0)
+    d.log(f"check: {100 * inside[0]:.0f}% of 16 freshly drawn archs measure inside the throughput window")
+    return inside[0]
+
+
+def throughput_window(args, space, d, calibration=None):
+    """The cost and window a throughput window (--throughput-min/--throughput-max, images/s) puts
+    sampling in: a LatencyModel of this device and the window in seconds per image, and the
+    calibration it was fitted on (`calibration`: a resumed run's, reused as it is). Without one:
+    FLOPs, (--flops-min, --flops-max) and None."""
+    if args.throughput_min is None and args.throughput_max is None:
+        return None, (args.flops_min, args.flops_max), calibration
+    calibration = calibration or calibrate_throughput(args, space, d)
+    fast, slow = calibration["fastest"], calibration["slowest"]
+    tmin, tmax = args.throughput_min or slow[0] / 2, args.throughput_max or fast[0] * 2
+    if tmin > fast[0] or tmax < slow[0]:
+        raise UserError(f"throughput window [{tmin:g}, {tmax:g}] images/s is out of reach on "
+                        f"{calibration['device']}: the fastest measured arch does {fast[0]:,.0f} ({fast[1]}), "
+                        f"the slowest {slow[0]:,.0f} ({slow[1]})")
+    return LatencyModel(space, calibration["coef"]), (1.0 / tmax, 1.0 / tmin), calibration
+
 
 # -----------------------------------------------------------------------------
 # The epoch record and the progress lines

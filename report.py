@@ -438,7 +438,7 @@ def bench_section(doc, benches):
     throughput = [b for b in benches if b["kind"] == "throughput"]
     if throughput:
         doc.para("FLOPs as a proxy for measured speed (`python bench.py --throughput 100`): Spearman rho between "
-                 "FLOPs and seconds per image over random archs of each preset, and a `throughput.LatencyModel` "
+                 "FLOPs and seconds per image over random archs of each preset, and a `record.LatencyModel` "
                  "fitted to half of them and judged on the other half. "
                  + " ".join(f"{b['device']} {b['precision']}: {b['source']}." for b in throughput if b.get("source")))
         doc.row(["device", "precision", "preset", "batch", "archs", "rho FLOPs", "rho latency model (half)",

@@ -25,7 +25,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import throughput
 import vitas
 from cli import UserError
 
@@ -522,77 +521,3 @@ def warmup_cosine(warmup_steps, total_steps, min_ratio):
         t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     return f
-
-
-# -----------------------------------------------------------------------------
-# Throughput measured on rank 0, the same for every rank
-
-
-def throughput_batch(args, device):
-    """--throughput-batch, or its default for the device."""
-    return args.throughput_batch or (128 if device.type == "cuda" else 16)
-
-
-def calibrate_throughput(args, space, d):
-    """A LatencyModel of this device fitted to the images/s of sampled archs measured for about
-    --calibration-seconds (rank 0 measures, every rank gets the same fit). Returns the calibration
-    record a checkpoint keeps, so a resumed run does not measure again."""
-    batch = throughput_batch(args, d.device)
-    record = [None]
-    if d.main:
-        meter = throughput.ThroughputMeter(space, d.device, batch, args.throughput_amp, max_seconds=1.0)
-        rng = np.random.default_rng([args.seed, 4])
-        archs, start = [space.max_arch(), space.empty_arch()], time.time()
-        speeds = [meter(a) for a in archs]
-        while len(archs) < 12 or (len(archs) < 64 and time.time() - start < args.calibration_seconds):
-            archs.append(space.sample(rng, identity_prob=rng.uniform(0, 0.9)))   # every depth, not only p = 1/2
-            speeds.append(meter(archs[-1]))
-        model = throughput.LatencyModel(space).fit(archs, speeds)
-        record = [{"coef": model.coef.tolist(), "device": str(d.device), "batch": batch, "amp": args.throughput_amp,
-                   "measured": len(archs), "seconds": time.time() - start,
-                   "fastest": [max(speeds), str(archs[int(np.argmax(speeds))])],
-                   "slowest": [min(speeds), str(archs[int(np.argmin(speeds))])]}]
-    if d.world > 1:
-        dist.broadcast_object_list(record, src=0)
-    record = record[0]
-    d.log(f"throughput calibration on {record['device']} (batch {record['batch']}): "
-        f"{record['measured']} archs measured in "
-        f"{record['seconds']:.0f} s, {record['slowest'][0]:,.0f} to {record['fastest'][0]:,.0f} images/s")
-    return record
-
-
-def check_throughput_window(sampler, calibration, window, d):
-    """Fraction of 16 archs drawn as training draws them (learned phase) whose measured images/s
-    lie in the sampler's `window` (seconds per image): how well the fitted latency model steers
-    sampling on this device."""
-    inside = [None]
-    window = (1 / window[1], 1 / window[0])   # seconds per image -> images/s
-    if d.main:
-        meter = throughput.ThroughputMeter(sampler.space, calibration["device"], calibration["batch"],
-                                           calibration["amp"], max_seconds=1.0)
-        rng = np.random.default_rng([sampler.seed, 5])
-        inside = [float(np.mean([window[0] <= meter(sampler.draw(rng, learned=True)) <= window[1] for _ in range(16)]))]
-    if d.world > 1:
-        dist.broadcast_object_list(inside, src=0)
-    d.log(f"check: {100 * inside[0]:.0f}% of 16 freshly drawn archs measure inside the throughput window")
-    return inside[0]
-
-
-def throughput_window(args, space, d, calibration=None):
-    """The cost and window a throughput window (--throughput-min/--throughput-max, images/s) puts
-    sampling in: a LatencyModel of this device and the window in seconds per image, and the
-    calibration it was fitted on (`calibration`: a resumed run's, reused as it is). Without one:
-    FLOPs, (--flops-min, --flops-max) and None."""
-    if args.throughput_min is None and args.throughput_max is None:
-        return None, (args.flops_min, args.flops_max), calibration
-    calibration = calibration or calibrate_throughput(args, space, d)
-    fast, slow = calibration["fastest"], calibration["slowest"]
-    tmin, tmax = args.throughput_min or slow[0] / 2, args.throughput_max or fast[0] * 2
-    if tmin > fast[0] or tmax < slow[0]:
-        raise UserError(f"throughput window [{tmin:g}, {tmax:g}] images/s is out of reach on "
-                        f"{calibration['device']}: the fastest measured arch does {fast[0]:,.0f} ({fast[1]}), "
-                        f"the slowest {slow[0]:,.0f} ({slow[1]})")
-    return throughput.LatencyModel(space, calibration["coef"]), (1.0 / tmax, 1.0 / tmin), calibration
-
-
-

@@ -41,7 +41,6 @@ import data
 import record
 import rankcheck
 import runs
-import throughput
 import train
 import vitas
 from cli import UserError, parse_count
@@ -128,7 +127,7 @@ class Evolution:
                 raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
         self.space, self.algo, self.seed, self.max_tries = space, algo, seed, max_tries
         self.identity_shift = bool(identity_shift)
-        # images/s of an arch (a throughput.ThroughputMeter, cached) and the least a candidate may have
+        # images/s of an arch (a record.ThroughputMeter, cached) and the least a candidate may have
         self.throughput, self.throughput_min = throughput, throughput_min
         self.population, self.parents, self.mutate_prob = population, parents, float(mutate_prob)
         self.flops_min, self.flops_max = parse_count(flops_min), parse_count(flops_max)
@@ -342,7 +341,7 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
     return evo
 
 
-class SharedMeter(throughput.ThroughputMeter):
+class SharedMeter(record.ThroughputMeter):
     """A ThroughputMeter whose figures rank 0 measures and broadcasts: every rank of a distributed
     search sees the same images/s, so every rank takes the same decisions."""
 
@@ -363,7 +362,7 @@ def throughput_meter(args, space, identity_prob, d):
     """The search's SharedMeter, after checking that --throughput-min is within reach: it measures
     the window's uniform archs (vitas.reported_archs) and 16 sampled ones first."""
     device = d.device
-    batch = runs.throughput_batch(args, device)
+    batch = record.throughput_batch(args, device)
     meter = SharedMeter(space, d, device=device, batch=batch, amp=args.throughput_amp)
     rng = np.random.default_rng([args.seed, 3])
     with cli.users_to_fix():   # no uniform arch in the window: the user's to widen

@@ -38,7 +38,6 @@ import report
 import runs
 import search
 from search import Evolution, crossover, mutate, pareto_front
-import throughput
 import train
 import vitas
 from vitas import Arch, Block, SearchSpace
@@ -1803,7 +1802,7 @@ def test_checkpoints_logs_and_results_carry_the_commit_that_wrote_them(tmp_path)
 
 @pytest.mark.slow
 def test_provenance_outside_a_checkout_is_unknown(tmp_path):
-    for name in ("runs.py", "cli.py", "throughput.py", "vitas.py"):
+    for name in ("runs.py", "cli.py", "vitas.py"):
         (tmp_path / name).write_text(open(os.path.join(HERE, name)).read())
     out = subprocess.run([sys.executable, "-c", "import json, runs; print(json.dumps(runs.provenance()))"],
                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "GIT_CEILING_DIRECTORIES":
@@ -2170,7 +2169,7 @@ def test_train_draws_curves_and_search_draws_the_pareto_front(trained, tmp_path)
 def test_throughput_is_measured_positive_and_a_much_larger_arch_is_slower():
     small = Arch(8, 32, (Block(2, 32, 64),) + (None,) * 5)
     big = TINY.max_arch()                                      # ~20x the MACs, 4x the tokens
-    fast, slow = (throughput.measure_throughput(a, TINY, batch=16, max_seconds=0.5) for a in (small, big))
+    fast, slow = (record.measure_throughput(a, TINY, batch=16, max_seconds=0.5) for a in (small, big))
     assert 0 < slow < fast < float("inf") and fast > 3 * slow
 
 
@@ -2179,28 +2178,28 @@ def test_latency_model_features_carry_every_flops_term_and_its_fit_recovers_a_kn
     against torch's FLOP counter), arch by arch; and least squares recovers a cost built from known
     coefficients."""
     for space in (TINY, BIG):
-        model = throughput.LatencyModel(space, [0, 0, 0, 0, 1, 0, 1])
+        model = record.LatencyModel(space, [0, 0, 0, 0, 1, 0, 1])
         for arch in random_archs(space, 60, seed=5):
             assert model(arch) == vitas.flops(arch, space)
     coef = np.array([2e-5, 1e-7, 3e-6, 2e-8, 4e-12, 5e-10, 1e-12])
     archs = random_archs(TINY, 80, seed=6)
-    truth = throughput.LatencyModel(TINY, coef)
-    fitted = throughput.LatencyModel(TINY).fit(archs, [1 / truth(a) for a in archs])
+    truth = record.LatencyModel(TINY, coef)
+    fitted = record.LatencyModel(TINY).fit(archs, [1 / truth(a) for a in archs])
     assert all(fitted(a) == pytest.approx(truth(a), rel=1e-6) for a in random_archs(TINY, 20, seed=7))
 
 
 def test_throughput_meter_measures_each_arch_once(monkeypatch):
     calls = []
-    monkeypatch.setattr(throughput, "measure_throughput",
+    monkeypatch.setattr(record, "measure_throughput",
                         lambda arch, *a, **k: calls.append(arch) or 1000.0 + len(calls))
-    meter = throughput.ThroughputMeter(TINY, batch=8)
+    meter = record.ThroughputMeter(TINY, batch=8)
     archs = random_archs(TINY, 6)
     first = [meter(a) for a in archs + archs[:3]]
     assert len(calls) == meter.measured == 6 and first[6:] == first[:3]
-    other = throughput.ThroughputMeter(TINY, batch=16)              # another batch is another measurement
+    other = record.ThroughputMeter(TINY, batch=16)              # another batch is another measurement
     other.load_state_dict(meter.state_dict())
     assert other(archs[0]) and len(calls) == 7
-    again = throughput.ThroughputMeter(TINY, batch=8)
+    again = record.ThroughputMeter(TINY, batch=8)
     again.load_state_dict(meter.state_dict())
     assert [again(a) for a in archs] == first[:6] and len(calls) == 7
 
@@ -2236,7 +2235,7 @@ def fake_images_per_s(arch, space, *a, **k):
 @pytest.mark.slow
 def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_measure_again(tmp_path, monkeypatch,
                                                                                            capsys):
-    monkeypatch.setattr(throughput, "measure_throughput", fake_images_per_s)
+    monkeypatch.setattr(record, "measure_throughput", fake_images_per_s)
     g = np.random.default_rng(9)
     probe = [fake_images_per_s(TINY.sample(g), TINY) for _ in range(200)]
     lo, hi = np.quantile(probe, [0.1, 0.35])                     # a window of slower-than-typical archs
@@ -2255,14 +2254,14 @@ def test_training_aims_sampling_at_a_throughput_window_and_a_resume_does_not_mea
     cal = ck["throughput_calibration"]
     assert ck["step"] == 5 and cal["measured"] >= 12 and cal["batch"] == 16 and cal["inside"] >= 0.8
     # independently: archs drawn as training draws them, measured afresh
-    sampler = train.ArchSampler(TINY, 0, 0, (1 / hi, 1 / lo), cost=throughput.LatencyModel(TINY, cal["coef"]))
+    sampler = train.ArchSampler(TINY, 0, 0, (1 / hi, 1 / lo), cost=record.LatencyModel(TINY, cal["coef"]))
     rng = np.random.default_rng(11)
     inside = np.mean([lo <= fake_images_per_s(sampler.draw(rng, learned=True), TINY) <= hi for _ in range(200)])
     assert inside >= 0.9, inside
     raw = np.mean([lo <= fake_images_per_s(TINY.sample(rng), TINY) <= hi for _ in range(200)])
     assert raw < 0.8 * inside                                    # the window is one that needs aiming at
     calls = []
-    monkeypatch.setattr(throughput, "measure_throughput", lambda *a, **k: calls.append(1) or 1.0)
+    monkeypatch.setattr(record, "measure_throughput", lambda *a, **k: calls.append(1) or 1.0)
     monkeypatch.setattr(train, "optimizer_step", step)
     train_run(tmp_path, *argv)                                  # resumed, run to the end
     assert calls == [] and runs.load_checkpoint(tmp_path / "checkpoint.pt")["throughput_calibration"] == cal

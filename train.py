@@ -62,7 +62,7 @@ class ArchSampler:
         self.space, self.seed, self.uniform_epochs, self.max_tries = space, seed, uniform_epochs, max_tries
         self.sandwich, self.identity_shift = sandwich, identity_shift
         self.mode, self.arch = "super", None   # what the run's checkpoint is (a retrain's: FixedArch)
-        self.throughput_calibration = None   # a throughput window's (runs.calibrate_throughput)
+        self.throughput_calibration = None   # a throughput window's (record.calibrate_throughput)
         # the window (lo, hi; None: open) is in FLOPs, or in the units of `cost` (a LatencyModel: seconds per image)
         self.cost = cost or (lambda a: vitas.flops(a, space))
         lo, hi = window or (None, None)
@@ -174,7 +174,7 @@ class FixedArch:
 def make_sampler(args, space, d, calibration=None):
     """The super-transformer's ArchSampler, its FLOPs (or throughput) window calibrated and
     checked; `calibration`: a resumed run's throughput calibration, reused as it is."""
-    cost, window, calibration = runs.throughput_window(args, space, d, calibration)
+    cost, window, calibration = record.throughput_window(args, space, d, calibration)
     sampler = ArchSampler(space, args.seed, args.uniform_epochs, window, sandwich=args.sandwich,
                           identity_shift=args.identity_shift == "train", cost=cost, sampling=args.sampling)
     sampler.throughput_calibration = calibration
@@ -184,7 +184,7 @@ def make_sampler(args, space, d, calibration=None):
         if inside < 0.5:
             raise UserError(f"only {100 * inside:.0f}% of sampled networks reach the {what}; widen it")
         if cost is not None and "inside" not in calibration:
-            calibration["inside"] = runs.check_throughput_window(sampler, calibration, window, d)
+            calibration["inside"] = record.check_throughput_window(sampler, calibration, window, d)
     record.describe_reported(sampler, args.sandwich is not None, d)
     return sampler
 

@@ -5,7 +5,7 @@ Read top to bottom: the architecture records and the search space (sampling, ide
 the analytical FLOPs/params counter and the learned identity probability that aims at a FLOPs
 budget, the plain ViT a found architecture becomes, the sliceable super-transformer that shares
 weights between all of them, and export of a slice to a plain ViT (measured throughput, beyond
-the paper: throughput.py). Depends on torch and numpy only: copy it alone into another project.
+the paper: record.py). Depends on torch and numpy only: copy it alone into another project.
 
     space = SearchSpace.preset("tiny")
     arch = space.sample(torch.Generator().manual_seed(0))
