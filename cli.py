@@ -101,6 +101,40 @@ def count_arg(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def load_space(spec):
+    """A preset's name, or a JSON file holding every field of a search space (SearchSpace.to_dict's
+    form; `train.py --space tiny --print-space` writes one to start from). UserError names what is wrong."""
+    if spec in vitas.PRESETS:
+        return vitas.SearchSpace.preset(spec)
+    try:
+        with open(spec) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"--space {spec}: neither a preset ({', '.join(sorted(vitas.PRESETS))}) nor a file") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"--space {spec}: not a readable JSON file ({e})") from None
+    names = [f.name for f in dataclasses.fields(vitas.SearchSpace)]
+    if not isinstance(d, dict):
+        raise UserError(f"--space {spec}: expected a JSON object with the fields {', '.join(names)}")
+    unknown, missing = sorted(set(d) - set(names)), [n for n in names if n not in d]
+    if unknown or missing:
+        wrong = [f"unknown field(s) {', '.join(unknown)}"] * bool(unknown) + [f"missing {', '.join(missing)}"] * bool(missing)
+        raise UserError(f"--space {spec}: {'; '.join(wrong)} (a search space has exactly: {', '.join(names)})")
+    try:
+        return vitas.SearchSpace(**d)
+    except ValueError as e:
+        raise UserError(f"--space {spec}: {e}") from None
+
+
+def space_arg(text):
+    """--space, checked when parsed; the run loads it again (cli.run_space)."""
+    try:
+        load_space(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--space {text}: ")) from None
+    return text
+
+
 def check_flops_window(ap, args):
     if args.flops_min is not None and args.flops_max is not None and args.flops_min > args.flops_max:
         ap.error(f"the FLOPs window is empty: --flops-min {args.flops_min:,} > --flops-max {args.flops_max:,}")
@@ -155,8 +189,11 @@ def train_parser(doc, book):
 def run_flags(ap, book):
     nat, pos = NAT, POS
     g = ap.add_argument_group("run")
-    g.add_argument("--space", default=None, choices=sorted(vitas.PRESETS),
-                   help="search-space preset (default tiny; with --init-from, the checkpoint's)")
+    g.add_argument("--space", default=None, type=space_arg, metavar="PRESET|FILE.json",
+                   help=f"search space: a preset ({', '.join(sorted(vitas.PRESETS))}) or a JSON file with every field "
+                        f"(default tiny; a resume, --init-from or a search's --arch file: theirs)")
+    g.add_argument("--print-space", action="store_true",
+                   help="print --space as JSON and exit: a start for a space of one's own")
     g.add_argument("--out", default="runs/super", help="output folder: checkpoint.pt, log.jsonl (default runs/super)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
     g.add_argument("--seed", type=nat, default=0,
@@ -180,6 +217,9 @@ def run_flags(ap, book):
                    help="synthetic training images (val: a fifth, at least 100)")
     g.add_argument("--synthetic-classes", type=number_arg(int, 2), default=10)
     g.add_argument("--workers", type=nat, default=0, help="data-loader workers per process")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="an image file that cannot be read is replaced by the next one and counted (log.jsonl: "
+                        "bad_images) instead of stopping the run with one line naming it")
     g.add_argument("--eval-batch-size", type=pos, default=256)
     g.add_argument("--eval-limit", type=pos, default=None, help="evaluate on the first N val images only")
 
@@ -256,6 +296,12 @@ def training_flags(ap, book):
     g.add_argument("--eval", default=None, metavar="CKPT",
                    help="evaluate a checkpoint without training: top-1/top-5/loss on val and on the held-out split, "
                         "written to eval.json beside it (a super-transformer checkpoint needs --arch: eval-ARCH.json)")
+    g.add_argument("--export", default=None, metavar="CKPT",
+                   help="write a checkpoint's ViT to ship, beside it: export/ (a super-transformer's --arch slice: "
+                        "export-ARCH/) with weights.pt and vit.json (arch, space, class names, eval transform); "
+                        "vitas.load(folder) reads it back")
+    g.add_argument("--side", default=None, choices=["left", "right", "cyclic"],
+                   help="--export of a slice: which side of the super-transformer (default: the first it trained)")
     g = ap.add_argument_group("optimisation, augmentation, regularisation")
     g.add_argument("--batch-size", type=pos, default=64, help="per process and micro-batch")
     g.add_argument("--accum-steps", type=pos, default=1, metavar="K",
@@ -294,6 +340,9 @@ def parse_train_args(ap, argv=None):
         ap.error(f"argument --min-lr: {args.min_lr:g} exceeds --lr {args.lr:g}; "
                  f"expected at most the peak learning rate")
     check_flops_window(ap, args)
+    if args.print_space:                       # like --help: print and exit
+        print(json.dumps(load_space(args.space or "tiny").to_dict()))
+        sys.exit(0)
     throughput = args.throughput_min is not None or args.throughput_max is not None
     if throughput and (args.flops_min is not None or args.flops_max is not None):
         ap.error("give a FLOPs window (--flops-min/--flops-max) or a throughput window "
@@ -427,29 +476,54 @@ def parse_search_args(ap, argv=None):
 # The run's search space, the recipe's flags, and the flags of an arch trained alone
 
 
-def run_space(args, init, log):
-    """The --space preset (with --patch-sizes, only those patch sizes of it), or for --init-from
-    (`init`, its checkpoint) the space of the checkpoint whose weights are inherited (an explicit
-    --space that differs from it is refused)."""
-    if init is None:
-        args.space = args.space or "tiny"
-        space = vitas.SearchSpace.preset(args.space)
-        if args.patch_sizes is None:
-            return space
-        other = sorted(set(args.patch_sizes) - set(space.patch_sizes))
-        if other:
-            raise UserError(f"--patch-sizes {' '.join(map(str, other))}: not in space {args.space}, whose patch sizes "
-                            f"are {' '.join(map(str, space.patch_sizes))}")
-        patches = tuple(sorted(set(args.patch_sizes)))
-        log(f"search space {args.space}, restricted to patch size(s) {' '.join(map(str, patches))}")
-        return dataclasses.replace(space, patch_sizes=patches)
-    name = init["args"].get("space")
-    if args.space is not None and args.space != name:
-        raise UserError(f"--space {args.space} differs from the space of --init-from {args.init_from} ({name}); leave "
-                        f"--space out: the checkpoint's space is used")
-    args.space = name
-    log(f"search space {name} of {args.init_from}")
-    return vitas.SearchSpace(**init["space"])
+def run_space(args, init, resumed, log):
+    """The run's search space: for --init-from (`init`, its checkpoint) the space of the checkpoint
+    whose weights are inherited (an explicit --space that differs is refused); else --space, or left
+    out: the space of the checkpoint in --out (`resumed`), of the --arch file (search.py writes it
+    there) or tiny. --patch-sizes keeps only those patch sizes of it."""
+    if init is not None:
+        name = init["args"].get("space")
+        if args.space is not None and args.space != name:
+            raise UserError(f"--space {args.space} differs from the space of --init-from {args.init_from} ({name}); "
+                            f"leave --space out: the checkpoint's space is used")
+        args.space = name
+        log(f"search space {name} of {args.init_from}")
+        return vitas.SearchSpace(**init["space"])
+    if args.space is not None:
+        space, where = load_space(args.space), args.space
+    elif resumed is not None:
+        args.space = resumed["args"].get("space")
+        space, where = vitas.SearchSpace(**resumed["space"]), f"{args.space} of the checkpoint in {args.out}"
+    elif args.arch and (found := arch_file_space(args.arch)) is not None:
+        space, where = found, f"of {args.arch}"
+    else:
+        args.space = "tiny"
+        space, where = load_space("tiny"), "tiny"
+    if args.patch_sizes is None:
+        log(f"search space {where}")
+        return space
+    other = sorted(set(args.patch_sizes) - set(space.patch_sizes))
+    if other:
+        raise UserError(f"--patch-sizes {' '.join(map(str, other))}: not in space {where}, whose patch sizes "
+                        f"are {' '.join(map(str, space.patch_sizes))}")
+    patches = tuple(sorted(set(args.patch_sizes)))
+    log(f"search space {where}, restricted to patch size(s) {' '.join(map(str, patches))}")
+    return dataclasses.replace(space, patch_sizes=patches)
+
+
+def arch_file_space(path):
+    """The search space an arch file names (search.py's best_arch.json does), or None."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return None               # the arch's own reading says what is wrong with it
+    if not isinstance(d, dict) or not isinstance(d.get("space"), dict):
+        return None
+    try:
+        return vitas.SearchSpace(**d["space"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--arch {path}: its search space: {e}") from None
 
 
 def resolve_recipe(args, book):

@@ -5,11 +5,14 @@ training and evaluation loaders (a resumed epoch skips what it trained), batch M
 evaluation of a model or a checkpoint (train.py --eval).
 """
 import argparse
+import copy
 import dataclasses
 import math
+import multiprocessing
 import os
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
@@ -63,15 +66,68 @@ class TensorImages(Dataset):
         return self.transform(self.images[i]), int(self.labels[i])
 
 
+class BadImage(UserError):
+    """An image file that cannot be read: one line naming it. A loader worker's error arrives as
+    this type with the worker's traceback for a message; its last line is kept."""
+
+    def __init__(self, message):
+        super().__init__(message.strip().splitlines()[-1].split(": ", 1)[-1] if message.startswith("Caught ")
+                         else message)
+
+
+class Readable(Dataset):
+    """An image folder's dataset whose unreadable files (corrupt, truncated, not an image) stop the
+    run with one line naming the file, or with `skip` (--skip-bad-images) are replaced by the next
+    readable image, so the dataset's length and held-out split stay; `bad` counts the replacements
+    (shared with forked loader workers)."""
+
+    def __init__(self, dataset, skip):
+        self.dataset, self.skip, self.bad = dataset, skip, multiprocessing.Value("i", 0)
+        self.classes = dataset.classes
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        for j in range(len(self)):
+            k = (i + j) % len(self)
+            try:
+                return self.dataset[k]
+            except (OSError, SyntaxError, ValueError) as e:      # PIL's errors for unreadable images
+                path = self.dataset.samples[k][0]
+                if not self.skip:
+                    raise BadImage(f"cannot read image {path} ({type(e).__name__}: {runs.first_line(e)}); replace or "
+                                   f"remove it and rerun the same command (it resumes from the last checkpoint), "
+                                   f"or pass --skip-bad-images") from None
+                with self.bad.get_lock():
+                    self.bad.value += 1
+        raise BadImage(f"no image of {self.dataset.root} can be read")
+
+
+def bad_images(datasets, d):
+    """Unreadable images replaced so far (--skip-bad-images), summed over ranks."""
+    n = torch.tensor([sum(ds.bad.value for ds in (datasets.train.dataset, datasets.holdout.dataset, datasets.val)
+                       if isinstance(ds, Readable))])
+    if d.world > 1:
+        dist.all_reduce(n)
+    return int(n.item())
+
+
+def eval_transform_spec(size, real):
+    """The evaluation transform as data (an exported ViT carries it): resize (the shorter side to an
+    int, or to [height, width]), centre crop, then the normalisation's mean and std."""
+    return {"resize": int(size / 0.875) if real and size > 64 else [size, size], "crop": size,
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
 def image_transforms(size, train, args, real):
     """DeiT-like for real data (random resized crop, flip, RandAugment, random erasing); synthetic
     data gets none (it is generated with all the variation it needs)."""
     from torchvision.transforms import v2 as T
     norm = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if not train or not real:
-        resize = ([T.Resize(int(size / 0.875), antialias=True), T.CenterCrop(size)] if real and size > 64
-                  else [T.Resize((size, size), antialias=True)])
-        return T.Compose(resize + norm)
+        spec = eval_transform_spec(size, real)
+        return T.Compose([T.Resize(spec["resize"], antialias=True), T.CenterCrop(spec["crop"])] + norm)
     crop = ([T.RandomResizedCrop(size, antialias=True)] if size > 64
             else [T.Resize((size, size), antialias=True), T.RandomCrop(size, padding=size // 8)])
     aug = [T.RandAugment(num_ops=2, magnitude=args.randaug)] if args.randaug > 0 else []
@@ -101,7 +157,11 @@ class Datasets:
     train: Dataset
     holdout: Dataset
     val: Dataset
-    num_classes: int
+    classes: list    # class names, in label order
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
 
 
 def build_datasets(args, image_size):
@@ -115,7 +175,7 @@ def build_datasets(args, image_size):
         va = synthetic_images(n_val, args.synthetic_classes, image_size, seed + 1)
         make = lambda data, train: TensorImages(*data, image_transforms(image_size, train, args, real=False))
         train_set, eval_train, val_set = make(tr, True), make(tr, False), make(va, False)
-        num_classes = args.synthetic_classes
+        classes = [str(i) for i in range(args.synthetic_classes)]
     elif kind in ("cifar10", "cifar100"):
         cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
         try:
@@ -126,22 +186,24 @@ def build_datasets(args, image_size):
         except RuntimeError as e:
             raise UserError(f"{kind} not found under --data-root {args.data_root!r} ({e}); "
                             f"add --download to fetch it there, or point --data-root at a copy") from None
-        num_classes = len(train_set.classes)
+        classes = list(train_set.classes)
     else:
         for split in ("train", "val"):
             if not os.path.isdir(os.path.join(kind, split)):
                 raise UserError(f"--data {kind!r}: expected an ImageFolder tree with {split}/ inside "
                                 f"({os.path.join(kind, split)} is missing); or use --data synthetic|cifar10|cifar100")
         try:
-            tf = lambda train: image_transforms(image_size, train, args, real=True)
-            train_set = datasets.ImageFolder(os.path.join(kind, "train"), transform=tf(True))
-            eval_train = datasets.ImageFolder(os.path.join(kind, "train"), transform=tf(False))
-            val_set = datasets.ImageFolder(os.path.join(kind, "val"), transform=tf(False))
+            skip = getattr(args, "skip_bad_images", False)
+            folder = lambda split, train: Readable(datasets.ImageFolder(
+                os.path.join(kind, split), transform=image_transforms(image_size, train, args, real=True)), skip)
+            train_set, val_set = folder("train", True), folder("val", False)
+            eval_train = Readable(copy.copy(train_set.dataset), skip)       # train/ scanned once
+            eval_train.dataset.transform = image_transforms(image_size, False, args, real=True)
         except (FileNotFoundError, OSError) as e:
             raise UserError(f"--data {kind!r}: {e}") from None
-        num_classes = len(train_set.classes)
+        classes = list(train_set.classes)
     train_idx, hold_idx = holdout_split(len(train_set), args.holdout, seed)
-    return Datasets(Subset(train_set, train_idx), Subset(eval_train, hold_idx), val_set, num_classes)
+    return Datasets(Subset(train_set, train_idx), Subset(eval_train, hold_idx), val_set, classes)
 
 
 # -----------------------------------------------------------------------------
@@ -237,31 +299,37 @@ def evaluate(model, loader, d, arch=None, side=None, amp=False):
     return {"top1": 100 * c1 / n, "top5": 100 * c5 / n, "loss": loss / n, "n": int(stats[3].item())}
 
 
+def checkpoint_model(ck, path, arch_path, flag):
+    """The model a checkpoint at `path` holds for --eval and --export: a retrain checkpoint's ViT,
+    or the super-transformer with the --arch slice (shifted where it scores so); with the arch, the
+    sides it was trained on and a name for what is written beside it (eval.json, eval-ARCH.json)."""
+    space = vitas.SearchSpace(**ck["space"])
+    if ck.get("mode") == "retrain":
+        if arch_path:
+            raise UserError(f"{path} is a retrain checkpoint and holds its own arch; leave --arch out")
+        arch = vitas.Arch.from_dict(ck["arch"])
+        model = vitas.ViT(arch, space)
+        model.load_state_dict(ck["model"])
+        return model, arch, ("model",), ""
+    if not arch_path:
+        raise UserError(f"{path} is a super-transformer checkpoint: give the sub-network to {flag[2:]} "
+                        f"with --arch ARCH.json")
+    arch, (model, sides) = runs.load_arch_file(arch_path, space), runs.supernet_of(ck)
+    if runs.scores_shifted(ck["args"]):
+        arch = vitas.shift_identities(arch)   # the path that scores this network
+    return model, arch, sides, "-" + os.path.splitext(os.path.basename(arch_path))[0]
+
+
 def evaluate_checkpoint(args):
-    """--eval CKPT: top-1/top-5/loss on val and on the held-out split, no training: a retrain
-    checkpoint's ViT, or the --arch slice of a super-transformer checkpoint (each side it was
-    trained on). Data, split and val size come from the checkpoint; eval*.json beside it."""
+    """--eval CKPT: top-1/top-5/loss on val and on the held-out split, no training, of
+    checkpoint_model's network (each side a super-transformer was trained on). Data, split and val
+    size come from the checkpoint; eval*.json beside it."""
     d = runs.setup_distributed(args.device)
     ck = runs.load_checkpoint(args.eval, "--eval")
-    space = vitas.SearchSpace(**ck["space"])
     ck_args = argparse.Namespace(**{**ck["args"], "download": False, "workers": args.workers})
-    if ck.get("mode") == "retrain":
-        if args.arch:
-            raise UserError(f"{args.eval} is a retrain checkpoint and holds its own arch; leave --arch out")
-        arch = vitas.Arch.from_dict(ck["arch"])
-        model, sides, name = vitas.ViT(arch, space), ("model",), "eval.json"
-    else:
-        if not args.arch:
-            raise UserError(f"{args.eval} is a super-transformer checkpoint: give the sub-network to evaluate "
-                            f"with --arch ARCH.json")
-        arch, (model, sides) = runs.load_arch_file(args.arch, space), runs.supernet_of(ck)
-        if runs.scores_shifted(ck["args"]):
-            arch = vitas.shift_identities(arch)   # the path that scores this network
-        name = f"eval-{os.path.splitext(os.path.basename(args.arch))[0]}.json"
-    if ck.get("mode") == "retrain":
-        model.load_state_dict(ck["model"])
+    model, arch, sides, stem = checkpoint_model(ck, args.eval, args.arch, "--eval")
     model.to(d.device)
-    data = build_datasets(ck_args, space.image_size)
+    data = build_datasets(ck_args, ck["space"]["image_size"])
     limit = args.eval_limit or ck_args.eval_limit
     results = {"checkpoint": os.path.abspath(args.eval), "step": ck["step"], "arch": arch.to_dict()}
     for split, dataset, lim in (("val", data.val, limit), ("holdout", data.holdout, None)):
@@ -273,8 +341,39 @@ def evaluate_checkpoint(args):
                           for side in sides}
         d.log(f"{split:8s} " + "  ".join(f"{side}: top-1 {r['top1']:.2f}% top-5 {r['top5']:.2f}% loss {r['loss']:.4f} "
                                          f"({r['n']} images)" for side, r in results[split].items()))
-    path = os.path.join(os.path.dirname(os.path.abspath(args.eval)), name)
+    path = os.path.join(os.path.dirname(os.path.abspath(args.eval)), f"eval{stem}.json")
     if d.main:
         runs.write_json(path, results)
         d.log(f"wrote {path}")
     return results
+
+
+def export_checkpoint(args):
+    """--export CKPT: checkpoint_model's network as a plain ViT in a folder to ship, beside CKPT
+    (export/, or export-ARCH/ for a slice of a super-transformer on --side): weights.pt, the ViT's
+    state dict (loads with weights_only=True), and vit.json with the arch, the space, the class
+    names and the evaluation transform. vitas.load(folder) reads it back."""
+    ck = runs.load_checkpoint(args.export, "--export")
+    model, arch, sides, stem = checkpoint_model(ck, args.export, args.arch, "--export")
+    side = args.side or sides[0]
+    if args.side and ck.get("mode") == "retrain":
+        raise UserError(f"--side picks a slice of a super-transformer; {args.export} holds one ViT: leave --side out")
+    if ck.get("mode") != "retrain":
+        if side not in sides:
+            raise UserError(f"--side {side}: {args.export} was trained on {' and '.join(sides)} only; pick one of them")
+        model = vitas.export(model, arch, side)
+    ck_args = argparse.Namespace(**{**ck["args"], "download": False})
+    space = ck["space"]
+    classes = ck.get("classes") or build_datasets(ck_args, space["image_size"]).classes   # older checkpoints
+    folder = os.path.join(os.path.dirname(os.path.abspath(args.export)), f"export{stem}")
+    os.makedirs(folder, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(folder, "weights.pt.tmp"))
+    os.replace(os.path.join(folder, "weights.pt.tmp"), os.path.join(folder, "weights.pt"))
+    runs.write_json(os.path.join(folder, "vit.json"), {
+        "arch": arch.to_dict(), "space": space, "classes": classes,
+        "transform": eval_transform_spec(space["image_size"], ck_args.data != "synthetic"),
+        "checkpoint": os.path.abspath(args.export), "step": ck["step"], "side": None if side == "model" else side,
+        "provenance": runs.provenance()})
+    print(f"wrote {folder}: {arch}, {vitas.params(arch, vitas.SearchSpace(**space)) / 1e6:.3f} M params, "
+          f"{len(classes)} classes; load it with vitas.load({folder!r})")
+    return folder

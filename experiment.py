@@ -50,6 +50,7 @@ import torch
 
 import cli
 import rankcheck
+import record
 import report
 import runs
 import search
@@ -229,10 +230,9 @@ def reference_sets():
 
 
 def reported_reference():
-    """The archs train.py reports with the window (vitas.reported_archs: largest, smallest, middle),
-    trained alone as the window's are: what their val top-1 at the end of super-transformer
-    training is measured against (learning_rows)."""
-    return list(vitas.reported_archs(TINY, (LO, HI)).values())
+    """The archs train.py reports with the window (largest, smallest, middle), trained alone as the
+    window's are: what their val top-1 at the end of super-transformer training is measured against."""
+    return list(record.reported_archs(TINY, (LO, HI)).values())
 
 
 def alone_argv(seed):

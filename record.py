@@ -19,10 +19,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import data
 import runs
 import vitas
 from cli import UserError, fmt_time
-from vitas import Arch, ViT, flops
+from vitas import Arch, Block, ViT, flops
 
 # -----------------------------------------------------------------------------
 # Measured throughput, beyond the paper (which budgets by FLOPs): images/s of an arch on a device, a
@@ -183,6 +184,36 @@ def throughput_window(args, space, d, calibration=None):
 
 
 # -----------------------------------------------------------------------------
+# The archs a run reports
+
+
+def reported_archs(space, window=None, cost=None):
+    """The largest, smallest and a middle arch of the space or of a window: those train.py evaluates
+    every epoch, and the sandwich's two ends.
+
+    Without a FLOPs window: the space's largest and smallest (every block present) and the middle
+    choice of every dimension. With one, so that they are networks the learned phase trains: of the
+    uniform archs (vitas.SearchSpace.uniform_archs) inside the window, those with the most and the fewest
+    FLOPs and the one nearest the window's centre (ties: more parameters for the largest, fewer
+    otherwise). `cost` (default FLOPs) may be another measure the window is in, e.g. seconds per image."""
+    if window is None:
+        mid = lambda xs: xs[len(xs) // 2]
+        h = mid(space.heads)
+        a = mid(space.attn_for[h])
+        middle = Arch(mid(space.patch_sizes), mid(space.embed_dims), (Block(h, a, mid(space.mlp_dims)),) * space.depth)
+        return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}
+    lo, hi = window
+    cost = cost or (lambda a: flops(a, space))
+    inside = [(cost(a), vitas.params(a, space), a) for a in space.uniform_archs()]
+    inside = [r for r in inside if lo <= r[0] <= hi]
+    if not inside:
+        raise ValueError(f"no uniform arch (every present block alike) lies in the window [{lo:,}, {hi:,}]; widen it")
+    centre = (lo + hi) / 2
+    return {"largest": max(inside, key=lambda r: r[:2])[2], "smallest": min(inside, key=lambda r: r[:2])[2],
+            "middle": min(inside, key=lambda r: (abs(r[0] - centre), r[1]))[2]}
+
+
+# -----------------------------------------------------------------------------
 # The epoch record and the progress lines
 
 
@@ -278,7 +309,8 @@ def epoch_record(run, epoch, evals):
             "images_per_s": run.seen / max(time.time() - run.t_epoch, 1e-9),
             "val": {k: {"top1": v["top1"], "top5": v["top5"], "loss": v["loss"], "n": v["n"]}
                     for k, v in evals.items()},
-            **run.sampler.statistics(run.sums), "provenance": run.provenance}
+            **run.sampler.statistics(run.sums), "bad_images": data.bad_images(run.data, run.d),
+            "provenance": run.provenance}
 
 def write_record(run, record, every_s=60):
     """Append the epoch's record to log.jsonl (one JSON object per epoch) and draw curves.png after

@@ -455,6 +455,7 @@ class Run:
                 "epoch": self.step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
                 "epoch_sums": self.sums, "record": self.record,
                 "rng": states, "args": vars(self.args), "space": self.space.to_dict(), "world": self.d.world,
+                "classes": self.data.classes,
                 **self.sampler.state_dict(), "arch": self.arch_dict(), "mode": self.sampler.mode,
                 "provenance": self.provenance})
 

@@ -337,7 +337,7 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
         if meter is not None:
             write_json(os.path.join(out, "pareto_throughput.json"),
                        pareto_front(evo.history, cost=lambda r: -r["throughput"]))
-        write_json(os.path.join(out, "best_arch.json"), evo.best["arch"])
+        write_json(os.path.join(out, "best_arch.json"), {**evo.best["arch"], "space": evo.space.to_dict()})
     return evo
 
 
@@ -360,13 +360,13 @@ class SharedMeter(record.ThroughputMeter):
 
 def throughput_meter(args, space, identity_prob, d):
     """The search's SharedMeter, after checking that --throughput-min is within reach: it measures
-    the window's uniform archs (vitas.reported_archs) and 16 sampled ones first."""
+    the window's uniform archs (record.reported_archs) and 16 sampled ones first."""
     device = d.device
     batch = record.throughput_batch(args, device)
     meter = SharedMeter(space, d, device=device, batch=batch, amp=args.throughput_amp)
     rng = np.random.default_rng([args.seed, 3])
     with cli.users_to_fix():   # no uniform arch in the window: the user's to widen
-        probe = list(vitas.reported_archs(space, (args.flops_min, args.flops_max)).values())
+        probe = list(record.reported_archs(space, (args.flops_min, args.flops_max)).values())
     while len(probe) < 19:
         a = space.sample(rng, identity_prob)
         if args.flops_min <= vitas.flops(a, space) <= args.flops_max:

@@ -84,6 +84,23 @@ def train_run(out, *argv):
     return train.train(train.parse_args(["--out", str(out), *argv]))
 
 
+def image_folder(root, classes, n_train, n_val, size=(40, 48), ext="png", seed=0):
+    """An ImageFolder tree (train/ and val/, one folder per class) of random pictures."""
+    g = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for cls in classes:
+            os.makedirs(root / split / cls)
+            for i in range(n):
+                Image.fromarray(g.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.{ext}")
+    return root
+
+
+def readme_block(containing):
+    """The README's fenced python block that holds `containing`."""
+    blocks = re.findall(r"```python\n(.*?)```", open(os.path.join(HERE, "README.md")).read(), re.S)
+    return next(b for b in blocks if containing in b)
+
+
 def torchrun(script, *argv, nproc=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE}
@@ -250,6 +267,44 @@ def test_bad_search_space_is_rejected():
         SearchSpace(**{**TINY.to_dict(), "patch_sizes": [5]})
     with pytest.raises(ValueError, match="unknown search space preset"):
         SearchSpace.preset("huge")
+
+
+@pytest.mark.parametrize("preset", sorted(vitas.PRESETS))
+def test_a_printed_preset_loads_back_as_the_same_space(preset, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--space", preset, "--print-space"])
+    (tmp_path / "space.json").write_text(capsys.readouterr().out)
+    assert e.value.code == 0 and cli.load_space(str(tmp_path / "space.json")) == SearchSpace.preset(preset)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(patch_sizes=[]), ["patch_sizes", "[]", "distinct positive integers"]),
+    (dict(patch_sizes=[4, 5]), ["image_size 32", "not divisible by patch", "[5]"]),
+    (dict(heads=[4], attn_dims=[32, 66]), ["attn_dims", "(4,)", "[66]"]),
+    (dict(depth=0), ["depth", "positive integer", "0"]),
+    (dict(depht=6), ["unknown field(s) depht", "a search space has exactly"]),
+    (dict(mlp_dims=None), ["missing mlp_dims"]),
+    ([4, 8], ["JSON object", "image_size"]),
+    ("{", ["not a readable JSON file"]),
+    (None, ["neither a preset", "tiny, vitas-1g", "nor a file"]),
+])
+def test_a_bad_space_file_is_one_line_naming_the_field_value_and_what_is_allowed(change, words, tmp_path, capsys):
+    path = tmp_path / "space.json"
+    if isinstance(change, dict):
+        fields = {k: v for k, v in {**TINY.to_dict(), **change}.items() if v is not None}
+        path.write_text(json.dumps(fields))
+    elif change is not None:
+        path.write_text(change if isinstance(change, str) else json.dumps(change))
+    code, err = run_main(train, ["--space", str(path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert all(w in err for w in words), err
+
+
+def test_a_window_no_arch_of_a_space_file_reaches_is_one_line(tmp_path, capsys):
+    (tmp_path / "space.json").write_text(json.dumps({**TINY.to_dict(), "depth": 1}))    # at most 3.4M FLOPs
+    code, err = run_main(train, ["--space", str(tmp_path / "space.json"), "--out", str(tmp_path / "r"),
+                                 "--flops-min", "5M", "--flops-max", "6M", *SMALL], capsys)
+    assert code == 2 and "unreachable" in err and "3,400,448" in err and len(err.strip().splitlines()) == 1
 
 
 def test_max_and_min_arch_bound_the_space():
@@ -750,7 +805,7 @@ def test_unreachable_flops_window_is_a_clear_error(tmp_path, capsys):
 
 def test_reported_archs_lie_in_the_window_and_are_extremes_among_uniform_archs():
     lo, hi = LO, HI
-    rep = vitas.reported_archs(TINY, (lo, hi))
+    rep = record.reported_archs(TINY, (lo, hi))
     uniform = [(vitas.flops(a, TINY), a) for a in TINY.uniform_archs()]
     inside = [f for f, a in uniform if lo <= f <= hi]
     f = {k: vitas.flops(a, TINY) for k, a in rep.items()}
@@ -1078,7 +1133,7 @@ def test_sandwich_trains_the_largest_and_smallest_every_step_on_every_rank(tmp_p
     ranks = torchrun_watched(tmp_path, out, "--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--sandwich", "1",
                              "--distill", "--sharing", "cyclic", "--identity-shift", "train", *SMALL)
     assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
-    ends = vitas.reported_archs(TINY, (LO, HI))
+    ends = record.reported_archs(TINY, (LO, HI))
     for largest, smallest, drawn in ranks[0]["archs"]:
         assert (largest, smallest) == (ends["largest"], ends["smallest"])
         assert drawn == vitas.shift_identities(drawn)
@@ -1334,18 +1389,44 @@ def test_holdout_by_count_or_fraction(capsys):
 
 
 def test_image_folder_data_and_its_class_count(tmp_path, capsys):
-    g = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls in ("cat", "dog", "eel"):
-            os.makedirs(tmp_path / "data" / split / cls)
-            for i in range(12 if split == "train" else 4):
-                Image.fromarray(g.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
-                    tmp_path / "data" / split / cls / f"{i}.png")
+    image_folder(tmp_path / "data", ("cat", "dog", "eel"), 12, 4)
     code, err = run_main(train, ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
                                  "--batch-size", "8", "--device", "cpu"], capsys)
     assert code == 0, err
     ck = runs.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ck["space"]["num_classes"] == 3 and ck["model"]["head.weight"].shape[0] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_corrupt_image_stops_the_run_in_one_line_naming_it_or_is_skipped_and_counted(workers, tmp_path, capsys):
+    root = image_folder(tmp_path / "data", ("cat", "dog"), 8, 2)
+    (tmp_path / "arch.json").write_text(json.dumps(TINY.min_arch().to_dict()))
+    flags = ["--arch", str(tmp_path / "arch.json"), "--data", str(root), "--batch-size", "4", "--device", "cpu",
+             "--log-every", "1000", "--workers", workers]
+    train_run(tmp_path / "r", "--epochs", "1", *flags)
+    step = runs.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"]
+    bad = root / "train" / "dog" / "3.png"
+    bad.write_bytes(b"not an image")
+    code, err = run_main(train, ["--out", str(tmp_path / "r"), "--epochs", "2", *flags], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"cannot read image {bad} (UnidentifiedImageError" in err and "--skip-bad-images" in err
+    assert runs.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == step          # the last one kept
+    last = train_run(tmp_path / "r", "--epochs", "2", "--skip-bad-images", *flags)
+    assert last["bad_images"] == 1 and last["step"] == 2 * step      # read once in the epoch, replaced: same length
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_one_rank_meets_ends_every_rank_within_a_minute(tmp_path):
+    root = image_folder(tmp_path / "data", ("cat", "dog"), 8, 2)
+    (root / "train" / "cat" / "5.png").write_bytes(b"\x89PNG truncated")
+    (tmp_path / "arch.json").write_text(json.dumps(TINY.min_arch().to_dict()))
+    start = time.time()
+    out = torchrun("train.py", "--arch", str(tmp_path / "arch.json"), "--data", str(root), "--batch-size", "4",
+                   "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "r"))
+    assert out.returncode != 0 and time.time() - start < 60
+    assert f"error: cannot read image {root / 'train' / 'cat' / '5.png'}" in out.stderr
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
 @pytest.mark.slow
@@ -1397,6 +1478,84 @@ def test_eval_of_an_arch_with_identities_between_blocks_scores_its_shifted_path(
             assert res["val"][side]["n"] == 64
             assert res["val"][side]["top1"] == pytest.approx(100 * (logits.argmax(1) == y).float().mean().item())
             assert res["val"][side]["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+# a space of one's own: 72 px (the resize-and-crop evaluation transform), 3 block positions
+OWN = {"image_size": 72, "in_chans": 3, "num_classes": 10, "patch_sizes": [12, 24], "depth": 3, "embed_dims": [16, 24],
+       "heads": [2, 4], "attn_dims": [8, 16], "mlp_dims": [32, 48]}
+
+
+@pytest.mark.slow
+def test_a_space_file_through_train_search_retrain_export_load_and_the_readmes_example(tmp_path, capsys):
+    classes = ["cat", "dog", "eel"]
+    image_folder(tmp_path / "data", classes, 8, 4, size=(80, 96), ext="jpg")
+    (tmp_path / "own.json").write_text(json.dumps(OWN))
+    window, runs_ = ["--flops-min", "0.3M", "--flops-max", "0.6M"], tmp_path / "runs"
+    common = ["--data", str(tmp_path / "data"), "--batch-size", "8", "--device", "cpu", "--log-every", "1000"]
+    train_run(runs_ / "super", "--space", str(tmp_path / "own.json"), "--epochs", "1", *window, "--holdout", "6",
+              *common)
+    train_run(runs_ / "super", "--epochs", "2", *window, "--holdout", "6", *common)     # resumed: no --space
+    ck = runs.load_checkpoint(runs_ / "super" / "checkpoint.pt")
+    assert ck["space"] == {**OWN, "num_classes": 3} and ck["step"] == 2 * ck["steps_per_epoch"]
+    code, err = run_main(search, ["--ckpt", str(runs_ / "super" / "checkpoint.pt"), *window, "--population", "4",
+                                  "--generations", "1", "--out", str(runs_ / "search"), "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert json.load(open(runs_ / "search" / "best_arch.json"))["space"] == ck["space"]
+    train_run(runs_ / "retrain", "--arch", str(runs_ / "search" / "best_arch.json"), "--epochs", "1", *common)
+    retrained = runs.load_checkpoint(runs_ / "retrain" / "checkpoint.pt")
+    assert retrained["space"] == ck["space"] and retrained["classes"] == classes
+    code, err = run_main(train, ["--export", str(runs_ / "retrain" / "checkpoint.pt"), "--side", "left"], capsys)
+    assert code == 2 and "leave --side out" in err
+    for flags in (["--export", str(runs_ / "retrain" / "checkpoint.pt")],
+                  ["--eval", str(runs_ / "retrain" / "checkpoint.pt"), "--device", "cpu"]):
+        code, err = run_main(train, flags, capsys)
+        assert code == 0, err
+    vit, info = vitas.load(runs_ / "retrain" / "export")
+    assert not vit.training and info["arch"] == retrained["arch"] and info["classes"] == classes
+    # what the checkpoint's ViT predicts on each val image through data.py's evaluation transform
+    net = vitas.ViT(Arch.from_dict(retrained["arch"]), SearchSpace(**retrained["space"])).eval()
+    net.load_state_dict(retrained["model"])
+    prep = data.image_transforms(72, False, None, real=True)
+    val = sorted((tmp_path / "data" / "val").glob("*/*.jpg"))
+    os.makedirs(tmp_path / "photos")
+    for path in val:
+        os.symlink(path, tmp_path / "photos" / f"{path.parent.name}-{path.name}")
+    with torch.no_grad():
+        truth = {f"photos/{p.parent.name}-{p.name}": classes[net(prep(Image.open(p).convert("RGB"))[None]).argmax()]
+                 for p in val}
+    # the README's example, as written, in a fresh process: the same prediction for every image
+    out = subprocess.run([sys.executable, "-c", readme_block("vitas.load(")], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": HERE}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    said = {line.split()[0]: line.split()[1] for line in out.stdout.splitlines()}
+    assert said == truth
+    # and their top-1 is what train.py --eval reported for the checkpoint
+    top1 = 100 * np.mean([said[k] == k.split("/")[1].split("-")[0] for k in said])
+    assert json.load(open(runs_ / "retrain" / "eval.json"))["val"]["model"]["top1"] == pytest.approx(top1)
+
+
+@pytest.mark.slow
+def test_export_of_a_slice_computes_the_super_transformer_on_its_side(trained, tmp_path, capsys):
+    ck = runs.load_checkpoint(trained)
+    arch = Arch(8, 48, (None, Block(2, 48, 128), None, Block(4, 32, 64), None, None))
+    (tmp_path / "mine.json").write_text(json.dumps(arch.to_dict()))
+    code, err = run_main(train, ["--export", str(trained), "--arch", str(tmp_path / "mine.json"), "--side", "right"],
+                         capsys)
+    assert code == 0, err
+    vit, info = vitas.load(trained.parent / "export-mine")
+    net = vitas.SuperTransformer(SearchSpace(**ck["space"])).eval()
+    net.load_state_dict(ck["model"])
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    shifted = vitas.shift_identities(arch)             # the path that scores it (identity shifting)
+    assert info["arch"] == shifted.to_dict() and info["side"] == "right" and info["classes"] == list("0123456789")
+    with torch.no_grad():
+        assert torch.allclose(vit(x), net(x, shifted, "right"), atol=1e-5)
+        assert not torch.allclose(vit(x), net(x, shifted, "left"), atol=1e-3)
+    assert info["transform"] == {"resize": [32, 32], "crop": 32, "mean": list(data.IMAGENET_MEAN),
+                                 "std": list(data.IMAGENET_STD)}
+    code, err = run_main(train, ["--export", str(trained), "--arch", str(tmp_path / "mine.json"), "--side", "cyclic"],
+                         capsys)
+    assert code == 2 and "left and right only" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -2009,7 +2168,7 @@ def test_pareto_front_matches_brute_force():
 def test_short_super_transformer_run_is_well_above_chance_on_the_holdout(trained):
     net, space, loader = holdout_loader(trained)
     chance = 100 / space.num_classes
-    for arch in vitas.reported_archs(space).values():
+    for arch in record.reported_archs(space).values():
         for side in vitas.SIDES:
             res = data.evaluate(net, loader, runs.Dist(), arch, side)
             assert res["n"] == 200 and res["top1"] >= 2 * chance, (str(arch), side, res)
@@ -2965,7 +3124,7 @@ def test_reference_jobs_train_the_reported_archs_beside_the_window(tmp_path):
     jobs = experiment.reference_jobs(str(tmp_path), str(tmp_path / "scratch"))
     sets = experiment.reference_sets()
     reported = experiment.reported_reference()
-    assert reported == list(vitas.reported_archs(TINY, (experiment.LO, experiment.HI)).values())
+    assert reported == list(record.reported_archs(TINY, (experiment.LO, experiment.HI)).values())
     want = {(a, s) for name, (archs, seeds) in sets.items() for a in archs for s in seeds[a]}
     want |= {(a, s) for a in reported for s in experiment.REFERENCE_SEEDS}
     got = [(Arch.from_dict(j["arch"]), experiment.alone_argv(0).index("--seed"), j) for j in jobs]

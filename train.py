@@ -5,6 +5,7 @@ Train the ViTAS super-transformer (arXiv 2106.13700, section 3), or retrain one 
     torchrun --standalone --nproc_per_node=2 train.py --out runs/super --flops-min 2M --flops-max 4M
     python train.py --arch runs/search/best_arch.json --out runs/retrain  # retrain a found arch from scratch
     python train.py --eval runs/retrain/checkpoint.pt                      # evaluate, no training
+    python train.py --export runs/retrain/checkpoint.pt    # a ViT to ship: vitas.load("runs/retrain/export")
 
 The file follows the paper: (1) sampling: each step draws a sub-network, uniformly for
 --uniform-epochs, then with the learned identity probability that puts it in the FLOPs window;
@@ -51,7 +52,7 @@ class ArchSampler:
     probability (vitas.solve_identity_prob); beyond the paper, depth-balanced or stratified, a
     depth or a (patch size, depth) cell of the window uniformly (the cell-based samplers draw
     every cell of the space in the uniform phase). With `sandwich` N (beyond v1) a step trains the
-    largest and the smallest network (vitas.reported_archs) and N drawn ones; with `identity_shift` (v2)
+    largest and the smallest network (record.reported_archs) and N drawn ones; with `identity_shift` (v2)
     every draw has its identities moved behind its real blocks. The archs of global step s come
     from a generator seeded by (seed, s)."""
 
@@ -72,7 +73,7 @@ class ArchSampler:
             if self.window is not None and identity_prob is None:
                 self.identity_prob = vitas.solve_identity_prob(space, *self.window, cost=cost,
                                                                what="FLOPs" if cost is None else "seconds-per-image")
-            self.reports = vitas.reported_archs(space, self.window, cost)
+            self.reports = record.reported_archs(space, self.window, cost)
         self.ends = [self.reports["largest"], self.reports["smallest"]]
         self.uniform_cells = self.cells = None
         self.rare = set()   # window cells drawn straight inside the window (window_cells)
@@ -280,7 +281,7 @@ def build_run(args, d):
     init = runs.load_checkpoint(args.init_from, "--init-from") if args.init_from else None
     own = os.path.join(args.out, "checkpoint.pt")
     resumed = runs.load_checkpoint(own) if os.path.exists(own) else None   # read once: resume, calibration
-    space = cli.run_space(args, init, d.log)
+    space = cli.run_space(args, init, resumed, d.log)
     datasets = data.build_datasets(args, space.image_size)
     if space.num_classes != datasets.num_classes:   # the data's class count wins
         d.log(f"data has {datasets.num_classes} classes, the search space {space.num_classes}: "
@@ -343,8 +344,8 @@ def end_of_epoch(run, epoch):
 def train(args):
     """Train the super-transformer, or (--arch) retrain one arch: the same loop with a fixed arch
     and one pass a step. Returns the last epoch's record; --eval evaluates a checkpoint instead."""
-    if args.eval:
-        return data.evaluate_checkpoint(args)
+    if args.eval or args.export:
+        return data.evaluate_checkpoint(args) if args.eval else data.export_checkpoint(args)
     resolve_recipe(args)
     d = runs.setup_distributed(args.device)
     runs.seed_everything(args.seed)

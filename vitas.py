@@ -4,8 +4,9 @@ ViTAS core (Su et al., "Vision Transformer Architecture Search", arXiv 2106.1370
 Read top to bottom: the architecture records and the search space (sampling, identity shifting),
 the analytical FLOPs/params counter and the learned identity probability that aims at a FLOPs
 budget, the plain ViT a found architecture becomes, the sliceable super-transformer that shares
-weights between all of them, and export of a slice to a plain ViT (measured throughput, beyond
-the paper: record.py). Depends on torch and numpy only: copy it alone into another project.
+weights between all of them, export of a slice to a plain ViT and load() of a ViT shipped by
+`train.py --export` (measured throughput, beyond the paper: record.py). Depends on torch and
+numpy only: copy it alone into another project.
 
     space = SearchSpace.preset("tiny")
     arch = space.sample(torch.Generator().manual_seed(0))
@@ -15,6 +16,8 @@ the paper: record.py). Depends on torch and numpy only: copy it alone into anoth
     print(flops(arch, space), params(arch, space))
 """
 import itertools
+import json
+import os
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -141,6 +144,9 @@ class SearchSpace:
         empty = [h for h, a in attn_for.items() if not a]
         if empty:
             raise ValueError(f"search space: no attention width in {self.attn_dims} is divisible by heads {empty}")
+        unused = [a for a in self.attn_dims if all(a % h for h in self.heads)]
+        if unused:
+            raise ValueError(f"search space attn_dims: no head count in {self.heads} divides {unused}")
         object.__setattr__(self, "attn_for", attn_for)
 
     @classmethod
@@ -150,7 +156,7 @@ class SearchSpace:
         return cls(**PRESETS[name])
 
     def to_dict(self):
-        """Plain JSON-safe dict; SearchSpace(**d) rebuilds the space."""
+        """Plain JSON-safe dict (what a --space JSON file holds); SearchSpace(**d) rebuilds the space."""
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
     def num_patches(self, patch_size):
@@ -319,32 +325,6 @@ def solve_identity_prob(space, lo, hi, cost=None, what="FLOPs"):
                        for h in space.heads]) for _, one, *_ in table.values()]
     keep = ((lo + hi) / 2 - np.mean(base)) / (space.depth * np.mean(blocks))
     return float(np.clip(1.0 - keep, 0.0, 1.0))
-
-
-def reported_archs(space, window=None, cost=None):
-    """The largest, smallest and a middle arch of the space or of a window: those train.py evaluates
-    every epoch, and the sandwich's two ends.
-
-    Without a FLOPs window: the space's largest and smallest (every block present) and the middle
-    choice of every dimension. With one, so that they are networks the learned phase trains: of the
-    uniform archs (SearchSpace.uniform_archs) inside the window, those with the most and the fewest
-    FLOPs and the one nearest the window's centre (ties: more parameters for the largest, fewer
-    otherwise). `cost` (default FLOPs) may be another measure the window is in, e.g. seconds per image."""
-    if window is None:
-        mid = lambda xs: xs[len(xs) // 2]
-        h = mid(space.heads)
-        a = mid(space.attn_for[h])
-        middle = Arch(mid(space.patch_sizes), mid(space.embed_dims), (Block(h, a, mid(space.mlp_dims)),) * space.depth)
-        return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}
-    lo, hi = window
-    cost = cost or (lambda a: flops(a, space))
-    inside = [(cost(a), params(a, space), a) for a in space.uniform_archs()]
-    inside = [r for r in inside if lo <= r[0] <= hi]
-    if not inside:
-        raise ValueError(f"no uniform arch (every present block alike) lies in the window [{lo:,}, {hi:,}]; widen it")
-    centre = (lo + hi) / 2
-    return {"largest": max(inside, key=lambda r: r[:2])[2], "smallest": min(inside, key=lambda r: r[:2])[2],
-            "middle": min(inside, key=lambda r: (abs(r[0] - centre), r[1]))[2]}
 
 
 # -----------------------------------------------------------------------------
@@ -741,3 +721,13 @@ def export(supernet, arch, side="left", drop_path_rate=0.0):
     vit.load_state_dict({**state, **supernet.sliced_head(e)})      # strict: every parameter of the ViT
     use_fused_attention(vit, all(getattr(m, "fused_attn", True) for m in supernet.modules()))
     return vit.train(supernet.training)
+
+
+def load(folder, device="cpu"):
+    """The ViT that `python train.py --export CKPT` wrote to `folder`, in eval mode, and what travels
+    with it (info: arch, space, class names, the evaluation transform's resize, crop, mean and std)."""
+    with open(os.path.join(folder, "vit.json")) as f:
+        info = json.load(f)
+    vit = ViT(Arch.from_dict(info["arch"]), SearchSpace(**info["space"]))
+    vit.load_state_dict(torch.load(os.path.join(folder, "weights.pt"), map_location=device, weights_only=True))
+    return vit.to(device).eval(), info
