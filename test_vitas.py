@@ -933,7 +933,8 @@ def test_patch_sizes_trains_a_super_transformer_of_those_patch_sizes_only(tmp_pa
     assert set(ck["model"]) == {k for k in vitas.SuperTransformer(TINY).state_dict() if not k.startswith("tokens.p4")}
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     assert log[-1]["sampled"]["patch_share"] == {"8": 1.0}
-    code, err = run_main(train, argv, capsys)                                  # resumed without --patch-sizes
+    assert run_main(train, argv, capsys)[0] == 0            # resumed without --patch-sizes: the checkpoint's space
+    code, err = run_main(train, [*argv, "--space", "tiny"], capsys)           # resumed into the whole space
     assert code == 2 and "another search space" in err and "Traceback" not in err, err
     for bad, words in ((["--patch-sizes", "5"], "not in space tiny"), (["--patch-sizes", "0"], "--patch-sizes"),
                        (["--patch-sizes", "8", "--arch", str(tmp_path / "a.json")], "a retrain")):
@@ -2193,7 +2194,8 @@ def test_search_outputs_and_best_arch_retrain(trained, tmp_path, capsys):
         expect = np.mean([data.evaluate(net, loader, runs.Dist(), a, s)["top1"] for s in vitas.SIDES])
         assert c["fitness"] == pytest.approx(expect)
     best = max(cands, key=lambda c: c["fitness"])
-    assert json.load(open(out / "best_arch.json")) == best["arch"] == summary["best"]["arch"]
+    assert json.load(open(out / "best_arch.json")) == {**best["arch"], "space": TINY.to_dict()}
+    assert best["arch"] == summary["best"]["arch"]
     front = json.load(open(out / "pareto.json"))
     assert max(r["fitness"] for r in front) == best["fitness"]    # best, or an arch as fit with fewer FLOPs
     # exactly the candidates no other beats (as fit at fewer FLOPs counts as beating): complete, nothing dominated
