@@ -526,7 +526,7 @@ def search_in_folder(args, d):
         os.makedirs(args.out, exist_ok=True)
         # written now so an interrupted search is still described; completed below
         summary = {"settings": vars(args), "checkpoint": os.path.abspath(args.ckpt), "checkpoint_step": ck["step"],
-                   "identity_prob": ck["identity_prob"], "holdout_images": n_eval,
+                   "identity_prob": ck["identity_prob"], "holdout_images": n_eval, "space": ck["space"],
                    "provenance": runs.provenance() if d.main else None}
         if d.main:
             write_json(os.path.join(args.out, "search.json"), summary)

@@ -1502,6 +1502,7 @@ def test_a_space_file_through_train_search_retrain_export_load_and_the_readmes_e
                                   "--generations", "1", "--out", str(runs_ / "search"), "--device", "cpu"], capsys)
     assert code == 0, err
     assert json.load(open(runs_ / "search" / "best_arch.json"))["space"] == ck["space"]
+    assert json.load(open(runs_ / "search" / "search.json"))["space"] == ck["space"]
     train_run(runs_ / "retrain", "--arch", str(runs_ / "search" / "best_arch.json"), "--epochs", "1", *common)
     retrained = runs.load_checkpoint(runs_ / "retrain" / "checkpoint.pt")
     assert retrained["space"] == ck["space"] and retrained["classes"] == classes
