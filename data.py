@@ -105,9 +105,12 @@ class Readable(Dataset):
 
 
 def bad_images(datasets, d):
-    """Unreadable images replaced so far (--skip-bad-images), summed over ranks."""
-    n = torch.tensor([sum(ds.bad.value for ds in (datasets.train.dataset, datasets.holdout.dataset, datasets.val)
-                       if isinstance(ds, Readable))])
+    """Unreadable images replaced so far (--skip-bad-images), summed over ranks (image folders only:
+    other data has no files to read, and every rank knows it without a collective)."""
+    folders = [ds for ds in (datasets.train.dataset, datasets.holdout.dataset, datasets.val) if isinstance(ds, Readable)]
+    if not folders:
+        return 0
+    n = torch.tensor([sum(ds.bad.value for ds in folders)])
     if d.world > 1:
         dist.all_reduce(n)
     return int(n.item())
@@ -367,8 +370,7 @@ def export_checkpoint(args):
     classes = ck.get("classes") or build_datasets(ck_args, space["image_size"]).classes   # older checkpoints
     folder = os.path.join(os.path.dirname(os.path.abspath(args.export)), f"export{stem}")
     os.makedirs(folder, exist_ok=True)
-    torch.save(model.state_dict(), os.path.join(folder, "weights.pt.tmp"))
-    os.replace(os.path.join(folder, "weights.pt.tmp"), os.path.join(folder, "weights.pt"))
+    runs.save_atomic(os.path.join(folder, "weights.pt"), model.state_dict())
     runs.write_json(os.path.join(folder, "vit.json"), {
         "arch": arch.to_dict(), "space": space, "classes": classes,
         "transform": eval_transform_spec(space["image_size"], ck_args.data != "synthetic"),

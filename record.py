@@ -1,7 +1,7 @@
 """
 What a run measures and reports. Measured throughput (beyond the paper): images/s of an arch, a
-cache of them, a latency model fitted on rank 0 that a throughput window aims sampling with.
-train.py's progress lines, its set-up, the epoch record in log.jsonl with the
+cache of them, a latency model fitted on rank 0 that a throughput window aims sampling with. The
+archs a run reports, train.py's progress lines, its set-up, the epoch record in log.jsonl with the
 sampler statistics (who the sampler trains, who it starves), a resumed run's log kept in step
 with its checkpoint; and the pictures: curves.png (loss, top-1 of every reported arch, the
 identity probability and the sampler statistics, per epoch) and search.py's pareto.png (every
@@ -23,7 +23,7 @@ import data
 import runs
 import vitas
 from cli import UserError, fmt_time
-from vitas import Arch, Block, ViT, flops
+from vitas import Arch, Block, ViT, flops, params
 
 # -----------------------------------------------------------------------------
 # Measured throughput, beyond the paper (which budgets by FLOPs): images/s of an arch on a device, a
@@ -144,8 +144,8 @@ def calibrate_throughput(args, space, d):
         dist.broadcast_object_list(record, src=0)
     record = record[0]
     d.log(f"throughput calibration on {record['device']} (batch {record['batch']}): "
-        f"{record['measured']} archs measured in "
-        f"{record['seconds']:.0f} s, {record['slowest'][0]:,.0f} to {record['fastest'][0]:,.0f} images/s")
+          f"{record['measured']} archs measured in "
+          f"{record['seconds']:.0f} s, {record['slowest'][0]:,.0f} to {record['fastest'][0]:,.0f} images/s")
     return record
 
 
@@ -156,8 +156,8 @@ def check_throughput_window(sampler, calibration, window, d):
     inside = [None]
     window = (1 / window[1], 1 / window[0])   # seconds per image -> images/s
     if d.main:
-        meter = ThroughputMeter(sampler.space, calibration["device"], calibration["batch"],
-                                           calibration["amp"], max_seconds=1.0)
+        meter = ThroughputMeter(sampler.space, calibration["device"], calibration["batch"], calibration["amp"],
+                                max_seconds=1.0)
         rng = np.random.default_rng([sampler.seed, 5])
         inside = [float(np.mean([window[0] <= meter(sampler.draw(rng, learned=True)) <= window[1] for _ in range(16)]))]
     if d.world > 1:
@@ -204,7 +204,7 @@ def reported_archs(space, window=None, cost=None):
         return {"largest": space.max_arch(), "smallest": space.min_arch(), "middle": middle}
     lo, hi = window
     cost = cost or (lambda a: flops(a, space))
-    inside = [(cost(a), vitas.params(a, space), a) for a in space.uniform_archs()]
+    inside = [(cost(a), params(a, space), a) for a in space.uniform_archs()]
     inside = [r for r in inside if lo <= r[0] <= hi]
     if not inside:
         raise ValueError(f"no uniform arch (every present block alike) lies in the window [{lo:,}, {hi:,}]; widen it")

@@ -289,11 +289,16 @@ def scores_shifted(ck_args):
 
 
 def save_checkpoint(path, state):
-    """Atomic: a crash or a full disk mid-write leaves the previous checkpoint intact (a failed write
-    is one line: UserError)."""
+    """A vitas checkpoint (`state` and its format), written by save_atomic."""
+    save_atomic(path, {**state, "format": CHECKPOINT_FORMAT})
+
+
+def save_atomic(path, obj):
+    """torch.save, atomic: a crash or a full disk mid-write leaves the previous file intact (a failed
+    write is one line: UserError)."""
     tmp = f"{path}.tmp"
     try:
-        torch.save({**state, "format": CHECKPOINT_FORMAT}, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:        # torch reports a failed write as RuntimeError
         with contextlib.suppress(OSError):
