@@ -418,10 +418,14 @@ def search_parser(doc, algos, fitness):
                    help="probability each gene is re-drawn in a mutation")
     g.add_argument("--fitness", default="top1", choices=fitness,
                    help="top1: held-out top-1 of the inherited weights (the paper's); loss: minus their held-out "
-                        "cross-entropy (finer on a small held-out split; beyond the paper). Both are recorded.")
+                        "cross-entropy; prob: their mean probability of the true class (loss and prob: finer on a "
+                        "small held-out split; beyond the paper). All three are recorded.")
     g.add_argument("--eval-size", type=pos, default=None,
                    help="score on the first N held-out images (default: all of them; "
                         "train.py --holdout sets how many there are)")
+    g.add_argument("--holdout-extra", type=nat, default=0,
+                   help="synthetic data only: score on N more generated images beside the held-out split (their "
+                        "own seed; the training images unchanged; beyond the paper). Own data: train.py --holdout")
     g.add_argument("--batch-size", type=pos, default=256, help="evaluation batch per process")
     g.add_argument("--seed", type=nat, default=0)
     g.add_argument("--out", default="runs/search", help="output folder; re-running the same command resumes")

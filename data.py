@@ -14,7 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 import cli
 import runs
@@ -206,7 +206,15 @@ def build_datasets(args, image_size):
             raise UserError(f"--data {kind!r}: {e}") from None
         classes = list(train_set.classes)
     train_idx, hold_idx = holdout_split(len(train_set), args.holdout, seed)
-    return Datasets(Subset(train_set, train_idx), Subset(eval_train, hold_idx), val_set, classes)
+    holdout = Subset(eval_train, hold_idx)
+    extra = getattr(args, "holdout_extra", 0)
+    if extra and kind != "synthetic":
+        raise UserError(f"--holdout-extra generates synthetic images, and the data is {kind!r}; "
+                        f"hold more of your own images out with train.py --holdout instead")
+    if extra:       # more images of the same distribution, their own seed: what training sees is unchanged
+        more = synthetic_images(extra, args.synthetic_classes, image_size, seed + 2)
+        holdout = ConcatDataset([holdout, TensorImages(*more, image_transforms(image_size, False, args, real=False))])
+    return Datasets(Subset(train_set, train_idx), holdout, val_set, classes)
 
 
 # -----------------------------------------------------------------------------
@@ -282,24 +290,26 @@ def epoch_loader(args, data, train_sampler, epoch, skip, d):
 
 @torch.no_grad()
 def evaluate(model, loader, d, arch=None, side=None, amp=False):
-    """Top-1/top-5 (%) and mean loss of `model` over a loader sharded across ranks (counts are
-    all-reduced): a SuperTransformer at `arch` and `side`, or a plain ViT where side is None."""
+    """Top-1/top-5 (%), mean loss and mean probability of the true class of `model` over a loader
+    sharded across ranks (sums are all-reduced): a SuperTransformer at `arch` and `side`, or a plain
+    ViT where side is None."""
     was_training = model.training
     model.eval()
-    stats = torch.zeros(4, dtype=torch.float64, device=d.device)    # correct@1, correct@5, summed loss, n
+    stats = torch.zeros(5, dtype=torch.float64, device=d.device)    # correct@1, correct@5, summed loss, n, summed p
     for x, y in loader:
         x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
         with runs.amp_context(d.device, amp):
             logits = model(x) if side is None else model(x, arch, side)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit = top5 == y[:, None]
+        p_true = logits.float().softmax(1).gather(1, y[:, None]).sum()
         stats += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), F.cross_entropy(logits.float(), y, reduction="sum"),
-                              torch.tensor(len(y), device=d.device)]).double()
+                              torch.tensor(len(y), device=d.device), p_true]).double()
     d.all_reduce(stats)
     model.train(was_training)
-    c1, c5, loss, n = stats.tolist()
+    c1, c5, loss, n, p = stats.tolist()
     n = max(n, 1)
-    return {"top1": 100 * c1 / n, "top5": 100 * c5 / n, "loss": loss / n, "n": int(stats[3].item())}
+    return {"top1": 100 * c1 / n, "top5": 100 * c5 / n, "loss": loss / n, "prob": p / n, "n": int(stats[3].item())}
 
 
 def checkpoint_model(ck, path, arch_path, flag):

@@ -14,6 +14,10 @@ effective batch 64, lr 2e-3, one process per training.
              top-1) and searched (evolution and random search, 200 evaluations each). fair-split
              (beyond the paper) is fair split by patch size as few-shot NAS splits a space: one
              super-transformer per patch size on half the passes each, each arch scored on its own.
+  rescore    Fitness variants (beyond the paper): a grid record's super-transformer scores the window
+             archs by held-out top-1, loss and true-class probability, on its held-out split and with
+             --holdout-extra generated images more; with --fitness, searched again by that measure
+             on the larger split (its pick: RECIPE/FITNESS@HELD-OUT for outcome).
   outcome    The search's pick against hand design and chance: each supernet record's searched arch
              (evolution) of the given recipes, the two hand-designed networks nearest the window's
              top and 8 random window archs, each trained alone as the reference archs are (20
@@ -32,21 +36,19 @@ it against a serial run).
     python experiment.py reference                            # ~540 CPU-minutes, half that on 2 cores
     python experiment.py grid --recipes v2 fair --seeds 0 1 2 3
     python experiment.py outcome --recipes v2 fair            # after the grid: its searched archs
+    python experiment.py rescore --seeds 0 1 2 3 4 5 6 7 --fitness prob
     python experiment.py table --markdown --write RESULTS.md   # and the README's summary
 """
 import argparse
-import collections
 import contextlib
 import functools
 import glob
 import hashlib
 import json
-import multiprocessing
 import os
 import time
 
 import numpy as np
-import torch
 
 import cli
 import rankcheck
@@ -120,15 +122,6 @@ SPACE_ARCHS = 12
 # Jobs, records and the parallel runner
 
 
-def record_path(results, kind, key):
-    return os.path.join(results, kind, f"{key}.json")
-
-
-def read_record(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 def alone_key(arch, argv):
     return hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
 
@@ -136,7 +129,7 @@ def alone_key(arch, argv):
 def alone_job(arch, argv, results, scratch):
     """A job that trains `arch` alone with train.py flags `argv`; its record: results/alone/KEY.json."""
     key = alone_key(arch, argv)
-    return {"kind": "alone", "name": f"alone {key} {arch}", "path": record_path(results, "alone", key),
+    return {"kind": "alone", "name": f"alone {key} {arch}", "path": runs.record_path(results, "alone", key),
             "arch": arch.to_dict(), "argv": argv, "scratch": os.path.join(scratch, "alone", key), "size": SIZE}
 
 
@@ -148,48 +141,10 @@ def run_alone(job):
 
 
 def execute(job):
-    """Run one job with one thread, its output in a log file beside its scratch; write its record
-    (with the CPU-minutes it took) atomically. Returns the record's path and the seconds taken."""
+    """runs.execute of the job's runner, with SIZE the job's (a worker process starts without it)."""
     global SIZE
     SIZE = job.get("size")
-    t, cpu, threads = time.time(), time.process_time(), torch.get_num_threads()
-    os.makedirs(job["scratch"], exist_ok=True)
-    torch.set_num_threads(1)
-    try:
-        with open(os.path.join(job["scratch"], "job.log"), "a") as log, contextlib.redirect_stdout(log):
-            record = RUNNERS[job["kind"]](job)
-    finally:
-        torch.set_num_threads(threads)
-    record["cpu_minutes"] = (time.process_time() - cpu) / 60
-    record["provenance"] = runs.provenance()      # never in the key (the record's path) that finds it
-    os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
-    runs.write_json(job["path"], record)
-    return job["path"], time.time() - t
-
-
-def run_jobs(jobs, workers):
-    """Run the jobs whose record is missing: in `workers` processes (0: in this one), one thread
-    each; a line per finished job with the time left."""
-    todo = [j for j in jobs if not os.path.exists(j["path"])]
-    print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already have a record; running {len(todo)} "
-          f"({'in this process' if workers == 0 else f'{workers} worker processes, one thread each'})", flush=True)
-    if not todo:
-        return
-    t0 = time.time()
-
-    def done(i, path, seconds):
-        eta = (time.time() - t0) / i * (len(todo) - i)
-        print(f"[{i}/{len(todo)}] {os.path.relpath(path)} in {cli.fmt_time(seconds)}, "
-              f"ETA {cli.fmt_time(eta)}", flush=True)
-
-    if workers == 0:
-        for i, job in enumerate(todo, 1):
-            done(i, *execute(job))
-        return
-    os.environ["OMP_NUM_THREADS"] = "1"   # inherited by the workers before they import torch
-    with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
-        for i, (path, seconds) in enumerate(pool.imap_unordered(execute, todo), 1):
-            done(i, path, seconds)
+    return runs.execute(job, RUNNERS[job["kind"]])
 
 
 # -----------------------------------------------------------------------------
@@ -206,25 +161,10 @@ def checkpoint_of(flags):
     return {"args": vars(train.resolve_recipe(train.parse_args(["--seed", str(DATA_SEED), *flags]))), "world": 1}
 
 
-def window_reference():
-    """The window set: PER_CELL archs of each (patch, depth) cell."""
-    cells = rankcheck.stratified_archs(TINY, LO, HI, PER_CELL, seed=0)
-    return [a for found in cells.values() if len(found) == PER_CELL for a in found]
-
-
-def space_reference(k=SPACE_ARCHS):
-    """The whole-range set: one arch from each of k equally populated FLOPs bins of 4,000 draws at
-    identity probabilities from 0 to 0.9 (identities moved behind the real blocks)."""
-    rng = np.random.default_rng([2000, 0])
-    pool = sorted({vitas.shift_identities(TINY.sample(rng, rng.uniform(0, 0.9))) for _ in range(4000)},
-                  key=lambda a: (vitas.flops(a, TINY), str(a)))
-    return [pool[int((i + 0.5) * len(pool) / k)] for i in range(k)]
-
-
 @functools.lru_cache(maxsize=None)
 def reference_sets():
     """{set: (archs, {arch: the training seeds it is trained alone with})}."""
-    window, space = window_reference(), space_reference()
+    window, space = rankcheck.window_archs(TINY, LO, HI, PER_CELL), rankcheck.range_archs(TINY, SPACE_ARCHS)
     return {"window": (window, {a: REFERENCE_SEEDS for a in window}),
             "space": (space, {a: SPACE_SEEDS for a in space})}
 
@@ -251,8 +191,8 @@ def reference_jobs(results, scratch):
 
 def alone_top1(results, arch, seeds):
     """{seed: val top-1} of `arch` trained alone (alone_argv), for the seeds that have a record."""
-    paths = {s: record_path(results, "alone", alone_key(arch, alone_argv(s))) for s in seeds}
-    return {s: read_record(p)["val"]["top1"] for s, p in paths.items() if os.path.exists(p)}
+    paths = {s: runs.record_path(results, "alone", alone_key(arch, alone_argv(s))) for s in seeds}
+    return {s: runs.read_record(p)["val"]["top1"] for s, p in paths.items() if os.path.exists(p)}
 
 
 def reference_table(results):
@@ -284,19 +224,9 @@ def passes_of(flags):
 
 def supernet_job(name, seed, results, scratch, passes=PASSES):
     return {"kind": "supernet", "name": f"{name} seed {seed}",
-            "path": record_path(results, "supernets", f"{name}-s{seed}"),
+            "path": runs.record_path(results, "supernets", f"{name}-s{seed}"),
             "recipe": name, "seed": seed, "scratch": os.path.join(scratch, "supernets", f"{name}-s{seed}"),
             "size": SIZE, "passes": passes}
-
-
-def learned_phase_statistics(log_path, uniform_epochs):
-    """The sampler statistics of the learned phase: the mean over its epochs (equal steps each)."""
-    with open(log_path) as f:
-        records = [json.loads(line) for line in f if line.strip()][uniform_epochs:]
-    stats = [r["sampled"] for r in records]
-    return {"block_share": np.mean([s["block_share"] for s in stats], axis=0).tolist(),
-            "patch_share": {p: float(np.mean([s["patch_share"][p] for s in stats])) for p in stats[0]["patch_share"]},
-            "depth_share": np.mean([s["depth_share"] for s in stats], axis=0).tolist()}
 
 
 def train_and_search(job, flags, epochs, scratch):
@@ -321,7 +251,7 @@ def train_and_search(job, flags, epochs, scratch):
     return {"reported": reported,
             "patch_sizes": list(space.patch_sizes), "train_argv": argv, "search_argv": sargv, "steps": ck["step"],
             "train_cpu_minutes": train_cpu, "holdout_images": n_eval, "identity_prob": ck["identity_prob"],
-            "sampled": learned_phase_statistics(os.path.join(super_dir, "log.jsonl"), epochs // 3),
+            "sampled": record.learned_phase_statistics(os.path.join(super_dir, "log.jsonl"), epochs // 3),
             "inherited": {name: {a: fitness(a) for a in archs if a.patch_size in space.patch_sizes}
                           for name, (archs, _) in reference_sets().items()},
             "search": {algo: {k: evo.best[k] for k in ("arch", "top1", "loss", "flops")}
@@ -363,7 +293,58 @@ def run_supernet(job):
     return {"recipe": job["recipe"], "seed": job["seed"], "passes_per_step": passes_of(flags), **record}
 
 
-RUNNERS = {"alone": run_alone, "supernet": run_supernet}
+# -----------------------------------------------------------------------------
+# Fitness variants on the grid's super-transformers (beyond the paper): every measure on the
+# held-out split the search used and on a larger one, and the search again under one of them
+
+EXTRA = 5400     # generated held-out images beside the quick start's 600: 6,000 (top-1's SE ~0.5 points at 80%)
+
+
+def rescore_job(recipe, seed, extra, fitness, results, scratch):
+    name = f"{recipe}-s{seed}-h{extra}" + (f"-{fitness}" if fitness else "")
+    return {"kind": "rescore", "name": f"rescore {name}", "path": runs.record_path(results, "rescore", name),
+            "recipe": recipe, "seed": seed, "extra": extra, "fitness": fitness, "size": SIZE,
+            "stored": runs.record_path(results, "supernets", f"{recipe}-s{seed}"),
+            "scratch": os.path.join(scratch, "supernets", f"{recipe}-s{seed}")}
+
+
+def run_rescore(job):
+    """A grid record's super-transformer (retrained from the record's flags where its checkpoint is
+    gone) scores the window reference with every fitness measure (search.FITNESS) on its held-out
+    split, where it must give the record's top-1 again, and with job["extra"] more generated images;
+    the CPU-seconds an arch takes on each. With a fitness, the evolutionary search again (the grid's
+    settings) on the larger split."""
+    stored, super_dir = runs.read_record(job["stored"]), os.path.join(job["scratch"], "super")
+    ck_path = os.path.join(super_dir, "checkpoint.pt")
+    if not os.path.exists(ck_path):
+        argv = list(stored["train_argv"])
+        argv[argv.index("--out") + 1] = super_dir
+        train.train(train.parse_args(argv))
+    want = {json.dumps(x["arch"]): x["top1"] for x in stored["inherited"]["window"]}
+    archs = [a for a in reference_sets()["window"][0] if json.dumps(a.to_dict()) in want]
+    out = {"recipe": job["recipe"], "seed": job["seed"], "fitness": job["fitness"]}
+    for split, extra in (("stored", 0), ("larger", job["extra"])):      # the search below runs on the last
+        sargv = ["--ckpt", ck_path, *WINDOW, "--population", "20", "--generations", "10", "--seed", str(job["seed"]),
+                 "--device", "cpu", "--fitness", job["fitness"] or "top1", "--holdout-extra", str(extra),
+                 "--out", os.path.join(job["scratch"], f"search-{job['fitness']}-h{extra}")]
+        args = search.parse_args(sargv)
+        ck, space, fitness, n = search.load_supernet(args, runs.Dist())
+        cpu = time.process_time()
+        scores = [fitness(a) for a in archs]
+        out[split] = {"holdout_images": n, "cpu_seconds_per_arch": (time.process_time() - cpu) / len(archs),
+                      "inherited": [{"arch": a.to_dict(), **sc} for a, sc in zip(archs, scores)]}
+        if split == "stored" and [sc["top1"] for sc in scores] != [want[json.dumps(a.to_dict())] for a in archs]:
+            raise RuntimeError(f"{ck_path} does not give the held-out top-1 of {job['stored']} again")
+    if job["fitness"]:      # its pick goes by recipe/fitness@held-out images beside the grid's
+        out["variant"] = f"{job['recipe']}/{job['fitness']}@{out['larger']['holdout_images']}"
+        os.makedirs(args.out, exist_ok=True)
+        cpu = time.process_time()
+        evo = search.search_algorithms(args, space, ck, fitness, {}, runs.Dist())["evolution"]
+        out["search"] = {"argv": sargv, "cpu_minutes": (time.process_time() - cpu) / 60, "evolution": evo.best}
+    return out
+
+
+RUNNERS = {"alone": run_alone, "supernet": run_supernet, "rescore": run_rescore}
 
 
 # -----------------------------------------------------------------------------
@@ -379,11 +360,14 @@ def comparison_archs():
 
 
 def searched_archs(results, recipes):
-    """{(recipe, supernet seed): the arch its evolutionary search picked}, from the supernet records there are."""
+    """{(recipe, supernet seed): the arch its evolutionary search picked}, from the supernet records
+    there are and the rescored searches (their recipe: the record's variant)."""
     out = {}
-    for r in map(read_record, sorted(glob.glob(os.path.join(results, "supernets", "*.json")))):
-        if r["recipe"] in recipes:
-            out[r["recipe"], r["seed"]] = vitas.Arch.from_dict(r["search"]["evolution"]["arch"])
+    for folder in ("supernets", "rescore"):
+        for r in map(runs.read_record, sorted(glob.glob(os.path.join(results, folder, "*.json")))):
+            name = r["recipe"] if folder == "supernets" else r.get("variant")
+            if name is not None and name in recipes:
+                out[name, r["seed"]] = vitas.Arch.from_dict(r["search"]["evolution"]["arch"])
     return out
 
 
@@ -439,7 +423,7 @@ def supernet_rows(results, refs):
     folder = os.path.join(results, "supernets")
     rows = []
     for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        r = read_record(os.path.join(folder, entry))
+        r = runs.read_record(os.path.join(folder, entry))
         row = {"recipe": r["recipe"], "seed": r["seed"], "cpu_minutes": r["train_cpu_minutes"], "sampled": r["sampled"],
                "search": r["search"], **({"reported": r["reported"]} if "reported" in r else {})}
         for name, table in refs.items():
@@ -458,25 +442,17 @@ def supernet_rows(results, refs):
                                        r["seed"]))
 
 
-def bench_records(results):
-    folder = os.path.join(results, "bench")
-    return [read_record(p) for p in sorted(glob.glob(os.path.join(folder, "*.json")))]
-
-
-def provenance_rows(results):
-    """Per record set (a folder of results/): how many of its records each commit wrote ("+changes":
-    its tree had uncommitted changes) and how many carry none (written before records kept it)."""
-    rows = []
-    folders = {os.path.dirname(p) for p in glob.glob(os.path.join(results, "**", "*.json"), recursive=True)}
-    for folder in sorted(folders):
-        commits = collections.Counter()
-        for path in glob.glob(os.path.join(folder, "*.json")):
-            source = read_record(path).get("provenance") or {}
-            changes = "+changes" if source.get("uncommitted_changes") else ""
-            commits[source.get("commit", "none")[:10] + changes] += 1
-        rows.append({"set": os.path.relpath(folder, results), "records": sum(commits.values()),
-                     "commits": dict(sorted(commits.items()))})
-    return rows
+def rescored(results, window):
+    """{(recipe, measure, held-out images): {supernet seed: (fitness of each window arch, CPU-seconds
+    per arch)}} of the rescore records there are."""
+    archs, out = [json.dumps(a.to_dict()) for a, _ in window], {}
+    for r in map(runs.read_record, sorted(glob.glob(os.path.join(results, "rescore", "*.json")))):
+        for split in (r["stored"], r["larger"]):
+            by = {json.dumps(x["arch"]): x for x in split["inherited"]}
+            for m in search.FITNESS:
+                out.setdefault((r["recipe"], m, split["holdout_images"]), {})[r["seed"]] = (
+                    [search.fitness_value(by[a], m) for a in archs], split["cpu_seconds_per_arch"])
+    return out
 
 
 def table(results, markdown=False):
@@ -491,7 +467,9 @@ def table(results, markdown=False):
     versus = [{"recipe": r["recipe"], **r["minus"][default]} for r in per_recipe if r["minus"][default] is not None]
     learning = report.learning_rows(supers, tables["window"], reported_alone(results)) if scored else ([], [])
     fitness = report.fitness_rows(supers, tables["window"]) if scored else []
-    outcome = outcome_rows(results, list(dict.fromkeys(r["recipe"] for r in supers)))   # every recipe's records
+    variants = report.variant_rows(rescored(results, tables["window"]), tables["window"]) if scored else []
+    outcome = outcome_rows(results, list(dict.fromkeys([r["recipe"] for r in supers] + [   # every recipe's records
+        r["variant"] for r in map(runs.read_record, glob.glob(os.path.join(results, "rescore", "*.json"))) if "variant" in r])))
     window_ref = next((r for r in refs if r["set"] == "window"), None)
     settings = [setting_rows(results, name, tables, window_ref, per_recipe, learning[1]) for name in SETTINGS
                 if os.path.isdir(os.path.join(results, name, "supernets"))]
@@ -500,9 +478,9 @@ def table(results, markdown=False):
                          "random_archs": RANDOM_ARCHS},
                "reference": refs, "supernets": supers, "default": default, "recipes": per_recipe,
                "versus_default": versus, "learning_per_seed": learning[0], "learning": learning[1], "fitness": fitness,
-               "outcome": outcome,
-               "margins": report.outcome_margins(outcome), "settings": settings, "bench": bench_records(results),
-               "provenance": provenance_rows(results)}
+               "variants": variants, "outcome": outcome,
+               "margins": report.outcome_margins(outcome), "settings": settings, "bench": [runs.read_record(p) for p in sorted(glob.glob(os.path.join(results, "bench", "*.json")))],
+               "provenance": report.provenance_rows(results)}
     figures["text"] = report.render(figures, markdown)
     print(figures["text"], end="")
     return figures
@@ -543,9 +521,19 @@ def setting_rows(results, name, tables, window_ref, full_recipes, full_learning)
 # The command line
 
 
+def recipe_arg(text):
+    """A grid recipe, or a rescored search's variant: RECIPE/FITNESS@HELD-OUT."""
+    recipe, _, rest = text.partition("/")
+    measure, _, n = rest.partition("@")
+    if recipe in GRID and (not rest or measure in search.FITNESS and n.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a recipe ({', '.join(GRID)}) nor RECIPE/FITNESS@HELD-OUT "
+                                     f"(fitness {', '.join(search.FITNESS)})")
+
+
 def get_parser():
     ap = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["reference", "grid", "outcome", "table"])
+    ap.add_argument("command", choices=["reference", "grid", "rescore", "outcome", "table"])
     ap.add_argument("--results", default="results",
                     help="where each finished job's record goes (tracked in git; default results)")
     ap.add_argument("--scratch", default="runs/exp", help="checkpoints and logs of the jobs (default runs/exp)")
@@ -553,9 +541,14 @@ def get_parser():
                     help="worker processes, one thread each (default: one per core; 0: in this process)")
     ap.add_argument("--seeds", type=cli.number_arg(int, 0), nargs="+", default=[0, 1, 2, 3],
                     help="grid: supernet seeds")
-    ap.add_argument("--recipes", nargs="+", choices=list(GRID),
-                    help="grid: the recipes (default all); outcome: the recipes whose searched archs are retrained "
-                         "(default v2 fair)")
+    ap.add_argument("--recipes", nargs="+", type=recipe_arg, metavar="RECIPE",
+                    help=f"grid: the recipes (default all: {', '.join(GRID)}); rescore: theirs to rescore (default "
+                         f"{train.DEFAULT_RECIPE}); outcome: the recipes whose searched archs are retrained (default "
+                         f"v2 fair), a rescored search's as RECIPE/FITNESS@HELD-OUT (e.g. v2+strat/prob@6000)")
+    ap.add_argument("--holdout-extra", type=cli.number_arg(int, 1), default=EXTRA, metavar="N",
+                    help=f"rescore: generated held-out images beside the search's (default {EXTRA})")
+    ap.add_argument("--fitness", choices=search.FITNESS,
+                    help="rescore: also search again under this measure on the larger split (default: score only)")
     ap.add_argument("--synthetic-size", type=cli.number_arg(int, 10), default=None, metavar="N",
                     help="every training on N synthetic training images instead of the quick start's (use another "
                          "--results for it, e.g. results/n1300: the table reads one setting)")
@@ -576,6 +569,8 @@ def main(argv=None):
     args = (ap := get_parser()).parse_args(argv)
     if (args.write or args.check) and not (args.command == "table" and args.markdown):
         ap.error("--write and --check go with table --markdown")
+    if args.command in ("grid", "rescore") and any("/" in r for r in args.recipes or []):
+        ap.error(f"{args.command} takes the grid's recipes ({', '.join(GRID)}); RECIPE/FITNESS@N names an outcome's")
     runs.run_command(run, args)
 
 
@@ -584,12 +579,15 @@ def run(args):
     SIZE = args.synthetic_size
     runs.reuse_freed_memory()      # the table's bootstrap arrays too: a third of its time went to page faults
     if args.command == "reference":
-        run_jobs(reference_jobs(args.results, args.scratch), args.workers)
+        runs.run_jobs(reference_jobs(args.results, args.scratch), args.workers, execute)
     elif args.command == "grid":
-        run_jobs([supernet_job(name, seed, args.results, args.scratch, args.passes) for seed in args.seeds
-                  for name in args.recipes or GRID], args.workers)
+        runs.run_jobs([supernet_job(name, seed, args.results, args.scratch, args.passes) for seed in args.seeds
+                       for name in args.recipes or GRID], args.workers, execute)
+    elif args.command == "rescore":
+        runs.run_jobs([rescore_job(name, seed, args.holdout_extra, args.fitness, args.results, args.scratch)
+                       for seed in args.seeds for name in args.recipes or [train.DEFAULT_RECIPE]], args.workers, execute)
     elif args.command == "outcome":
-        run_jobs(outcome_jobs(args.results, args.scratch, args.recipes or ["v2", "fair"]), args.workers)
+        runs.run_jobs(outcome_jobs(args.results, args.scratch, args.recipes or ["v2", "fair"]), args.workers, execute)
     figures = table(args.results, args.markdown)
     if path := args.write or args.check:
         readme = os.path.join(os.path.dirname(os.path.abspath(path)), "README.md")

@@ -396,6 +396,22 @@ def stratified_archs(space, lo, hi, per_cell, seed, cost=None, tries=20000, give
     return cells
 
 
+def window_archs(space, lo, hi, per_cell):
+    """A window reference: per_cell archs of each (patch, depth) cell that holds that many
+    (stratified_archs, seed 0)."""
+    cells = stratified_archs(space, lo, hi, per_cell, seed=0)
+    return [a for found in cells.values() if len(found) == per_cell for a in found]
+
+
+def range_archs(space, k):
+    """A whole-range reference: one arch from each of k equally populated FLOPs bins of 4,000 draws
+    at identity probabilities from 0 to 0.9 (identities moved behind the real blocks)."""
+    rng = np.random.default_rng([2000, 0])
+    pool = sorted({vitas.shift_identities(space.sample(rng, rng.uniform(0, 0.9))) for _ in range(4000)},
+                  key=lambda a: (vitas.flops(a, space), str(a)))
+    return [pool[int((i + 0.5) * len(pool) / k)] for i in range(k)]
+
+
 def spread_archs(space, lo, hi, k, seed, cost=None):
     """k archs for a rank check, spread evenly over the window's (patch, depth) cells: the first of
     every cell (stratified_archs), then the second, and so on."""

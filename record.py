@@ -307,8 +307,7 @@ def epoch_record(run, epoch, evals):
     return {"epoch": epoch + 1, "step": run.step, "loss": run.sums["loss"] / n, "lr": run.schedule.get_last_lr()[0],
             "identity_prob": run.sampler.prob(epoch), "mean_flops": run.sums["flops"] / n,
             "images_per_s": run.seen / max(time.time() - run.t_epoch, 1e-9),
-            "val": {k: {"top1": v["top1"], "top5": v["top5"], "loss": v["loss"], "n": v["n"]}
-                    for k, v in evals.items()},
+            "val": {k: {m: v[m] for m in ("top1", "top5", "loss", "prob", "n")} for k, v in evals.items()},
             **run.sampler.statistics(run.sums), "bad_images": data.bad_images(run.data, run.d),
             "provenance": run.provenance}
 
@@ -321,6 +320,17 @@ def write_record(run, record, every_s=60):
         if record["epoch"] == run.args.epochs or time.time() - run.t_drawn >= every_s:
             plot_curves(os.path.join(run.args.out, "log.jsonl"), os.path.join(run.args.out, "curves.png"))
             run.t_drawn = time.time()
+
+
+def learned_phase_statistics(log_path, uniform_epochs):
+    """The sampler statistics of a run's learned phase, from its log.jsonl: the mean over the epochs
+    after the uniform ones (equal steps each)."""
+    with open(log_path) as f:
+        records = [json.loads(line) for line in f if line.strip()][uniform_epochs:]
+    stats = [r["sampled"] for r in records]
+    return {"block_share": np.mean([s["block_share"] for s in stats], axis=0).tolist(),
+            "patch_share": {p: float(np.mean([s["patch_share"][p] for s in stats])) for p in stats[0]["patch_share"]},
+            "depth_share": np.mean([s["depth_share"] for s in stats], axis=0).tolist()}
 
 
 # -----------------------------------------------------------------------------

@@ -6,6 +6,8 @@ and --check, which compares the committed files with what the records give. It r
 results/ itself and trains nothing; experiment.py imports it, never the other way (what the prose
 says of how the experiments ran comes in the figures, under "setup").
 """
+import collections
+import glob
 import json
 import os
 
@@ -186,6 +188,28 @@ def fitness_rows(supers, window):
     return rows
 
 
+def variant_rows(variants, window):
+    """Per fitness variant of the rescored super-transformers ({(recipe, measure, held-out images):
+    {supernet seed: (fitness of each window arch, CPU-seconds per arch)}}): its CPU-seconds per
+    candidate, tau_c and top-3 regret per seed, and tau(variant) - tau(top-1 on the smallest
+    split, the search's today) paired over the archs and over the seeds."""
+    archs, top1 = zip(*window)
+    r_s, mean = rankcheck.reliability(top1)[2], rankcheck.reference_mean(top1)
+    rows = []
+    for (recipe, measure, n), by_seed in sorted(variants.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        base = variants[recipe, "top1", min(k[2] for k in variants if k[0] == recipe)]
+        seeds = sorted(set(by_seed) & set(base))
+        fs, bs = [by_seed[s][0] for s in seeds], [base[s][0] for s in seeds]
+        taus, base_taus = ([rankcheck.kendall_tau(f, mean) for f in x] for x in (fs, bs))
+        rows.append({"recipe": recipe, "measure": measure, "holdout_images": n, "seeds": len(seeds),
+                     "cpu_seconds": float(np.mean([by_seed[s][1] for s in seeds])),
+                     "tau_c": [rankcheck.scored(t, r_s)["tau_c"] for t in taus],
+                     "regret": [rankcheck.top_regret(f, top1) for f in fs],
+                     "minus": {**rankcheck.paired_difference(fs, bs, top1),
+                               "over_seeds": rankcheck.seed_difference(taus, base_taus)}})
+    return rows
+
+
 def outcome_margins(outcome):
     """Per recipe over its supernet seeds: how often the searched arch wins, its top-1, and its
     margin over the better hand-designed network, the interval over supernet and training seeds
@@ -254,6 +278,8 @@ def render(figures, markdown=False):
         ranking_section(doc, figures["supernets"], per_recipe, figures["versus_default"], figures["default"])
         learning_section(doc, figures["learning_per_seed"], figures["learning"])
         fitness_section(doc, figures["fitness"])
+    if figures.get("variants"):
+        variant_section(doc, figures["variants"])
     if figures["outcome"]:
         outcome_section(doc, figures["outcome"], figures["margins"], setup)
     if figures["settings"] and per_recipe:
@@ -263,6 +289,23 @@ def render(figures, markdown=False):
     if figures.get("provenance"):
         provenance_section(doc, figures["provenance"])
     return doc.text()
+
+
+def provenance_rows(results):
+    """Per record set (a folder of results/): how many of its records each commit wrote ("+changes":
+    its tree had uncommitted changes) and how many carry none (written before records kept it)."""
+    rows = []
+    folders = {os.path.dirname(p) for p in glob.glob(os.path.join(results, "**", "*.json"), recursive=True)}
+    for folder in sorted(folders):
+        commits = collections.Counter()
+        for path in glob.glob(os.path.join(folder, "*.json")):
+            with open(path) as f:
+                source = json.load(f).get("provenance") or {}
+            changes = "+changes" if source.get("uncommitted_changes") else ""
+            commits[source.get("commit", "none")[:10] + changes] += 1
+        rows.append({"set": os.path.relpath(folder, results), "records": sum(commits.values()),
+                     "commits": dict(sorted(commits.items()))})
+    return rows
 
 
 def provenance_section(doc, rows):
@@ -388,6 +431,22 @@ def fitness_section(doc, rows):
         m = r["minus"]
         doc.row([r["recipe"], str(r["seeds"]), mean_sd(r["tau_c_top1"]), mean_sd(r["tau_c_loss"]),
                  mean_sd(r["regret_top1"]), mean_sd(r["regret_loss"]), fmt(m["difference"]), span(m["interval"]),
+                 span(m["over_seeds"]["interval"]), verdict(m)])
+
+
+def variant_section(doc, rows):
+    doc.heading("Fitness variants: measure and held-out size (beyond the paper)")
+    doc.para("The grid's super-transformers rescored (`python experiment.py rescore`): the window reference archs "
+             "scored by each measure on the held-out split the search used and on a larger one (generated images "
+             "beside it, the training images unchanged); CPU-seconds per candidate on one thread. Against top-1 on "
+             "the search's split: tau(variant) - tau(top-1) with 90% intervals paired over the archs and over the "
+             "seeds; a variant ranks better only where both exclude 0.")
+    doc.row(["recipe", "fitness", "held-out", "seeds", "CPU-s / candidate", "tau_c", "top-3 regret", "minus top-1",
+             "archs", "seeds", "ranks"], header=True)
+    for r in rows:
+        m = r["minus"]
+        doc.row([r["recipe"], r["measure"], str(r["holdout_images"]), str(r["seeds"]), fmt(r["cpu_seconds"]),
+                 mean_sd(r["tau_c"]), mean_sd(r["regret"]), fmt(m["difference"]), span(m["interval"]),
                  span(m["over_seeds"]["interval"]), verdict(m)])
 
 

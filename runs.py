@@ -1,7 +1,7 @@
 """
 The plumbing of a run, so that train.py and search.py can read as the method: processes
 (env-based DDP), one live run per output folder, checkpoints that load no code, the training
-run's state (save, resume) and optimiser, and throughput measured on rank 0 for every rank. What
+run's state (save, resume) and optimiser; experiment.py's jobs, each leaving a JSON record. What
 a run reports (progress lines, log.jsonl, curves.png) is record.py's. Nothing here is ViTAS itself.
 """
 import argparse
@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import math
+import multiprocessing
 import os
 import random
 import socket
@@ -26,7 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import vitas
-from cli import UserError
+from cli import UserError, fmt_time
 
 # -----------------------------------------------------------------------------
 # Processes (env-based: torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)
@@ -527,3 +528,61 @@ def warmup_cosine(warmup_steps, total_steps, min_ratio):
         t = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     return f
+
+
+# -----------------------------------------------------------------------------
+# Jobs and their records (experiment.py): a finished job leaves a JSON record; a job with one is not run again
+
+
+def record_path(results, kind, key):
+    return os.path.join(results, kind, f"{key}.json")
+
+
+def read_record(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def execute(job, runner):
+    """Run one job with one thread, its output in a log file beside its scratch; write its record
+    (runner(job), with the CPU-minutes it took and the provenance) atomically. Returns the record's
+    path and the seconds taken."""
+    t, cpu, threads = time.time(), time.process_time(), torch.get_num_threads()
+    os.makedirs(job["scratch"], exist_ok=True)
+    torch.set_num_threads(1)
+    try:
+        with open(os.path.join(job["scratch"], "job.log"), "a") as log, contextlib.redirect_stdout(log):
+            record = runner(job)
+    finally:
+        torch.set_num_threads(threads)
+    record["cpu_minutes"] = (time.process_time() - cpu) / 60
+    record["provenance"] = provenance()      # never in the key (the record's path) that finds it
+    os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
+    write_json(job["path"], record)
+    return job["path"], time.time() - t
+
+
+def run_jobs(jobs, workers, execute):
+    """Run the jobs whose record (job["path"]) is missing through `execute` (a module-level
+    function, job -> (record path, seconds): calls execute() above): in `workers` processes (0: in this one), one thread
+    each; a line per finished job with the time left."""
+    todo = [j for j in jobs if not os.path.exists(j["path"])]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already have a record; running {len(todo)} "
+          f"({'in this process' if workers == 0 else f'{workers} worker processes, one thread each'})", flush=True)
+    if not todo:
+        return
+    t0 = time.time()
+
+    def done(i, path, seconds):
+        eta = (time.time() - t0) / i * (len(todo) - i)
+        print(f"[{i}/{len(todo)}] {os.path.relpath(path)} in {fmt_time(seconds)}, "
+              f"ETA {fmt_time(eta)}", flush=True)
+
+    if workers == 0:
+        for i, job in enumerate(todo, 1):
+            done(i, *execute(job))
+        return
+    os.environ["OMP_NUM_THREADS"] = "1"   # inherited by the workers before they import torch
+    with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+        for i, (path, seconds) in enumerate(pool.imap_unordered(execute, todo), 1):
+            done(i, path, seconds)

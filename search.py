@@ -269,18 +269,18 @@ def pareto_front(records, cost=lambda r: r["flops"]):
 # Fitness: accuracy of the inherited weights on the held-out split
 
 
-FITNESS = ("top1", "loss")
+FITNESS = ("top1", "loss", "prob")
 
 
 def fitness_value(scores, measure):
-    """Higher is better: held-out top-1 itself, or minus the held-out loss."""
-    return scores["top1"] if measure == "top1" else -scores["loss"]
+    """Higher is better: held-out top-1, minus the held-out loss, or the mean true-class probability."""
+    return -scores["loss"] if measure == "loss" else scores[measure]
 
 
 def fitness_fn(supernet, loader, d, sides, amp=False):
     """An arch's slice of the trained super-transformer scored on the held-out subset: {"top1": %,
-    "loss": mean cross-entropy}; with bilateral sharing, the mean over its left and right slices
-    (arXiv 2106.13700 section 3). Search fitness is "top1" (the paper's) or -"loss" (--fitness)."""
+    "loss": mean cross-entropy, "prob": mean true-class probability}; with bilateral sharing, the
+    mean over its left and right slices (arXiv 2106.13700 section 3). --fitness picks the measure."""
     def fitness(arch):
         res = [data.evaluate(supernet, loader, d, arch, side, amp) for side in sides]
         return {k: sum(r[k] for r in res) / len(res) for k in FITNESS}
@@ -445,11 +445,11 @@ def rank_check(args, space, ck, score, holdout_images, d):
     rows = result["archs"]
     fitness, by_seed = [a["fitness"] for a in rows], [a["top1_seeds"] for a in rows]
     result["statistics"] = rankcheck.rank_statistics(fitness, by_seed, archs, space)
-    other = [m for m in FITNESS if m != args.fitness][0]   # which measure ranks better is a question in itself
-    result["statistics"]["other_measure"] = {"fitness": other, **rankcheck.scores(
-        [fitness_value(a["inherited"], other) for a in rows], by_seed, result["statistics"]["reliability"]),
-        "fitness_minus_other": rankcheck.paired_difference(
-            fitness, [fitness_value(a["inherited"], other) for a in rows], by_seed)}
+    others = result["statistics"]["other_measures"] = {}    # which measure ranks better is a question in itself
+    for other in (m for m in FITNESS if m != args.fitness):
+        values = [fitness_value(a["inherited"], other) for a in rows]
+        others[other] = {**rankcheck.scores(values, by_seed, result["statistics"]["reliability"]),
+                         "fitness_minus_other": rankcheck.paired_difference(fitness, values, by_seed)}
     if d.main:
         write_json(out_path, result)
     d.log(f"\nrank check ({args.fitness} of the inherited weights vs val top-1 trained alone, {len(rows)} archs):")
@@ -494,7 +494,8 @@ def load_supernet(args, d):
     space, ck_args = vitas.SearchSpace(**ck["space"]), ck["args"]
     supernet, sides = runs.supernet_of(ck)
     supernet.to(d.device).eval()
-    datasets = data.build_datasets(argparse.Namespace(**{**ck_args, "download": False}), space.image_size)
+    datasets = data.build_datasets(argparse.Namespace(**{**ck_args, "download": False,
+                                                         "holdout_extra": args.holdout_extra}), space.image_size)
     if len(datasets.holdout) == 0:
         raise UserError(f"{args.ckpt} was trained with --holdout 0: "
                               f"there are no held-out images to score archs on")

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -1389,6 +1390,24 @@ def test_holdout_by_count_or_fraction(capsys):
         assert code == 2 and "--holdout" in err and "Traceback" not in err
 
 
+def test_holdout_extra_adds_generated_images_to_the_held_out_split_only(tmp_path, capsys):
+    """--holdout-extra N (search.py): the same training images and held-out split, then N images
+    none of which is a training image; on an image folder, a one-line error."""
+    args = vars(train.resolve_recipe(train.parse_args(["--synthetic-size", "200", "--data-seed", "3"])))
+    base = data.build_datasets(argparse.Namespace(**args), 16)
+    more = data.build_datasets(argparse.Namespace(**{**args, "holdout_extra": 30}), 16)
+    assert base.train.indices == more.train.indices and base.train.dataset.images.equal(more.train.dataset.images)
+    assert len(more.holdout) == len(base.holdout) + 30
+    assert all(more.holdout[i][0].equal(base.holdout[i][0]) for i in range(len(base.holdout)))
+    seen = {bytes(img.numpy()) for img in base.train.dataset.images}
+    extra = [more.holdout[len(base.holdout) + i] for i in range(30)]
+    assert not seen & {bytes(((x * 0.5 + 0.5) * 255).round().byte().numpy()) for x, _ in extra}
+    assert len({y for _, y in extra}) > 1
+    image_folder(tmp_path / "data", ("cat", "dog"), 6, 2)
+    with pytest.raises(cli.UserError, match="--holdout-extra .* train.py --holdout"):
+        data.build_datasets(argparse.Namespace(**{**args, "data": str(tmp_path / "data"), "holdout_extra": 5}), 16)
+
+
 def test_image_folder_data_and_its_class_count(tmp_path, capsys):
     image_folder(tmp_path / "data", ("cat", "dog", "eel"), 12, 4)
     code, err = run_main(train, ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
@@ -2244,8 +2263,9 @@ def test_distributed_search_evaluation_equals_single_process(trained, tmp_path):
     for folder in ("ddp", "nodes"):
         ddp = [json.loads(line) for line in open(tmp_path / folder / "candidates.jsonl")]
         # counts all-reduce exactly; the held-out loss is a float sum whose order depends on the sharding
-        assert [{**r, "loss": None} for r in ddp] == [{**r, "loss": None} for r in one]
-        assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in one], rel=1e-5)
+        assert [{**r, "loss": None, "prob": None} for r in ddp] == [{**r, "loss": None, "prob": None} for r in one]
+        for sum_of_floats in ("loss", "prob"):      # summed in another order
+            assert [r[sum_of_floats] for r in ddp] == pytest.approx([r[sum_of_floats] for r in one], rel=1e-5)
     assert single["best"] in one
 
 
@@ -2706,6 +2726,10 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(trained
     for a, r in zip(archs, rc["archs"]):
         assert r["fitness"] == pytest.approx(np.mean([data.evaluate(net, loader, runs.Dist(), a, s)["top1"]
                                                       for s in vitas.SIDES]))
+        with torch.no_grad():     # the true class's probability, by hand: mean over images, then sides
+            p_true = [torch.cat([net(x, a, s).softmax(1)[torch.arange(len(y)), y] for x, y in loader]).mean().item()
+                      for s in vitas.SIDES]
+        assert r["inherited"]["prob"] == pytest.approx(np.mean(p_true), rel=1e-5)
     argvs = rc["settings"]["retrain_argv"]
     assert rc["settings"]["retrain_flags"] == ["--smoothing", "0.2"] == argvs[0][-2:]
     assert json.load(open(out / "search.json"))["settings"]["retrain_flags"] == ["--smoothing", "0.2"]
@@ -2720,10 +2744,12 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(trained
             assert res["arch"] == a["arch"] and res["val"]["top1"] == top1
     fitness, by_seed = [a["fitness"] for a in rc["archs"]], [a["top1_seeds"] for a in rc["archs"]]
     expect = json.loads(json.dumps(rankcheck.rank_statistics(fitness, by_seed, archs, TINY)))
-    assert rc["statistics"] == {**expect, "other_measure": rc["statistics"]["other_measure"]}
+    others = rc["statistics"]["other_measures"]
+    assert rc["statistics"] == {**expect, "other_measures": others} and set(others) == {"loss", "prob"}
+    assert others["prob"]["kendall_tau"] == brute_tau_b([a["inherited"]["prob"] for a in rc["archs"]],
+                                                         np.mean(by_seed, axis=1))
     assert rc["statistics"]["kendall_tau"] == brute_tau_b(fitness, np.mean(by_seed, axis=1))
-    assert (json.loads(json.dumps(summary["rank_check"])) == rc["statistics"]
-            and rc["statistics"]["other_measure"]["fitness"] == "loss")
+    assert json.loads(json.dumps(summary["rank_check"])) == rc["statistics"]
     # alone on the finished folder: nothing trained again, the same figures
     again = search.search(search.parse_args(["--out", str(out), "--device", "cpu", *RANK]))
     assert len(calls) == 7 and again["rank_check"] == summary["rank_check"]
@@ -2813,6 +2839,73 @@ def test_fitness_rows_score_top1_and_loss_on_the_same_supernets_against_a_brute_
         assert row[f"tau_c_{name}"] == pytest.approx(want)
     assert row["regret_loss"] == [0.0] * 3 and all(r >= 0 for r in row["regret_top1"])
     assert row["seeds"] == 3 and report.verdict(row["minus"]) == "better"
+
+
+def test_variant_rows_score_each_measure_against_top1_on_the_search_split():
+    """report.variant_rows on made-up rescores: a variant ordering the archs as the reference does
+    ranks better than a noisy top-1 (both intervals above 0); tau_c by a brute force; top-1 on the
+    smallest split is the baseline of every variant of its recipe."""
+    g = np.random.default_rng(5)
+    archs = random_archs(TINY, 14, seed=5)
+    truth = g.normal(80, 3, 14)
+    window = [(a, [float(t + g.normal(0, 0.5)), float(t + g.normal(0, 0.5))]) for a, t in zip(archs, truth)]
+    mean = np.mean([t for _, t in window], axis=1)
+    noisy = {s: (list(mean + g.normal(0, 4, 14)), 0.3) for s in range(3)}
+    exact = {s: (list(mean / 100), 3.0) for s in range(3)}
+    rows = report.variant_rows({("x", "top1", 600): noisy, ("x", "prob", 6000): exact}, window)
+    assert [(r["measure"], r["holdout_images"]) for r in rows] == [("top1", 600), ("prob", 6000)]
+    r_s = rankcheck.reliability([t for _, t in window])[2]
+    assert rows[0]["tau_c"] == pytest.approx([rankcheck.scored(brute_tau_b(noisy[s][0], mean), r_s)["tau_c"]
+                                              for s in range(3)])
+    assert rows[1]["regret"] == [0.0] * 3 and rows[1]["cpu_seconds"] == 3.0
+    assert rows[0]["minus"]["difference"] == 0 and report.verdict(rows[1]["minus"]) == "better"
+
+
+def test_rescore_gives_the_stored_scores_again_retrains_a_missing_supernet_and_searches(tmp_path):
+    """experiment.py rescore on a small grid record: the stored held-out top-1 reproduced (with the
+    checkpoint, and after it is deleted: retrained from the record's flags), N more held-out images
+    scored by every measure, the search's pick under --fitness named as an outcome recipe; a record
+    whose scores the supernet does not give stops the job."""
+    results, scratch = str(tmp_path / "results"), str(tmp_path / "scratch")
+    super_dir = os.path.join(scratch, "supernets", "v2+strat-s0", "super")
+    argv = ["--out", super_dir, "--epochs", "1", "--synthetic-size", "300", "--batch-size", "32", "--device", "cpu",
+            "--data-seed", "0", *WINDOW]
+    train.train(train.parse_args(argv))
+    net, space, loader = holdout_loader(os.path.join(super_dir, "checkpoint.pt"))
+    window = experiment.reference_sets()["window"][0]
+    stored = [{"arch": a.to_dict(), "top1": float(np.mean([data.evaluate(net, loader, runs.Dist(), a, s)["top1"]
+                                                           for s in vitas.SIDES]))} for a in window]
+    path = runs.record_path(results, "supernets", "v2+strat-s0")
+    os.makedirs(os.path.dirname(path))
+    runs.write_json(path, {"recipe": "v2+strat", "seed": 0, "train_argv": argv, "inherited": {"window": stored}})
+    job = experiment.rescore_job("v2+strat", 0, 40, "prob", results, scratch)
+    experiment.execute(job)
+    r = runs.read_record(job["path"])
+    assert [x["top1"] for x in r["stored"]["inherited"]] == [x["top1"] for x in stored]
+    assert r["larger"]["holdout_images"] == r["stored"]["holdout_images"] + 40 == 30 + 40
+    assert {"top1", "loss", "prob"} <= set(r["larger"]["inherited"][0]) and r["variant"] == "v2+strat/prob@70"
+    pick = r["search"]["evolution"]
+    assert pick["fitness"] == pick["prob"] and 2e6 <= pick["flops"] <= 4e6
+    assert experiment.searched_archs(results, ["v2+strat/prob@70"]) == {("v2+strat/prob@70", 0):
+                                                                         Arch.from_dict(pick["arch"])}
+    shutil.rmtree(super_dir)                                  # gone: trained again from the record's flags
+    again = experiment.rescore_job("v2+strat", 0, 40, None, results, scratch)
+    experiment.execute(again)
+    retrained = runs.read_record(again["path"])
+    assert retrained["stored"]["inherited"] == r["stored"]["inherited"] and "search" not in retrained
+    stored[0]["top1"] += 1
+    runs.write_json(path, {"recipe": "v2+strat", "seed": 0, "train_argv": argv, "inherited": {"window": stored}})
+    os.remove(again["path"])
+    with pytest.raises(RuntimeError, match="does not give the held-out top-1"):
+        experiment.execute(again)
+
+
+def test_experiment_recipes_name_a_grid_recipe_or_a_rescored_variant(capsys):
+    assert experiment.recipe_arg("v2+strat/prob@6000") == "v2+strat/prob@6000"
+    for bad, command in (("v9", "outcome"), ("v2+strat/acc@6000", "outcome"), ("v2+strat/prob@x", "outcome"),
+                         ("v2+strat/prob@6000", "grid"), ("v2+strat/prob@6000", "rescore")):
+        code, err = run_main(experiment, [command, "--recipes", bad], capsys)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 # -----------------------------------------------------------------------------
@@ -2996,8 +3089,8 @@ def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_pa
     jobs = lambda root: [experiment.alone_job(a, [*argv, "--seed", str(s)], str(root / "results"),
                                               str(root / "scratch"))
                          for a in archs for s in (0, 1)]
-    experiment.run_jobs(jobs(tmp_path / "serial"), workers=0)
-    experiment.run_jobs(jobs(tmp_path / "parallel"), workers=2)
+    runs.run_jobs(jobs(tmp_path / "serial"), 0, experiment.execute)
+    runs.run_jobs(jobs(tmp_path / "parallel"), 2, experiment.execute)
     for serial, parallel in zip(jobs(tmp_path / "serial"), jobs(tmp_path / "parallel")):
         a, b = experiment.read_record(serial["path"]), experiment.read_record(parallel["path"])
         assert a["arch"] == serial["arch"] and a["argv"] == serial["argv"]
@@ -3007,7 +3100,7 @@ def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_pa
         assert {k: v for k, v in a.items() if k != "cpu_minutes"} == {k: v for k, v in b.items() if k != "cpu_minutes"}
     assert len({json.dumps(experiment.read_record(j["path"])["val"]) for j in jobs(tmp_path / "serial")}) == 4
     capsys.readouterr()
-    experiment.run_jobs(jobs(tmp_path / "parallel"), workers=2)          # every record there: nothing runs
+    runs.run_jobs(jobs(tmp_path / "parallel"), 2, experiment.execute)          # every record there: nothing runs
     assert "4 of 4 jobs already have a record; running 0" in capsys.readouterr().out
 
 
@@ -3268,7 +3361,7 @@ def test_results_md_counts_each_record_sets_commits_and_the_records_without_one(
     for name, source in records.items():
         os.makedirs(tmp_path / os.path.dirname(name), exist_ok=True)
         (tmp_path / name).write_text(json.dumps({} if source is None else {"provenance": source}))
-    rows = experiment.provenance_rows(str(tmp_path))
+    rows = report.provenance_rows(str(tmp_path))
     assert rows == [{"set": "alone", "records": 3, "commits": {"1111111111": 1, "1111111111+changes": 1, "none": 1}},
                     {"set": "supernets", "records": 1, "commits": {"2222222222": 1}}]
     doc = report.Doc(True)
