@@ -14,29 +14,37 @@ Benchmarks, printed as ratios measured side by side in one run (these machines a
         Launches, not FLOPs, are what a small step on a GPU pays for; the counts are
         deterministic and do not depend on the batch;
   (c) with --throughput N: how well FLOPs order N random archs of each preset by measured
-      images/s (Spearman rho), beside a latency model fitted to half of them (record.LatencyModel).
+      images/s (Spearman rho), beside a latency model fitted to half of them (record.LatencyModel);
+  (d), (e) with --scaling: where a multi-GPU step goes (the loader, the gradient all-reduce), and
+      estimates for 8 and 2 x 8 GPUs from stated assumptions (the constants before scaling()).
 
     python bench.py                 # CPU: time and kernels (CPU aten ops; CUDA kernels with --device cuda)
     python bench.py --kernels       # kernels only: deterministic, any time, beside other work
     python bench.py --device cuda   # add --repeats 100 for steadier GPU figures
     python bench.py --throughput 100                 # (c) FLOPs as a proxy for measured images/s
+    python bench.py --scaling                        # (d), (e) loader and all-reduce
     python bench.py --record results/bench/cpu-step.json   # as RESULTS.md shows it (experiment.py table)
 """
 import argparse
+import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import cli
-import runs
+import data
 import record
+import runs
+import train
 import vitas
 from rankcheck import spearman_rho
 
@@ -208,6 +216,104 @@ def flops_as_proxy(name, n, batch, device, amp, seed=0):
             1 / latency.max(), 1 / latency.min(), time.perf_counter() - t)
 
 
+# -----------------------------------------------------------------------------
+# (d) and (e), --scaling: where a multi-GPU step goes. The loader (images/s per worker count on a
+# generated JPEG folder at 224 px) beside the model step, and the gradient all-reduce (bytes a step
+# reduces against the slice's own parameters, timed under 2-process gloo), then estimates for GPUs
+
+# Assumptions of the estimates, not measured here: ViTAS-C (1.3 GFLOPs, as DeiT-Tiny) trains at about
+# 2,000 images/s per A100 one-side in bf16 (a third of DeiT-Tiny's published inference rate scaled
+# from V100 to A100); a ring all-reduce moves 2 (n - 1) / n of the buffer at the bus bandwidth: ~230
+# GB/s inside an NVLink node (NCCL all-reduce bus bandwidth of 8 A100s), 25 GB/s between nodes with
+# one 200 Gb/s InfiniBand link per node (8 links: 8x that)
+GPU_IMAGES_PER_S, NVLINK_GBPS, IB_GBPS = 2000, 230, 25
+
+
+def jpeg_folder(root, n, classes=8, size=256, seed=0):
+    """An ImageFolder of n generated JPEGs (data.synthetic_images at `size` px) in train/, a few in val/."""
+    from PIL import Image
+    images, labels = data.synthetic_images(n, classes, size, seed)
+    for i, (img, y) in enumerate(zip(images, labels.tolist())):
+        for split in ("train", "val") if i < 2 * classes else ("train",):
+            os.makedirs(os.path.join(root, split, str(y)), exist_ok=True)
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(os.path.join(root, split, str(y), f"{i}.jpg"),
+                                                                quality=90)
+    return root
+
+
+def loader_speed(root, workers, batch):
+    """Images/s of train.py's training loader over the folder `root` (the super-transformer's
+    augmentation at 224 px) with `workers`: an epoch's batches, from the workers' start (they
+    prefetch, so timing after the first batch would count work done before it)."""
+    args = train.resolve_recipe(train.parse_args(["--data", root, "--space", "vitas-1g", "--batch-size", str(batch),
+                                                  "--workers", str(workers), "--device", "cpu", "--holdout", "0"]))
+    datasets = data.build_datasets(args, 224)
+    loader, _ = data.train_loader(datasets.train, args, runs.Dist())
+    t = time.perf_counter()
+    n = sum(len(y) for _, y in data.epoch_loader(loader, 0, 0))
+    return n / (time.perf_counter() - t)
+
+
+def reduce_worker(rank, port, numel, repeats, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    buf, times = torch.ones(numel), []
+    for i in range(repeats + 2):                          # two warm-up rounds
+        t = time.perf_counter()
+        dist.all_reduce(buf)
+        times.append(time.perf_counter() - t)
+    if rank == 0:
+        out.put(statistics.median(times[2:]))
+    dist.destroy_process_group()
+
+
+def all_reduce_seconds(numel, repeats=5):
+    """The median seconds of an fp32 all-reduce of `numel` values between 2 processes on this
+    machine (gloo over loopback TCP)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = torch.multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    torch.multiprocessing.start_processes(reduce_worker, (port, numel, repeats, out), nprocs=2, start_method="spawn")
+    return out.get()
+
+
+def ring_seconds(nbytes, n, gbps):
+    return 2 * (n - 1) / n * nbytes / (gbps * 1e9)
+
+
+def scaling(args):
+    big = vitas.SearchSpace.preset("vitas-1g")
+    plain = steps(big, VITAS_C, 8, "cpu")[0]
+    for _ in range(2):
+        step_time(plain)
+    model = 8 / statistics.median(step_time(plain) for _ in range(5))
+    print(f"(d) loader: train.py's training loader, the super-transformer's augmentation (224 px) on "
+          f"{args.images} generated JPEGs, batch 64; beside it ViTAS-C's plain fp32 step on this CPU: "
+          f"{model:.1f} images/s (bilateral: about half)")
+    rows = {"model_images_per_s": model, "loader": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = jpeg_folder(tmp, args.images)
+        for w in [w for w in (0, 1, 2, 4, 8, 16) if w <= (os.cpu_count() or 1)]:
+            rows["loader"][w] = loader_speed(root, w, 64)
+            print(f"  {w} worker(s): {rows['loader'][w]:7.1f} images/s", flush=True)
+    net = vitas.SuperTransformer(big)
+    full, own = sum(p.numel() for p in net.parameters()), vitas.params(VITAS_C, big)
+    secs = all_reduce_seconds(full)
+    rows.update(reduced_bytes=4 * full, slice_bytes=4 * own, gloo_seconds=secs)
+    print(f"(e) all-reduce: DDP reduces every parameter's gradient, {4 * full / 1e6:.0f} MB a step (the "
+          f"super-transformer's {full / 1e6:.1f} M parameters), where ViTAS-C's slice holds {own / 1e6:.1f} M "
+          f"({4 * own / 1e6:.0f} MB); 2-process gloo on this machine: {secs:.2f} s")
+    step = 2 * 128 / GPU_IMAGES_PER_S                     # a bilateral step of batch 128 per GPU
+    for name, reduce in (("8 GPUs, one node", ring_seconds(4 * full, 8, NVLINK_GBPS)),
+                            ("2 x 8 GPUs, 1 IB link", ring_seconds(4 * full, 16, IB_GBPS)),
+                            ("2 x 8 GPUs, 8 IB links", ring_seconds(4 * full, 16, 8 * IB_GBPS))):
+        print(f"  estimate, {name}: all-reduce {reduce * 1e3:5.1f} ms against a {step * 1e3:.0f} ms bilateral step "
+              f"of 128 images per GPU ({100 * reduce / (step + reduce):.0f}% if none of it overlapped backward)")
+    write_record(args.record, {"kind": "scaling", **rows})
+
+
 def get_parser():
     ap = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -223,6 +329,11 @@ def get_parser():
                     help="kernels per step only, no timing (deterministic: needs no idle machine)")
     ap.add_argument("--glibc-defaults", action="store_true",
                     help="time with glibc's default malloc thresholds, not runs.reuse_freed_memory as training runs")
+    ap.add_argument("--scaling", action="store_true",
+                    help="instead: the training loader's images/s per worker count on generated 224 px JPEGs beside "
+                         "the model step, the gradient all-reduce's bytes and 2-process time, and GPU estimates")
+    ap.add_argument("--images", type=cli.number_arg(int, 128), default=512,
+                    help="with --scaling: generated JPEGs the loader reads (default 512)")
     ap.add_argument("--record", metavar="FILE.json",
                     help="also write the figures to FILE.json (results/bench/ holds those RESULTS.md shows)")
     return ap
@@ -234,6 +345,8 @@ def main(argv=None):
     tiny, big = vitas.SearchSpace.preset("tiny"), vitas.SearchSpace.preset("vitas-1g")
     cases = [("tiny largest", tiny, tiny.max_arch(), args.tiny_batch), ("tiny mid", tiny, TINY_MID, args.tiny_batch),
              ("vitas-1g ViTAS-C", big, VITAS_C, 4)]
+    if args.scaling:
+        return scaling(args)
     if args.throughput:
         cuda = args.device.startswith("cuda")
         device = device_name(args.device)

@@ -6,11 +6,10 @@ tables the flags describe live in train.py and are passed in, so imports go one 
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import numbers
+import os
 import shlex
 import sys
 from decimal import Decimal, InvalidOperation
@@ -195,7 +194,7 @@ def run_flags(ap, book):
     g.add_argument("--print-space", action="store_true",
                    help="print --space as JSON and exit: a start for a space of one's own")
     g.add_argument("--out", default="runs/super", help="output folder: checkpoint.pt, log.jsonl (default runs/super)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+    device_flags(g)
     g.add_argument("--seed", type=nat, default=0,
                    help="initialisation, data order, sampled archs (and the data, unless --data-seed)")
     g.add_argument("--data-seed", type=nat, default=None,
@@ -216,7 +215,9 @@ def run_flags(ap, book):
     g.add_argument("--synthetic-size", type=number_arg(int, 10), default=6000,
                    help="synthetic training images (val: a fifth, at least 100)")
     g.add_argument("--synthetic-classes", type=number_arg(int, 2), default=10)
-    g.add_argument("--workers", type=nat, default=0, help="data-loader workers per process")
+    g.add_argument("--workers", type=nat, default=None,
+                   help="data-loader workers per process, kept across epochs (default: 0 on synthetic data, "
+                        "held in memory; else the process's share of the cores less one, at most 8)")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="an image file that cannot be read is replaced by the next one and counted (log.jsonl: "
                         "bad_images) instead of stopping the run with one line naming it")
@@ -340,6 +341,9 @@ def parse_train_args(ap, argv=None):
         ap.error(f"argument --min-lr: {args.min_lr:g} exceeds --lr {args.lr:g}; "
                  f"expected at most the peak learning rate")
     check_flops_window(ap, args)
+    if args.workers is None:                   # decoding image files in the training process starves a GPU
+        share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        args.workers = 0 if args.data == "synthetic" else min(8, max(1, share - 1))
     if args.print_space:                       # like --help: print and exit
         print(json.dumps(load_space(args.space or "tiny").to_dict()))
         sys.exit(0)
@@ -389,6 +393,13 @@ def rank_k_arg(text):
     return k
 
 
+def device_flags(g):
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+    g.add_argument("--timeout", type=number_arg(float, 1), default=1800, metavar="SECONDS",
+                   help="under torchrun: a collective waiting longer ends the run, one line naming the rank and "
+                        "step (default 1800, torch's own)")
+
+
 def search_parser(doc, algos, fitness):
     """search.py's parser; `algos` and `fitness` its algorithms and fitness measures."""
     nat, pos = number_arg(int, 0), number_arg(int, 1)
@@ -429,7 +440,7 @@ def search_parser(doc, algos, fitness):
     g.add_argument("--batch-size", type=pos, default=256, help="evaluation batch per process")
     g.add_argument("--seed", type=nat, default=0)
     g.add_argument("--out", default="runs/search", help="output folder; re-running the same command resumes")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    device_flags(g)
     after_search_flags(ap)
     return ap
 
@@ -567,34 +578,3 @@ def refuse_other_recipe(ck, args, path, book):
     if changed:
         raise UserError(f"{path} was trained with other {', '.join('--' + k.replace('_', '-') for k in changed)}; "
                         f"resume with the same recipe, or use another --out")
-
-
-def alone_argv(ck, epochs, device, world, seed=0, flags=()):
-    """train.py flags that train an arch alone on the checkpoint's data, held-out split, optimiser
-    and effective batch (split over this job's `world` processes, so the result does not depend on
-    how many there are); augmentation and regularisation are retrain mode's defaults unless `flags`
-    (--retrain-flags) set them. `seed` j > 0 changes only the training (initialisation, data
-    order): --seed is the checkpoint's plus j, --data-seed stays the checkpoint's."""
-    ck_args = ck["args"]
-    batch = ck_args["batch_size"] * ck.get("world", 1) * ck_args.get("accum_steps", 1)
-    if batch % world:
-        raise UserError(f"the checkpoint's effective batch {batch} does not split over {world} processes; "
-                        f"run with a process count that divides it")
-    keep = {"space": "--space", "data": "--data", "data_root": "--data-root",
-            "synthetic_size": "--synthetic-size", "synthetic_classes": "--synthetic-classes", "holdout": "--holdout",
-            "lr": "--lr", "min_lr": "--min-lr", "weight_decay": "--weight-decay",
-            "warmup_epochs": "--warmup-epochs", "clip_grad": "--clip-grad", "workers": "--workers",
-            "eval_batch_size": "--eval-batch-size", "eval_limit": "--eval-limit"}
-    argv = ["--epochs", str(epochs), "--batch-size", str(batch // world), "--device", device, "--log-every", "1000",
-            "--seed", str(ck_args["seed"] + seed), "--data-seed", str(data_seed(argparse.Namespace(**ck_args)))]
-    for key, flag in keep.items():
-        if ck_args.get(key) is not None:
-            argv += [flag, str(ck_args[key])]
-    return argv + (["--amp"] if ck_args.get("amp") else []) + list(flags)
-
-
-def alone_folder(root, arch, argv):
-    """Where `arch` trained alone with `argv` goes under `root`: one folder per arch and settings,
-    so a folder shared between searches never trains the same thing twice."""
-    key = hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
-    return os.path.join(root, key)

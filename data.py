@@ -11,6 +11,7 @@ import math
 import multiprocessing
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -236,33 +237,61 @@ class ShardSampler(Sampler):
 
 
 def eval_loader(dataset, batch_size, d, workers=0, limit=None):
+    """Kept for the run: its workers persist (the search scores every candidate through one)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), d.rank, d.world, limit),
-                      num_workers=workers, pin_memory=d.device.type == "cuda")
+                      num_workers=workers, persistent_workers=workers > 0, pin_memory=d.device.type == "cuda")
 
 
-def train_order(dataset, args, d):
-    """The training images' order across ranks (each rank its share, reshuffled each epoch from
-    --seed) and the steps per epoch."""
+class EpochOrder(Sampler):
+    """The training images in an epoch's order (a DistributedSampler's: each rank its share,
+    reshuffled each epoch from --seed), after those a resumed epoch already trained on, as
+    (epoch, index) keys for SeededItems. It runs in the main process, so a loader whose workers
+    persist across epochs takes each epoch's order from it (epoch_loader sets epoch and skip)."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch, self.skip = sampler, 0, 0
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in list(self.sampler)[self.skip:])
+
+    def __len__(self):
+        return max(len(self.sampler) - self.skip, 0)
+
+
+class SeededItems(Dataset):
+    """Training images by (epoch, index) key. In a loader worker an image's augmentation is drawn
+    from a seed of (--seed, epoch, index): the same batches whichever worker takes it and however
+    many there are, after a resume too. Without workers, from the process's own stream
+    (runs.seed_rank), which the checkpoint keeps."""
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        if torch.utils.data.get_worker_info() is not None:
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, epoch, i]).generate_state(1, np.uint64)[0]))
+        return self.dataset[i]
+
+
+def train_loader(dataset, args, d):
+    """The training loader, built once for the run (its --workers kept across epochs), and the
+    steps per epoch."""
     sampler = DistributedSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
     steps = len(sampler) // (args.batch_size * args.accum_steps)
     if steps == 0:
         raise UserError(f"--batch-size {args.batch_size} x {d.world} processes x --accum-steps {args.accum_steps} "
                         f"exceeds the {len(dataset)} training images")
-    return sampler, steps
-
-
-class ResumeSampler(Sampler):
-    """The epoch's DistributedSampler order, starting after the batches already trained on."""
-
-    def __init__(self, sampler, skip):
-        self.sampler, self.skip = sampler, skip
-
-    def __iter__(self):
-        return iter(list(self.sampler)[self.skip:])
-
-    def __len__(self):
-        return max(len(self.sampler) - self.skip, 0)
+    return DataLoader(SeededItems(dataset, args.seed), batch_size=args.batch_size, sampler=EpochOrder(sampler),
+                      num_workers=args.workers, persistent_workers=args.workers > 0,
+                      pin_memory=d.device.type == "cuda", drop_last=True,
+                      # its own generator: starting an epoch must not draw from the global RNG, or a
+                      # resumed epoch would see other augmentations than the uninterrupted one
+                      generator=torch.Generator().manual_seed(args.seed * 100003 + d.rank)), steps
 
 
 def mix_transform(args, num_classes):
@@ -273,15 +302,12 @@ def mix_transform(args, num_classes):
     return T.RandomChoice(ops) if ops else None
 
 
-def epoch_loader(args, data, train_sampler, epoch, skip, d):
-    """The epoch's training batches, after the `skip` ones a resumed epoch already trained on."""
-    train_sampler.set_epoch(epoch)
-    return DataLoader(data.train, batch_size=args.batch_size,
-                      sampler=ResumeSampler(train_sampler, skip * args.batch_size),
-                      num_workers=args.workers, pin_memory=d.device.type == "cuda", drop_last=True,
-                      # its own generator: creating the iterator must not draw from the global RNG,
-                      # or a resumed epoch would see other augmentations than the uninterrupted one
-                      generator=torch.Generator().manual_seed(args.seed * 100003 + epoch * 1009 + d.rank))
+def epoch_loader(loader, epoch, skip):
+    """The training loader for `epoch`, after the `skip` batches a resumed epoch already trained on."""
+    order = loader.sampler
+    order.sampler.set_epoch(epoch)
+    order.epoch, order.skip = epoch, skip * loader.batch_size
+    return loader
 
 
 # -----------------------------------------------------------------------------
@@ -337,7 +363,7 @@ def evaluate_checkpoint(args):
     """--eval CKPT: top-1/top-5/loss on val and on the held-out split, no training, of
     checkpoint_model's network (each side a super-transformer was trained on). Data, split and val
     size come from the checkpoint; eval*.json beside it."""
-    d = runs.setup_distributed(args.device)
+    d = runs.setup_distributed(args.device, args.timeout)
     ck = runs.load_checkpoint(args.eval, "--eval")
     ck_args = argparse.Namespace(**{**ck["args"], "download": False, "workers": args.workers})
     model, arch, sides, stem = checkpoint_model(ck, args.eval, args.arch, "--eval")

@@ -152,7 +152,7 @@ def execute(job):
 
 
 def data_checkpoint():
-    """What cli.alone_argv needs of a checkpoint, for the quick-start data (DATA_SEED, SIZE)."""
+    """What rankcheck.alone_argv needs of a checkpoint, for the quick-start data (DATA_SEED, SIZE)."""
     return checkpoint_of(tuple(base()))
 
 
@@ -176,7 +176,7 @@ def reported_reference():
 
 
 def alone_argv(seed):
-    return cli.alone_argv(data_checkpoint(), REFERENCE_EPOCHS, "cpu", 1, seed)
+    return rankcheck.alone_argv(data_checkpoint(), REFERENCE_EPOCHS, "cpu", 1, seed)
 
 
 def reference_jobs(results, scratch):

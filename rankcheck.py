@@ -24,13 +24,17 @@ both), and recipes trained with several supernet seeds also over the seeds (a t 
 other source of noise. FLOPs, parameters and depth are scored alike: a fitness that does not beat
 them adds nothing.
 """
+import argparse
 import functools
+import hashlib
+import json
 import math
+import os
 
 import numpy as np
 
 import vitas
-from cli import UserError
+from cli import UserError, data_seed
 
 # -----------------------------------------------------------------------------
 # Rank statistics
@@ -480,3 +484,38 @@ def comparison_archs(space, lo, hi, randoms, seed=5000):
         if lo <= vitas.flops(arch, space) <= hi and arch not in found:
             found.append(arch)
     return {**archs, **{f"random {i}": a for i, a in enumerate(found)}}
+
+
+# -----------------------------------------------------------------------------
+# Training an arch alone: the flags, and the folder they key
+
+
+def alone_argv(ck, epochs, device, world, seed=0, flags=()):
+    """train.py flags that train an arch alone on the checkpoint's data, held-out split, optimiser
+    and effective batch (split over this job's `world` processes, so the result does not depend on
+    how many there are); augmentation and regularisation are retrain mode's defaults unless `flags`
+    (--retrain-flags) set them. `seed` j > 0 changes only the training (initialisation, data
+    order): --seed is the checkpoint's plus j, --data-seed stays the checkpoint's."""
+    ck_args = ck["args"]
+    batch = ck_args["batch_size"] * ck.get("world", 1) * ck_args.get("accum_steps", 1)
+    if batch % world:
+        raise UserError(f"the checkpoint's effective batch {batch} does not split over {world} processes; "
+                        f"run with a process count that divides it")
+    keep = {"space": "--space", "data": "--data", "data_root": "--data-root",
+            "synthetic_size": "--synthetic-size", "synthetic_classes": "--synthetic-classes", "holdout": "--holdout",
+            "lr": "--lr", "min_lr": "--min-lr", "weight_decay": "--weight-decay",
+            "warmup_epochs": "--warmup-epochs", "clip_grad": "--clip-grad", "workers": "--workers",
+            "eval_batch_size": "--eval-batch-size", "eval_limit": "--eval-limit"}
+    argv = ["--epochs", str(epochs), "--batch-size", str(batch // world), "--device", device, "--log-every", "1000",
+            "--seed", str(ck_args["seed"] + seed), "--data-seed", str(data_seed(argparse.Namespace(**ck_args)))]
+    for key, flag in keep.items():
+        if ck_args.get(key) is not None:
+            argv += [flag, str(ck_args[key])]
+    return argv + (["--amp"] if ck_args.get("amp") else []) + list(flags)
+
+
+def alone_folder(root, arch, argv):
+    """Where `arch` trained alone with `argv` goes under `root`: one folder per arch and settings,
+    so a folder shared between searches never trains the same thing twice."""
+    key = hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
+    return os.path.join(root, key)

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 import data
 import runs
@@ -244,6 +245,28 @@ def sampler_statistics(sums):
             "patch_share": {p: c / steps for p, c in sums["patches"].items()},
             "depth_share": [c / archs for c in sums["depths"]]}
 
+def keep_log_lines(path, done, key="epoch"):
+    """A resumed run's JSON-lines log cut back to what its checkpoint holds: the records with `key`
+    <= done, each once, in order (a crash after a record was appended and before the checkpoint
+    leaves a record the rerun writes again; a crash mid-append, a torn last line). Rewritten
+    atomically, and only where something goes."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.read().splitlines()
+    keep, seen = [], set()
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get(key, done + 1) <= done and record[key] not in seen:
+            seen.add(record[key])
+            keep.append(record)
+    if len(keep) != len(lines):
+        runs.write_json(path, sorted(keep, key=lambda r: r[key]), lines=True)
+
+
 def start_log(run, resumed):
     """log.jsonl as the checkpoint has it: a resumed run keeps the epochs its checkpoint completed,
     each once (an epoch logged just before a crash, and not saved, is trained and logged again); a
@@ -252,7 +275,7 @@ def start_log(run, resumed):
     if not run.d.main:
         return
     if resumed:
-        runs.keep_log_lines(path, run.step // run.steps_per_epoch)
+        keep_log_lines(path, run.step // run.steps_per_epoch)
     elif aside := runs.set_aside(path):
         run.d.log(f"{path} was an earlier run's (no checkpoint beside it): moved to {aside}")
 
@@ -300,13 +323,34 @@ def progress(run, epoch, flops, t_start, step0):
               f"{flops / 1e6:.2f} MFLOPs {rate:.0f} img/s, {100 * run.waited / elapsed:.0f}% waiting for data, "
               f"ETA {fmt_time(eta)}")
 
+def all_reduce_seconds(ddp, steps):
+    """Seconds the gradient all-reduce took over `steps` steps, in all and not hidden behind the
+    backward pass: DDP's own timer (it samples iterations 1-10, then every 100th) times steps; 0
+    with one process."""
+    if not isinstance(ddp, DistributedDataParallel):
+        return 0.0, 0.0
+    stats = ddp._get_ddp_logging_data()
+    comm, overlap = stats.get("avg_backward_comm_time", 0), stats.get("avg_backward_compute_comm_overlap_time", 0)
+    return comm * steps / 1e9, max(comm - overlap, 0) * steps / 1e9
+
+
+def epoch_seconds(run):
+    """Where this process's epoch went (beyond the paper): waiting for the loader, the steps
+    (forward, backward with its all-reduce, optimizer), evaluation; and of the steps, the gradient
+    all-reduce, in all and not hidden behind the backward pass (all_reduce_seconds: DDP's
+    sampled timer times the epoch's steps, an estimate)."""
+    reduce, exposed = all_reduce_seconds(run.ddp, run.sums["n"])
+    return {"data": run.waited, "steps": run.ready - run.t_epoch - run.waited, "evaluation": time.time() - run.ready,
+            "all_reduce": reduce, "all_reduce_exposed": exposed}
+
+
 def epoch_record(run, epoch, evals):
     """The epoch's log record: loss, learning rate, identity probability, mean FLOPs, throughput,
     the reported archs' val figures (`evals`) and the sampler's statistics."""
     n = max(run.sums["n"], 1)
     return {"epoch": epoch + 1, "step": run.step, "loss": run.sums["loss"] / n, "lr": run.schedule.get_last_lr()[0],
             "identity_prob": run.sampler.prob(epoch), "mean_flops": run.sums["flops"] / n,
-            "images_per_s": run.seen / max(time.time() - run.t_epoch, 1e-9),
+            "images_per_s": run.seen / max(time.time() - run.t_epoch, 1e-9), "seconds": epoch_seconds(run),
             "val": {k: {m: v[m] for m in ("top1", "top5", "loss", "prob", "n")} for k, v in evals.items()},
             **run.sampler.statistics(run.sums), "bad_images": data.bad_images(run.data, run.d),
             "provenance": run.provenance}

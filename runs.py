@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
+import datetime
 import errno
 import fcntl
 import json
@@ -39,6 +40,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    timeout: float = 1800.0     # seconds a collective may wait (--timeout)
 
     @property
     def main(self):
@@ -65,7 +67,7 @@ def seed_everything(seed):
 
 def seed_rank(seed, rank):
     """Each rank its own random stream from here on, for what it does apart: augmentation in this
-    process, stochastic depth, MixUp/CutMix (loader workers get theirs from data.epoch_loader). A
+    process, stochastic depth, MixUp/CutMix (in loader workers an image has its own: data.SeededItems). A
     rank r > 0 is reseeded from (seed, r); rank 0 keeps the stream seed_everything gave it, so a
     one-process run is unchanged. The archs drawn stay shared: the sampler seeds them by (seed, step)."""
     if rank > 0:
@@ -90,7 +92,7 @@ def reuse_freed_memory():
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
-def setup_distributed(device="auto"):
+def setup_distributed(device="auto", timeout=1800.0):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -107,8 +109,25 @@ def setup_distributed(device="auto"):
         if "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, local_rank, dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
+    return Dist(rank, world, local_rank, dev, timeout)
+
+
+@contextlib.contextmanager
+def collectives_named(d, where="set-up"):
+    """A collective that waits past --timeout becomes one line naming this rank and where it stood:
+    the step of the run set on the yielded namespace, else `where`. gloo raises; under nccl torch's
+    watchdog ends the process with its own message, naming the collective instead."""
+    at = argparse.Namespace(run=None)
+    try:
+        yield at
+    except RuntimeError as e:
+        if d.world == 1 or "timed out" not in str(e).lower():
+            raise
+        where = where if at.run is None else f"step {at.run.step + 1}"
+        raise UserError(f"rank {d.rank} of {d.world}: a collective waited past --timeout {d.timeout:g} s at {where}: "
+                        f"another rank stopped or hangs (its output says why); the last checkpoint is kept, "
+                        f"the same command resumes") from None
 
 
 def cleanup_distributed(barrier=False):
@@ -196,28 +215,6 @@ def lock_holder(path):
         return f"pid {who['pid']} on host {who['host']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "holder not recorded yet"
-
-
-def keep_log_lines(path, done, key="epoch"):
-    """A resumed run's JSON-lines log cut back to what its checkpoint holds: the records with `key`
-    <= done, each once, in order (a crash after a record was appended and before the checkpoint
-    leaves a record the rerun writes again; a crash mid-append, a torn last line). Rewritten
-    atomically, and only where something goes."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.read().splitlines()
-    keep, seen = [], set()
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get(key, done + 1) <= done and record[key] not in seen:
-            seen.add(record[key])
-            keep.append(record)
-    if len(keep) != len(lines):
-        write_json(path, sorted(keep, key=lambda r: r[key]), lines=True)
 
 
 def set_aside(path):
@@ -419,7 +416,7 @@ class Run:
     sampler: object              # train.ArchSampler, or train.FixedArch for a retrain
     sides: tuple                 # the slices each drawn arch is trained on (None: a plain ViT)
     data: object                 # data.Datasets
-    train_sampler: object        # a DistributedSampler
+    train_loader: object         # data.train_loader's, for every epoch
     val_loader: object           # the reported archs' evaluation, sharded across ranks
     mix: object                  # batch MixUp/CutMix, or None
     steps_per_epoch: int
@@ -429,6 +426,7 @@ class Run:
     seen: int = 0                # images this process trained on this epoch, and since when
     t_epoch: float = 0.0
     waited: float = 0.0          # this epoch's seconds waiting for the loader (record.progress)
+    ready: float = 0.0           # when the last step ended (the loader's wait begins)
     t_drawn: float = dataclasses.field(default_factory=time.time)   # curves.png last drawn (record.write_record)
     provenance: dict = None      # runs.provenance(), taken once on rank 0: in the checkpoint and every log line
 

@@ -391,10 +391,10 @@ def compare_retrained(args, space, best, ck, d):
             raise UserError(f"no hand-designed network ({name}) lies in the FLOPs window; the search results are "
                                   f"in {args.out}: widen the window or leave out --retrain-epochs")
         archs[name] = base
-    argv = cli.alone_argv(ck, args.retrain_epochs, args.device, d.world, flags=args.retrain_flags)
+    argv = rankcheck.alone_argv(ck, args.retrain_epochs, args.device, d.world, flags=args.retrain_flags)
     results = {}
     for name, arch in archs.items():
-        res = train.train_alone(arch, cli.alone_folder(alone_root(args), arch, argv), argv, d)
+        res = train.train_alone(arch, rankcheck.alone_folder(alone_root(args), arch, argv), argv, d)
         results[name] = {"arch": arch.to_dict(), "flops": vitas.flops(arch, space),
                          "params": vitas.params(arch, space), **res}
     d.log(f"\nretrained {args.retrain_epochs} epochs, val accuracy:")
@@ -417,7 +417,7 @@ def rank_check(args, space, ck, score, holdout_images, d):
     passed through). rank_check.json holds every arch's figures and rank_statistics(); resumable,
     a finished training is never redone."""
     archs = rankcheck.spread_archs(space, args.flops_min, args.flops_max, args.rank_check, args.seed)
-    argvs = [cli.alone_argv(ck, args.rank_epochs, args.device, d.world, seed, args.retrain_flags)
+    argvs = [rankcheck.alone_argv(ck, args.rank_epochs, args.device, d.world, seed, args.retrain_flags)
              for seed in range(args.rank_seeds)]
     out_path = os.path.join(args.out, "rank_check.json")
     root = alone_root(args)
@@ -432,7 +432,7 @@ def rank_check(args, space, ck, score, holdout_images, d):
         f"{args.rank_epochs} epochs with {args.rank_seeds} seed(s)")
     for i, arch in enumerate(archs):
         inherited = score(arch)
-        vals = [train.train_alone(arch, cli.alone_folder(root, arch, argv), argv, d) for argv in argvs]
+        vals = [train.train_alone(arch, rankcheck.alone_folder(root, arch, argv), argv, d) for argv in argvs]
         seeds = [v["top1"] for v in vals]
         result["archs"].append({"arch": arch.to_dict(), "flops": vitas.flops(arch, space),
                                 "params": vitas.params(arch, space),
@@ -510,8 +510,8 @@ def search(args):
     """The paper's search over a trained super-transformer (and, where asked, the retrain of its best
     arch beside hand-designed ones, and the rank check); or, with no --ckpt, the rank check alone on
     a finished search folder."""
-    d = runs.setup_distributed(args.device)
-    with runs.run_folder(args.out, d):         # one live run per output folder
+    d = runs.setup_distributed(args.device, args.timeout)
+    with runs.run_folder(args.out, d), runs.collectives_named(d, "the search"):    # one live run per folder
         return search_in_folder(args, d)
 
 

@@ -1112,9 +1112,12 @@ def test_two_process_torchrun_trains_the_same_arch_on_every_rank_and_two_nodes_t
     for one, two in zip(ranks, nodes):
         assert one["archs"] == two["archs"] and one["model"].keys() == two["model"].keys()
         assert all(torch.equal(one["model"][k], two["model"][k]) for k in one["model"])
-    logs = [[{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "provenance")}
+    logs = [[{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "provenance", "seconds")}
              for line in open(folder / "log.jsonl")] for folder in (out, tmp_path / "nodes")]
     assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [1, 2]
+    for folder in (out, tmp_path / "nodes"):                      # DDP's timer saw the gradient all-reduce
+        for r in map(json.loads, open(folder / "log.jsonl")):
+            assert 0 <= r["seconds"]["all_reduce_exposed"] <= r["seconds"]["all_reduce"] > 0
     assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
     assert len(set(ranks[0]["archs"])) > 10                       # a new sub-network (almost) every step
     assert all(len(step) == 1 for step in ranks[0]["archs"])      # v1: one a step
@@ -1171,6 +1174,45 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch,
     assert resumed["loss"] == whole["loss"] and resumed["val"] == whole["val"]
     # re-running a finished run changes nothing and reports its last epoch
     assert train_run(tmp_path / "b", *common) == resumed
+
+
+def test_loader_workers_persist_any_count_trains_the_same_weights_and_a_resume_is_exact(tmp_path, monkeypatch):
+    """Retrains on an image folder with RandAugment and random erasing on: one loader worker
+    trained uninterrupted, and two workers interrupted mid-epoch 2 then resumed, end with the same
+    weights (an image's augmentation is seeded by seed, epoch and index); each run's workers serve
+    both epochs (persistent: the same processes)."""
+    root = image_folder(tmp_path / "data", ("cat", "dog"), 24, 4)
+    (tmp_path / "arch.json").write_text(json.dumps(TINY.min_arch().to_dict()))
+    pids = tmp_path / "pids"
+    item = data.SeededItems.__getitem__
+
+    def spied(self, key):       # which process served which epoch, written from the workers
+        with open(pids, "a") as f:
+            f.write(f"{key[0]} {os.getpid()}\n")
+        return item(self, key)
+    monkeypatch.setattr(data.SeededItems, "__getitem__", spied)
+    common = ["--arch", str(tmp_path / "arch.json"), "--data", str(root), "--batch-size", "8", "--epochs", "2",
+              "--save-every", "2", "--device", "cpu", "--randaug", "9", "--reprob", "0.25"]
+    train_run(tmp_path / "one", *common, "--workers", "1")
+    served = {}
+    for line in pids.read_text().splitlines():
+        served.setdefault(int(line.split()[0]), set()).add(int(line.split()[1]))
+    assert served[0] == served[1] and len(served[0]) == 1 and os.getpid() not in served[0]
+    step = train.optimizer_step
+
+    def crash_at_9(run, *a):    # 6 steps an epoch: the last checkpoint is step 8's, mid-epoch 2
+        if run.step == 8:
+            raise KeyboardInterrupt
+        return step(run, *a)
+    monkeypatch.setattr(train, "optimizer_step", crash_at_9)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tmp_path / "two", *common, "--workers", "2")
+    monkeypatch.setattr(train, "optimizer_step", step)
+    assert runs.load_checkpoint(tmp_path / "two" / "checkpoint.pt")["step"] == 8
+    train_run(tmp_path / "two", *common, "--workers", "2")
+    a, b = (runs.load_checkpoint(tmp_path / x / "checkpoint.pt")["model"] for x in ("one", "two"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert train.parse_args(["--data", str(root)]).workers >= 1 and train.parse_args([]).workers == 0   # defaults
 
 
 @pytest.mark.slow
@@ -1375,7 +1417,7 @@ def test_data_seed_keeps_the_data_and_split_while_seed_changes_the_training():
             and ref.holdout.indices == other.holdout.indices)
     assert not torch.equal(ref.train.dataset.images, data.build_datasets(args("--seed", "5"), 32).train.dataset.images)
     ck = {"args": vars(args("--seed", "3")), "world": 1}
-    argv = cli.alone_argv(ck, 2, "cpu", 1, seed=2)
+    argv = rankcheck.alone_argv(ck, 2, "cpu", 1, seed=2)
     assert argv[argv.index("--seed") + 1] == "5" and argv[argv.index("--data-seed") + 1] == "3"
 
 
@@ -1434,6 +1476,30 @@ def test_a_corrupt_image_stops_the_run_in_one_line_naming_it_or_is_skipped_and_c
     assert runs.load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == step          # the last one kept
     last = train_run(tmp_path / "r", "--epochs", "2", "--skip-bad-images", *flags)
     assert last["bad_images"] == 1 and last["step"] == 2 * step      # read once in the epoch, replaced: same length
+
+
+HANG = """
+import sys, time, train
+step = train.optimizer_step
+def hung(run, micro, archs):       # rank 1 stops answering at step 2
+    if run.d.rank == 1 and run.step == 1:
+        time.sleep(120)
+    return step(run, micro, archs)
+train.optimizer_step = hung
+train.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_a_collective_past_the_timeout_ends_the_run_with_one_line_naming_rank_and_step(tmp_path):
+    (tmp_path / "hang.py").write_text(HANG)
+    (tmp_path / "arch.json").write_text(json.dumps(TINY.min_arch().to_dict()))
+    start = time.time()
+    out = torchrun(str(tmp_path / "hang.py"), "--arch", str(tmp_path / "arch.json"), *SMALL, "--synthetic-size", "200",
+                   "--epochs", "1", "--timeout", "3", "--out", str(tmp_path / "r"))
+    assert out.returncode != 0 and time.time() - start < 60
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: rank 0 of 2: a collective waited past --timeout 3 s at step 2: another rank")
 
 
 @pytest.mark.slow
@@ -1667,7 +1733,8 @@ def test_accumulation_all_reduces_the_gradients_once_an_optimizer_step(v1_ddp, t
 @pytest.mark.slow
 def test_the_progress_line_says_how_much_of_the_epoch_waited_for_data(tmp_path, monkeypatch, capsys):
     """A loader slowed by 0.3 s a batch shows as most of the epoch's time waiting for data; the
-    same run with the loader as it is, as less."""
+    same run with the loader as it is, as less. log.jsonl's seconds say as much: the wait as data
+    (no more than the epoch), the steps and evaluation the rest; one process all-reduces nothing."""
     loader = data.epoch_loader
 
     def waited(line):
@@ -1680,8 +1747,12 @@ def test_the_progress_line_says_how_much_of_the_epoch_waited_for_data(tmp_path, 
                 time.sleep(delay)
                 yield batch
         monkeypatch.setattr(data, "epoch_loader", slowed)
-        train_run(tmp_path / str(delay), "--epochs", "1", *SMALL, "--synthetic-size", "200")
+        t = time.time()
+        r = train_run(tmp_path / str(delay), "--epochs", "1", *SMALL, "--synthetic-size", "200")
+        wall, sec = time.time() - t, r["seconds"]
         shares[delay] = waited([line for line in capsys.readouterr().out.splitlines() if "waiting" in line][-1])
+        assert delay * r["step"] <= sec["data"] < delay * r["step"] + 0.5 and sec["steps"] > 0 < sec["evaluation"]
+        assert sec["data"] + sec["steps"] + sec["evaluation"] <= wall and sec["all_reduce"] == 0
     assert shares[0.3] >= 60 and shares[0.0] < shares[0.3]
 
 
@@ -1838,7 +1909,7 @@ def test_a_crash_after_a_mid_epoch_checkpoint_logs_each_epoch_once_and_ends_as_a
     train_run(out, *argv)
 
     def records(folder):     # every figure but the speed, which is the machine's
-        return [{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "provenance")}
+        return [{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "provenance", "seconds")}
                 for line in (folder / "log.jsonl").read_text().splitlines()]
     got, want = records(out), records(whole)
     assert [r["epoch"] for r in got] == [1, 2] and got == want
@@ -2739,7 +2810,7 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(trained
     # each seed's top-1 is the final val top-1 of its own training
     for a in rc["archs"]:
         for argv, top1 in zip(argvs, a["top1_seeds"]):
-            folder = cli.alone_folder(str(out / "retrain"), Arch.from_dict(a["arch"]), argv)
+            folder = rankcheck.alone_folder(str(out / "retrain"), Arch.from_dict(a["arch"]), argv)
             res = json.load(open(os.path.join(folder, "result.json")))
             assert res["arch"] == a["arch"] and res["val"]["top1"] == top1
     fitness, by_seed = [a["fitness"] for a in rc["archs"]], [a["top1_seeds"] for a in rc["archs"]]
@@ -3018,7 +3089,7 @@ def flags_of(parser):
 
 def test_every_flag_the_docs_name_exists():
     known = set().union(*(flags_of(m.get_parser()) for m in (train, search, experiment, bench))) | OTHER_TOOLS
-    for doc in ("README.md", "RESULTS.md"):
+    for doc in ("README.md", "RESULTS.md", "SCALING.md"):
         with open(os.path.join(HERE, doc)) as f:
             named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9]+)*", f.read()))
         assert named and named <= known, (doc, sorted(named - known))
@@ -3062,7 +3133,7 @@ def test_every_flag_a_docs_command_gives_a_script_is_that_scripts():
     assert misplaced_flags(made_up) == [("train.py", "--population"), ("search.py", "--recipe"),
                                         ("torchrun", "--epochs")]
     checked = set()
-    for doc in ("README.md", "RESULTS.md"):
+    for doc in ("README.md", "RESULTS.md", "SCALING.md"):
         with open(os.path.join(HERE, doc)) as f:
             text = f.read()
         assert misplaced_flags(text) == [], doc
@@ -3092,13 +3163,13 @@ def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_pa
     runs.run_jobs(jobs(tmp_path / "serial"), 0, experiment.execute)
     runs.run_jobs(jobs(tmp_path / "parallel"), 2, experiment.execute)
     for serial, parallel in zip(jobs(tmp_path / "serial"), jobs(tmp_path / "parallel")):
-        a, b = experiment.read_record(serial["path"]), experiment.read_record(parallel["path"])
+        a, b = runs.read_record(serial["path"]), runs.read_record(parallel["path"])
         assert a["arch"] == serial["arch"] and a["argv"] == serial["argv"]
         # a worker process and this one may pick different fp32 kernels: the loss agrees to rounding
         assert a["val"].pop("loss") == pytest.approx(b["val"].pop("loss"), rel=1e-5)
         assert a.pop("provenance")["commit"] == b.pop("provenance")["commit"] != "unknown"   # the dates differ
         assert {k: v for k, v in a.items() if k != "cpu_minutes"} == {k: v for k, v in b.items() if k != "cpu_minutes"}
-    assert len({json.dumps(experiment.read_record(j["path"])["val"]) for j in jobs(tmp_path / "serial")}) == 4
+    assert len({json.dumps(runs.read_record(j["path"])["val"]) for j in jobs(tmp_path / "serial")}) == 4
     capsys.readouterr()
     runs.run_jobs(jobs(tmp_path / "parallel"), 2, experiment.execute)          # every record there: nothing runs
     assert "4 of 4 jobs already have a record; running 0" in capsys.readouterr().out

@@ -290,10 +290,10 @@ def build_run(args, d):
     model, sampler, sides = run_parts(args, space, d, init, resumed)
     runs.seed_rank(args.seed, d.rank)                # initialised alike; from here each rank draws its own
     ddp = runs.distributed(model, d, slices=sampler.mode == "super")
-    train_sampler, steps_per_epoch = data.train_order(datasets.train, args, d)
+    train_loader, steps_per_epoch = data.train_loader(datasets.train, args, d)
     optimizer, schedule = runs.optimiser(model, args, steps_per_epoch)
     val_loader = data.eval_loader(datasets.val, args.eval_batch_size, d, args.workers, limit=args.eval_limit)
-    run = runs.Run(args, d, space, model, ddp, optimizer, schedule, sampler, sides, datasets, train_sampler,
+    run = runs.Run(args, d, space, model, ddp, optimizer, schedule, sampler, sides, datasets, train_loader,
                    val_loader, data.mix_transform(args, space.num_classes), steps_per_epoch)
     os.makedirs(args.out, exist_ok=True)
     if resumed is not None and sampler.mode == "super":
@@ -310,11 +310,11 @@ def train_epoch(run, epoch, t_start, step0):
     skip = run.step - epoch * run.steps_per_epoch
     if skip == 0 or run.sums is None:   # a resumed epoch keeps the sums of its first part
         run.sums = record.epoch_sums(run.space)
-    run.seen, run.t_epoch, run.waited, ready = 0, time.time(), 0.0, time.time()
+    run.seen, run.t_epoch, run.waited, run.ready = 0, time.time(), 0.0, time.time()
     run.model.train()
-    loader = iter(data.epoch_loader(args, run.data, run.train_sampler, epoch, skip * args.accum_steps, d))
+    loader = iter(data.epoch_loader(run.train_loader, epoch, skip * args.accum_steps))
     for micro in zip(*[loader] * args.accum_steps):         # a step's K micro-batches (an incomplete last: left)
-        run.waited += time.time() - ready                    # the time the step waited for the loader
+        run.waited += time.time() - run.ready                # the time the step waited for the loader
         batches = [(x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)) for x, y in micro]
         if run.mix is not None:
             batches = [run.mix(x, y) for x, y in batches]
@@ -327,7 +327,7 @@ def train_epoch(run, epoch, t_start, step0):
             record.progress(run, epoch, flops, t_start, step0)
         if args.save_every and run.step % args.save_every == 0 and run.step % run.steps_per_epoch:
             run.save()
-        ready = time.time()
+        run.ready = time.time()
 
 
 def end_of_epoch(run, epoch):
@@ -347,12 +347,12 @@ def train(args):
     if args.eval or args.export:
         return data.evaluate_checkpoint(args) if args.eval else data.export_checkpoint(args)
     resolve_recipe(args)
-    d = runs.setup_distributed(args.device)
+    d = runs.setup_distributed(args.device, args.timeout)
     runs.seed_everything(args.seed)
     if args.amp and d.device.type == "cpu":
         d.log("note: bf16 autocast on this CPU may be slower than fp32")
-    with runs.run_folder(args.out, d):          # one live run per output folder
-        run = build_run(args, d)                 # space, data, model, sampler, optimiser; resumed from --out
+    with runs.run_folder(args.out, d), runs.collectives_named(d) as at:     # one live run per output folder
+        run = at.run = build_run(args, d)        # space, data, model, sampler, optimiser; resumed from --out
         t_start, step0 = time.time(), run.step
         while run.step < run.total_steps:
             epoch = run.step // run.steps_per_epoch
