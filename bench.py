@@ -266,7 +266,7 @@ def reduce_worker(rank, port, numel, repeats, out):
     dist.destroy_process_group()
 
 
-def all_reduce_seconds(numel, repeats=5):
+def gloo_reduce_seconds(numel, repeats=5):
     """The median seconds of an fp32 all-reduce of `numel` values between 2 processes on this
     machine (gloo over loopback TCP)."""
     import socket
@@ -300,7 +300,7 @@ def scaling(args):
             print(f"  {w} worker(s): {rows['loader'][w]:7.1f} images/s", flush=True)
     net = vitas.SuperTransformer(big)
     full, own = sum(p.numel() for p in net.parameters()), vitas.params(VITAS_C, big)
-    secs = all_reduce_seconds(full)
+    secs = gloo_reduce_seconds(full)
     rows.update(reduced_bytes=4 * full, slice_bytes=4 * own, gloo_seconds=secs)
     print(f"(e) all-reduce: DDP reduces every parameter's gradient, {4 * full / 1e6:.0f} MB a step (the "
           f"super-transformer's {full / 1e6:.1f} M parameters), where ViTAS-C's slice holds {own / 1e6:.1f} M "

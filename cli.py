@@ -341,8 +341,8 @@ def parse_train_args(ap, argv=None):
         ap.error(f"argument --min-lr: {args.min_lr:g} exceeds --lr {args.lr:g}; "
                  f"expected at most the peak learning rate")
     check_flops_window(ap, args)
-    if args.workers is None:                   # decoding image files in the training process starves a GPU
-        share = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if args.workers is None and not (args.eval or args.export):    # those take the checkpoint's data's
+        share = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))     # cores it may use
         args.workers = 0 if args.data == "synthetic" else min(8, max(1, share - 1))
     if args.print_space:                       # like --help: print and exit
         print(json.dumps(load_space(args.space or "tiny").to_dict()))
@@ -395,9 +395,9 @@ def rank_k_arg(text):
 
 def device_flags(g):
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    g.add_argument("--timeout", type=number_arg(float, 1), default=1800, metavar="SECONDS",
+    g.add_argument("--timeout", type=number_arg(float, 1, 7 * 86400), default=None, metavar="SECONDS",
                    help="under torchrun: a collective waiting longer ends the run, one line naming the rank and "
-                        "step (default 1800, torch's own)")
+                        "step (default: torch's, 30 minutes under gloo, 10 under nccl)")
 
 
 def search_parser(doc, algos, fitness):

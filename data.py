@@ -365,7 +365,8 @@ def evaluate_checkpoint(args):
     size come from the checkpoint; eval*.json beside it."""
     d = runs.setup_distributed(args.device, args.timeout)
     ck = runs.load_checkpoint(args.eval, "--eval")
-    ck_args = argparse.Namespace(**{**ck["args"], "download": False, "workers": args.workers})
+    workers = ck["args"].get("workers", 0) if args.workers is None else args.workers
+    ck_args = argparse.Namespace(**{**ck["args"], "download": False, "workers": workers})
     model, arch, sides, stem = checkpoint_model(ck, args.eval, args.arch, "--eval")
     model.to(d.device)
     data = build_datasets(ck_args, ck["space"]["image_size"])
@@ -374,7 +375,7 @@ def evaluate_checkpoint(args):
     for split, dataset, lim in (("val", data.val, limit), ("holdout", data.holdout, None)):
         if not len(dataset):    # a retrain holds out nothing unless asked
             continue
-        loader = eval_loader(dataset, args.eval_batch_size, d, args.workers, limit=lim)
+        loader = eval_loader(dataset, args.eval_batch_size, d, workers, limit=lim)
         results[split] = {side: evaluate(model, loader, d, arch, None if side == "model" else side,
                                          getattr(ck_args, "amp", False))
                           for side in sides}

@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import functools
 import glob
-import hashlib
 import json
 import os
 import time
@@ -119,16 +118,17 @@ REFERENCE_SEEDS, SPACE_SEEDS, OUTCOME_SEEDS, RANDOM_SEEDS = (0, 1, 2, 3), (0, 1)
 SPACE_ARCHS = 12
 
 # -----------------------------------------------------------------------------
-# Jobs, records and the parallel runner
+# Jobs and what runs them (runs.run_jobs runs them in parallel)
 
 
-def alone_key(arch, argv):
-    return hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
+def records(results, kind):
+    """The records of one kind (a folder of results/), by file name."""
+    return [runs.read_record(p) for p in sorted(glob.glob(os.path.join(results, kind, "*.json")))]
 
 
 def alone_job(arch, argv, results, scratch):
     """A job that trains `arch` alone with train.py flags `argv`; its record: results/alone/KEY.json."""
-    key = alone_key(arch, argv)
+    key = rankcheck.alone_key(arch, argv)
     return {"kind": "alone", "name": f"alone {key} {arch}", "path": runs.record_path(results, "alone", key),
             "arch": arch.to_dict(), "argv": argv, "scratch": os.path.join(scratch, "alone", key), "size": SIZE}
 
@@ -142,9 +142,8 @@ def run_alone(job):
 
 def execute(job):
     """runs.execute of the job's runner, with SIZE the job's (a worker process starts without it)."""
-    global SIZE
-    SIZE = job.get("size")
-    return runs.execute(job, RUNNERS[job["kind"]])
+    with data_size(job.get("size")):
+        return runs.execute(job, RUNNERS[job["kind"]])
 
 
 # -----------------------------------------------------------------------------
@@ -191,7 +190,7 @@ def reference_jobs(results, scratch):
 
 def alone_top1(results, arch, seeds):
     """{seed: val top-1} of `arch` trained alone (alone_argv), for the seeds that have a record."""
-    paths = {s: runs.record_path(results, "alone", alone_key(arch, alone_argv(s))) for s in seeds}
+    paths = {s: runs.record_path(results, "alone", rankcheck.alone_key(arch, alone_argv(s))) for s in seeds}
     return {s: runs.read_record(p)["val"]["top1"] for s, p in paths.items() if os.path.exists(p)}
 
 
@@ -309,24 +308,22 @@ def rescore_job(recipe, seed, extra, fitness, results, scratch):
 
 
 def run_rescore(job):
-    """A grid record's super-transformer (retrained from the record's flags where its checkpoint is
-    gone) scores the window reference with every fitness measure (search.FITNESS) on its held-out
+    """A grid record's super-transformer (trained from the record's flags where its checkpoint is
+    gone or unfinished) scores the window reference with every fitness measure (search.FITNESS) on its held-out
     split, where it must give the record's top-1 again, and with job["extra"] more generated images;
     the CPU-seconds an arch takes on each. With a fitness, the evolutionary search again (the grid's
     settings) on the larger split."""
     stored, super_dir = runs.read_record(job["stored"]), os.path.join(job["scratch"], "super")
-    ck_path = os.path.join(super_dir, "checkpoint.pt")
-    if not os.path.exists(ck_path):
-        argv = list(stored["train_argv"])
-        argv[argv.index("--out") + 1] = super_dir
-        train.train(train.parse_args(argv))
+    ck_path, argv = os.path.join(super_dir, "checkpoint.pt"), list(stored["train_argv"])
+    argv[argv.index("--out") + 1] = super_dir
+    train.train(train.parse_args(argv))             # a finished checkpoint: kept as it is
     want = {json.dumps(x["arch"]): x["top1"] for x in stored["inherited"]["window"]}
     archs = [a for a in reference_sets()["window"][0] if json.dumps(a.to_dict()) in want]
     out = {"recipe": job["recipe"], "seed": job["seed"], "fitness": job["fitness"]}
     for split, extra in (("stored", 0), ("larger", job["extra"])):      # the search below runs on the last
         sargv = ["--ckpt", ck_path, *WINDOW, "--population", "20", "--generations", "10", "--seed", str(job["seed"]),
                  "--device", "cpu", "--fitness", job["fitness"] or "top1", "--holdout-extra", str(extra),
-                 "--out", os.path.join(job["scratch"], f"search-{job['fitness']}-h{extra}")]
+                 "--out", os.path.join(job["scratch"], f"search-{job['fitness'] or 'scores'}-h{extra}")]
         args = search.parse_args(sargv)
         ck, space, fitness, n = search.load_supernet(args, runs.Dist())
         cpu = time.process_time()
@@ -334,7 +331,8 @@ def run_rescore(job):
         out[split] = {"holdout_images": n, "cpu_seconds_per_arch": (time.process_time() - cpu) / len(archs),
                       "inherited": [{"arch": a.to_dict(), **sc} for a, sc in zip(archs, scores)]}
         if split == "stored" and [sc["top1"] for sc in scores] != [want[json.dumps(a.to_dict())] for a in archs]:
-            raise RuntimeError(f"{ck_path} does not give the held-out top-1 of {job['stored']} again")
+            raise cli.UserError(f"{ck_path} does not give the held-out top-1 of {job['stored']} again: another "
+                                f"run's checkpoint? give its own --scratch")
     if job["fitness"]:      # its pick goes by recipe/fitness@held-out images beside the grid's
         out["variant"] = f"{job['recipe']}/{job['fitness']}@{out['larger']['holdout_images']}"
         os.makedirs(args.out, exist_ok=True)
@@ -364,7 +362,7 @@ def searched_archs(results, recipes):
     there are and the rescored searches (their recipe: the record's variant)."""
     out = {}
     for folder in ("supernets", "rescore"):
-        for r in map(runs.read_record, sorted(glob.glob(os.path.join(results, folder, "*.json")))):
+        for r in records(results, folder):
             name = r["recipe"] if folder == "supernets" else r.get("variant")
             if name is not None and name in recipes:
                 out[name, r["seed"]] = vitas.Arch.from_dict(r["search"]["evolution"]["arch"])
@@ -446,7 +444,7 @@ def rescored(results, window):
     """{(recipe, measure, held-out images): {supernet seed: (fitness of each window arch, CPU-seconds
     per arch)}} of the rescore records there are."""
     archs, out = [json.dumps(a.to_dict()) for a, _ in window], {}
-    for r in map(runs.read_record, sorted(glob.glob(os.path.join(results, "rescore", "*.json")))):
+    for r in records(results, "rescore"):
         for split in (r["stored"], r["larger"]):
             by = {json.dumps(x["arch"]): x for x in split["inherited"]}
             for m in search.FITNESS:
@@ -469,7 +467,7 @@ def table(results, markdown=False):
     fitness = report.fitness_rows(supers, tables["window"]) if scored else []
     variants = report.variant_rows(rescored(results, tables["window"]), tables["window"]) if scored else []
     outcome = outcome_rows(results, list(dict.fromkeys([r["recipe"] for r in supers] + [   # every recipe's records
-        r["variant"] for r in map(runs.read_record, glob.glob(os.path.join(results, "rescore", "*.json"))) if "variant" in r])))
+        r["variant"] for r in records(results, "rescore") if "variant" in r])))
     window_ref = next((r for r in refs if r["set"] == "window"), None)
     settings = [setting_rows(results, name, tables, window_ref, per_recipe, learning[1]) for name in SETTINGS
                 if os.path.isdir(os.path.join(results, name, "supernets"))]
@@ -479,7 +477,7 @@ def table(results, markdown=False):
                "reference": refs, "supernets": supers, "default": default, "recipes": per_recipe,
                "versus_default": versus, "learning_per_seed": learning[0], "learning": learning[1], "fitness": fitness,
                "variants": variants, "outcome": outcome,
-               "margins": report.outcome_margins(outcome), "settings": settings, "bench": [runs.read_record(p) for p in sorted(glob.glob(os.path.join(results, "bench", "*.json")))],
+               "margins": report.outcome_margins(outcome), "settings": settings, "bench": records(results, "bench"),
                "provenance": report.provenance_rows(results)}
     figures["text"] = report.render(figures, markdown)
     print(figures["text"], end="")
@@ -524,11 +522,9 @@ def setting_rows(results, name, tables, window_ref, full_recipes, full_learning)
 def recipe_arg(text):
     """A grid recipe, or a rescored search's variant: RECIPE/FITNESS@HELD-OUT."""
     recipe, _, rest = text.partition("/")
-    measure, _, n = rest.partition("@")
-    if recipe in GRID and (not rest or measure in search.FITNESS and n.isdigit()):
+    if recipe in GRID and (not rest or rest.partition("@")[0] in search.FITNESS and rest.partition("@")[2].isdigit()):
         return text
-    raise argparse.ArgumentTypeError(f"{text!r} is neither a recipe ({', '.join(GRID)}) nor RECIPE/FITNESS@HELD-OUT "
-                                     f"(fitness {', '.join(search.FITNESS)})")
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a recipe ({', '.join(GRID)}) nor RECIPE/FITNESS@N")
 
 
 def get_parser():
@@ -540,7 +536,7 @@ def get_parser():
     ap.add_argument("--workers", type=cli.number_arg(int, 0), default=os.cpu_count() or 1,
                     help="worker processes, one thread each (default: one per core; 0: in this process)")
     ap.add_argument("--seeds", type=cli.number_arg(int, 0), nargs="+", default=[0, 1, 2, 3],
-                    help="grid: supernet seeds")
+                    help="grid and rescore: supernet seeds")
     ap.add_argument("--recipes", nargs="+", type=recipe_arg, metavar="RECIPE",
                     help=f"grid: the recipes (default all: {', '.join(GRID)}); rescore: theirs to rescore (default "
                          f"{train.DEFAULT_RECIPE}); outcome: the recipes whose searched archs are retrained (default "
@@ -571,6 +567,8 @@ def main(argv=None):
         ap.error("--write and --check go with table --markdown")
     if args.command in ("grid", "rescore") and any("/" in r for r in args.recipes or []):
         ap.error(f"{args.command} takes the grid's recipes ({', '.join(GRID)}); RECIPE/FITNESS@N names an outcome's")
+    if args.command == "rescore" and set(args.recipes or []) & set(SPLIT):
+        ap.error(f"rescore takes recipes of one super-transformer; {', '.join(SPLIT)} trains one per patch size")
     runs.run_command(run, args)
 
 
@@ -584,8 +582,11 @@ def run(args):
         runs.run_jobs([supernet_job(name, seed, args.results, args.scratch, args.passes) for seed in args.seeds
                        for name in args.recipes or GRID], args.workers, execute)
     elif args.command == "rescore":
-        runs.run_jobs([rescore_job(name, seed, args.holdout_extra, args.fitness, args.results, args.scratch)
-                       for seed in args.seeds for name in args.recipes or [train.DEFAULT_RECIPE]], args.workers, execute)
+        jobs = [rescore_job(name, seed, args.holdout_extra, args.fitness, args.results, args.scratch)
+                for seed in args.seeds for name in args.recipes or [train.DEFAULT_RECIPE]]
+        if missing := [j["stored"] for j in jobs if not os.path.exists(j["stored"])]:
+            raise cli.UserError(f"no grid record {', '.join(missing)}: run python experiment.py grid first")
+        runs.run_jobs(jobs, args.workers, execute)
     elif args.command == "outcome":
         runs.run_jobs(outcome_jobs(args.results, args.scratch, args.recipes or ["v2", "fair"]), args.workers, execute)
     figures = table(args.results, args.markdown)

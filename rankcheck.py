@@ -1,8 +1,9 @@
 """
 How far a super-transformer's judgement can be trusted: its ranking of archs (inherited weights,
 held-out top-1) against the same archs trained alone, with the reference's own noise measured;
-and the hand-designed networks a searched arch must beat. Statistics only (numpy and vitas): the
-rank check that trains the archs alone is search.py's (search.rank_check).
+and the hand-designed networks a searched arch must beat. Statistics (numpy and vitas), and the
+flags and folder of an arch trained alone; the rank check that trains them is search.py's
+(search.rank_check).
 
     python search.py --ckpt runs/super/checkpoint.pt --flops-min 2M --flops-max 4M --rank-check 16
     python search.py --out runs/search --rank-check 16       # alone, on a finished search folder
@@ -514,8 +515,12 @@ def alone_argv(ck, epochs, device, world, seed=0, flags=()):
     return argv + (["--amp"] if ck_args.get("amp") else []) + list(flags)
 
 
+def alone_key(arch, argv):
+    """`arch` trained alone with `argv`, as a short key (it names a folder, and experiment.py's record)."""
+    return hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
+
+
 def alone_folder(root, arch, argv):
     """Where `arch` trained alone with `argv` goes under `root`: one folder per arch and settings,
     so a folder shared between searches never trains the same thing twice."""
-    key = hashlib.sha1(json.dumps([arch.to_dict(), argv]).encode()).hexdigest()[:12]
-    return os.path.join(root, key)
+    return os.path.join(root, alone_key(arch, argv))

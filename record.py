@@ -225,6 +225,7 @@ def epoch_sums(space):
     return {"loss": 0.0, "flops": 0.0, "n": 0, "blocks": [0] * space.depth,
             "patches": {str(p): 0 for p in space.patch_sizes}, "depths": [0] * (space.depth + 1)}
 
+
 def add_step(sums, loss, flops, archs, space):
     """Add one step (its mean loss and FLOPs, and its archs) to epoch_sums, in place."""
     sums["loss"] += loss
@@ -237,6 +238,7 @@ def add_step(sums, loss, flops, archs, space):
     for a in archs:
         sums["depths"][a.depth] += 1
 
+
 def sampler_statistics(sums):
     """The share of steps that trained each block position and each patch size, and the share of
     drawn networks of each depth 0..D: who the sampler trains, and who it starves."""
@@ -244,6 +246,7 @@ def sampler_statistics(sums):
     return {"block_share": [c / steps for c in sums["blocks"]],
             "patch_share": {p: c / steps for p, c in sums["patches"].items()},
             "depth_share": [c / archs for c in sums["depths"]]}
+
 
 def keep_log_lines(path, done, key="epoch"):
     """A resumed run's JSON-lines log cut back to what its checkpoint holds: the records with `key`
@@ -279,6 +282,7 @@ def start_log(run, resumed):
     elif aside := runs.set_aside(path):
         run.d.log(f"{path} was an earlier run's (no checkpoint beside it): moved to {aside}")
 
+
 def describe(run, recipe_keys):
     """The run's set-up in two lines: what trains where, with what batch, for how long, on which images."""
     args, d = run.args, run.d
@@ -289,6 +293,7 @@ def describe(run, recipe_keys):
           f"held-out {len(run.data.holdout)}, val {len(run.data.val)} images")
     if run.sampler.mode == "super":
         d.log(f"recipe {args.recipe}: " + ", ".join(f"{k.replace('_', '-')} {getattr(args, k)}" for k in recipe_keys))
+
 
 def describe_window(sampler, what, d, n=1000):
     """The learned identity probability and how many of n draws land in the window: raw draws at
@@ -323,6 +328,7 @@ def progress(run, epoch, flops, t_start, step0):
               f"{flops / 1e6:.2f} MFLOPs {rate:.0f} img/s, {100 * run.waited / elapsed:.0f}% waiting for data, "
               f"ETA {fmt_time(eta)}")
 
+
 def all_reduce_seconds(ddp, steps):
     """Seconds the gradient all-reduce took over `steps` steps, in all and not hidden behind the
     backward pass: DDP's own timer (it samples iterations 1-10, then every 100th) times steps; 0
@@ -339,7 +345,8 @@ def epoch_seconds(run):
     (forward, backward with its all-reduce, optimizer), evaluation; and of the steps, the gradient
     all-reduce, in all and not hidden behind the backward pass (all_reduce_seconds: DDP's
     sampled timer times the epoch's steps, an estimate)."""
-    reduce, exposed = all_reduce_seconds(run.ddp, run.sums["n"])
+    steps = run.seen // (run.args.batch_size * run.args.accum_steps * run.d.world)   # since the epoch began here
+    reduce, exposed = all_reduce_seconds(run.ddp, steps)
     return {"data": run.waited, "steps": run.ready - run.t_epoch - run.waited, "evaluation": time.time() - run.ready,
             "all_reduce": reduce, "all_reduce_exposed": exposed}
 
@@ -354,6 +361,7 @@ def epoch_record(run, epoch, evals):
             "val": {k: {m: v[m] for m in ("top1", "top5", "loss", "prob", "n")} for k, v in evals.items()},
             **run.sampler.statistics(run.sums), "bad_images": data.bad_images(run.data, run.d),
             "provenance": run.provenance}
+
 
 def write_record(run, record, every_s=60):
     """Append the epoch's record to log.jsonl (one JSON object per epoch) and draw curves.png after

@@ -2,9 +2,9 @@
 RESULTS.md and the README's summary from the figures experiment.py reads of results/ (python
 experiment.py table): the statistics over the records (a reference's reliability, each recipe's
 ranking and learning over its supernet seeds, the outcome's margins), the tables and their prose,
-and --check, which compares the committed files with what the records give. It reads no file of
-results/ itself and trains nothing; experiment.py imports it, never the other way (what the prose
-says of how the experiments ran comes in the figures, under "setup").
+and --check, which compares the committed files with what the records give. Of results/ it reads
+only each record's provenance (provenance_rows) and trains nothing; experiment.py imports it, never
+the other way (what the prose says of how the experiments ran comes in the figures, under "setup").
 """
 import collections
 import glob
@@ -508,6 +508,14 @@ def bench_section(doc, benches):
                 doc.row([b["device"], b["precision"], r["preset"], str(r["batch"]), str(r["archs"]),
                          fmt(r["rho_flops"], 3), fmt(r["rho_latency_model_half"], 3),
                          "n/a" if ips is None else f"{ips[0]:,.0f}-{ips[1]:,.0f}", b["date"]])
+    for b in (b for b in benches if b["kind"] == "scaling"):
+        doc.para(f"`{b['command']}` ({b['date']}): train.py's training loader over generated JPEGs (the "
+                 f"super-transformer's augmentation to 224 px), images/s per worker count: "
+                 + ", ".join(f"{w}: {v:,.0f}" for w, v in b["loader"].items())
+                 + f"; ViTAS-C's plain fp32 step on the same CPU: {b['model_images_per_s']:.1f} images/s. The "
+                 f"gradient all-reduce: {b['reduced_bytes'] / 1e6:.0f} MB a step (the slice's own parameters: "
+                 f"{b['slice_bytes'] / 1e6:.0f} MB), {b['gloo_seconds']:.2f} s between 2 gloo processes here "
+                 "(SCALING.md: what that means for GPUs, as estimates).")
 
 
 def settings_section(doc, settings):

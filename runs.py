@@ -33,6 +33,8 @@ from cli import UserError, fmt_time
 # -----------------------------------------------------------------------------
 # Processes (env-based: torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)
 
+GROUP_TIMEOUT = None    # --timeout of the run that made the process group
+
 
 @dataclasses.dataclass
 class Dist:
@@ -40,7 +42,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
-    timeout: float = 1800.0     # seconds a collective may wait (--timeout)
+    timeout: float = None       # seconds a collective may wait (--timeout; None: torch's default)
 
     @property
     def main(self):
@@ -92,7 +94,7 @@ def reuse_freed_memory():
     return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
-def setup_distributed(device="auto", timeout=1800.0):
+def setup_distributed(device="auto", timeout=None):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -108,9 +110,12 @@ def setup_distributed(device="auto", timeout=1800.0):
         # torchrun sets OMP_NUM_THREADS=1; a plain run may use every core
         if "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout))
-    return Dist(rank, world, local_rank, dev, timeout)
+    global GROUP_TIMEOUT
+    if world > 1 and not dist.is_initialized():     # a run inside a run (a search's trainings alone) keeps it
+        GROUP_TIMEOUT = timeout
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                **({} if timeout is None else {"timeout": datetime.timedelta(seconds=timeout)}))
+    return Dist(rank, world, local_rank, dev, GROUP_TIMEOUT)
 
 
 @contextlib.contextmanager
@@ -125,7 +130,8 @@ def collectives_named(d, where="set-up"):
         if d.world == 1 or "timed out" not in str(e).lower():
             raise
         where = where if at.run is None else f"step {at.run.step + 1}"
-        raise UserError(f"rank {d.rank} of {d.world}: a collective waited past --timeout {d.timeout:g} s at {where}: "
+        waited = "torch's default timeout" if d.timeout is None else f"--timeout {d.timeout:g} s"
+        raise UserError(f"rank {d.rank} of {d.world}: a collective waited past {waited} at {where}: "
                         f"another rank stopped or hangs (its output says why); the last checkpoint is kept, "
                         f"the same command resumes") from None
 
@@ -560,10 +566,10 @@ def execute(job, runner):
     return job["path"], time.time() - t
 
 
-def run_jobs(jobs, workers, execute):
-    """Run the jobs whose record (job["path"]) is missing through `execute` (a module-level
-    function, job -> (record path, seconds): calls execute() above): in `workers` processes (0: in this one), one thread
-    each; a line per finished job with the time left."""
+def run_jobs(jobs, workers, run):
+    """Run the jobs whose record (job["path"]) is missing through `run` (a module-level function,
+    job -> (record path, seconds), that calls execute()): in `workers` processes (0: in this one),
+    one thread each; a line per finished job with the time left."""
     todo = [j for j in jobs if not os.path.exists(j["path"])]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already have a record; running {len(todo)} "
           f"({'in this process' if workers == 0 else f'{workers} worker processes, one thread each'})", flush=True)
@@ -578,9 +584,9 @@ def run_jobs(jobs, workers, execute):
 
     if workers == 0:
         for i, job in enumerate(todo, 1):
-            done(i, *execute(job))
+            done(i, *run(job))
         return
     os.environ["OMP_NUM_THREADS"] = "1"   # inherited by the workers before they import torch
     with multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
-        for i, (path, seconds) in enumerate(pool.imap_unordered(execute, todo), 1):
+        for i, (path, seconds) in enumerate(pool.imap_unordered(run, todo), 1):
             done(i, path, seconds)

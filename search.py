@@ -303,9 +303,10 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
         try:
             with open(state_path) as f:
                 state = json.load(f)
-            if state.get("fitness", "top1") != args.fitness:
-                raise ValueError(f"it was searched with --fitness {state.get('fitness', 'top1')}, "
-                                 f"this run has {args.fitness}")
+            for flag, was, now in (("--fitness", state.get("fitness", "top1"), args.fitness),
+                                   ("--holdout-extra", state.get("holdout_extra", 0), args.holdout_extra)):
+                if was != now:
+                    raise ValueError(f"it was searched with {flag} {was}, this run has {now}")
             evo.load_state_dict(state)
             if meter is not None:   # the figures the interrupted run measured: the same decisions again
                 meter.load_state_dict(state.get("throughput", []))
@@ -324,7 +325,7 @@ def run_search(args, space, fitness, identity_prob, identity_shift, algo, out, l
         evo.record(archs, fits, scores)
         if write:
             write_json(os.path.join(out, "candidates.jsonl"), evo.history, lines=True)
-            write_json(state_path, {"fitness": args.fitness, **evo.state_dict(),
+            write_json(state_path, {"fitness": args.fitness, "holdout_extra": args.holdout_extra, **evo.state_dict(),
                                     **({} if meter is None else {"throughput": meter.state_dict()})})
         best = evo.best
         eta = (time.time() - t0) / (evo.generation - g0) * (args.generations - evo.generation)
@@ -412,7 +413,7 @@ def alone_root(args):
 def rank_check(args, space, ck, score, holdout_images, d):
     """How far the search's judgement can be trusted: --rank-check K archs of the window spread over
     its (patch, depth) cells by a seeded draw (spread_archs: not chosen by the fitness), scored by
-    `score` (the inherited weights: {"top1", "loss"}) and trained alone for --rank-epochs with
+    `score` (the inherited weights: {"top1", "loss", "prob"}) and trained alone for --rank-epochs with
     --rank-seeds training seeds (train.py's retrain mode on the checkpoint's data, --retrain-flags
     passed through). rank_check.json holds every arch's figures and rank_statistics(); resumable,
     a finished training is never redone."""
@@ -483,6 +484,7 @@ def resolve_from_folder(args):
     args.ckpt, args.flops_min, args.flops_max = settings["ckpt"], settings["flops_min"], settings["flops_max"]
     args.fitness = settings.get("fitness", "top1")
     args.eval_size = args.eval_size or settings.get("eval_size")
+    args.holdout_extra = args.holdout_extra or settings.get("holdout_extra", 0)     # the images it scored on
     return summary
 
 

@@ -423,7 +423,7 @@ def parse_args(argv=None):
 
 def train_alone(arch, out, argv, d):
     """Train `arch` alone with train.py's retrain mode into `out`; its final val {"top1", "top5",
-    "loss", "n"}. The result is kept in out/result.json: a finished training is never redone."""
+    "loss", "prob", "n"}. The result is kept in out/result.json: a finished training is never redone."""
     result_path, arch_path = os.path.join(out, "result.json"), os.path.join(out, "arch.json")
     result = runs.read_if_every_rank_sees(result_path, d)
     if result is not None and result["arch"] == arch.to_dict() and result["argv"] == argv:
