@@ -342,7 +342,8 @@ def parse_train_args(ap, argv=None):
                  f"expected at most the peak learning rate")
     check_flops_window(ap, args)
     if args.workers is None and not (args.eval or args.export):    # those take the checkpoint's data's
-        share = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))     # cores it may use
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        share = cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1))                           # cores it may use
         args.workers = 0 if args.data == "synthetic" else min(8, max(1, share - 1))
     if args.print_space:                       # like --help: print and exit
         print(json.dumps(load_space(args.space or "tiny").to_dict()))
