@@ -1111,14 +1111,21 @@ SANDWICH_DDP = ["--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--sandwich",
                 "--sharing", "cyclic", "--identity-shift", "train", *SMALL]
 
 
+# drop path and MixUp draw from every rank's generator each step: a restart's test (its uninterrupted run)
+RESTART_DDP = ["--epochs", "3", "--uniform-epochs", "1", *WINDOW, *SMALL, "--workers", "0", "--drop-path", "0.1",
+               "--mixup", "0.8"]
+
+
 @pytest.fixture(scope="module")
 def v1_ddp(tmp_path_factory):
-    """Two train.py runs in one 2-process torchrun launch: V1_DDP, and V1_DDP at batch 16 x
-    --accum-steps 2; {name: (its folder, torchrun_watched's ranks)}."""
+    """Four train.py runs in one 2-process torchrun launch (one process group): V1_DDP, V1_DDP at
+    batch 16 x --accum-steps 2, SANDWICH_DDP and RESTART_DDP; {name: (its folder, torchrun_watched's
+    ranks)}."""
     out = tmp_path_factory.mktemp("v1-ddp")
     torchrun_watched(out, out / "ddp", *V1_DDP, "++", "--out", str(out / "accum"), *V1_DDP, "--batch-size", "16",
-                     "--accum-steps", "2")
-    return {name: (out / name, watched_ranks(out / name)) for name in ("ddp", "accum")}
+                     "--accum-steps", "2", "++", "--out", str(out / "sandwich"), *SANDWICH_DDP,
+                     "++", "--out", str(out / "restart"), *RESTART_DDP)
+    return {name: (out / name, watched_ranks(out / name)) for name in ("ddp", "accum", "sandwich", "restart")}
 
 
 @pytest.mark.slow
@@ -1151,9 +1158,8 @@ def test_two_process_torchrun_trains_the_same_arch_on_every_rank_and_two_nodes_t
 
 
 @pytest.mark.slow
-def test_sandwich_trains_the_largest_and_smallest_every_step_on_every_rank(tmp_path):
-    out = tmp_path / "ddp"
-    ranks = torchrun_watched(tmp_path, out, *SANDWICH_DDP)
+def test_sandwich_trains_the_largest_and_smallest_every_step_on_every_rank(v1_ddp):
+    out, ranks = v1_ddp["sandwich"]
     assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
     ends = record.reported_archs(TINY, (LO, HI))
     for largest, smallest, drawn in ranks[0]["archs"]:
@@ -1958,28 +1964,24 @@ def worker_of_rank(agent, rank):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers in /proc")
-def test_torchrun_restarts_a_killed_worker_into_the_uninterrupted_runs_weights(tmp_path):
+def test_torchrun_restarts_a_killed_worker_into_the_uninterrupted_runs_weights(v1_ddp, tmp_path):
     """torchrun --max-restarts=1 with the agent's store not shared with the workers (the README's
     command: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; shared, gloo's restarted workers connect to the
     dead ones' addresses): the worker of rank 1 killed with -9 after the first epoch; the restarted
-    workers resume from the checkpoint and end with the weights of a run nobody killed, each epoch
-    logged once. Drop path and MixUp draw from every rank's generator each step, so rank 1 ends
+    workers resume from the checkpoint and end with the weights of a run nobody killed (the v1_ddp
+    fixture's RESTART_DDP), each epoch logged once. Drop path and MixUp draw from every rank's generator each step, so rank 1 ends
     there only if its own generator's state was restored too."""
-    def launch(out):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-               "train.py", "--out", str(out), "--epochs", "3", "--uniform-epochs", "1", *WINDOW, *SMALL,
-               "--workers", "0", "--drop-path", "0.1", "--mixup", "0.8"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
-        return subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    whole, killed = launch(tmp_path / "a"), launch(tmp_path / "b")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+           "train.py", "--out", str(tmp_path / "b"), *RESTART_DDP]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    killed = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ck, start = tmp_path / "b" / "checkpoint.pt", time.time()
     while not ck.exists() and time.time() - start < 120:        # the first epoch's
         time.sleep(0.02)
     os.kill(worker_of_rank(killed.pid, 1), signal.SIGKILL)
-    outs = [p.communicate(timeout=300)[0] for p in (whole, killed)]
-    assert whole.returncode == killed.returncode == 0, outs[1][-3000:]
-    assert "resumed from" in outs[1] and "resumed from" not in outs[0]
-    a, b = (runs.load_checkpoint(tmp_path / x / "checkpoint.pt") for x in "ab")
+    out = killed.communicate(timeout=300)[0]
+    assert killed.returncode == 0 and "resumed from" in out, out[-3000:]
+    a, b = runs.load_checkpoint(v1_ddp["restart"][0] / "checkpoint.pt"), runs.load_checkpoint(ck)   # a: nobody killed
     assert a["args"]["drop_path"] == 0.1 and a["args"]["mixup"] == 0.8
     assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
