@@ -1114,25 +1114,31 @@ SANDWICH_DDP = ["--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--sandwich",
 # drop path and MixUp draw from every rank's generator each step: a restart's test (its uninterrupted run)
 RESTART_DDP = ["--epochs", "3", "--uniform-epochs", "1", *WINDOW, *SMALL, "--workers", "0", "--drop-path", "0.1",
                "--mixup", "0.8"]
+COUNT = [*WINDOW, "--synthetic-size", "320", "--eval-limit", "32", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def v1_ddp(tmp_path_factory):
-    """Four train.py runs in one 2-process torchrun launch (one process group): V1_DDP, V1_DDP at
-    batch 16 x --accum-steps 2, SANDWICH_DDP and RESTART_DDP; {name: (its folder, torchrun_watched's
-    ranks)}."""
-    out = tmp_path_factory.mktemp("v1-ddp")
-    torchrun_watched(out, out / "ddp", *V1_DDP, "++", "--out", str(out / "accum"), *V1_DDP, "--batch-size", "16",
-                     "--accum-steps", "2", "++", "--out", str(out / "sandwich"), *SANDWICH_DDP,
-                     "++", "--out", str(out / "restart"), *RESTART_DDP)
-    return {name: (out / name, watched_ranks(out / name)) for name in ("ddp", "accum", "sandwich", "restart")}
+def ddp_runs(tmp_path_factory):
+    """Several train.py runs in one 2-process torchrun launch (one process group, torchrun_watched):
+    V1_DDP, V1_DDP at batch 16 x --accum-steps 2, SANDWICH_DDP, RESTART_DDP, a picture's folder
+    with RandAugment at 0 and 2 loader workers, and one epoch to resume under another process
+    count; {name: (its folder, what each rank trained)}."""
+    out = tmp_path_factory.mktemp("ddp")
+    picture = ["--data", one_picture_folder(out / "data"), "--randaug", "9", "--reprob", "0.5", "--holdout", "0",
+               "--epochs", "1", "--batch-size", "8", "--eval-limit", "8", "--device", "cpu"]
+    todo = {"ddp": V1_DDP, "accum": [*V1_DDP, "--batch-size", "16", "--accum-steps", "2"], "sandwich": SANDWICH_DDP,
+            "restart": RESTART_DDP, "w0": [*picture, "--workers", "0"], "w2": [*picture, "--workers", "2"],
+            "count": [*COUNT, "--epochs", "1", "--batch-size", "16"]}
+    (first, argv), *rest = todo.items()
+    torchrun_watched(out, out / first, *argv, *[w for name, a in rest for w in ("++", "--out", str(out / name), *a)])
+    return {name: (out / name, watched_ranks(out / name)) for name in todo}
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_trains_the_same_arch_on_every_rank_and_two_nodes_train_as_one(v1_ddp, tmp_path):
+def test_two_process_torchrun_trains_the_same_arch_on_every_rank_and_two_nodes_train_as_one(ddp_runs, tmp_path):
     """Issue 39: two torchrun agents (two nodes of one process) end with the weights, archs and log
     of one agent with two processes, written once (global rank 0)."""
-    out, ranks = v1_ddp["ddp"]
+    out, ranks = ddp_runs["ddp"]
     nodes = torchrun_watched(tmp_path, tmp_path / "nodes", *V1_DDP, nodes=2)
     for one, two in zip(ranks, nodes):
         assert one["archs"] == two["archs"] and one["model"].keys() == two["model"].keys()
@@ -1158,8 +1164,8 @@ def test_two_process_torchrun_trains_the_same_arch_on_every_rank_and_two_nodes_t
 
 
 @pytest.mark.slow
-def test_sandwich_trains_the_largest_and_smallest_every_step_on_every_rank(v1_ddp):
-    out, ranks = v1_ddp["sandwich"]
+def test_sandwich_trains_the_largest_and_smallest_every_step_on_every_rank(ddp_runs):
+    out, ranks = ddp_runs["sandwich"]
     assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
     ends = record.reported_archs(TINY, (LO, HI))
     for largest, smallest, drawn in ranks[0]["archs"]:
@@ -1360,16 +1366,12 @@ def one_picture_folder(root, n=32):
 
 
 @pytest.mark.slow
-def test_each_rank_augments_apart_and_every_rank_draws_the_same_archs(tmp_path):
+def test_each_rank_augments_apart_and_every_rank_draws_the_same_archs(ddp_runs):
     """Under 2-process torchrun, RandAugment and random erasing of one picture give each rank other
-    batches at every step (in this process, --workers 0, and in loader workers, 2: both runs in one
-    launch), while the archs drawn are equal."""
-    argv = ["--data", one_picture_folder(tmp_path / "data"), "--randaug", "9", "--reprob", "0.5", "--holdout", "0",
-            "--epochs", "1", "--batch-size", "8", "--eval-limit", "8", "--device", "cpu"]
-    torchrun_watched(tmp_path, tmp_path / "w0", *argv, "--workers", "0", "++", "--out", str(tmp_path / "w2"),
-                     *argv, "--workers", "2")
+    batches at every step (in this process, --workers 0, and in loader workers, 2), while the archs
+    drawn are equal."""
     for workers in ("w0", "w2"):
-        ranks = watched_ranks(tmp_path / workers)
+        _, ranks = ddp_runs[workers]
         assert len(ranks[0]["batches"]) == 2 and ranks[0]["archs"] == ranks[1]["archs"]
         assert all(not torch.equal(a, b) for a, b in zip(ranks[0]["batches"], ranks[1]["batches"]))
 
@@ -1387,13 +1389,12 @@ def test_rank_zero_keeps_its_stream_and_rank_one_gets_its_own():
 
 
 @pytest.mark.slow
-def test_a_resume_under_another_process_count_keeps_the_global_batch_or_stops_naming_both(tmp_path, capsys):
-    """Trained by 2 processes x 16, resumed by one: with --batch-size 16 refused in one line naming both
-    sizes and the fix; with --batch-size 32 (the same global batch) it goes on, saying it is not bit-exact."""
-    out = tmp_path / "run"
-    argv = [*WINDOW, "--synthetic-size", "320", "--eval-limit", "32", "--device", "cpu", "--out", str(out)]
-    r = torchrun("train.py", *argv, "--epochs", "1", "--batch-size", "16")
-    assert r.returncode == 0, r.stderr[-2000:]
+def test_a_resume_under_another_process_count_keeps_the_global_batch_or_stops_naming_both(ddp_runs, capsys):
+    """Trained by 2 processes x 16 (ddp_runs' "count"), resumed by one: with --batch-size 16 refused in
+    one line naming both sizes and the fix; with --batch-size 32 (the same global batch) it goes on,
+    saying it is not bit-exact."""
+    out, _ = ddp_runs["count"]
+    argv = [*COUNT, "--out", str(out)]
     code, err = run_main(train, [*argv, "--epochs", "2", "--batch-size", "16"], capsys)
     assert code == 2 and "Traceback" not in err and "2 process(es) x batch 16" in err and "--batch-size 32" in err
     train.main([*argv, "--epochs", "2", "--batch-size", "32"])
@@ -1748,10 +1749,10 @@ def test_k_micro_batches_give_the_weights_of_one_batch_k_times_larger(tmp_path, 
 
 
 @pytest.mark.slow
-def test_accumulation_all_reduces_the_gradients_once_an_optimizer_step(v1_ddp):
+def test_accumulation_all_reduces_the_gradients_once_an_optimizer_step(ddp_runs):
     """Under 2-process torchrun, --accum-steps 2 at batch 16 all-reduces as many gradient buckets as
     batch 32 without accumulation (the first micro-batch under no_sync), on the same archs."""
-    (_, ranks), (_, accum) = v1_ddp["ddp"], v1_ddp["accum"]
+    (_, ranks), (_, accum) = ddp_runs["ddp"], ddp_runs["accum"]
     assert ranks[0]["allreduces"] > 0
     assert [r["allreduces"] for r in accum] == [r["allreduces"] for r in ranks]
     assert accum[0]["archs"] == ranks[0]["archs"]
@@ -1964,12 +1965,12 @@ def worker_of_rank(agent, rank):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers in /proc")
-def test_torchrun_restarts_a_killed_worker_into_the_uninterrupted_runs_weights(v1_ddp, tmp_path):
+def test_torchrun_restarts_a_killed_worker_into_the_uninterrupted_runs_weights(ddp_runs, tmp_path):
     """torchrun --max-restarts=1 with the agent's store not shared with the workers (the README's
     command: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; shared, gloo's restarted workers connect to the
     dead ones' addresses): the worker of rank 1 killed with -9 after the first epoch; the restarted
-    workers resume from the checkpoint and end with the weights of a run nobody killed (the v1_ddp
-    fixture's RESTART_DDP), each epoch logged once. Drop path and MixUp draw from every rank's generator each step, so rank 1 ends
+    workers resume from the checkpoint and end with the weights of a run nobody killed (ddp_runs'
+    RESTART_DDP), each epoch logged once. Drop path and MixUp draw from every rank's generator each step, so rank 1 ends
     there only if its own generator's state was restored too."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
            "train.py", "--out", str(tmp_path / "b"), *RESTART_DDP]
@@ -1981,7 +1982,7 @@ def test_torchrun_restarts_a_killed_worker_into_the_uninterrupted_runs_weights(v
     os.kill(worker_of_rank(killed.pid, 1), signal.SIGKILL)
     out = killed.communicate(timeout=300)[0]
     assert killed.returncode == 0 and "resumed from" in out, out[-3000:]
-    a, b = runs.load_checkpoint(v1_ddp["restart"][0] / "checkpoint.pt"), runs.load_checkpoint(ck)   # a: nobody killed
+    a, b = runs.load_checkpoint(ddp_runs["restart"][0] / "checkpoint.pt"), runs.load_checkpoint(ck)   # nobody killed a
     assert a["args"]["drop_path"] == 0.1 and a["args"]["mixup"] == 0.8
     assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
