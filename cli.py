@@ -117,7 +117,8 @@ def load_space(spec):
         raise UserError(f"--space {spec}: expected a JSON object with the fields {', '.join(names)}")
     unknown, missing = sorted(set(d) - set(names)), [n for n in names if n not in d]
     if unknown or missing:
-        wrong = [f"unknown field(s) {', '.join(unknown)}"] * bool(unknown) + [f"missing {', '.join(missing)}"] * bool(missing)
+        wrong = ([f"unknown field(s) {', '.join(unknown)}"] * bool(unknown)
+                 + [f"missing {', '.join(missing)}"] * bool(missing))
         raise UserError(f"--space {spec}: {'; '.join(wrong)} (a search space has exactly: {', '.join(names)})")
     try:
         return vitas.SearchSpace(**d)
@@ -154,7 +155,6 @@ def throughput_measure_flags(group):
     group.add_argument("--throughput-batch", type=number_arg(int, 1), default=None,
                        help="batch of throughput measurements (default 16 on CPU, 128 on CUDA)")
     group.add_argument("--throughput-amp", action="store_true", help="measure throughput under bf16 autocast (CUDA)")
-
 
 
 # -----------------------------------------------------------------------------

@@ -108,7 +108,8 @@ class Readable(Dataset):
 def bad_images(datasets, d):
     """Unreadable images replaced so far (--skip-bad-images), summed over ranks (image folders only:
     other data has no files to read, and every rank knows it without a collective)."""
-    folders = [ds for ds in (datasets.train.dataset, datasets.holdout.dataset, datasets.val) if isinstance(ds, Readable)]
+    folders = [ds for ds in (datasets.train.dataset, datasets.holdout.dataset, datasets.val)
+               if isinstance(ds, Readable)]
     if not folders:
         return 0
     n = torch.tensor([sum(ds.bad.value for ds in folders)])
@@ -328,8 +329,9 @@ def evaluate(model, loader, d, arch=None, side=None, amp=False):
             logits = model(x) if side is None else model(x, arch, side)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hit = top5 == y[:, None]
-        p_true = logits.float().softmax(1).gather(1, y[:, None]).sum()
-        stats += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), F.cross_entropy(logits.float(), y, reduction="sum"),
+        logits = logits.float()
+        p_true = logits.softmax(1).gather(1, y[:, None]).sum()
+        stats += torch.stack([hit[:, 0].sum(), hit.any(1).sum(), F.cross_entropy(logits, y, reduction="sum"),
                               torch.tensor(len(y), device=d.device), p_true]).double()
     d.all_reduce(stats)
     model.train(was_training)

@@ -309,10 +309,10 @@ def rescore_job(recipe, seed, extra, fitness, results, scratch):
 
 def run_rescore(job):
     """A grid record's super-transformer (trained from the record's flags where its checkpoint is
-    gone or unfinished) scores the window reference with every fitness measure (search.FITNESS) on its held-out
-    split, where it must give the record's top-1 again, and with job["extra"] more generated images;
-    the CPU-seconds an arch takes on each. With a fitness, the evolutionary search again (the grid's
-    settings) on the larger split."""
+    gone or unfinished) scores the window reference with every fitness measure (search.FITNESS) on
+    its held-out split, where it must give the record's top-1 again, and with job["extra"] more
+    generated images; the CPU-seconds an arch takes on each. With a fitness, the evolutionary search
+    again (the grid's settings) on the larger split."""
     stored, super_dir = runs.read_record(job["stored"]), os.path.join(job["scratch"], "super")
     ck_path, argv = os.path.join(super_dir, "checkpoint.pt"), list(stored["train_argv"])
     argv[argv.index("--out") + 1] = super_dir

@@ -81,6 +81,20 @@ def reference_rows(refs):
     return rows
 
 
+def tau_difference(fitness, base, taus, base_taus, top1):
+    """tau(fitness) - tau(base) with the two intervals a verdict needs: a paired bootstrap over the
+    archs (fitness: one per supernet seed; base likewise, or one fixed predictor) and ("over_seeds")
+    a t interval over the seeds (taus, base_taus: their taus, paired by seed; base_taus may be one)."""
+    return {**rankcheck.paired_difference(fitness, base, top1),
+            "over_seeds": rankcheck.seed_difference(taus, base_taus)}
+
+
+def seed_scores(fitnesses, top1, r_s, mean):
+    """Per supernet seed, a fitness's tau against the reference mean, its tau_c and its top-3 regret."""
+    taus = [rankcheck.kendall_tau(f, mean) for f in fitnesses]
+    return taus, [rankcheck.scored(t, r_s)["tau_c"] for t in taus], [rankcheck.top_regret(f, top1) for f in fitnesses]
+
+
 def recipe_rows(supers, window, space, baselines=("v2",)):
     """Per recipe, over its supernet seeds on the window reference (experiment.reference_table's
     "window"): mean and SD of tau, tau_c and top-3 regret; its mean tau minus FLOPs' tau (FLOPs
@@ -98,14 +112,14 @@ def recipe_rows(supers, window, space, baselines=("v2",)):
     def at(records, key, seeds):                    # each seed's window figure
         return [records[s]["window"][key] for s in seeds]
 
-    def minus(rs, baseline):                        # rs's figures minus the baseline's, on the seeds both have
+    def versus(rs, baseline):                       # rs's figures minus the baseline's, on the seeds both have
         base = by_recipe.get(baseline, {})
         shared = [s for s in sorted(rs) if s in base]
         if rs is base or not shared:
             return None
-        return {"seeds": shared,
-                **rankcheck.paired_difference(at(rs, "fitness", shared), at(base, "fitness", shared), top1),
-                "over_seeds": rankcheck.seed_difference(at(rs, "kendall_tau", shared), at(base, "kendall_tau", shared))}
+        return {"seeds": shared, **tau_difference(at(rs, "fitness", shared), at(base, "fitness", shared),
+                                                  at(rs, "kendall_tau", shared), at(base, "kendall_tau", shared),
+                                                  top1)}
 
     rows = []
     for name, rs in by_recipe.items():
@@ -115,9 +129,8 @@ def recipe_rows(supers, window, space, baselines=("v2",)):
                      "top3_regret": pick("top3_regret"),
                      "tau_c_by_patch": {p: [b[p]["tau_c"] for b in pick("by_patch")]
                                         for p in rs[seeds[0]]["window"]["by_patch"]},
-                     "minus_flops": {**rankcheck.paired_difference(pick("fitness"), flops, top1),
-                                     "over_seeds": rankcheck.seed_difference(pick("kendall_tau"), flops_tau)},
-                     "minus": {b: minus(rs, b) for b in baselines},
+                     "minus_flops": tau_difference(pick("fitness"), flops, pick("kendall_tau"), flops_tau, top1),
+                     "minus": {b: versus(rs, b) for b in baselines},
                      "min_block_share": [min(rs[s]["sampled"]["block_share"]) for s in seeds],
                      "cpu_minutes": [rs[s]["cpu_minutes"] for s in seeds]})
     return rows
@@ -171,7 +184,7 @@ def fitness_rows(supers, window):
     held-out loss, which the same pass over the held-out images gives (so at the same cost): each
     one's tau_c and top-3 regret per supernet seed, and tau(loss) - tau(top-1) with intervals paired
     over the archs and over the seeds."""
-    archs, top1 = zip(*window)
+    top1 = [t for _, t in window]
     r_s, mean = rankcheck.reliability(top1)[2], rankcheck.reference_mean(top1)
     rows = []
     for recipe in dict.fromkeys(r["recipe"] for r in supers):
@@ -179,12 +192,10 @@ def fitness_rows(supers, window):
         if not rs:
             continue
         by = {name: [w[key] for w in rs] for name, key in (("top1", "fitness"), ("loss", "loss_fitness"))}
-        taus = {name: [rankcheck.kendall_tau(f, mean) for f in fs] for name, fs in by.items()}
+        scores = {name: seed_scores(fs, top1, r_s, mean) for name, fs in by.items()}   # (taus, tau_c, regret)
         rows.append({"recipe": recipe, "seeds": len(rs),
-                     **{f"tau_c_{n}": [rankcheck.scored(t, r_s)["tau_c"] for t in taus[n]] for n in by},
-                     **{f"regret_{n}": [rankcheck.top_regret(f, top1) for f in by[n]] for n in by},
-                     "minus": {**rankcheck.paired_difference(by["loss"], by["top1"], top1),
-                               "over_seeds": rankcheck.seed_difference(taus["loss"], taus["top1"])}})
+                     **{f"tau_c_{n}": scores[n][1] for n in by}, **{f"regret_{n}": scores[n][2] for n in by},
+                     "minus": tau_difference(by["loss"], by["top1"], scores["loss"][0], scores["top1"][0], top1)})
     return rows
 
 
@@ -193,20 +204,17 @@ def variant_rows(variants, window):
     {supernet seed: (fitness of each window arch, CPU-seconds per arch)}}): its CPU-seconds per
     candidate, tau_c and top-3 regret per seed, and tau(variant) - tau(top-1 on the smallest
     split, the search's today) paired over the archs and over the seeds."""
-    archs, top1 = zip(*window)
+    top1 = [t for _, t in window]
     r_s, mean = rankcheck.reliability(top1)[2], rankcheck.reference_mean(top1)
     rows = []
     for (recipe, measure, n), by_seed in sorted(variants.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
         base = variants[recipe, "top1", min(k[2] for k in variants if k[0] == recipe)]
         seeds = sorted(set(by_seed) & set(base))
         fs, bs = [by_seed[s][0] for s in seeds], [base[s][0] for s in seeds]
-        taus, base_taus = ([rankcheck.kendall_tau(f, mean) for f in x] for x in (fs, bs))
+        (taus, tau_c, regret), base_taus = seed_scores(fs, top1, r_s, mean), seed_scores(bs, top1, r_s, mean)[0]
         rows.append({"recipe": recipe, "measure": measure, "holdout_images": n, "seeds": len(seeds),
-                     "cpu_seconds": float(np.mean([by_seed[s][1] for s in seeds])),
-                     "tau_c": [rankcheck.scored(t, r_s)["tau_c"] for t in taus],
-                     "regret": [rankcheck.top_regret(f, top1) for f in fs],
-                     "minus": {**rankcheck.paired_difference(fs, bs, top1),
-                               "over_seeds": rankcheck.seed_difference(taus, base_taus)}})
+                     "cpu_seconds": float(np.mean([by_seed[s][1] for s in seeds])), "tau_c": tau_c, "regret": regret,
+                     "minus": tau_difference(fs, bs, taus, base_taus, top1)})
     return rows
 
 

@@ -171,7 +171,6 @@ def amp_context(device, enabled):
     return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-
 # -----------------------------------------------------------------------------
 # Run folders: one live run each
 
@@ -244,7 +243,6 @@ def write_json(path, obj, lines=False):
         else:
             json.dump(obj, f, indent=1)
     os.replace(tmp, path)
-
 
 
 def read_if_every_rank_sees(path, d):
@@ -402,7 +400,6 @@ def supernet_of(ck):
     return supernet, vitas.SHARINGS[ck["args"].get("sharing", "bilateral")]
 
 
-
 # -----------------------------------------------------------------------------
 # A training run: its state, its checkpoint, its optimiser
 
@@ -522,7 +519,6 @@ def param_groups(model, weight_decay):
     for name, p in model.named_parameters():
         (no_decay if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")) else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
 
 
 def warmup_cosine(warmup_steps, total_steps, min_ratio):
