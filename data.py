@@ -54,17 +54,22 @@ def synthetic_images(n, num_classes, size, seed):
 
 
 class TensorImages(Dataset):
-    """uint8 images (N, 3, S, S) held in memory, with a transform."""
+    """Generated uint8 images (N, 3, S, S) held in memory, scaled to [0, 1] and normalised as the
+    evaluation transform does (the same floats as torchvision's, without importing it: a process
+    on the synthetic data starts ~1.5 s sooner); never augmented: they are generated with all the
+    variation they need."""
 
-    def __init__(self, images, labels, transform):
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
         self.classes = sorted(set(labels.tolist()))
+        self.mean, self.std = (torch.tensor(v).view(-1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, i):
-        return self.transform(self.images[i]), int(self.labels[i])
+        x = self.images[i].to(torch.float32).mul_(1.0 / 255)     # (3, S, S)
+        return x.sub(self.mean).div_(self.std), int(self.labels[i])
 
 
 class BadImage(UserError):
@@ -125,13 +130,13 @@ def eval_transform_spec(size, real):
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
-def image_transforms(size, train, args, real):
-    """DeiT-like for real data (random resized crop, flip, RandAugment, random erasing); synthetic
-    data gets none (it is generated with all the variation it needs)."""
+def image_transforms(size, train, args):
+    """Real data's: DeiT-like for training (random resized crop, flip, RandAugment, random erasing),
+    eval_transform_spec's for evaluation (TensorImages holds the synthetic data's)."""
     from torchvision.transforms import v2 as T
     norm = [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if not train or not real:
-        spec = eval_transform_spec(size, real)
+    if not train:
+        spec = eval_transform_spec(size, real=True)
         return T.Compose([T.Resize(spec["resize"], antialias=True), T.CenterCrop(spec["crop"])] + norm)
     crop = ([T.RandomResizedCrop(size, antialias=True)] if size > 64
             else [T.Resize((size, size), antialias=True), T.RandomCrop(size, padding=size // 8)])
@@ -171,20 +176,20 @@ class Datasets:
 
 def build_datasets(args, image_size):
     """args.data: 'synthetic', 'cifar10', 'cifar100' or an ImageFolder root with train/ and val/."""
-    from torchvision import datasets
     kind = args.data
     seed = cli.data_seed(args)
     if kind == "synthetic":
         n_train, n_val = args.synthetic_size, max(args.synthetic_size // 5, 100)
         tr = synthetic_images(n_train, args.synthetic_classes, image_size, seed)
         va = synthetic_images(n_val, args.synthetic_classes, image_size, seed + 1)
-        make = lambda data, train: TensorImages(*data, image_transforms(image_size, train, args, real=False))
-        train_set, eval_train, val_set = make(tr, True), make(tr, False), make(va, False)
+        train_set = eval_train = TensorImages(*tr)
+        val_set = TensorImages(*va)
         classes = [str(i) for i in range(args.synthetic_classes)]
     elif kind in ("cifar10", "cifar100"):
+        from torchvision import datasets
         cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
         try:
-            tf = lambda train: image_transforms(image_size, train, args, real=True)
+            tf = lambda train: image_transforms(image_size, train, args)
             train_set = cls(args.data_root, train=True, transform=tf(True), download=args.download)
             eval_train = cls(args.data_root, train=True, transform=tf(False))
             val_set = cls(args.data_root, train=False, transform=tf(False))
@@ -193,6 +198,7 @@ def build_datasets(args, image_size):
                             f"add --download to fetch it there, or point --data-root at a copy") from None
         classes = list(train_set.classes)
     else:
+        from torchvision import datasets
         for split in ("train", "val"):
             if not os.path.isdir(os.path.join(kind, split)):
                 raise UserError(f"--data {kind!r}: expected an ImageFolder tree with {split}/ inside "
@@ -200,10 +206,10 @@ def build_datasets(args, image_size):
         try:
             skip = getattr(args, "skip_bad_images", False)
             folder = lambda split, train: Readable(datasets.ImageFolder(
-                os.path.join(kind, split), transform=image_transforms(image_size, train, args, real=True)), skip)
+                os.path.join(kind, split), transform=image_transforms(image_size, train, args)), skip)
             train_set, val_set = folder("train", True), folder("val", False)
             eval_train = Readable(copy.copy(train_set.dataset), skip)       # train/ scanned once
-            eval_train.dataset.transform = image_transforms(image_size, False, args, real=True)
+            eval_train.dataset.transform = image_transforms(image_size, False, args)
         except (FileNotFoundError, OSError) as e:
             raise UserError(f"--data {kind!r}: {e}") from None
         classes = list(train_set.classes)
@@ -215,7 +221,7 @@ def build_datasets(args, image_size):
                         f"hold more of your own images out with train.py --holdout instead")
     if extra:       # more images of the same distribution, their own seed: what training sees is unchanged
         more = synthetic_images(extra, args.synthetic_classes, image_size, seed + 2)
-        holdout = ConcatDataset([holdout, TensorImages(*more, image_transforms(image_size, False, args, real=False))])
+        holdout = ConcatDataset([holdout, TensorImages(*more)])
     return Datasets(Subset(train_set, train_idx), holdout, val_set, classes)
 
 

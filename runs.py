@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 
 import numpy as np
@@ -161,6 +162,9 @@ def run_command(fn, args):
         fn(args)
         ok = True
     except UserError as e:
+        # a loader worker's error holds its frames in a reference cycle; freed later by the garbage
+        # collector, DataLoader's shutdown finds its queues closed and waits 5 s per worker
+        traceback.clear_frames(e.__traceback__)
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:

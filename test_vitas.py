@@ -1038,7 +1038,7 @@ def test_window_cells_of_vitas_1g_at_one_gflop_are_those_a_uniform_arch_shows_an
 # train.py run by each rank with its optimizer_step watched: OUT/rankR.pt holds the archs of every
 # step and the rank's final weights
 SPY = """
-import sys, torch, train, runs as R
+import os, sys, torch, train, runs as R
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 trained, batches, runs, step, wrap, allreduces = [], [], [], train.optimizer_step, R.distributed, []
 def watched(run, micro, archs):
@@ -1059,9 +1059,21 @@ argv = sys.argv[1:]
 while argv:                         # several runs in one launch, "++" between them
     one, argv = (argv[:argv.index("++")], argv[argv.index("++") + 1:]) if "++" in argv else (argv, [])
     trained.clear(), batches.clear(), allreduces.clear(), runs.clear()
-    train.main(one)
-    torch.save({"archs": trained, "batches": batches, "model": runs[0].model.state_dict(),
-                "allreduces": len(allreduces)}, f"{runs[0].args.out}/rank{runs[0].d.rank}.pt")
+    said = f"{one[one.index('--out') + 1]}-rank{os.environ['RANK']}"     # beside the run's folder
+    with open(said + ".err", "w") as err:           # each run's stderr and exit code apart
+        fd = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            train.main(one)
+            code = 0
+        except SystemExit as e:     # a refused run: the next goes on in the same process group
+            code = e.code
+        finally:
+            os.dup2(fd, 2)
+    open(said + ".code", "w").write(str(code))
+    if code == 0:
+        torch.save({"archs": trained, "batches": batches, "model": runs[0].model.state_dict(),
+                    "allreduces": len(allreduces)}, f"{runs[0].args.out}/rank{runs[0].d.rank}.pt")
 cleanup(barrier=True)
 """
 
@@ -1121,17 +1133,32 @@ COUNT = [*WINDOW, "--synthetic-size", "320", "--eval-limit", "32", "--device", "
 def ddp_runs(tmp_path_factory):
     """Several train.py runs in one 2-process torchrun launch (one process group, torchrun_watched):
     V1_DDP, V1_DDP at batch 16 x --accum-steps 2, SANDWICH_DDP, RESTART_DDP, a picture's folder
-    with RandAugment at 0 and 2 loader workers, and one epoch to resume under another process
-    count; {name: (its folder, what each rank trained)}."""
+    with RandAugment at 0 and 2 loader workers, one epoch to resume under another process count;
+    {name: (its folder, what each rank trained)}; and "refused": a run into a folder another
+    process holds, (its folder, {"holder": its pid, "before"/"after": the folder's files, "said":
+    each rank's (exit code, stderr)})."""
     out = tmp_path_factory.mktemp("ddp")
     picture = ["--data", one_picture_folder(out / "data"), "--randaug", "9", "--reprob", "0.5", "--holdout", "0",
                "--epochs", "1", "--batch-size", "8", "--eval-limit", "8", "--device", "cpu"]
     todo = {"ddp": V1_DDP, "accum": [*V1_DDP, "--batch-size", "16", "--accum-steps", "2"], "sandwich": SANDWICH_DDP,
             "restart": RESTART_DDP, "w0": [*picture, "--workers", "0"], "w2": [*picture, "--workers", "2"],
-            "count": [*COUNT, "--epochs", "1", "--batch-size", "16"]}
+            "count": [*COUNT, "--epochs", "1", "--batch-size", "16"], "refused": RUN}
     (first, argv), *rest = todo.items()
-    torchrun_watched(out, out / first, *argv, *[w for name, a in rest for w in ("++", "--out", str(out / name), *a)])
-    return {name: (out / name, watched_ranks(out / name)) for name in todo}
+    p = holder(out / "refused", 120)
+    before = files_of(out / "refused")
+    try:
+        torchrun_watched(out, out / first, *argv,
+                         *[w for name, a in rest for w in ("++", "--out", str(out / name), *a)])
+        after = files_of(out / "refused")
+    finally:
+        p.kill()
+        p.wait()
+    said = {name: [((out / f"{name}-rank{r}.code").read_text(), (out / f"{name}-rank{r}.err").read_text())
+                   for r in range(2)] for name in todo}
+    for name in todo:
+        assert name == "refused" or all(code == "0" for code, _ in said[name]), (name, said[name])
+    return {**{name: (out / name, watched_ranks(out / name)) for name in todo if name != "refused"},
+            "refused": (out / "refused", {"holder": p.pid, "before": before, "after": after, "said": said["refused"]})}
 
 
 @pytest.mark.slow
@@ -1469,13 +1496,28 @@ def test_holdout_extra_adds_generated_images_to_the_held_out_split_only(tmp_path
     assert base.train.indices == more.train.indices and base.train.dataset.images.equal(more.train.dataset.images)
     assert len(more.holdout) == len(base.holdout) + 30
     assert all(more.holdout[i][0].equal(base.holdout[i][0]) for i in range(len(base.holdout)))
-    seen = {bytes(img.numpy()) for img in base.train.dataset.images}
+    seen = {base.train[i][0].numpy().tobytes() for i in range(len(base.train))}
     extra = [more.holdout[len(base.holdout) + i] for i in range(30)]
-    assert not seen & {bytes(((x * 0.5 + 0.5) * 255).round().byte().numpy()) for x, _ in extra}
+    assert len(seen) == len(base.train) and not seen & {x.numpy().tobytes() for x, _ in extra}
     assert len({y for _, y in extra}) > 1
     image_folder(tmp_path / "data", ("cat", "dog"), 6, 2)
     with pytest.raises(cli.UserError, match="--holdout-extra .* train.py --holdout"):
         data.build_datasets(argparse.Namespace(**{**args, "data": str(tmp_path / "data"), "holdout_extra": 5}), 16)
+
+
+def test_synthetic_images_are_normalised_as_torchvisions_evaluation_transform(monkeypatch):
+    """The synthetic data is scaled and normalised in data.py (torchvision not imported for it):
+    the floats torchvision's evaluation transform gives the same uint8 images."""
+    from torchvision.transforms import v2 as T
+    ref = T.Compose([T.Resize([16, 16], antialias=True), T.CenterCrop(16), T.ToImage(),
+                     T.ToDtype(torch.float32, scale=True), T.Normalize(data.IMAGENET_MEAN, data.IMAGENET_STD)])
+    monkeypatch.setitem(sys.modules, "torchvision", None)                    # importing it would fail
+    ds = data.build_datasets(train.resolve_recipe(train.parse_args(["--synthetic-size", "100"])), 16)
+    assert ds.holdout.dataset is ds.train.dataset                            # held out of the training images
+    for images in (ds.train.dataset, ds.val):
+        for i in range(len(images)):
+            x, y = images[i]
+            assert torch.equal(x, ref(images.images[i])) and y == int(images.labels[i])
 
 
 def test_image_folder_data_and_its_class_count(tmp_path, capsys):
@@ -1630,7 +1672,7 @@ def test_a_space_file_through_train_search_retrain_export_load_and_the_readmes_e
     # what the checkpoint's ViT predicts on each val image through data.py's evaluation transform
     net = vitas.ViT(Arch.from_dict(retrained["arch"]), SearchSpace(**retrained["space"])).eval()
     net.load_state_dict(retrained["model"])
-    prep = data.image_transforms(72, False, None, real=True)
+    prep = data.image_transforms(72, False, None)
     val = sorted((tmp_path / "data" / "val").glob("*/*.jpg"))
     os.makedirs(tmp_path / "photos")
     for path in val:
@@ -1831,45 +1873,19 @@ def test_a_second_run_into_a_live_runs_folder_is_refused_and_a_dead_runs_lock_ta
 
 # a torchrun worker that keeps what its rank said and how it ended: its stderr (fd 2, where tracebacks
 # go too) in DIR/rankR.err and its exit code in DIR/rankR.code; train.py's argv after DIR
-RANK_EXIT = """
-import os, sys
-rank, where = os.environ["RANK"], sys.argv[1]
-err = open(os.path.join(where, f"rank{rank}.err"), "w")
-os.dup2(err.fileno(), 2)
-import train
-try:
-    train.main(sys.argv[2:])
-    code = 0
-except SystemExit as e:
-    code = e.code
-with open(os.path.join(where, f"rank{rank}.code"), "w") as f:
-    f.write(str(code))
-sys.exit(code)
-"""
-
-
 @pytest.mark.slow
-def test_a_torchrun_run_into_a_live_runs_folder_is_refused_on_every_rank(tmp_path):
-    """2 processes of train.py into a folder another process holds: every rank ends with exit code 2
-    and one line naming the holder, no traceback, and nothing is written into the folder."""
-    out, said = tmp_path / "run", tmp_path / "ranks"
-    said.mkdir()
-    (tmp_path / "rank_exit.py").write_text(RANK_EXIT)
-    p = holder(out, 120)
-    before = files_of(out)
-    try:
-        r = torchrun(str(tmp_path / "rank_exit.py"), str(said), "--out", str(out), *RUN)
-        assert files_of(out) == before                   # nothing written, the holder's lock file included
-    finally:
-        p.kill()
-        p.wait()
-    assert r.returncode != 0, r.stderr[-3000:]
-    for rank in range(2):
-        err, code = (said / f"rank{rank}.err").read_text(), said / f"rank{rank}.code"
-        assert code.exists() and code.read_text() == "2", (rank, err, r.stderr[-2000:])    # ended, and how
+def test_a_torchrun_run_into_a_live_runs_folder_is_refused_on_every_rank(ddp_runs):
+    """2 processes of train.py into a folder another process holds (in ddp_runs' launch): every rank
+    ends with exit code 2 and one line naming the holder, no traceback, and nothing is written into
+    the folder."""
+    _, refused = ddp_runs["refused"]
+    assert refused["after"] == refused["before"]              # nothing written, the holder's lock file included
+    for code, err in refused["said"]:
+        assert code == "2", err                                 # ended, and how
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and "Traceback" not in err, (rank, err)
-        assert "in use by another run" in lines[0] and f"pid {p.pid} on host {socket.gethostname()}" in lines[0]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert ("in use by another run" in lines[0]
+                and f"pid {refused['holder']} on host {socket.gethostname()}" in lines[0])
 
 
 @pytest.mark.slow
@@ -3175,7 +3191,7 @@ def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_pa
     archs = [TINY.min_arch(), Arch(8, 48, (Block(2, 48, 128), None, Block(4, 32, 64), None, None, None))]
     jobs = lambda root: [experiment.alone_job(a, [*argv, "--seed", str(s)], str(root / "results"),
                                               str(root / "scratch"))
-                         for a in archs for s in (0, 1)]
+                         for a, s in zip(archs, (0, 1))]          # one job per worker process
     runs.run_jobs(jobs(tmp_path / "serial"), 0, experiment.execute)
     runs.run_jobs(jobs(tmp_path / "parallel"), 2, experiment.execute)
     for serial, parallel in zip(jobs(tmp_path / "serial"), jobs(tmp_path / "parallel")):
@@ -3186,10 +3202,10 @@ def test_parallel_runner_records_equal_a_serial_run_and_resume_skips_them(tmp_pa
             assert a["val"].pop(key) == pytest.approx(b["val"].pop(key), rel=1e-5)
         assert a.pop("provenance")["commit"] == b.pop("provenance")["commit"] != "unknown"   # the dates differ
         assert {k: v for k, v in a.items() if k != "cpu_minutes"} == {k: v for k, v in b.items() if k != "cpu_minutes"}
-    assert len({json.dumps(runs.read_record(j["path"])["val"]) for j in jobs(tmp_path / "serial")}) == 4
+    assert len({json.dumps(runs.read_record(j["path"])["val"]) for j in jobs(tmp_path / "serial")}) == 2
     capsys.readouterr()
     runs.run_jobs(jobs(tmp_path / "parallel"), 2, experiment.execute)          # every record there: nothing runs
-    assert "4 of 4 jobs already have a record; running 0" in capsys.readouterr().out
+    assert "2 of 2 jobs already have a record; running 0" in capsys.readouterr().out
 
 
 def test_split_recipe_scores_each_arch_on_its_patch_size_s_supernet(monkeypatch):
