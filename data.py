@@ -113,8 +113,8 @@ class Readable(Dataset):
 def bad_images(datasets, d):
     """Unreadable images replaced so far (--skip-bad-images), summed over ranks (image folders only:
     other data has no files to read, and every rank knows it without a collective)."""
-    folders = [ds for ds in (datasets.train.dataset, datasets.holdout.dataset, datasets.val)
-               if isinstance(ds, Readable)]
+    folders = [ds for ds in (datasets.train.dataset, getattr(datasets.holdout, "dataset", None), datasets.val)
+               if isinstance(ds, Readable)]     # (a held-out split with --holdout-extra is generated: no files)
     if not folders:
         return 0
     n = torch.tensor([sum(ds.bad.value for ds in folders)])

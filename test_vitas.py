@@ -1035,10 +1035,10 @@ def test_window_cells_of_vitas_1g_at_one_gflop_are_those_a_uniform_arch_shows_an
 # (5) training loop: DDP under torchrun, resume, recipes, distillation, sharing, ranks apart, retrain,
 # --init-from, data, --eval
 
-# train.py run by each rank with its optimizer_step watched: OUT/rankR.pt holds the archs of every
-# step and the rank's final weights
+# train.py (or search.py) run by each rank with its optimizer_step watched: OUT/rankR.pt holds the archs
+# of every step and the rank's final weights
 SPY = """
-import os, sys, torch, train, runs as R
+import os, sys, torch, train, search, runs as R
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 trained, batches, runs, step, wrap, allreduces = [], [], [], train.optimizer_step, R.distributed, []
 def watched(run, micro, archs):
@@ -1056,22 +1056,23 @@ def counted(*a, **k):   # every gradient bucket DDP all-reduces, counted
 train.optimizer_step, R.distributed = watched, counted
 cleanup, R.cleanup_distributed = R.cleanup_distributed, lambda barrier=False: None   # one process group for all
 argv = sys.argv[1:]
-while argv:                         # several runs in one launch, "++" between them
+while argv:                         # several runs in one launch, "++" between them; train.py's unless search.py
     one, argv = (argv[:argv.index("++")], argv[argv.index("++") + 1:]) if "++" in argv else (argv, [])
+    script, one = (one[0], one[1:]) if one[0] == "search.py" else ("train.py", one)
     trained.clear(), batches.clear(), allreduces.clear(), runs.clear()
     said = f"{one[one.index('--out') + 1]}-rank{os.environ['RANK']}"     # beside the run's folder
     with open(said + ".err", "w") as err:           # each run's stderr and exit code apart
         fd = os.dup(2)
         os.dup2(err.fileno(), 2)
         try:
-            train.main(one)
+            (search.main if script == "search.py" else train.main)(one)
             code = 0
         except SystemExit as e:     # a refused run: the next goes on in the same process group
             code = e.code
         finally:
             os.dup2(fd, 2)
     open(said + ".code", "w").write(str(code))
-    if code == 0:
+    if code == 0 and script == "train.py":
         torch.save({"archs": trained, "batches": batches, "model": runs[0].model.state_dict(),
                     "allreduces": len(allreduces)}, f"{runs[0].args.out}/rank{runs[0].d.rank}.pt")
 cleanup(barrier=True)
@@ -1094,21 +1095,31 @@ def two_agents(script, *argv):
     return outs
 
 
-def torchrun_watched(tmp_path, out, *argv, nodes=1):
-    """train.py under torchrun (one agent with 2 processes, or `nodes` 2: two agents of one), with what
-    every rank trained in OUT/rankR.pt: [{"archs", "batches", "model"}] per rank (the batches as the
-    step received them, augmented)."""
-    (tmp_path / "watched.py").write_text(SPY)
+def watched_launch(folder, todo, nodes=1):
+    """The runs `todo` ({name: argv}, train.py's, or search.py's after "search.py") in one launch of
+    the spy (SPY: one process group; one agent with 2 processes, or `nodes` 2: two agents of one),
+    each into FOLDER/name; what each rank trained in FOLDER/name/rankR.pt (watched_ranks). Every
+    run must end with exit code 0 but `refused`'s; returns {name: each rank's (exit code, stderr)}."""
+    (folder / "watched.py").write_text(SPY)
+    argv = []
+    for name, a in todo.items():
+        script = a[:1] if a[:1] == ["search.py"] else []
+        argv += ["++", *script, "--out", str(folder / name), *a[len(script):]]
+    argv = argv[1:]
     if nodes == 1:
-        r = torchrun(str(tmp_path / "watched.py"), "--out", str(out), *argv)
+        r = torchrun(str(folder / "watched.py"), *argv)
         assert r.returncode == 0, r.stderr[-3000:]
     else:
-        two_agents(str(tmp_path / "watched.py"), "--out", str(out), *argv)
-    return watched_ranks(out)
+        two_agents(str(folder / "watched.py"), *argv)
+    said = {name: [((folder / f"{name}-rank{r}.code").read_text(), (folder / f"{name}-rank{r}.err").read_text())
+                   for r in range(2)] for name in todo}
+    for name in todo:
+        assert name == "refused" or all(code == "0" for code, _ in said[name]), (name, said[name])
+    return said
 
 
 def watched_ranks(out):
-    """What each rank of a watched run into `out` trained (torchrun_watched)."""
+    """What each rank of a watched run into `out` trained (watched_launch)."""
     ranks = [torch.load(out / f"rank{i}.pt", weights_only=True) for i in range(2)]
     for rank in ranks:
         rank["archs"] = [tuple(Arch.from_dict(a) for a in step) for step in rank["archs"]]
@@ -1124,56 +1135,72 @@ SANDWICH_DDP = ["--epochs", "2", "--uniform-epochs", "1", *WINDOW, "--sandwich",
 
 
 # drop path and MixUp draw from every rank's generator each step: a restart's test (its uninterrupted run)
-RESTART_DDP = ["--epochs", "3", "--uniform-epochs", "1", *WINDOW, *SMALL, "--workers", "0", "--drop-path", "0.1",
+RESTART_DDP = ["--epochs", "2", "--uniform-epochs", "1", *WINDOW, *SMALL, "--workers", "0", "--drop-path", "0.1",
                "--mixup", "0.8"]
 COUNT = [*WINDOW, "--synthetic-size", "320", "--eval-limit", "32", "--device", "cpu"]
 
 
+def ddp_search_argv(trained):
+    """search.py's flags for the torchrun searches (one generation) of `trained`; --out to add."""
+    argv = search_argv(trained, "")
+    del argv[argv.index("--out"):argv.index("--out") + 2]
+    argv[argv.index("--generations") + 1] = "1"
+    return argv
+
+
+RANKED = ["--rank-check", "2", "--rank-epochs", "1", "--rank-seeds", "1"]
+
+
 @pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory):
-    """Several train.py runs in one 2-process torchrun launch (one process group, torchrun_watched):
-    V1_DDP, V1_DDP at batch 16 x --accum-steps 2, SANDWICH_DDP, RESTART_DDP, a picture's folder
-    with RandAugment at 0 and 2 loader workers, one epoch to resume under another process count;
-    {name: (its folder, what each rank trained)}; and "refused": a run into a folder another
-    process holds, (its folder, {"holder": its pid, "before"/"after": the folder's files, "said":
-    each rank's (exit code, stderr)})."""
+def ddp_runs(trained, tmp_path_factory):
+    """Several runs in one 2-process torchrun launch (watched_launch): train.py's V1_DDP, V1_DDP at
+    batch 16 x --accum-steps 2, SANDWICH_DDP, RESTART_DDP, a picture's folder with RandAugment at 0
+    and 2 loader workers, one epoch to resume under another process count, {name: (its folder, what
+    each rank trained)}; search.py on `trained` with a rank check, "search": its folder; and
+    "refused": a run into a folder another process holds, (its folder, {"holder": its pid,
+    "before"/"after": the folder's files, "said": each rank's (exit code, stderr)})."""
     out = tmp_path_factory.mktemp("ddp")
     picture = ["--data", one_picture_folder(out / "data"), "--randaug", "9", "--reprob", "0.5", "--holdout", "0",
                "--epochs", "1", "--batch-size", "8", "--eval-limit", "8", "--device", "cpu"]
     todo = {"ddp": V1_DDP, "accum": [*V1_DDP, "--batch-size", "16", "--accum-steps", "2"], "sandwich": SANDWICH_DDP,
             "restart": RESTART_DDP, "w0": [*picture, "--workers", "0"], "w2": [*picture, "--workers", "2"],
-            "count": [*COUNT, "--epochs", "1", "--batch-size", "16"], "refused": RUN}
-    (first, argv), *rest = todo.items()
+            "count": [*COUNT, "--epochs", "1", "--batch-size", "16"],
+            "search": ["search.py", *ddp_search_argv(trained), *RANKED], "refused": RUN}
     p = holder(out / "refused", 120)
     before = files_of(out / "refused")
     try:
-        torchrun_watched(out, out / first, *argv,
-                         *[w for name, a in rest for w in ("++", "--out", str(out / name), *a)])
+        said = watched_launch(out, todo)
         after = files_of(out / "refused")
     finally:
         p.kill()
         p.wait()
-    said = {name: [((out / f"{name}-rank{r}.code").read_text(), (out / f"{name}-rank{r}.err").read_text())
-                   for r in range(2)] for name in todo}
-    for name in todo:
-        assert name == "refused" or all(code == "0" for code, _ in said[name]), (name, said[name])
-    return {**{name: (out / name, watched_ranks(out / name)) for name in todo if name != "refused"},
+    return {**{name: (out / name, watched_ranks(out / name)) for name in todo if name not in ("search", "refused")},
+            "search": (out / "search", None),
             "refused": (out / "refused", {"holder": p.pid, "before": before, "after": after, "said": said["refused"]})}
 
 
+@pytest.fixture(scope="module")
+def two_nodes(trained, tmp_path_factory):
+    """V1_DDP and the search of ddp_runs (without its rank check) under two torchrun agents of one
+    process each (two nodes, one launch): {"ddp": (its folder, what each rank trained), "search":
+    (its folder, None)}."""
+    out = tmp_path_factory.mktemp("nodes")
+    watched_launch(out, {"ddp": V1_DDP, "search": ["search.py", *ddp_search_argv(trained)]}, nodes=2)
+    return {"ddp": (out / "ddp", watched_ranks(out / "ddp")), "search": (out / "search", None)}
+
+
 @pytest.mark.slow
-def test_two_process_torchrun_trains_the_same_arch_on_every_rank_and_two_nodes_train_as_one(ddp_runs, tmp_path):
+def test_two_process_torchrun_trains_the_same_arch_on_every_rank_and_two_nodes_train_as_one(ddp_runs, two_nodes):
     """Issue 39: two torchrun agents (two nodes of one process) end with the weights, archs and log
     of one agent with two processes, written once (global rank 0)."""
-    out, ranks = ddp_runs["ddp"]
-    nodes = torchrun_watched(tmp_path, tmp_path / "nodes", *V1_DDP, nodes=2)
+    (out, ranks), (node_out, nodes) = ddp_runs["ddp"], two_nodes["ddp"]
     for one, two in zip(ranks, nodes):
         assert one["archs"] == two["archs"] and one["model"].keys() == two["model"].keys()
         assert all(torch.equal(one["model"][k], two["model"][k]) for k in one["model"])
     logs = [[{k: v for k, v in json.loads(line).items() if k not in ("images_per_s", "provenance", "seconds")}
-             for line in open(folder / "log.jsonl")] for folder in (out, tmp_path / "nodes")]
+             for line in open(folder / "log.jsonl")] for folder in (out, node_out)]
     assert logs[0] == logs[1] and [r["epoch"] for r in logs[1]] == [1, 2]
-    for folder in (out, tmp_path / "nodes"):                      # DDP's timer saw the gradient all-reduce
+    for folder in (out, node_out):                      # DDP's timer saw the gradient all-reduce
         for r in map(json.loads, open(folder / "log.jsonl")):
             assert 0 <= r["seconds"]["all_reduce_exposed"] <= r["seconds"]["all_reduce"] > 0
     assert len(ranks[0]["archs"]) == 18 and ranks[0]["archs"] == ranks[1]["archs"]
@@ -1494,7 +1521,7 @@ def test_holdout_extra_adds_generated_images_to_the_held_out_split_only(tmp_path
     base = data.build_datasets(argparse.Namespace(**args), 16)
     more = data.build_datasets(argparse.Namespace(**{**args, "holdout_extra": 30}), 16)
     assert base.train.indices == more.train.indices and base.train.dataset.images.equal(more.train.dataset.images)
-    assert len(more.holdout) == len(base.holdout) + 30
+    assert len(more.holdout) == len(base.holdout) + 30 and data.bad_images(more, runs.Dist()) == 0
     assert all(more.holdout[i][0].equal(base.holdout[i][0]) for i in range(len(base.holdout)))
     seen = {base.train[i][0].numpy().tobytes() for i in range(len(base.train))}
     extra = [more.holdout[len(base.holdout) + i] for i in range(30)]
@@ -2002,7 +2029,7 @@ def test_torchrun_restarts_a_killed_worker_into_the_uninterrupted_runs_weights(d
     assert a["args"]["drop_path"] == 0.1 and a["args"]["mixup"] == 0.8
     assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     log = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
 
 
 @pytest.mark.parametrize("error, words", [(OSError, "OSError: [Errno 28] No space left on device"),
@@ -2359,26 +2386,22 @@ def test_killed_and_resumed_search_equals_uninterrupted(trained, tmp_path, monke
 
 
 @pytest.mark.slow
-def test_search_and_its_rank_check_under_torchrun_and_two_nodes_equal_one_process(trained, tmp_path):
+def test_search_and_its_rank_check_under_torchrun_and_two_nodes_equal_one_process(trained, ddp_runs, two_nodes,
+                                                                                   tmp_path):
     """search.py under one torchrun agent of 2 processes (with a rank check) and under two agents of
     one (two nodes) evaluates the candidates one process does; the rank check scores and trains the
     archs one process does."""
-    argv = search_argv(trained, tmp_path / "ddp")
-    argv[argv.index("--generations") + 1] = "1"
-    ranked = ["--rank-check", "2", "--rank-epochs", "1", "--rank-seeds", "1"]
-    r = torchrun("search.py", *argv, *ranked)
-    assert r.returncode == 0, r.stderr[-3000:]
-    two_agents("search.py", *argv[:-4], "--out", str(tmp_path / "nodes"), "--device", "cpu")
-    single = search.search(search.parse_args(argv[:-4] + ["--out", str(tmp_path / "one"), "--device", "cpu", *ranked]))
-    one = [json.loads(line) for line in open(tmp_path / "one" / "candidates.jsonl")]
+    folders = {"ddp": ddp_runs["search"][0], "nodes": two_nodes["search"][0], "one": tmp_path / "one"}
+    single = search.search(search.parse_args([*ddp_search_argv(trained), "--out", str(folders["one"]), *RANKED]))
+    one = [json.loads(line) for line in open(folders["one"] / "candidates.jsonl")]
     for folder in ("ddp", "nodes"):
-        ddp = [json.loads(line) for line in open(tmp_path / folder / "candidates.jsonl")]
+        ddp = [json.loads(line) for line in open(folders[folder] / "candidates.jsonl")]
         # counts all-reduce exactly; the held-out loss is a float sum whose order depends on the sharding
         assert [{**r, "loss": None, "prob": None} for r in ddp] == [{**r, "loss": None, "prob": None} for r in one]
         for sum_of_floats in ("loss", "prob"):      # summed in another order
             assert [r[sum_of_floats] for r in ddp] == pytest.approx([r[sum_of_floats] for r in one], rel=1e-5)
     assert single["best"] in one
-    ddp, one = (json.load(open(tmp_path / x / "rank_check.json")) for x in ("ddp", "one"))
+    ddp, one = (json.load(open(folders[x] / "rank_check.json")) for x in ("ddp", "one"))
     assert [a["arch"] for a in ddp["archs"]] == [a["arch"] for a in one["archs"]]
     assert [a["fitness"] for a in ddp["archs"]] == [a["fitness"] for a in one["archs"]]
     # per-process batch halved: same effective batch
@@ -2817,7 +2840,11 @@ RANK = ["--rank-check", "3", "--rank-epochs", "1", "--rank-seeds", "2", "--retra
 
 
 @pytest.mark.slow
-def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(trained, tmp_path, monkeypatch):
+def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(tmp_path, monkeypatch):
+    # a super-transformer of 800 images (not `trained`'s 2,000): the rank check trains its archs on them
+    trained = tmp_path / "super" / "checkpoint.pt"
+    train_run(trained.parent, "--epochs", "2", *WINDOW, "--synthetic-size", "800", "--batch-size", "32",
+              "--eval-limit", "64", "--log-every", "1000", "--device", "cpu")
     out = tmp_path / "s"
     calls = []
     real = train.train
