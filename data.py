@@ -62,7 +62,8 @@ class TensorImages(Dataset):
     def __init__(self, images, labels):
         self.images, self.labels = images, labels
         self.classes = sorted(set(labels.tolist()))
-        self.mean, self.std = (torch.tensor(v).view(-1, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+        self.mean, self.std = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1)
+                               for v in (IMAGENET_MEAN, IMAGENET_STD))
 
     def __len__(self):
         return len(self.labels)
@@ -302,11 +303,14 @@ def train_loader(dataset, args, d):
 
 
 def mix_transform(args, num_classes):
-    """Batch-level MixUp/CutMix (one of them per batch) from torchvision.transforms.v2."""
+    """Batch-level MixUp/CutMix (one of them per batch) from torchvision.transforms.v2; None without
+    either (torchvision not imported)."""
+    if args.mixup <= 0 and args.cutmix <= 0:
+        return None
     from torchvision.transforms import v2 as T
     ops = ([T.MixUp(alpha=args.mixup, num_classes=num_classes)] if args.mixup > 0 else []) + \
           ([T.CutMix(alpha=args.cutmix, num_classes=num_classes)] if args.cutmix > 0 else [])
-    return T.RandomChoice(ops) if ops else None
+    return T.RandomChoice(ops)
 
 
 def epoch_loader(loader, epoch, skip):

@@ -60,6 +60,7 @@ import vitas
 
 TINY = vitas.SearchSpace.preset("tiny")
 WINDOW = ["--flops-min", "2M", "--flops-max", "4M"]
+SEARCH = ["--population", "20", "--generations", "10"]      # every search of a grid record or a rescore
 LO, HI = 2_000_000, 4_000_000
 DATA_SEED = 0
 BASE = ["--batch-size", "64", "--lr", "2e-3", "--log-every", "1000", "--device", "cpu", "--data-seed", str(DATA_SEED),
@@ -238,7 +239,7 @@ def train_and_search(job, flags, epochs, scratch):
     train.train(train.parse_args(argv))
     train_cpu = (time.process_time() - cpu) / 60
     ck_path = os.path.join(super_dir, "checkpoint.pt")
-    sargv = ["--ckpt", ck_path, *WINDOW, "--population", "20", "--generations", "10", "--compare",
+    sargv = ["--ckpt", ck_path, *WINDOW, *SEARCH, "--compare",
              "--seed", str(job["seed"]), "--device", "cpu", "--out", os.path.join(scratch, "search")]
     args = search.parse_args(sargv)
     os.makedirs(args.out, exist_ok=True)
@@ -321,7 +322,7 @@ def run_rescore(job):
     archs = [a for a in reference_sets()["window"][0] if json.dumps(a.to_dict()) in want]
     out = {"recipe": job["recipe"], "seed": job["seed"], "fitness": job["fitness"]}
     for split, extra in (("stored", 0), ("larger", job["extra"])):      # the search below runs on the last
-        sargv = ["--ckpt", ck_path, *WINDOW, "--population", "20", "--generations", "10", "--seed", str(job["seed"]),
+        sargv = ["--ckpt", ck_path, *WINDOW, *SEARCH, "--seed", str(job["seed"]),
                  "--device", "cpu", "--fitness", job["fitness"] or "top1", "--holdout-extra", str(extra),
                  "--out", os.path.join(job["scratch"], f"search-{job['fitness'] or 'scores'}-h{extra}")]
         args = search.parse_args(sargv)

@@ -364,12 +364,13 @@ def epoch_record(run, epoch, evals):
 
 
 def write_record(run, record, every_s=60):
-    """Append the epoch's record to log.jsonl (one JSON object per epoch) and draw curves.png after
-    the last epoch and at most every `every_s` seconds before (a drawing takes about 0.3 s)."""
+    """Append the epoch's record to log.jsonl (one JSON object per epoch) and draw curves.png from
+    the second epoch on (a curve needs two points), after the last epoch and at most every
+    `every_s` seconds before (a drawing takes about 0.3 s)."""
     if run.d.main:
         with open(os.path.join(run.args.out, "log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
-        if record["epoch"] == run.args.epochs or time.time() - run.t_drawn >= every_s:
+        if record["epoch"] >= 2 and (record["epoch"] == run.args.epochs or time.time() - run.t_drawn >= every_s):
             plot_curves(os.path.join(run.args.out, "log.jsonl"), os.path.join(run.args.out, "curves.png"))
             run.t_drawn = time.time()
 
@@ -447,7 +448,8 @@ def plot_curves(log_path, png_path):
         axes[-1].legend(fontsize=7, ncol=2)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    width = 4.3 * panels     # margins in inches: tight_layout would draw the figure twice (0.2 s of 0.5)
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.13, top=0.92, wspace=0.3)
     return save(fig, plt, png_path)
 
 
