@@ -1040,7 +1040,7 @@ def test_window_cells_of_vitas_1g_at_one_gflop_are_those_a_uniform_arch_shows_an
 # stderr and exit code beside OUT (OUT-rankR.err, .code). A run into a folder named "refused" may
 # exit 2; any other run that fails ends the launch (its peers would wait in a collective)
 SPY = """
-import os, sys, torch, train, search, runs as R
+import os, sys, traceback, torch, train, search, runs as R
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 trained, batches, runs, step, wrap, allreduces = [], [], [], train.optimizer_step, R.distributed, []
 def watched(run, micro, archs):
@@ -1069,8 +1069,11 @@ while argv:                         # several runs in one launch, "++" between t
         try:
             (search.main if script == "search.py" else train.main)(one)
             code = 0
-        except SystemExit as e:     # a refused run: the next goes on in the same process group
+        except SystemExit as e:     # a refused run goes on to the next; any other failure ends the launch below
             code = e.code
+        except Exception:
+            traceback.print_exc()
+            code = 1
         finally:
             os.dup2(fd, 2)
     open(said + ".code", "w").write(str(code))

@@ -332,7 +332,7 @@ def train_epoch(run, epoch, t_start, step0):
 
 def end_of_epoch(run, epoch):
     """Evaluate the reported archs (a retrain: its model) on val; the epoch's record, appended to
-    log.jsonl (one JSON object per epoch) and drawn in curves.png."""
+    log.jsonl (one JSON object per epoch) and drawn in curves.png (from the second epoch on)."""
     evals = {k: data.evaluate(run.model, run.val_loader, run.d, a, run.sides[0], run.args.amp)
              for k, a in run.sampler.reports.items()}
     epoch_record = record.epoch_record(run, epoch, evals)
