@@ -239,7 +239,8 @@ def train_and_search(job, flags, epochs, scratch):
     train.train(train.parse_args(argv))
     train_cpu = (time.process_time() - cpu) / 60
     ck_path = os.path.join(super_dir, "checkpoint.pt")
-    sargv = ["--ckpt", ck_path, *WINDOW, *SEARCH, "--compare",
+    # on the held-out split alone, as every grid record was scored (the larger split: rescore)
+    sargv = ["--ckpt", ck_path, *WINDOW, *SEARCH, "--compare", "--holdout-extra", "0",
              "--seed", str(job["seed"]), "--device", "cpu", "--out", os.path.join(scratch, "search")]
     args = search.parse_args(sargv)
     os.makedirs(args.out, exist_ok=True)
@@ -297,7 +298,7 @@ def run_supernet(job):
 # Fitness variants on the grid's super-transformers (beyond the paper): every measure on the
 # held-out split the search used and on a larger one, and the search again under one of them
 
-EXTRA = 5400     # generated held-out images beside the quick start's 600: 6,000 (top-1's SE ~0.5 points at 80%)
+EXTRA = cli.HOLDOUT_EXTRA     # generated held-out images beside the quick start's 600: 6,000
 
 
 def rescore_job(recipe, seed, extra, fitness, results, scratch):
@@ -478,11 +479,22 @@ def table(results, markdown=False):
                "reference": refs, "supernets": supers, "default": default, "recipes": per_recipe,
                "versus_default": versus, "learning_per_seed": learning[0], "learning": learning[1], "fitness": fitness,
                "variants": variants, "outcome": outcome,
-               "margins": report.outcome_margins(outcome), "settings": settings, "bench": records(results, "bench"),
+               "margins": report.outcome_margins(outcome), "default_search": default_search(results, default),
+               "settings": settings, "bench": records(results, "bench"),
                "provenance": report.provenance_rows(results)}
     figures["text"] = report.render(figures, markdown)
     print(figures["text"], end="")
     return figures
+
+
+def default_search(results, recipe):
+    """The rescore of `recipe` that searched as search.py does by default (top-1 on EXTRA generated
+    images beside the grid's held-out split): its outcome variant and both split sizes, or None."""
+    for r in records(results, "rescore"):
+        images = r["stored"]["holdout_images"], r["larger"]["holdout_images"]
+        if r["recipe"] == recipe and r.get("fitness") == "top1" and images[1] - images[0] == EXTRA:
+            return {"variant": r["variant"], "grid_holdout_images": images[0], "holdout_images": images[1]}
+    return None
 
 
 def setting_rows(results, name, tables, window_ref, full_recipes, full_learning):

@@ -7,7 +7,9 @@ the archs of a trained super-transformer.
     python search.py --out runs/search --rank-check 8      # does the super-transformer rank archs well?
 
 The space, data and held-out split come from the checkpoint. Fitness is the held-out top-1 of the
-inherited weights (mean of left and right with bilateral sharing), evaluated sharded across ranks;
+inherited weights (mean of left and right with bilateral sharing), evaluated sharded across ranks; on
+the synthetic data 5,400 generated images join the held-out split by default (--holdout-extra, beyond
+the paper: a split ten times the quick start's ranks archs better, RESULTS.md, Fitness variants);
 every rank runs the same deterministic evolution, rank 0 writes candidates.jsonl, best_arch.json,
 pareto.json, search.json and state.json (re-running the same command resumes).
 
@@ -484,7 +486,8 @@ def resolve_from_folder(args):
     args.ckpt, args.flops_min, args.flops_max = settings["ckpt"], settings["flops_min"], settings["flops_max"]
     args.fitness = settings.get("fitness", "top1")
     args.eval_size = args.eval_size or settings.get("eval_size")
-    args.holdout_extra = args.holdout_extra or settings.get("holdout_extra", 0)     # the images it scored on
+    if args.holdout_extra is None:
+        args.holdout_extra = settings.get("holdout_extra", 0)     # the images it scored on
     return summary
 
 
@@ -496,6 +499,8 @@ def load_supernet(args, d):
     space, ck_args = vitas.SearchSpace(**ck["space"]), ck["args"]
     supernet, sides = runs.supernet_of(ck)
     supernet.to(d.device).eval()
+    if args.holdout_extra is None:      # the default: a larger split where images can be generated (cli.HOLDOUT_EXTRA)
+        args.holdout_extra = cli.HOLDOUT_EXTRA if ck_args.get("data", "synthetic") == "synthetic" else 0
     datasets = data.build_datasets(argparse.Namespace(**{**ck_args, "download": False,
                                                          "holdout_extra": args.holdout_extra}), space.image_size)
     if len(datasets.holdout) == 0:

@@ -179,12 +179,12 @@ def trained(tmp_path_factory):
     return out / "checkpoint.pt"
 
 
-def holdout_loader(ck_path, limit=None):
+def holdout_loader(ck_path, limit=None, extra=0):
     ck = runs.load_checkpoint(ck_path)
     space = SearchSpace(**ck["space"])
     net = vitas.SuperTransformer(space)
     net.load_state_dict(ck["model"])
-    datasets = data.build_datasets(argparse.Namespace(**ck["args"]), space.image_size)
+    datasets = data.build_datasets(argparse.Namespace(**{**ck["args"], "holdout_extra": extra}), space.image_size)
     return net, space, data.eval_loader(datasets.holdout, 256, runs.Dist(), limit=limit)
 
 
@@ -1561,13 +1561,32 @@ def test_synthetic_images_are_normalised_as_torchvisions_evaluation_transform(mo
             assert torch.equal(x, ref(images.images[i])) and y == int(images.labels[i])
 
 
-def test_image_folder_data_and_its_class_count(tmp_path, capsys):
+def test_image_folder_data_its_class_count_and_no_generated_held_out_images(tmp_path, capsys):
+    """An image folder's class count sizes the head; the search scores on its held-out images
+    alone (no --holdout-extra default there)."""
     image_folder(tmp_path / "data", ("cat", "dog", "eel"), 12, 4)
     code, err = run_main(train, ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--epochs", "1",
                                  "--batch-size", "8", "--device", "cpu"], capsys)
     assert code == 0, err
     ck = runs.load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ck["space"]["num_classes"] == 3 and ck["model"]["head.weight"].shape[0] == 3
+    args = search.parse_args(["--ckpt", str(tmp_path / "run" / "checkpoint.pt"), *WINDOW, "--device", "cpu"])
+    assert search.load_supernet(args, runs.Dist())[3] == round(36 * 0.1) and args.holdout_extra == 0
+
+
+@pytest.mark.slow
+def test_the_searchs_default_scores_on_generated_images_beside_a_synthetic_held_out_split(trained):
+    """search.py on the synthetic data, without --holdout-extra: cli.HOLDOUT_EXTRA generated images
+    after the checkpoint's held-out split, the first ones scored as with --holdout-extra 0."""
+    arch = TINY.max_arch()
+    scored = {}
+    for extra in ([], ["--holdout-extra", "0"]):
+        args = search.parse_args(["--ckpt", str(trained), *WINDOW, "--device", "cpu", "--eval-size", "200", *extra])
+        _, _, fitness, n = search.load_supernet(args, runs.Dist())
+        scored[args.holdout_extra] = (n, fitness(arch))
+        args.eval_size = None
+        assert search.load_supernet(args, runs.Dist())[3] == 200 + args.holdout_extra     # 10% of 2,000, then more
+    assert set(scored) == {cli.HOLDOUT_EXTRA, 0} and scored[0] == scored[cli.HOLDOUT_EXTRA]
 
 
 @pytest.mark.slow
@@ -2879,7 +2898,8 @@ def test_rank_check_after_a_search_and_resumed_without_redoing_trainings(tmp_pat
     rc = json.load(open(out / "rank_check.json"))
     archs = [Arch.from_dict(a["arch"]) for a in rc["archs"]]
     assert archs == rankcheck.spread_archs(TINY, 2_500_000, 4_000_000, 3, seed=0)   # not picked by the fitness
-    net, space, loader = holdout_loader(trained, limit=99)   # fitness: the inherited weights, recomputed here
+    # fitness: the inherited weights, recomputed here on the 80 held-out images and 19 of the generated ones
+    net, space, loader = holdout_loader(trained, limit=99, extra=cli.HOLDOUT_EXTRA)
     for a, r in zip(archs, rc["archs"]):
         assert r["fitness"] == pytest.approx(np.mean([data.evaluate(net, loader, runs.Dist(), a, s)["top1"]
                                                       for s in vitas.SIDES]))
@@ -3472,7 +3492,13 @@ def test_table_check_refuses_a_stale_readme_summary_and_writes_nothing(tmp_path,
                "reference": [{"set": "window", "archs": 48, "seeds": 4, "tau_star": 0.8}],
                "recipes": [{"recipe": "v2", "tau_c": [0.5, 0.7]}, {"recipe": default, "tau_c": [0.7, 0.74]}],
                "learning": [{"recipe": "v2", "ratios": [0.8, 0.82]}, {"recipe": default, "ratios": [0.81, 0.85]}],
-               "margins": [{"recipe": "v2", "wins": 3, "seeds": 4}]}
+               "margins": [{"recipe": r, "wins": w, "seeds": n, "margin": {"difference": m, "interval": i}}
+                           for r, w, n, m, i in (("v2", 3, 4, 0.21, [-0.5, 1.0]), (default, 6, 8, 0.3, [-0.8, 1.33]),
+                                                 (f"{default}/top1@6000", 14, 16, 0.7, [0.1, 1.3]))],
+               "default_search": {"variant": f"{default}/top1@6000", "grid_holdout_images": 600,
+                                  "holdout_images": 6000},
+               "variants": [{"recipe": default, "measure": m, "holdout_images": 6000, "tau_c": t}
+                            for m, t in (("loss", [0.7, 0.9]), ("top1", [0.76, 0.8]))]}
     monkeypatch.setattr(experiment, "table", lambda results, markdown=False: figures)
     monkeypatch.setattr(experiment, "SIZE", experiment.SIZE)                 # experiment.run sets it
     readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
@@ -3480,8 +3506,13 @@ def test_table_check_refuses_a_stale_readme_summary_and_writes_nothing(tmp_path,
     write, check = (["table", "--markdown", mode, str(results_md), "--results", str(tmp_path)]
                     for mode in ("--write", "--check"))
     assert run_main(experiment, write, capsys)[0] == 0
-    row = "| `v2` | 0.60 ± 0.14 | 0.81 ± 0.01 | 3 of 4 |"           # the made-up figures, written out
+    row = "| `v2` | 0.60 ± 0.14 | 0.81 ± 0.01 | 3 of 4, +0.2 [-0.50, 1.00] |"     # the made-up figures, written out
     assert row in readme.read_text() and results_md.read_text() == figures["text"]
+    # the default's row: its search as search.py runs it by default; the grid's search below
+    text = readme.read_text()
+    assert f"| `{default}` (default) | 0.72 ± 0.03 | 0.83 ± 0.03 | 14 of 16, +0.7 [0.10, 1.30] |" in text
+    assert "scores on 6,000 held-out images (search.py's default on the synthetic data; tau_c 0.78 ± 0.03" in text
+    assert "the grid's 600 alone, its picks: 6 of 8, +0.3 [-0.80, 1.33]" in text
     assert run_main(experiment, check, capsys)[0] == 0                       # as written: passes
     readme.write_text(readme.read_text().replace("intro", "another intro").replace("rest", "more"))
     assert run_main(experiment, check, capsys)[0] == 0                       # outside the summary: the README's
