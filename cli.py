@@ -438,8 +438,8 @@ def search_parser(doc, algos, fitness):
                         "cross-entropy; prob: their mean probability of the true class (loss and prob: finer on a "
                         "small held-out split; beyond the paper). All three are recorded.")
     g.add_argument("--eval-size", type=pos, default=None,
-                   help="score on the first N held-out images (default: all of them; "
-                        "train.py --holdout sets how many there are)")
+                   help="score on the first N held-out images (default: all of them, the split train.py --holdout "
+                        "sets and --holdout-extra's generated images after it)")
     g.add_argument("--holdout-extra", type=nat, default=None, metavar="N",
                    help=f"synthetic data only: score on N more generated images beside the held-out split (their "
                         f"own seed; the training images unchanged; beyond the paper). Default {HOLDOUT_EXTRA:,} on "

@@ -203,7 +203,7 @@ def variant_rows(variants, window):
     """Per fitness variant of the rescored super-transformers ({(recipe, measure, held-out images):
     {supernet seed: (fitness of each window arch, CPU-seconds per arch)}}): its CPU-seconds per
     candidate, tau_c and top-3 regret per seed, and tau(variant) - tau(top-1 on the smallest
-    split, the search's today) paired over the archs and over the seeds."""
+    split, the grid search's) paired over the archs and over the seeds."""
     top1 = [t for _, t in window]
     r_s, mean = rankcheck.reliability(top1)[2], rankcheck.reference_mean(top1)
     rows = []
@@ -444,11 +444,11 @@ def fitness_section(doc, rows):
 
 def variant_section(doc, rows):
     doc.heading("Fitness variants: measure and held-out size (beyond the paper)")
-    doc.para("The grid's super-transformers rescored (`python experiment.py rescore`): the window reference archs "
-             "scored by each measure on the held-out split the search used and on a larger one (generated images "
-             "beside it, the training images unchanged); CPU-seconds per candidate on one thread. Against top-1 on "
-             "the search's split: tau(variant) - tau(top-1) with 90% intervals paired over the archs and over the "
-             "seeds; a variant ranks better only where both exclude 0.")
+    doc.para("The grid's super-transformers rescored (`python experiment.py rescore`): the window reference "
+             "archs scored by each measure on the held-out split the grid's search used and on a larger one "
+             "(generated images beside it, the training images unchanged); CPU-seconds per candidate on one "
+             "thread. Against top-1 on the grid's split: tau(variant) - tau(top-1) with 90% intervals paired over "
+             "the archs and over the seeds; a variant ranks better only where both exclude 0.")
     doc.row(["recipe", "fitness", "held-out", "seeds", "CPU-s / candidate", "tau_c", "top-3 regret", "minus top-1",
              "archs", "seeds", "ranks"], header=True)
     for r in rows:
@@ -566,7 +566,7 @@ def summary(figures):
     learning = {r["recipe"]: r for r in figures["learning"]}
     margins = {m["recipe"]: m for m in figures["margins"]}
     beats = lambda m: ("not run" if m is None else f"{m['wins']} of {m['seeds']}, "
-                       f"{m['margin']['difference']:+.1f} {span(m['margin']['interval'])}")
+                       f"{round(m['margin']['difference'], 1) + 0.0:+.1f} {span(m['margin']['interval'])}")
     default, search = figures["default"], figures["default_search"] or {"variant": None}
     lines = [f"Against {window['archs']} window archs trained alone ({window['seeds']} seeds each; no fitness can",
              f"expect more than tau* {fmt(window['tau_star'])}), per recipe over its supernet seeds (mean ± SD); the",

@@ -473,7 +473,7 @@ def device_name(device):
 
 def resolve_from_folder(args):
     """--rank-check alone on a finished search folder: the checkpoint, window and fitness (and the
-    held-out images scored, unless --eval-size is given) come from its search.json."""
+    held-out images scored, unless --eval-size or --holdout-extra is given) come from its search.json."""
     path = os.path.join(args.out, "search.json")
     if not args.rank_check or not os.path.exists(path):
         missing = [f for f, v in (("--ckpt", args.ckpt), ("--flops-min", args.flops_min),
@@ -491,6 +491,17 @@ def resolve_from_folder(args):
     return summary
 
 
+def default_holdout_extra(out, ck_args):
+    """--holdout-extra when none is given: a search resumed in `out` keeps the images it scored on
+    (its state.json; 0 where it predates the flag), a new one takes cli.HOLDOUT_EXTRA generated
+    images on the synthetic data and none on any other."""
+    try:
+        with open(os.path.join(out, "state.json")) as f:
+            return json.load(f).get("holdout_extra", 0)
+    except (OSError, json.JSONDecodeError):     # no search to resume (a broken one: its resume says so)
+        return cli.HOLDOUT_EXTRA if ck_args.get("data", "synthetic") == "synthetic" else 0
+
+
 def load_supernet(args, d):
     """The checkpoint's space and args, and a fitness function on its held-out split."""
     ck = runs.load_checkpoint(args.ckpt, "--ckpt")
@@ -499,8 +510,8 @@ def load_supernet(args, d):
     space, ck_args = vitas.SearchSpace(**ck["space"]), ck["args"]
     supernet, sides = runs.supernet_of(ck)
     supernet.to(d.device).eval()
-    if args.holdout_extra is None:      # the default: a larger split where images can be generated (cli.HOLDOUT_EXTRA)
-        args.holdout_extra = cli.HOLDOUT_EXTRA if ck_args.get("data", "synthetic") == "synthetic" else 0
+    if args.holdout_extra is None:
+        args.holdout_extra = default_holdout_extra(args.out, ck_args)
     datasets = data.build_datasets(argparse.Namespace(**{**ck_args, "download": False,
                                                          "holdout_extra": args.holdout_extra}), space.image_size)
     if len(datasets.holdout) == 0:

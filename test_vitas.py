@@ -2417,6 +2417,22 @@ def test_killed_and_resumed_search_equals_uninterrupted(trained, tmp_path, monke
 
 
 @pytest.mark.slow
+def test_a_search_resumed_without_holdout_extra_keeps_the_images_it_scored_on(trained, tmp_path, capsys):
+    """Re-running a search without --holdout-extra resumes on the images its state.json names (0
+    where the state predates the flag), not on the default's; another value given is refused."""
+    out = tmp_path / "s"
+    search.search(search.parse_args(search_argv(trained, out, "--holdout-extra", "0", "--generations", "1")))
+    state = json.load(open(out / "state.json"))
+    del state["holdout_extra"]                                      # as a search wrote it before the flag
+    runs.write_json(str(out / "state.json"), state)
+    summary = search.search(search.parse_args(search_argv(trained, out, "--generations", "2")))
+    assert summary["settings"]["holdout_extra"] == 0 == json.load(open(out / "state.json"))["holdout_extra"]
+    assert len(open(out / "candidates.jsonl").readlines()) == 2 * 6             # resumed: one generation more
+    code, err = run_main(search, search_argv(trained, out, "--generations", "3", "--holdout-extra", "5"), capsys)
+    assert code == 2 and "searched with --holdout-extra 0, this run has 5" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
 def test_search_and_its_rank_check_under_torchrun_and_two_nodes_equal_one_process(trained, ddp_runs, two_nodes,
                                                                                    tmp_path):
     """search.py under one torchrun agent of 2 processes (with a rank check) and under two agents of
@@ -3367,6 +3383,28 @@ def test_the_outcomes_margin_interval_counts_the_training_noise_of_picks_and_des
     picks, designs = g.normal(85, 1, (5, 4)), g.normal(84, 1, (2, 4))
     brute = picks.mean() - designs.mean(axis=1).max()
     assert rankcheck.margin_interval(picks, designs)["difference"] == pytest.approx(brute)
+
+
+def test_the_default_search_is_the_rescore_that_searched_as_search_py_does(tmp_path):
+    """experiment.default_search: of the default recipe's rescores, the one that searched by top-1
+    with EXTRA generated images beside the grid's split; None before there is one."""
+    default = train.DEFAULT_RECIPE
+    os.makedirs(tmp_path / "rescore")
+
+    def rescore(name, recipe, fitness, extra):
+        record = {"recipe": recipe, "fitness": fitness, "stored": {"holdout_images": 600},
+                  "larger": {"holdout_images": 600 + extra}}
+        runs.write_json(str(tmp_path / "rescore" / f"{name}.json"),
+                        {**record, **({"variant": f"{recipe}/{fitness}@{600 + extra}"} if fitness else {})})
+
+    extra = experiment.EXTRA
+    for name, recipe, fitness, n in (("a", default, None, extra), ("b", default, "loss", extra),
+                                     ("c", default, "top1", 2000), ("d", "v2", "top1", extra)):
+        rescore(name, recipe, fitness, n)
+    assert experiment.default_search(str(tmp_path), default) is None
+    rescore("e", default, "top1", extra)
+    assert experiment.default_search(str(tmp_path), default) == {
+        "variant": f"{default}/top1@{600 + extra}", "grid_holdout_images": 600, "holdout_images": 600 + extra}
 
 
 def test_experiment_recipes_named_as_train_recipes_train_as_they_do():
