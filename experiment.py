@@ -21,8 +21,9 @@ effective batch 64, lr 2e-3, one process per training.
   outcome    The search's pick against hand design and chance: each supernet record's searched arch
              (evolution) of the given recipes, the two hand-designed networks nearest the window's
              top and 8 random window archs, each trained alone as the reference archs are (20
-             epochs; seeds 0-3, the random archs 0 and 1). A searched arch wins when its mean top-1
-             is above both hand-designed networks' and the random archs' median.
+             epochs; the picks on training seeds 0-3, the designs on 0-15, the random archs on 0 and
+             1). A searched arch wins when its mean top-1 is above both hand-designed networks' and
+             the random archs' median.
   table      Every figure from results/, without training anything: the records are read here; their
              statistics and text (RESULTS.md, the README's summary, --check) are report.py's.
 
@@ -113,9 +114,11 @@ GRID = {
 SPLIT = ("fair-split",)
 REFERENCE_EPOCHS = 20
 PER_CELL = 6
-# training seeds: the window reference's (4: tau* 0.82, 3 left it at 0.795), the whole-range set's, the outcome's hand
-# designs' and picks' (4: their margin counts the trainings' noise), its random archs' (their median is a bar)
-REFERENCE_SEEDS, SPACE_SEEDS, OUTCOME_SEEDS, RANDOM_SEEDS = (0, 1, 2, 3), (0, 1), (0, 1, 2, 3), (0, 1)
+# training seeds: the window reference's (4: tau* 0.82, 3 left it at 0.795), the whole-range set's, the outcome's
+# picks' (4: their margin counts the trainings' noise), its hand designs' (16: one arch each, its SD over training
+# seeds ~1.4 points, the largest part of the margin's interval at 4) and random archs' (their median is a bar)
+REFERENCE_SEEDS, SPACE_SEEDS, OUTCOME_SEEDS = (0, 1, 2, 3), (0, 1), (0, 1, 2, 3)
+DESIGN_SEEDS, RANDOM_SEEDS = tuple(range(16)), (0, 1)
 SPACE_ARCHS = 12
 
 # -----------------------------------------------------------------------------
@@ -372,15 +375,16 @@ def searched_archs(results, recipes):
 
 
 def outcome_jobs(results, scratch, recipes):
-    """Every arch of the outcome trained alone as the reference is: the hand designs, then each
-    searched arch (recipes in the order given) on OUTCOME_SEEDS, the random archs on RANDOM_SEEDS;
-    an arch already trained (in the reference, or picked twice) is trained once."""
+    """Every arch of the outcome trained alone as the reference is: the hand designs on DESIGN_SEEDS,
+    then each searched arch (recipes in the order given) on OUTCOME_SEEDS, the random archs on
+    RANDOM_SEEDS; an arch already trained (in the reference, or picked twice) is trained once."""
     compared = comparison_archs()
     designs = [compared[name] for name in rankcheck.BASELINES]
     picks = [a for (recipe, _), a in sorted(searched_archs(results, recipes).items(),
                                             key=lambda item: (recipes.index(item[0][0]), item[0][1]))]
     randoms = [a for name, a in compared.items() if name.startswith("random")]
-    todo = [(a, s) for a in designs + picks for s in OUTCOME_SEEDS] + [(a, s) for a in randoms for s in RANDOM_SEEDS]
+    todo = ([(a, s) for a in designs for s in DESIGN_SEEDS] + [(a, s) for a in picks for s in OUTCOME_SEEDS]
+            + [(a, s) for a in randoms for s in RANDOM_SEEDS])
     return [alone_job(a, alone_argv(s), results, scratch) for a, s in dict.fromkeys(todo)]
 
 
@@ -391,12 +395,12 @@ def alone_seeds(results, arch, seeds):
 
 
 def outcome_rows(results, recipes):
-    """Per recipe and supernet seed: the searched arch's top-1 trained alone beside each hand
-    design's (means over OUTCOME_SEEDS; each training seed's kept for the margin's interval) and
+    """Per recipe and supernet seed: the searched arch's top-1 trained alone (mean over OUTCOME_SEEDS)
+    beside each hand design's (over DESIGN_SEEDS; each training seed's kept for the margin's interval) and
     the random archs' median (means over RANDOM_SEEDS), and whether it wins: above both designs
     and the random median."""
     compared = comparison_archs()
-    designs = {name: alone_seeds(results, compared[name], OUTCOME_SEEDS) for name in rankcheck.BASELINES}
+    designs = {name: alone_seeds(results, compared[name], DESIGN_SEEDS) for name in rankcheck.BASELINES}
     randoms = [alone_seeds(results, a, RANDOM_SEEDS) for name, a in compared.items() if name.startswith("random")]
     if None in designs.values() or None in randoms:
         return []
@@ -474,7 +478,7 @@ def table(results, markdown=False):
     settings = [setting_rows(results, name, tables, window_ref, per_recipe, learning[1]) for name in SETTINGS
                 if os.path.isdir(os.path.join(results, name, "supernets"))]
     figures = {"setup": {"lo": LO, "hi": HI, "data_seed": DATA_SEED, "per_cell": PER_CELL, "epochs": REFERENCE_EPOCHS,
-                         "outcome_seeds": OUTCOME_SEEDS, "random_seeds": RANDOM_SEEDS,
+                         "outcome_seeds": OUTCOME_SEEDS, "design_seeds": DESIGN_SEEDS, "random_seeds": RANDOM_SEEDS,
                          "random_archs": RANDOM_ARCHS},
                "reference": refs, "supernets": supers, "default": default, "recipes": per_recipe,
                "versus_default": versus, "learning_per_seed": learning[0], "learning": learning[1], "fitness": fitness,

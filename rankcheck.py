@@ -291,19 +291,20 @@ def seed_difference(a, b=None, level=LEVEL):
 
 def margin_interval(picks, designs, level=LEVEL, count=RESAMPLES, seed=0):
     """The searched archs' mean top-1 minus the better hand design's, with a percentile interval
-    that counts both kinds of noise: supernet seeds (the rows of `picks`) and training seeds (the
-    columns of `picks` and of each design's row in `designs`, paired: one training seed is one data
-    order for every arch) resampled together, the better design chosen again in each resample."""
+    that counts both kinds of noise: the picks' supernet seeds (the rows of `picks`) and training
+    seeds (its columns), and the designs' training seeds (the columns of `designs`, one row a design,
+    as many as they were trained on: a design is one arch, its training noise no supernet seed
+    averages), resampled apart, the better design chosen again in each resample."""
     picks, designs = np.asarray(picks, dtype=float), np.asarray(designs, dtype=float)
 
-    def margin(rows, cols):
-        return picks[np.ix_(rows, cols)].mean() - designs[:, cols].mean(axis=1).max()
+    def margin(rows, cols, design_cols):
+        return picks[np.ix_(rows, cols)].mean() - designs[:, design_cols].mean(axis=1).max()
 
     g = np.random.default_rng(seed)
-    n, t = picks.shape
-    spread = [margin(g.integers(n, size=n), g.integers(t, size=t)) for _ in range(count)]
-    return {"difference": float(margin(np.arange(n), np.arange(t))), "interval": percentile_interval(spread, level),
-            "interval_level": level}
+    (n, t), u = picks.shape, designs.shape[1]
+    spread = [margin(g.integers(n, size=n), g.integers(t, size=t), g.integers(u, size=u)) for _ in range(count)]
+    return {"difference": float(margin(np.arange(n), np.arange(t), np.arange(u))),
+            "interval": percentile_interval(spread, level), "interval_level": level}
 
 
 def top_regret(fitness, top1_by_seed, k=3):

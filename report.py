@@ -460,10 +460,12 @@ def variant_section(doc, rows):
 
 def outcome_section(doc, outcome, margins, setup, default_search):
     doc.heading("Outcome: does the searched arch beat hand design?")
+    seeds = lambda s: ", ".join(map(str, s)) if len(s) < 5 else f"{s[0]}-{s[-1]}"
     doc.para(f"`python experiment.py outcome`: each supernet's evolutionary pick trained alone, {setup['epochs']} "
-             f"epochs, and the two hand-designed networks nearest the window's top, mean top-1 over training seeds "
-             f"{', '.join(map(str, setup['outcome_seeds']))}, beside the median of {setup['random_archs']} random "
-             f"window archs (training seeds {', '.join(map(str, setup['random_seeds']))}); a pick wins when it is "
+             f"epochs, mean top-1 over training seeds {seeds(setup['outcome_seeds'])}, and the two hand-designed "
+             f"networks nearest the window's top over training seeds {seeds(setup['design_seeds'])}, beside the "
+             f"median of {setup['random_archs']} random window archs (training seeds {seeds(setup['random_seeds'])}); "
+             "a pick wins when it is "
              "above both designs and the random median. A recipe's pick is its grid search's, on the held-out split "
              "alone; RECIPE/FITNESS@N's the pick of its rescore's search by that fitness on N held-out images"
              + ("." if default_search is None else
@@ -474,7 +476,7 @@ def outcome_section(doc, outcome, margins, setup, default_search):
                  *(fmt(r[n], 1) for n in rankcheck.BASELINES), fmt(r["random_median"], 1),
                  "yes" if r["wins"] else "no"])
     doc.para("Searched minus the better hand-designed network, points of top-1; the interval resamples the "
-             "supernet seeds and the training seeds together (paired between picks and designs), so it counts the "
+             "supernet seeds and the picks' training seeds, and the designs' training seeds apart, so it counts the "
              "trainings' own noise, the designs' included.")
     doc.row(["recipe", "seeds", "wins", "searched", "margin", "90% interval"], header=True)
     for m in margins:

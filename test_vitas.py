@@ -3341,11 +3341,12 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
         runs.write_json(str(tmp_path / "supernets" / f"{recipe}-s0.json"),
                          {"recipe": recipe, "seed": 0, "search": {"evolution": {"arch": arch.to_dict()}}})
     jobs = experiment.outcome_jobs(results, scratch, ["v2", "fair"])
-    seeds, randoms = experiment.OUTCOME_SEEDS, experiment.RANDOM_SEEDS
-    # designs and picks on every outcome seed, random archs on theirs, the arch both picked and random once a seed
-    assert len(jobs) == 4 * len(seeds) + experiment.RANDOM_ARCHS * len(randoms) - len(set(seeds) & set(randoms))
-    assert [j["arch"] for j in jobs[:2 * len(seeds)]] == [compared[n].to_dict() for n in ("uniform", "deit")
-                                                          for _ in seeds]      # the designs first
+    seeds, designed, randoms = experiment.OUTCOME_SEEDS, experiment.DESIGN_SEEDS, experiment.RANDOM_SEEDS
+    # designs on theirs, picks on the outcome's, random archs on theirs, the arch both picked and random once a seed
+    assert len(jobs) == (2 * len(designed) + 2 * len(seeds) + experiment.RANDOM_ARCHS * len(randoms)
+                         - len(set(seeds) & set(randoms)))
+    assert [(j["arch"], j["argv"]) for j in jobs[:2 * len(designed)]] == [     # the designs first
+        (compared[n].to_dict(), experiment.alone_argv(s)) for n in ("uniform", "deit") for s in designed]
     top1 = {}
     for job in jobs:
         top1.setdefault(json.dumps(job["arch"]), []).append(float(g.uniform(60, 90)))
@@ -3377,7 +3378,15 @@ def test_the_outcomes_margin_interval_counts_the_training_noise_of_picks_and_des
     assert rankcheck.seed_difference([85.0] * 3, 84.0)["interval"] == (1.0, 1.0)
     lo, hi = m["interval"]
     assert lo < 0 < 1 < hi
+    # designs trained on more seeds than the picks: each design's own mean, its own columns resampled
+    assert rankcheck.margin_interval(picks, [[84.0] * 16, [80.0] * 16])["interval"] == (1.0, 1.0)
+    more = rankcheck.margin_interval(picks, np.tile(designs, 4))      # the same noise, 16 seeds: narrower
+    assert more["difference"] == pytest.approx(1.0) and lo < more["interval"][0] < 1 < more["interval"][1] < hi
     assert rankcheck.margin_interval(picks, [[84.0] * 4, [80.0] * 4])["interval"] == (1.0, 1.0)
+    # the designs' training seeds resampled apart from the picks': picks and design that move together
+    # seed by seed (a difference of 1 on every seed) still leave the margin uncertain
+    together = rankcheck.margin_interval([[85.0, 86.0, 84.0, 85.0]] * 3, [[84.0, 85.0, 83.0, 84.0], [80.0] * 4])
+    assert together["difference"] == pytest.approx(1.0) and together["interval"][0] < 1 < together["interval"][1]
     # the better design is chosen again in each resample: never above the max over designs
     g = np.random.default_rng(3)
     picks, designs = g.normal(85, 1, (5, 4)), g.normal(84, 1, (2, 4))
