@@ -484,6 +484,7 @@ def table(results, markdown=False):
                "versus_default": versus, "learning_per_seed": learning[0], "learning": learning[1], "fitness": fitness,
                "variants": variants, "outcome": outcome,
                "margins": report.outcome_margins(outcome), "default_search": default_search(results, default),
+               "design_standing": report.design_standing(outcome, tables["window"]) if outcome and scored else None,
                "settings": settings, "bench": records(results, "bench"),
                "provenance": report.provenance_rows(results)}
     figures["text"] = report.render(figures, markdown)

@@ -232,6 +232,17 @@ def outcome_margins(outcome):
     return out
 
 
+def design_standing(outcome, window):
+    """Where the better hand design stands in the window: its mean top-1 over its training seeds,
+    and how many of the window reference archs (mean over their seeds) it is above."""
+    designs = outcome[0]["designs"]
+    name = max(designs, key=lambda n: np.mean(designs[n]))
+    means = [float(np.mean(t)) for _, t in window]
+    top1 = float(np.mean(designs[name]))
+    return {"design": name, "top1": top1, "seeds": len(designs[name]), "above": sum(m < top1 for m in means),
+            "archs": len(means), "range": (min(means), max(means))}
+
+
 # -----------------------------------------------------------------------------
 # The text: RESULTS.md and the README's summary
 
@@ -580,6 +591,11 @@ def summary(figures):
         if r["recipe"] == default:
             name, m = f"{name} (default)", margins.get(search["variant"], m)
         lines.append(f"| {name} | {mean_sd(r['tau_c'])} | {mean_sd(learning[r['recipe']]['ratios'])} | {beats(m)} |")
+    if figures.get("design_standing"):
+        st = figures["design_standing"]
+        lines += ["", f"The better hand design ({st['design']}: {st['top1']:.1f} over {st['seeds']} training seeds) "
+                      f"is above {st['above']} of the {st['archs']} window archs (their top-1 "
+                      f"{st['range'][0]:.1f}-{st['range'][1]:.1f})."]
     if search["variant"] in margins and default in margins:
         tau_c = next((v["tau_c"] for v in figures["variants"] if (v["recipe"], v["measure"], v["holdout_images"])
                       == (default, "top1", search["holdout_images"])), [])

@@ -3394,6 +3394,13 @@ def test_the_outcomes_margin_interval_counts_the_training_noise_of_picks_and_des
     assert rankcheck.margin_interval(picks, designs)["difference"] == pytest.approx(brute)
 
 
+def test_design_standing_counts_the_window_archs_below_the_better_design():
+    window = [(None, [80.0, 82.0]), (None, [86.0, 86.0]), (None, [84.0, 85.0]), (None, [70.0])]
+    outcome = [{"designs": {"deit": [84.0, 84.0, 84.5], "uniform": [85.0, 84.0, 86.0]}}]
+    assert report.design_standing(outcome, window) == {"design": "uniform", "top1": 85.0, "seeds": 3, "above": 3,
+                                                       "archs": 4, "range": (70.0, 86.0)}
+
+
 def test_the_default_search_is_the_rescore_that_searched_as_search_py_does(tmp_path):
     """experiment.default_search: of the default recipe's rescores, the one that searched by top-1
     with EXTRA generated images beside the grid's split; None before there is one."""
@@ -3545,7 +3552,9 @@ def test_table_check_refuses_a_stale_readme_summary_and_writes_nothing(tmp_path,
                "default_search": {"variant": f"{default}/top1@6000", "grid_holdout_images": 600,
                                   "holdout_images": 6000},
                "variants": [{"recipe": default, "measure": m, "holdout_images": 6000, "tau_c": t}
-                            for m, t in (("loss", [0.7, 0.9]), ("top1", [0.76, 0.8]))]}
+                            for m, t in (("loss", [0.7, 0.9]), ("top1", [0.76, 0.8]))],
+               "design_standing": {"design": "uniform", "top1": 85.62, "seeds": 16, "above": 46, "archs": 48,
+                                   "range": (65.96, 86.02)}}
     monkeypatch.setattr(experiment, "table", lambda results, markdown=False: figures)
     monkeypatch.setattr(experiment, "SIZE", experiment.SIZE)                 # experiment.run sets it
     readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
@@ -3560,6 +3569,7 @@ def test_table_check_refuses_a_stale_readme_summary_and_writes_nothing(tmp_path,
     assert f"| `{default}` (default) | 0.72 ± 0.03 | 0.83 ± 0.03 | 14 of 16, +0.7 [0.10, 1.30] |" in text
     assert "scores on 6,000 held-out images (search.py's default on the synthetic data; tau_c 0.78 ± 0.03" in text
     assert "the grid's 600 alone, its picks: 6 of 8, +0.3 [-0.80, 1.33]" in text
+    assert "(uniform: 85.6 over 16 training seeds) is above 46 of the 48 window archs (their top-1 66.0-86.0)" in text
     assert run_main(experiment, check, capsys)[0] == 0                       # as written: passes
     readme.write_text(readme.read_text().replace("intro", "another intro").replace("rest", "more"))
     assert run_main(experiment, check, capsys)[0] == 0                       # outside the summary: the README's
