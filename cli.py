@@ -406,6 +406,18 @@ def device_flags(g):
 HOLDOUT_EXTRA = 5400
 
 
+def resolve_holdout_extra(args, ck_args):
+    """search.py's --holdout-extra when none is given: a search resumed in --out keeps the images it
+    scored on (its state.json; 0 where it predates the flag), a new one takes HOLDOUT_EXTRA generated
+    images on the synthetic data (the checkpoint's, `ck_args`) and none on any other."""
+    if args.holdout_extra is None:
+        try:
+            with open(os.path.join(args.out, "state.json")) as f:
+                args.holdout_extra = json.load(f).get("holdout_extra", 0)
+        except (OSError, json.JSONDecodeError):     # no search to resume (a broken one: its resume says so)
+            args.holdout_extra = HOLDOUT_EXTRA if ck_args.get("data", "synthetic") == "synthetic" else 0
+
+
 def search_parser(doc, algos, fitness):
     """search.py's parser; `algos` and `fitness` its algorithms and fitness measures."""
     nat, pos = number_arg(int, 0), number_arg(int, 1)

@@ -21,9 +21,8 @@ effective batch 64, lr 2e-3, one process per training.
   outcome    The search's pick against hand design and chance: each supernet record's searched arch
              (evolution) of the given recipes, the two hand-designed networks nearest the window's
              top and 8 random window archs, each trained alone as the reference archs are (20
-             epochs; the picks on training seeds 0-3, the designs on 0-15, the random archs on 0 and
-             1). A searched arch wins when its mean top-1 is above both hand-designed networks' and
-             the random archs' median.
+             epochs; picks on seeds 0-3, designs on 0-15, random archs on 0 and 1). A searched arch
+             wins when its mean top-1 is above both hand-designed networks' and the random archs' median.
   table      Every figure from results/, without training anything: the records are read here; their
              statistics and text (RESULTS.md, the README's summary, --check) are report.py's.
 
@@ -424,10 +423,8 @@ def outcome_rows(results, recipes):
 def supernet_rows(results, refs):
     """Per super-transformer record, by recipe and seed: its rank statistics against each complete
     reference set (reference_table)."""
-    folder = os.path.join(results, "supernets")
     rows = []
-    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        r = runs.read_record(os.path.join(folder, entry))
+    for r in records(results, "supernets"):
         row = {"recipe": r["recipe"], "seed": r["seed"], "cpu_minutes": r["train_cpu_minutes"], "sampled": r["sampled"],
                "search": r["search"], **({"reported": r["reported"]} if "reported" in r else {})}
         for name, table in refs.items():
@@ -446,11 +443,11 @@ def supernet_rows(results, refs):
                                        r["seed"]))
 
 
-def rescored(results, window):
+def rescored(rescores, window):
     """{(recipe, measure, held-out images): {supernet seed: (fitness of each window arch, CPU-seconds
-    per arch)}} of the rescore records there are."""
+    per arch)}} of the rescore records."""
     archs, out = [json.dumps(a.to_dict()) for a, _ in window], {}
-    for r in records(results, "rescore"):
+    for r in rescores:
         for split in (r["stored"], r["larger"]):
             by = {json.dumps(x["arch"]): x for x in split["inherited"]}
             for m in search.FITNESS:
@@ -471,9 +468,10 @@ def table(results, markdown=False):
     versus = [{"recipe": r["recipe"], **r["minus"][default]} for r in per_recipe if r["minus"][default] is not None]
     learning = report.learning_rows(supers, tables["window"], reported_alone(results)) if scored else ([], [])
     fitness = report.fitness_rows(supers, tables["window"]) if scored else []
-    variants = report.variant_rows(rescored(results, tables["window"]), tables["window"]) if scored else []
+    rescores = records(results, "rescore")
+    variants = report.variant_rows(rescored(rescores, tables["window"]), tables["window"]) if scored else []
     outcome = outcome_rows(results, list(dict.fromkeys([r["recipe"] for r in supers] + [   # every recipe's records
-        r["variant"] for r in records(results, "rescore") if "variant" in r])))
+        r["variant"] for r in rescores if "variant" in r])))
     window_ref = next((r for r in refs if r["set"] == "window"), None)
     settings = [setting_rows(results, name, tables, window_ref, per_recipe, learning[1]) for name in SETTINGS
                 if os.path.isdir(os.path.join(results, name, "supernets"))]
@@ -483,8 +481,8 @@ def table(results, markdown=False):
                "reference": refs, "supernets": supers, "default": default, "recipes": per_recipe,
                "versus_default": versus, "learning_per_seed": learning[0], "learning": learning[1], "fitness": fitness,
                "variants": variants, "outcome": outcome,
-               "margins": report.outcome_margins(outcome), "default_search": default_search(results, default),
-               "design_standing": report.design_standing(outcome, tables["window"]) if outcome and scored else None,
+               "margins": rankcheck.outcome_margins(outcome), "default_search": default_search(rescores, default),
+               "design_standing": rankcheck.design_standing(outcome, tables["window"]) if outcome and scored else None,
                "settings": settings, "bench": records(results, "bench"),
                "provenance": report.provenance_rows(results)}
     figures["text"] = report.render(figures, markdown)
@@ -492,14 +490,11 @@ def table(results, markdown=False):
     return figures
 
 
-def default_search(results, recipe):
-    """The rescore of `recipe` that searched as search.py does by default (top-1 on EXTRA generated
-    images beside the grid's held-out split): its outcome variant and both split sizes, or None."""
-    for r in records(results, "rescore"):
-        images = r["stored"]["holdout_images"], r["larger"]["holdout_images"]
-        if r["recipe"] == recipe and r.get("fitness") == "top1" and images[1] - images[0] == EXTRA:
-            return {"variant": r["variant"], "grid_holdout_images": images[0], "holdout_images": images[1]}
-    return None
+def default_search(rescores, recipe):
+    """The rescore record of `recipe` that searched as search.py does by default (top-1 on EXTRA
+    generated images beside the grid's held-out split), or None."""
+    return next((r for r in rescores if r["recipe"] == recipe and r.get("fitness") == "top1"
+                 and r["larger"]["holdout_images"] - r["stored"]["holdout_images"] == EXTRA), None)
 
 
 def setting_rows(results, name, tables, window_ref, full_recipes, full_learning):

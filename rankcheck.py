@@ -145,6 +145,16 @@ def corrected_tau(tau, r):
     return 2 / math.pi * math.asin(max(-1.0, min(1.0, math.sin(math.pi * tau / 2) / math.sqrt(r))))
 
 
+def seed_sd(top1_by_seed):
+    """One training's top-1 SD between training seeds, pooled over the archs with two or more (each
+    arch's sample variance, ddof=1, weighted by its degrees of freedom): the noise every comparison
+    of archs trained alone carries."""
+    rows = [np.asarray(t, dtype=float) for t in top1_by_seed if len(t) > 1]
+    if not rows:
+        return None
+    return float(np.sqrt(sum(((t - t.mean()) ** 2).sum() for t in rows) / sum(len(t) - 1 for t in rows)))
+
+
 def reference_mean(top1_by_seed, seeds=None):
     """Each arch's reference accuracy: the mean of its first S seeds, S the seeds every arch has
     (or `seeds`: NaN for an arch with fewer)."""
@@ -305,6 +315,31 @@ def margin_interval(picks, designs, level=LEVEL, count=RESAMPLES, seed=0):
     spread = [margin(g.integers(n, size=n), g.integers(t, size=t), g.integers(u, size=u)) for _ in range(count)]
     return {"difference": float(margin(np.arange(n), np.arange(t), np.arange(u))),
             "interval": percentile_interval(spread, level), "interval_level": level}
+
+
+def outcome_margins(outcome):
+    """Per recipe over its supernet seeds: how often the searched arch wins, its top-1, and its
+    margin over the better hand-designed network, the interval over supernet and training seeds
+    (margin_interval)."""
+    out = []
+    for recipe in dict.fromkeys(r["recipe"] for r in outcome):
+        rs = [r for r in outcome if r["recipe"] == recipe]
+        designs = [rs[0]["designs"][name] for name in BASELINES]
+        out.append({"recipe": recipe, "seeds": len(rs), "wins": sum(r["wins"] for r in rs),
+                    "searched": [r["top1"] for r in rs],
+                    "margin": margin_interval([r["top1_seeds"] for r in rs], designs)})
+    return out
+
+
+def design_standing(outcome, window):
+    """Where the better hand design stands in the window: its mean top-1 over its training seeds,
+    and how many of the window reference archs (mean over their seeds) it is above."""
+    designs = outcome[0]["designs"]
+    name = max(designs, key=lambda n: np.mean(designs[n]))
+    means = [float(np.mean(t)) for _, t in window]
+    top1 = float(np.mean(designs[name]))
+    return {"design": name, "top1": top1, "seeds": len(designs[name]), "above": sum(m < top1 for m in means),
+            "archs": len(means), "range": (min(means), max(means))}
 
 
 def top_regret(fitness, top1_by_seed, k=3):

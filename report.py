@@ -53,16 +53,6 @@ def verdict(minus, higher="better", lower="worse"):
 # Figures from the records experiment.py reads
 
 
-def seed_sd(top1_by_seed):
-    """One training's top-1 SD between training seeds, pooled over the archs with two or more (each
-    arch's sample variance, ddof=1, weighted by its degrees of freedom): the noise every comparison
-    of archs trained alone carries."""
-    rows = [np.asarray(t, dtype=float) for t in top1_by_seed if len(t) > 1]
-    if not rows:
-        return None
-    return float(np.sqrt(sum(((t - t.mean()) ** 2).sum() for t in rows) / sum(len(t) - 1 for t in rows)))
-
-
 def reference_rows(refs):
     """Per reference set (experiment.reference_table), and the window's archs of each patch size
     apart: its size, seeds, top-1 range and reliability (rankcheck.reference_summary)."""
@@ -77,7 +67,7 @@ def reference_rows(refs):
             by_seed = [t for _, t in sub]
             rows.append({"set": label, "archs": len(sub), "second_seed": sum(len(t) > 1 for t in by_seed),
                          "top1_range": [float(min(map(min, by_seed))), float(max(map(max, by_seed)))],
-                         "top1_sd": seed_sd(by_seed), **rankcheck.reference_summary(by_seed)})
+                         "top1_sd": rankcheck.seed_sd(by_seed), **rankcheck.reference_summary(by_seed)})
     return rows
 
 
@@ -216,31 +206,6 @@ def variant_rows(variants, window):
                      "cpu_seconds": float(np.mean([by_seed[s][1] for s in seeds])), "tau_c": tau_c, "regret": regret,
                      "minus": tau_difference(fs, bs, taus, base_taus, top1)})
     return rows
-
-
-def outcome_margins(outcome):
-    """Per recipe over its supernet seeds: how often the searched arch wins, its top-1, and its
-    margin over the better hand-designed network, the interval over supernet and training seeds
-    (rankcheck.margin_interval)."""
-    out = []
-    for recipe in dict.fromkeys(r["recipe"] for r in outcome):
-        rs = [r for r in outcome if r["recipe"] == recipe]
-        designs = [rs[0]["designs"][name] for name in rankcheck.BASELINES]
-        out.append({"recipe": recipe, "seeds": len(rs), "wins": sum(r["wins"] for r in rs),
-                    "searched": [r["top1"] for r in rs],
-                    "margin": rankcheck.margin_interval([r["top1_seeds"] for r in rs], designs)})
-    return out
-
-
-def design_standing(outcome, window):
-    """Where the better hand design stands in the window: its mean top-1 over its training seeds,
-    and how many of the window reference archs (mean over their seeds) it is above."""
-    designs = outcome[0]["designs"]
-    name = max(designs, key=lambda n: np.mean(designs[n]))
-    means = [float(np.mean(t)) for _, t in window]
-    top1 = float(np.mean(designs[name]))
-    return {"design": name, "top1": top1, "seeds": len(designs[name]), "above": sum(m < top1 for m in means),
-            "archs": len(means), "range": (min(means), max(means))}
 
 
 # -----------------------------------------------------------------------------
@@ -476,9 +441,9 @@ def outcome_section(doc, outcome, margins, setup, default_search):
              f"epochs, mean top-1 over training seeds {seeds(setup['outcome_seeds'])}, and the two hand-designed "
              f"networks nearest the window's top over training seeds {seeds(setup['design_seeds'])}, beside the "
              f"median of {setup['random_archs']} random window archs (training seeds {seeds(setup['random_seeds'])}); "
-             "a pick wins when it is "
-             "above both designs and the random median. A recipe's pick is its grid search's, on the held-out split "
-             "alone; RECIPE/FITNESS@N's the pick of its rescore's search by that fitness on N held-out images"
+             "a pick wins when it is above both designs and the random median. A recipe's pick is its grid "
+             "search's, on the held-out split alone; RECIPE/FITNESS@N's the pick of its rescore's search by that "
+             "fitness on N held-out images"
              + ("." if default_search is None else
                 f" ({default_search['variant']}: as search.py searches by default on the synthetic data)."))
     doc.row(["recipe", "seed", "searched", "MFLOPs", *rankcheck.BASELINES, "random median", "wins"], header=True)
@@ -581,9 +546,9 @@ def summary(figures):
     beats = lambda m: ("not run" if m is None else f"{m['wins']} of {m['seeds']}, "
                        f"{round(m['margin']['difference'], 1) + 0.0:+.1f} {span(m['margin']['interval'])}")
     default, search = figures["default"], figures["default_search"] or {"variant": None}
-    lines = [f"Against {window['archs']} window archs trained alone ({window['seeds']} seeds each; no fitness can",
-             f"expect more than tau* {fmt(window['tau_star'])}), per recipe over its supernet seeds (mean ± SD); the",
-             "searched arch against the better hand design: wins, margin in points of top-1 (90% interval):", "",
+    lines = [f"Against {window['archs']} window archs trained alone ({window['seeds']} seeds each; tau* "
+             f"{fmt(window['tau_star'])}), per recipe over its supernet seeds (mean ± SD); last column: wins, margin "
+             "in points (90% interval):", "",
              "| recipe | tau_c (ranking) | inherited / alone (learning) | searched arch beats hand design |",
              "|---|---|---|---|"]
     for r in figures["recipes"]:
@@ -591,17 +556,16 @@ def summary(figures):
         if r["recipe"] == default:
             name, m = f"{name} (default)", margins.get(search["variant"], m)
         lines.append(f"| {name} | {mean_sd(r['tau_c'])} | {mean_sd(learning[r['recipe']]['ratios'])} | {beats(m)} |")
-    if figures.get("design_standing"):
-        st = figures["design_standing"]
-        lines += ["", f"The better hand design ({st['design']}: {st['top1']:.1f} over {st['seeds']} training seeds) "
-                      f"is above {st['above']} of the {st['archs']} window archs (their top-1 "
-                      f"{st['range'][0]:.1f}-{st['range'][1]:.1f})."]
+    if st := figures.get("design_standing"):
+        lines += ["", f"The better hand design ({st['design']}, {st['top1']:.1f} over {st['seeds']} training seeds) "
+                      f"is above {st['above']} of the {st['archs']} window archs ({st['range'][0]:.1f}-"
+                      f"{st['range'][1]:.1f})."]
     if search["variant"] in margins and default in margins:
+        n, grid_n = search["larger"]["holdout_images"], search["stored"]["holdout_images"]
         tau_c = next((v["tau_c"] for v in figures["variants"] if (v["recipe"], v["measure"], v["holdout_images"])
-                      == (default, "top1", search["holdout_images"])), [])
-        lines += ["", f"The default's search scores on {search['holdout_images']:,} held-out images (search.py's "
-                      f"default on the synthetic data; tau_c {mean_sd(tau_c)} there); on the grid's "
-                      f"{search['grid_holdout_images']:,} alone, its picks: {beats(margins[default])}."]
+                      == (default, "top1", n)), [])
+        lines += ["", f"The default's search scores on {n:,} held-out images (tau_c {mean_sd(tau_c)}); on the "
+                      f"grid's {grid_n:,}: {beats(margins[default])}."]
     return "\n".join([SUMMARY[0], *lines, SUMMARY[1]])
 
 

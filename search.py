@@ -7,9 +7,8 @@ the archs of a trained super-transformer.
     python search.py --out runs/search --rank-check 8      # does the super-transformer rank archs well?
 
 The space, data and held-out split come from the checkpoint. Fitness is the held-out top-1 of the
-inherited weights (mean of left and right with bilateral sharing), evaluated sharded across ranks; on
-the synthetic data 5,400 generated images join the held-out split by default (--holdout-extra, beyond
-the paper: a split ten times the quick start's ranks archs better, RESULTS.md, Fitness variants);
+inherited weights (mean of left and right with bilateral sharing), evaluated sharded across ranks (on
+the synthetic data with 5,400 generated images more by default: --holdout-extra, beyond the paper);
 every rank runs the same deterministic evolution, rank 0 writes candidates.jsonl, best_arch.json,
 pareto.json, search.json and state.json (re-running the same command resumes).
 
@@ -491,17 +490,6 @@ def resolve_from_folder(args):
     return summary
 
 
-def default_holdout_extra(out, ck_args):
-    """--holdout-extra when none is given: a search resumed in `out` keeps the images it scored on
-    (its state.json; 0 where it predates the flag), a new one takes cli.HOLDOUT_EXTRA generated
-    images on the synthetic data and none on any other."""
-    try:
-        with open(os.path.join(out, "state.json")) as f:
-            return json.load(f).get("holdout_extra", 0)
-    except (OSError, json.JSONDecodeError):     # no search to resume (a broken one: its resume says so)
-        return cli.HOLDOUT_EXTRA if ck_args.get("data", "synthetic") == "synthetic" else 0
-
-
 def load_supernet(args, d):
     """The checkpoint's space and args, and a fitness function on its held-out split."""
     ck = runs.load_checkpoint(args.ckpt, "--ckpt")
@@ -510,8 +498,7 @@ def load_supernet(args, d):
     space, ck_args = vitas.SearchSpace(**ck["space"]), ck["args"]
     supernet, sides = runs.supernet_of(ck)
     supernet.to(d.device).eval()
-    if args.holdout_extra is None:
-        args.holdout_extra = default_holdout_extra(args.out, ck_args)
+    cli.resolve_holdout_extra(args, ck_args)
     datasets = data.build_datasets(argparse.Namespace(**{**ck_args, "download": False,
                                                          "holdout_extra": args.holdout_extra}), space.image_size)
     if len(datasets.holdout) == 0:

@@ -3360,7 +3360,7 @@ def test_outcome_wins_only_above_both_designs_and_the_random_median(tmp_path, mo
         assert rows[recipe]["top1"] == pytest.approx(mean(arch))
         assert rows[recipe]["wins"] == (mean(arch) > max(mean(compared["uniform"]), mean(compared["deit"]), median))
     assert rows["fair"]["random_median"] == pytest.approx(median)
-    margins = {m["recipe"]: m for m in report.outcome_margins(list(rows.values()))}
+    margins = {m["recipe"]: m for m in rankcheck.outcome_margins(list(rows.values()))}
     best = max(mean(compared["uniform"]), mean(compared["deit"]))
     for recipe, arch in searched.items():
         assert margins[recipe]["margin"]["difference"] == pytest.approx(mean(arch) - best)
@@ -3397,7 +3397,7 @@ def test_the_outcomes_margin_interval_counts_the_training_noise_of_picks_and_des
 def test_design_standing_counts_the_window_archs_below_the_better_design():
     window = [(None, [80.0, 82.0]), (None, [86.0, 86.0]), (None, [84.0, 85.0]), (None, [70.0])]
     outcome = [{"designs": {"deit": [84.0, 84.0, 84.5], "uniform": [85.0, 84.0, 86.0]}}]
-    assert report.design_standing(outcome, window) == {"design": "uniform", "top1": 85.0, "seeds": 3, "above": 3,
+    assert rankcheck.design_standing(outcome, window) == {"design": "uniform", "top1": 85.0, "seeds": 3, "above": 3,
                                                        "archs": 4, "range": (70.0, 86.0)}
 
 
@@ -3417,10 +3417,10 @@ def test_the_default_search_is_the_rescore_that_searched_as_search_py_does(tmp_p
     for name, recipe, fitness, n in (("a", default, None, extra), ("b", default, "loss", extra),
                                      ("c", default, "top1", 2000), ("d", "v2", "top1", extra)):
         rescore(name, recipe, fitness, n)
-    assert experiment.default_search(str(tmp_path), default) is None
+    assert experiment.default_search(experiment.records(str(tmp_path), "rescore"), default) is None
     rescore("e", default, "top1", extra)
-    assert experiment.default_search(str(tmp_path), default) == {
-        "variant": f"{default}/top1@{600 + extra}", "grid_holdout_images": 600, "holdout_images": 600 + extra}
+    assert experiment.default_search(experiment.records(str(tmp_path), "rescore"), default) == runs.read_record(
+        str(tmp_path / "rescore" / "e.json"))
 
 
 def test_experiment_recipes_named_as_train_recipes_train_as_they_do():
@@ -3549,8 +3549,8 @@ def test_table_check_refuses_a_stale_readme_summary_and_writes_nothing(tmp_path,
                "margins": [{"recipe": r, "wins": w, "seeds": n, "margin": {"difference": m, "interval": i}}
                            for r, w, n, m, i in (("v2", 3, 4, 0.21, [-0.5, 1.0]), (default, 6, 8, 0.3, [-0.8, 1.33]),
                                                  (f"{default}/top1@6000", 14, 16, 0.7, [0.1, 1.3]))],
-               "default_search": {"variant": f"{default}/top1@6000", "grid_holdout_images": 600,
-                                  "holdout_images": 6000},
+               "default_search": {"variant": f"{default}/top1@6000", "stored": {"holdout_images": 600},
+                                  "larger": {"holdout_images": 6000}},
                "variants": [{"recipe": default, "measure": m, "holdout_images": 6000, "tau_c": t}
                             for m, t in (("loss", [0.7, 0.9]), ("top1", [0.76, 0.8]))],
                "design_standing": {"design": "uniform", "top1": 85.62, "seeds": 16, "above": 46, "archs": 48,
@@ -3567,9 +3567,9 @@ def test_table_check_refuses_a_stale_readme_summary_and_writes_nothing(tmp_path,
     # the default's row: its search as search.py runs it by default; the grid's search below
     text = readme.read_text()
     assert f"| `{default}` (default) | 0.72 ± 0.03 | 0.83 ± 0.03 | 14 of 16, +0.7 [0.10, 1.30] |" in text
-    assert "scores on 6,000 held-out images (search.py's default on the synthetic data; tau_c 0.78 ± 0.03" in text
-    assert "the grid's 600 alone, its picks: 6 of 8, +0.3 [-0.80, 1.33]" in text
-    assert "(uniform: 85.6 over 16 training seeds) is above 46 of the 48 window archs (their top-1 66.0-86.0)" in text
+    assert "scores on 6,000 held-out images (tau_c 0.78 ± 0.03)" in text
+    assert "the grid's 600: 6 of 8, +0.3 [-0.80, 1.33]" in text
+    assert "(uniform, 85.6 over 16 training seeds) is above 46 of the 48 window archs (66.0-86.0)" in text
     assert run_main(experiment, check, capsys)[0] == 0                       # as written: passes
     readme.write_text(readme.read_text().replace("intro", "another intro").replace("rest", "more"))
     assert run_main(experiment, check, capsys)[0] == 0                       # outside the summary: the README's
